@@ -1,0 +1,1 @@
+"""CLI subcommands: each a thin call into the API (see hwloop/cli.py)."""
