@@ -1,35 +1,112 @@
 """The software emulator of an analog chip.
 
-With no profile (or ``ideal.yaml``) it is exact float32 arithmetic, the
-reference every other device is compared against.  Noise and
-non-idealities come from a device profile through ``hwloop.physics``.
+With no profile (or an ideal one) it is exact float32 arithmetic, the
+reference every other device is compared against.  Otherwise it applies the
+profile's noise and non-idealities through ``hwloop.physics``, in the order a
+chip would: input DAC -> weighted sum (programmed weights, read noise) ->
+pre-activation noise -> transfer function -> gain/offset (with drift) ->
+neuron noise, shot noise, dither -> output ADC.
+
+Static effects (weight programming, gain/offset spread) are drawn at
+``program(seed=)`` and stay until the next ``program``; every other draw comes
+from ``run(key=)`` (with no key, calls are numbered from ``program``).
 """
 
 from __future__ import annotations
 
+import time
+from dataclasses import replace
 from typing import Sequence
 
 import numpy as np
 
+from .. import physics
 from ..layer import AnalogLayer, activate
+from ..profiles import LayerSettings, NoiseSettings, Profile, load_profile
 from .base import Device, check_input
+
+_STATIC_TAG = 0x57A71C  # separates static draws from any run key with the same numbers
 
 
 class Emulator(Device):
-    """Ideal emulator: ``act(x @ W.T + b)`` in float32, identical across repetitions."""
+    """Runs a layer as ``act(x @ W.T + b)`` in float32, plus the physics of ``profile`` when given."""
 
-    def __init__(self, profile=None, name: str = "emulator"):
-        self.profile = profile
+    def __init__(self, profile: Profile | str | None = None, name: str = "emulator"):
+        self.profile = load_profile(profile) if isinstance(profile, str) else profile
         self.name = name
         self.layer = None
+        self.settings: LayerSettings | None = None
+        self.stats: dict[str, int] = {}
+
+    @property
+    def ideal(self) -> bool:
+        """True when outputs are exact (no profile): the runner then reuses them as the noise-free reference."""
+        return self.profile is None
+
+    @property
+    def ideal(self) -> bool:
+        """True when the profile changes nothing for any layer (the runner then skips its reference pass)."""
+        if self.profile is None:
+            return True
+        keys = list(self.profile.data.get("layers") or {})
+        return self.profile.defaults.ideal and all(
+            self.profile.for_layer(k if isinstance(k, int) else None, str(k)).ideal for k in keys)
 
     def program(self, layer: AnalogLayer, *, seed: int = 0) -> None:
+        """Load the layer; draw programming noise and gain/offset spread from ``seed`` (and the layer index)."""
         self.layer = layer
-        self._wt = np.ascontiguousarray(layer.weight.T, dtype=np.float32)
+        self._seed = int(seed)
+        self._calls = 0
+        self._t0 = time.monotonic()
+        self.stats = {"runs": 0, "dac_values": 0, "dac_clipped": 0, "adc_values": 0, "adc_clipped": 0,
+                      "weights_clipped": 0}
+        self.settings = self.profile.for_layer(layer.index, layer.name) if self.profile is not None else None
         self._b = layer.bias.astype(np.float32)
+        if self.settings is None or self.settings.ideal:
+            self._wt = np.ascontiguousarray(layer.weight.T, dtype=np.float32)
+            return
+        s = self.settings
+        rng = physics.static_rng(self._seed, layer.index, _STATIC_TAG)
+        w, self.stats["weights_clipped"] = physics.program_weights(layer.weight, s.weights, rng)
+        self._wt = np.ascontiguousarray(w.T)
+        self._read_std = s.weights.read_noise * physics.weight_full_scale(layer.weight, s.weights)
+        self._rows = _tiles(layer.n_in, s.array.rows)
+        self._cols = _tiles(layer.n_out, s.array.cols)
+        n = s.noise
+        only_out = replace(n, D_A=0.0, D_M=0.0, D_AC=0.0, D_MC=0.0)  # shot and dither act on the output only
+        pre = replace(n, dither=0.0, shot=0.0)
+        self._pre_noise = pre if n.pre and pre.active else None
+        self._post_noise = n if n.post and n.active else (only_out if only_out.active else None)
+        self._tile_noise = n if n.active else None
+        # one static gain/offset per row tile (each tile is its own piece of silicon)
+        self._gain, self._offset = physics.gain_offset_draw(layer.n_out, s.gain_offset.gain, s.gain_offset.offset,
+                                                            rng, shape=(len(self._rows),))
 
     def run(self, x: np.ndarray, *, repeats: int, key: Sequence[int] = ()) -> np.ndarray:
         x = check_input(self, x, repeats)
+        s = self.settings
+        if s is None or s.ideal:
+            return self._exact(x, repeats)
+        key = tuple(key) if len(key) else (self._seed, self.layer.index, self._calls)
+        gen = physics.generator(key)
+        self._calls += 1
+        self.stats["runs"] += 1
+        if s.dac.active:
+            x = x.copy()
+            self.stats["dac_clipped"] += physics.convert(x, s.dac)
+            self.stats["dac_values"] += x.size
+        t = self._drift_time(key, repeats)
+        if len(self._rows) == 1:
+            return self._analog(x, self._wt, self._b, 0, t, repeats, gen, s.transfer.function)
+        # Tiled: every tile runs linearly; partial sums are combined, then bias and activation, digitally.
+        y = None
+        for k, rows in enumerate(self._rows):
+            part = self._analog(x[:, :, rows], self._wt[rows], None, k, t, repeats, gen, "linear")
+            y = part if y is None else np.add(y, part, out=y)
+        y += self._b
+        return activate(self.layer.activation, y)
+
+    def _exact(self, x: np.ndarray, repeats: int) -> np.ndarray:
         r_in, b, n_in = x.shape
         a = x.reshape(r_in * b, n_in) @ self._wt
         a += self._b
@@ -38,5 +115,69 @@ class Emulator(Device):
             y = np.broadcast_to(y, (repeats, b, y.shape[2]))
         return y
 
+    def _analog(self, x: np.ndarray, wt: np.ndarray, bias: np.ndarray | None, tile: int, t, repeats: int,
+                gen, function: str) -> np.ndarray:
+        """One pass through the array: products, noise, transfer, gain/offset, ADC -> (repeats, B, n_out).
+
+        ``bias is None`` marks a row tile: it runs linearly and all its noise lands on the partial sums.
+        """
+        s, tiled = self.settings, bias is None
+        r_in, b, n_in = x.shape
+        y = (x.reshape(r_in * b, n_in) @ wt).reshape(r_in, b, -1)
+        if not tiled:
+            y += bias
+
+        def full(a):  # materialise every repetition once something differs between them
+            return a if a.shape[0] == repeats else np.repeat(a, repeats, axis=0)
+
+        if self._read_std:
+            y = full(y)
+            physics.add_read_noise(y, x, self._read_std, gen)
+        if self._pre_noise is not None and not tiled:
+            y = full(y)
+            self._noise(y, self._pre_noise, gen)
+        if not tiled:
+            y = physics.transfer(y, function, s.transfer.slope, s.transfer.scale, self.layer.activation)
+        if s.gain_offset.active or s.drift.active:
+            g, o = self._gain[tile], self._offset[tile]
+            if s.drift.active:
+                g = g * (1 + s.drift.gain * t)
+                o = o + s.drift.offset * t
+            y = full(y * g)
+            y += o
+        post = self._tile_noise if tiled else self._post_noise
+        if post is not None:
+            y = full(y)
+            self._noise(y, post, gen)
+        y = full(y)
+        if s.adc.active:
+            self.stats["adc_clipped"] += physics.convert(y, s.adc)
+            self.stats["adc_values"] += y.size
+        return y
+
+    def _noise(self, y: np.ndarray, noise: NoiseSettings, gen) -> None:
+        """Neuron noise, drawn separately for every column tile (correlated terms are per tile)."""
+        for cols in self._cols:
+            physics.add_noise(y[:, :, cols], noise, gen)
+
+    def _drift_time(self, key: tuple, repeats: int):
+        d = self.settings.drift
+        if not d.active:
+            return 0.0
+        if d.per == "repeat":
+            return np.arange(repeats, dtype=np.float32).reshape(repeats, 1, 1)
+        if d.per == "batch":
+            return np.float32(key[-1])
+        return np.float32(time.monotonic() - self._t0)
+
     def describe(self) -> dict:
-        return {"type": "Emulator", "name": self.name, "profile": "ideal"}
+        if self.profile is None:
+            return {"type": "Emulator", "name": self.name, "profile": "ideal"}
+        return {"type": "Emulator", "name": self.name, "profile": self.profile.describe()}
+
+
+def _tiles(n: int, size: int | None) -> list[slice]:
+    """Consecutive slices of at most ``size`` (one slice when unlimited or when it fits)."""
+    if size is None or n <= size:
+        return [slice(0, n)]
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]

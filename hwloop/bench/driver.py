@@ -1,0 +1,536 @@
+"""``VisaDevice``: runs an analog layer on an ANB-series chip through pyvisa (SCPI.md).
+
+The driver calls commands by name from ``scpi.COMMANDS``; it never formats
+SCPI text itself.  Per batch it costs O(1) round trips: ``INP`` block,
+``SAMP:COUN``, ``INIT``, ``*OPC?``, ``FETC:SHAP?``, ``FETC?``,
+``STAT:QUES:COND?``, ``SYST:ERR?``.
+
+Exact scaling (off by default, ``scale_inputs`` / ``scale_weights``): values
+outside the chip's ranges are divided by a power of two s (exact in float32)
+and the chip's outputs multiplied by s on the host.  That is exact for LINear
+and RELU (act(z/s)*s = act(z)); a SIGMoid/TANH layer that needs it runs LINear
+on the chip with bias and activation applied on the host, as tiles do.  The
+ADC step grows by s; ``describe()`` records every scale used.
+
+Faults (timeouts, dropped connections, garbled blocks, SCPI errors) are
+retried with bounded exponential back-off: the link reconnects (a fresh
+socket, so a stale reply can never be read as the next answer), re-checks the
+programmed layer by checksum, reprograms it if the chip lost it, and re-runs
+only the unfinished measurement.  When retries run out: ``DeviceError``.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from ..devices.base import Device, check_input
+from ..errors import DeviceError, HwloopError
+from ..layer import AnalogLayer, activate
+from . import scpi
+
+#: activations unchanged by a positive scale: act(z / s) * s == act(z)
+_HOMOGENEOUS = ("linear", "relu")
+_SCPI_ACT = {v: scpi.short(k).upper() for k, v in scpi.ACTIVATIONS.items()}
+
+
+class ScpiError(DeviceError):
+    """The controller queued errors after a command: names the command and the SCPI errors."""
+
+    def __init__(self, command: str, errors: list[tuple[int, str]]):
+        self.command, self.errors = command, errors
+        text = "; ".join(f'{c},"{t}"' for c, t in errors) or "no error queued but no answer"
+        super().__init__(f"{command}: {text}")
+
+
+class _Retry(Exception):
+    """A transport or data failure worth another try (timeout, lost connection, garbled block)."""
+
+
+# -- the plan for one layer: tiles and chunks (shared with Bench.plan) ------------------
+@dataclass(frozen=True)
+class Tile:
+    """A part of the weight matrix that fits the array."""
+
+    rows: slice     # output neurons
+    cols: slice     # inputs
+
+
+def tiles_for(n_out: int, n_in: int, max_outputs: int, max_inputs: int) -> list[Tile]:
+    """Split an (n_out, n_in) layer into array-sized tiles, row blocks outer."""
+    return [Tile(slice(o, min(o + max_outputs, n_out)), slice(i, min(i + max_inputs, n_in)))
+            for o in range(0, n_out, max_outputs) for i in range(0, n_in, max_inputs)]
+
+
+def chunks_for(rows: int, k: int, n_out: int, max_batch: int, max_repeats: int,
+               max_block_bytes: int) -> list[tuple[slice, slice]]:
+    """(row slice, repetition slice) of each measurement: within max_batch, max_repeats and block size."""
+    k_step = min(k, max_repeats)
+    b_step = max(1, min(max_batch, max_block_bytes // (4 * k_step * max(n_out, 1))))
+    return [(slice(b, min(b + b_step, rows)), slice(r, min(r + k_step, k)))
+            for b in range(0, rows, b_step) for r in range(0, k, k_step)]
+
+
+#: round trips (messages that wait for an answer) per measurement and per tile programming
+QUERIES_PER_MEASUREMENT = 5   # *OPC?, FETC:SHAP?, FETC?, STAT:QUES:COND?, SYST:ERR?
+QUERIES_PER_PROGRAMMING = 3   # *OPC?, WEIG:CHEC?, SYST:ERR?
+
+
+def _pow2_at_least(x: float) -> float:
+    """Smallest power of two >= x (>= 1): dividing by it is exact in float32."""
+    return 1.0 if x <= 1.0 else float(2.0 ** math.ceil(math.log2(x)))
+
+
+@contextmanager
+def _no_interrupt():
+    """Defer Ctrl-C until the transfer inside has finished, so no reply is left half-read."""
+    if threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    hit = []
+    old = signal.signal(signal.SIGINT, lambda *a: hit.append(1))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+    if hit:
+        raise KeyboardInterrupt
+
+
+# -- the link: one connection to one controller, shared by the layers that use it ----------
+class Link:
+    """A VISA session with one bench controller: message I/O, error checks, reconnects."""
+
+    def __init__(self, resource: str, *, timeout_ms: int, byte_order: str = "SWAP",
+                 connect_retries: int = 5, backoff_s: float = 0.05, max_backoff_s: float = 2.0):
+        import pyvisa
+
+        self.resource = resource
+        self.timeout_ms = timeout_ms
+        self.order = byte_order
+        self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
+        self._rm = pyvisa.ResourceManager("@py")
+        self._res = None
+        self.loaded: tuple | None = None       # (shape, weights CRC, activation) on the chip
+        self.bias: str | None = None           # CRC of the bias on the chip
+        self.verified = False                  # loaded confirmed since the last fault
+        self.users = 0
+        self.reconnects = 0
+        self.idn = ""
+        self.limits: dict = {}
+        self._connect(connect_retries, first=True)
+
+    # -- connection -------------------------------------------------------------
+    def _open(self) -> None:
+        self._res = self._rm.open_resource(self.resource, read_termination="\n", write_termination="\n",
+                                           timeout=self.timeout_ms, open_timeout=self.timeout_ms)
+
+    def _connect(self, retries: int, first: bool = False) -> None:
+        delay, last = self.backoff_s, None
+        for attempt in range(retries + 1):
+            try:
+                with _no_interrupt():
+                    self.close_session()
+                    self._open()
+                    self._handshake(first)
+                return
+            except (_Retry, ScpiError, OSError, ValueError) as e:
+                last = e
+            except Exception as e:  # pyvisa raises plain Exception for a bad address
+                last = e
+                if first and not _is_transport(e):
+                    break
+            if attempt < retries:
+                time.sleep(delay)
+                delay = min(2 * delay, self.max_backoff_s)
+        raise DeviceError(f"cannot reach bench controller {self.resource}: {last}")
+
+    def _handshake(self, first: bool) -> None:
+        """Identify (a fresh socket: no stale bytes), set the byte order, clear errors."""
+        idn = self.query("idn")
+        if not first and idn != self.idn:
+            raise DeviceError(f"{self.resource}: after reconnecting the controller identifies as {idn!r}, "
+                              f"not {self.idn!r}")
+        self.idn = idn
+        self.send("cls")
+        self.send("byte_order", self.order)
+        if first:
+            cap = self.query("capacity")
+            if len(cap) != 4:
+                raise DeviceError(f"{self.resource}: SYST:CAP? answered {cap!r}")
+            self.limits = dict(zip(("max_inputs", "max_outputs", "max_batch", "max_repeats"), cap))
+            self.limits.update(
+                weight_range=self.query("weight_range"), bias_range=self.query("bias_range"),
+                input_range=self.query("input_range"), output_range=self.query("output_range"),
+                output_bits=self.query("output_bits"),
+                activations=tuple(a.upper() for a in self.query("catalog")))
+        if self.query("byte_order?") != self.order:
+            raise _Retry("byte order not accepted")
+        self.check("connect (*IDN?, *CLS, FORM:BORD)")
+
+    def reconnect(self, retries: int) -> None:
+        self.reconnects += 1
+        self.verified = False
+        self._connect(retries)
+
+    def close_session(self) -> None:
+        if self._res is not None:
+            try:
+                self._res.close()
+            except Exception:
+                pass
+            self._res = None
+
+    # -- messages ---------------------------------------------------------------
+    def send(self, name: str, *args, block: np.ndarray | None = None) -> None:
+        """A program message (no reply); ``block`` for commands that carry an array."""
+        cmd = scpi.COMMANDS[name]
+        text = cmd.message(args if block is None else args + (None,), self.limits)
+        data = text.encode() + (b" " + scpi.encode_block(block, self.order) if block is not None else b"") + b"\n"
+        try:
+            self._res.write_raw(data)
+        except Exception as e:
+            raise _Retry(f"{cmd.short_header}: {e}") from None
+
+    def query(self, name: str, *args, timeout_ms: int | None = None):
+        """A query with a text reply, parsed by the table; an empty reply raises ScpiError."""
+        cmd = scpi.COMMANDS[name]
+        self.send(name, *args)
+        line = self._read_line(cmd, timeout_ms)
+        if line == "":
+            raise ScpiError(cmd.short_header, self.drain())
+        try:
+            return cmd.parse(line)
+        except (ValueError, TypeError):
+            raise _Retry(f"{cmd.short_header}: unreadable reply {line[:40]!r}") from None
+
+    def _read_line(self, cmd: scpi.Command, timeout_ms: int | None) -> str:
+        try:
+            if timeout_ms is not None:
+                self._res.timeout = timeout_ms
+            return self._res.read().strip()
+        except Exception as e:
+            raise _Retry(f"{cmd.short_header}: {e}") from None
+        finally:
+            if timeout_ms is not None and self._res is not None:
+                self._res.timeout = self.timeout_ms
+
+    def query_block(self, name: str, n_values: int | None = None) -> np.ndarray:
+        """A query answered with a definite-length block: header first, then the exact byte count."""
+        cmd = scpi.COMMANDS[name]
+        self.send(name)
+        res = self._res
+        try:
+            head = res.read_bytes(2)
+            if head == b"\n":
+                raise ScpiError(cmd.short_header, self.drain())
+            if head[:1] != b"#" or not head[1:2].isdigit() or head[1:2] == b"0":
+                raise _Retry(f"{cmd.short_header}: reply is not a definite-length block ({head!r})")
+            digits = res.read_bytes(int(head[1:2]))
+            if not digits.isdigit():
+                raise _Retry(f"{cmd.short_header}: bad block header {head + digits!r}")
+            count = int(digits)
+            if n_values is not None and count != 4 * n_values:
+                raise _Retry(f"{cmd.short_header}: block of {count} bytes, expected {4 * n_values}")
+            res.read_termination = None          # 0x0A inside the payload is data
+            try:
+                data = res.read_bytes(count) if count else b""
+                end = res.read_bytes(1)
+            finally:
+                res.read_termination = "\n"
+        except (ScpiError, _Retry):
+            raise
+        except Exception as e:
+            raise _Retry(f"{cmd.short_header}: {e}") from None
+        if end != b"\n":
+            raise _Retry(f"{cmd.short_header}: block not followed by LF")
+        return scpi.decode_floats(data, self.order)
+
+    def drain(self) -> list[tuple[int, str]]:
+        """Read the error queue until ``0,"No error"``."""
+        errors = []
+        for _ in range(scpi.ERROR_QUEUE_MAX + 1):
+            self.send("error")
+            line = self._read_line(scpi.COMMANDS["error"], None)
+            code, text = scpi.COMMANDS["error"].parse(line)
+            if code == 0:
+                break
+            errors.append((code, text))
+        return errors
+
+    def check(self, what: str) -> None:
+        """``SYST:ERR?``: raise ScpiError naming ``what`` when the controller queued errors."""
+        errors = self.drain()
+        if errors:
+            raise ScpiError(what, errors)
+
+    def close(self) -> None:
+        self.users -= 1
+        if self.users <= 0:
+            self.close_session()
+
+
+def _is_transport(e: Exception) -> bool:
+    return "could not connect" in str(e) or isinstance(e, OSError)
+
+
+# -- the device ----------------------------------------------------------------------
+class VisaDevice(Device):
+    """A chip on a bench controller, reached through pyvisa; see the module docstring.
+
+    ``retries``: attempts after the first for each measurement and each
+    (re)connection; back-off doubles from ``backoff_s`` up to ``max_backoff_s``.
+    ``on_clip``: ``"error"`` (default) or ``"warn"`` when the ADC clipped.
+    """
+
+    def __init__(self, resource: str, *, timeout_ms: int = 5000, scale_inputs: bool = False,
+                 scale_weights: bool = False, retries: int = 5, backoff_s: float = 0.05,
+                 max_backoff_s: float = 2.0, on_clip: str = "error", byte_order: str = "SWAP",
+                 max_block_bytes: int = 32 << 20, verify_grid: bool = True, link: Link | None = None):
+        if on_clip not in ("error", "warn"):
+            raise HwloopError(f"VisaDevice {resource}: on_clip must be 'error' or 'warn', not {on_clip!r}")
+        if byte_order not in ("SWAP", "NORM"):
+            raise HwloopError(f"VisaDevice {resource}: byte_order must be 'SWAP' or 'NORM'")
+        self.resource = resource
+        self.options = dict(timeout_ms=timeout_ms, scale_inputs=scale_inputs, scale_weights=scale_weights,
+                            retries=retries, backoff_s=backoff_s, max_backoff_s=max_backoff_s,
+                            on_clip=on_clip, byte_order=byte_order, max_block_bytes=max_block_bytes,
+                            verify_grid=verify_grid)
+        self.retries, self.backoff_s, self.max_backoff_s = retries, backoff_s, max_backoff_s
+        self.scale_inputs, self.scale_weights = scale_inputs, scale_weights
+        self.on_clip, self.max_block_bytes, self.verify_grid = on_clip, max_block_bytes, verify_grid
+        self.link = link or Link(resource, timeout_ms=timeout_ms, byte_order=byte_order,
+                                 connect_retries=retries, backoff_s=backoff_s, max_backoff_s=max_backoff_s)
+        self.link.users += 1
+        self.layer = None
+        self.stats = {"measurements": 0, "retries": 0, "reprograms": 0, "clipped": 0}
+        self._faults: list[str] = []
+        self._temperature: float | None = None
+
+    def sibling(self) -> "VisaDevice":
+        """Another device on the same controller (same connection), e.g. for a second layer."""
+        return VisaDevice(self.resource, link=self.link, **self.options)
+
+    @property
+    def limits(self) -> dict:
+        return self.link.limits
+
+    # -- programming ----------------------------------------------------------
+    def program(self, layer: AnalogLayer, *, seed: int = 0) -> None:
+        """Plan tiles and scaling for ``layer``, refuse what the chip cannot do, and load it."""
+        lim = self.limits
+        act = layer.activation
+        tiles = tiles_for(layer.n_out, layer.n_in, lim["max_outputs"], lim["max_inputs"])
+        w = np.ascontiguousarray(layer.weight, dtype=np.float32)
+        b = np.ascontiguousarray(layer.bias, dtype=np.float32)
+        if not (np.all(np.isfinite(w)) and np.all(np.isfinite(b))):
+            raise HwloopError(f"layer {layer.name!r}: weights or bias contain NaN or infinity")
+        wmax, bmax = lim["weight_range"], lim["bias_range"]
+        s_w = _pow2_at_least(float(np.abs(w).max(initial=0)) / wmax)
+        host = len(tiles) > 1 or _SCPI_ACT[act] not in lim["activations"]
+        if not host and s_w > 1 and act not in _HOMOGENEOUS:
+            host = True
+        if not host and self.scale_inputs and act not in _HOMOGENEOUS:
+            host = True
+        if not host:
+            s_w = max(s_w, _pow2_at_least(float(np.abs(b).max(initial=0)) / bmax))
+        if s_w > 1 and not self.scale_weights:
+            what = "weights" if np.abs(w).max() > wmax else "bias"
+            top = float(np.abs(w if what == "weights" else b).max())
+            raise HwloopError(
+                f"layer {layer.name!r}: {what} reach {top:.4g} but chip {self.resource} accepts "
+                f"[-{wmax:g}, {wmax if what == 'weights' else bmax:g}] ({'WEIG' if what == 'weights' else 'BIAS'}:RANG?); "
+                "pass scale_weights=True for exact power-of-two scaling")
+        self.layer = layer
+        self._host = host
+        self._s_w = s_w
+        self._tiles = []
+        for t in tiles:
+            wt = np.ascontiguousarray(w[t.rows, t.cols] / np.float32(s_w))
+            bt = np.zeros(wt.shape[0], np.float32) if host else b[t.rows] / np.float32(s_w)
+            key = (wt.shape, scpi.weights_checksum(wt), "LIN" if host else _SCPI_ACT[act])
+            self._tiles.append((t, wt, bt, key))
+        self._bias = b
+        self._retrying(lambda: self._ensure(self._tiles[0]), f"programming layer {layer.name!r}")
+        self._temperature = self._retrying(lambda: self.link.query("temperature"), "SYST:TEMP?")
+
+    def _ensure(self, tile, s_x: float = 1.0) -> None:
+        """Make sure the chip holds ``tile`` (bias divided by ``s_x``): verify by checksum after a
+        fault, reprogram what was lost, and resend the bias alone when only its scale changed."""
+        _, wt, bt, key = tile
+        bias = bt / np.float32(s_x) if s_x != 1 else bt
+        bias_key = scpi.weights_checksum(bias)
+        link = self.link
+        if link.loaded == key and not link.verified:
+            ok = (link.query("shape?") == wt.shape and link.query("checksum") == key[1]
+                  and link.query("activation?") == key[2])
+            if ok and scpi.weights_checksum(link.query_block("bias?", wt.shape[0])) != link.bias:
+                link.bias = None
+            link.verified = ok
+            if not ok:
+                self.stats["reprograms"] += 1
+                link.loaded = None
+        if link.loaded != key:
+            link.loaded, link.bias, link.verified = None, None, False
+            link.send("shape", *wt.shape)
+            link.check("LAY:SHAP")
+            link.send("weights", block=wt)
+            link.query("opc", timeout_ms=self._timeout(0.05 + 1e-6 * wt.size))
+            link.check("WEIG")
+            got = link.query("checksum")
+            if got != key[1]:
+                raise _Retry(f"WEIG:CHEC? {got} != host CRC-32 {key[1]} of the weights sent")
+            link.send("activation", key[2])
+            link.check("ACT")
+            link.loaded, link.verified = key, True
+        if link.bias != bias_key:
+            link.send("bias", block=bias)
+            link.check("BIAS")
+            link.bias = bias_key
+
+    def _timeout(self, seconds: float) -> int:
+        """Reply timeout for an overlapped operation of up to ``seconds`` (at the manual's timing)."""
+        return int(self.link.timeout_ms + 2000 * seconds)
+
+    # -- running --------------------------------------------------------------
+    def run(self, x: np.ndarray, *, repeats: int, key: Sequence[int] = ()) -> np.ndarray:
+        x = check_input(self, x, repeats)
+        r_in, b, n_in = x.shape
+        rows = x[0] if r_in == 1 else x.reshape(r_in * b, n_in)
+        k = repeats if r_in == 1 else 1
+        out = np.zeros((k, len(rows), self.layer.n_out), np.float32)
+        lim = self.limits
+        for tile in self._tiles:
+            t = tile[0]
+            n_out_t = t.rows.stop - t.rows.start
+            for rs, ks in chunks_for(len(rows), k, n_out_t, lim["max_batch"], lim["max_repeats"],
+                                     self.max_block_bytes):
+                xs, s_x = self._scaled_inputs(rows[rs, t.cols])
+                y = self._retrying(lambda: self._measure(tile, xs, ks.stop - ks.start, s_x),
+                                   f"measurement of layer {self.layer.name!r}")
+                scale = np.float32(s_x * self._s_w)
+                if self._host:
+                    out[ks, rs, t.rows] += y * scale if scale != 1 else y
+                else:
+                    out[ks, rs, t.rows] = y * scale if scale != 1 else y
+        if self._host:
+            out += self._bias
+            out = activate(self.layer.activation, out)
+        return out if r_in == 1 else out.reshape(r_in, b, -1)
+
+    def _scaled_inputs(self, xs: np.ndarray) -> tuple[np.ndarray, float]:
+        lo, hi = self.limits["input_range"]
+        x_min, x_max = float(xs.min(initial=0)), float(xs.max(initial=0))
+        if lo <= x_min and x_max <= hi:
+            return np.ascontiguousarray(xs), 1.0
+        need = max(x_max / hi if x_max > hi else 1.0, x_min / lo if (x_min < lo and lo < 0) else 1.0)
+        if not self.scale_inputs or (x_min < lo and lo >= 0) or not np.isfinite(need):
+            raise HwloopError(
+                f"layer {self.layer.name!r}: inputs span [{x_min:.4g}, {x_max:.4g}] but chip {self.resource} "
+                f"accepts [{lo:g}, {hi:g}] (INP:RANG?)"
+                + ("; pass scale_inputs=True for exact power-of-two scaling" if lo < 0 or x_min >= lo else ""))
+        s = _pow2_at_least(need)
+        return np.ascontiguousarray(xs / np.float32(s)), s
+
+    def _measure(self, tile, xs: np.ndarray, k: int, s_x: float) -> np.ndarray:
+        """One measurement: INP, SAMP:COUN, INIT, *OPC?, FETC:SHAP?, FETC?, checks."""
+        link = self.link
+        self._ensure(tile, 1.0 if self._host else s_x)
+        n_out = tile[1].shape[0]
+        with _no_interrupt():
+            link.send("input", block=xs)
+            link.send("count", k)
+            link.send("initiate")
+            link.query("opc", timeout_ms=self._timeout(20e-6 * k * len(xs)))
+            shape = link.query("fetch_shape")
+            if tuple(shape) != (k, len(xs), n_out):
+                raise _Retry(f"FETC:SHAP? {shape} != expected {(k, len(xs), n_out)}")
+            y = link.query_block("fetch", k * len(xs) * n_out)
+            ques = link.query("questionable")
+            link.check("measurement (INP, SAMP:COUN, INIT, FETC?)")
+        self._check_values(y)
+        self.stats["measurements"] += 1
+        if ques & scpi.QUES_CLIPPED:
+            self.stats["clipped"] += 1
+            msg = (f"layer {self.layer.name!r}: the chip's ADC clipped at {self.limits['output_range']} "
+                   "(STAT:QUES:COND? bit 0)")
+            if self.on_clip == "error":
+                raise DeviceError(msg + "; scale the layer down, or pass on_clip='warn' to record and go on")
+            warnings.warn(msg, stacklevel=3)
+        return y.reshape(k, len(xs), n_out)
+
+    def _check_values(self, y: np.ndarray) -> None:
+        """Detect a garbled block: non-finite, outside the ADC range, or off the ADC grid."""
+        lo, hi = self.limits["output_range"]
+        y_min, y_max = float(y.min(initial=lo)), float(y.max(initial=lo))
+        if not (lo <= y_min and y_max <= hi):   # NaN fails too
+            raise _Retry(f"FETC?: values outside the ADC range [{lo:g}, {hi:g}] (garbled block)")
+        bits = self.limits["output_bits"]
+        if self.verify_grid and bits <= 20:
+            step = (hi - lo) / (2 ** bits - 1)
+            q = (y - np.float32(lo)) * np.float32(1 / step)
+            q -= np.rint(q)
+            if float(np.abs(q).max(initial=0)) > 0.05:
+                raise _Retry("FETC?: values off the ADC grid (garbled block)")
+
+    def _retrying(self, attempt, what: str):
+        """Run ``attempt`` until it succeeds; on failure back off, reconnect or resync, try again."""
+        delay, last = self.backoff_s, None
+        for n in range(self.retries + 1):
+            try:
+                return attempt()
+            except (_Retry, ScpiError) as e:
+                last = e
+                self._faults.append(f"{what}: {e}")
+            if n == self.retries:
+                break
+            self.stats["retries"] += 1
+            time.sleep(delay)
+            delay = min(2 * delay, self.max_backoff_s)
+            try:
+                self.link.reconnect(self.retries)
+            except DeviceError as e:
+                last = e
+                break
+        raise DeviceError(f"{self.resource}: {what} failed after {self.retries} retries: {last}")
+
+    def temperature(self) -> float:
+        """The chip's temperature now (``SYST:TEMP?``), with the usual retries (calibration logs it per block)."""
+        return float(self._retrying(lambda: self.link.query("temperature"), "SYST:TEMP?"))
+
+    # -- provenance -----------------------------------------------------------
+    def describe(self) -> dict:
+        lim = self.limits
+        idn = self.link.idn.split(",")
+        d = {"type": "VisaDevice", "resource": self.resource, "idn": self.link.idn,
+             "serial": idn[2] if len(idn) > 2 else "", "temperature_c": self._temperature,
+             "capacity": {k: lim[k] for k in ("max_inputs", "max_outputs", "max_batch", "max_repeats")},
+             "ranges": {"weights": lim["weight_range"], "bias": lim["bias_range"],
+                        "inputs": list(lim["input_range"]), "outputs": list(lim["output_range"]),
+                        "output_bits": lim["output_bits"], "activations": list(lim["activations"])},
+             "byte_order": self.link.order, "options": self.options,
+             "stats": dict(self.stats, reconnects=self.link.reconnects)}
+        if self.layer is not None:
+            d["tiling"] = {"tiles": len(self._tiles),
+                           "grid": [math.ceil(self.layer.n_out / lim["max_outputs"]),
+                                    math.ceil(self.layer.n_in / lim["max_inputs"])],
+                           "host_bias_and_activation": self._host,
+                           "chip_activation": self._tiles[0][3][2]}
+            d["scaling"] = {"weights": self._s_w, "inputs": "per measurement, power of two" if self.scale_inputs
+                            else "off"}
+        if self._faults:
+            d["faults_survived"] = self._faults[-20:]
+        return d
+
+    def close(self) -> None:
+        if self.link is not None:
+            self.link.close()

@@ -1,0 +1,96 @@
+"""Calibration: measure a chip, fit its noise and non-idealities, write the profile of its twin.
+
+Flow (one way): ``plan`` (probes designed from the chip's capacity and ranges)
+-> ``measure`` (drive the chip, record every block in a crash-safe store) ->
+``fit`` (estimators with uncertainties) -> ``profile_out`` (a device profile
+with provenance); ``validate`` runs a model on the chip and on its twin.
+See docs/calibration.md.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Callable
+
+from ..errors import HwloopError
+from .fit import CalibrationFit, fit_all
+from .measure import CalibrationStore, Chip, Measurements, measure
+from .plan import DEFAULT_BUDGET, ChipInfo, Plan, design_plan
+
+__all__ = ["calibrate", "refit", "open_chip", "chip_from_visa", "fit_all", "design_plan", "ChipInfo", "Plan",
+           "Chip", "Measurements", "CalibrationStore", "CalibrationFit", "DEFAULT_BUDGET"]
+
+
+def chip_from_visa(device) -> Chip:
+    """Wrap a connected ``hwloop.bench.VisaDevice``: its reported capacity and ranges, its thermometer."""
+    from ..bench import scpi
+
+    lim = device.limits
+    names = {scpi.short(k).upper(): v for k, v in scpi.ACTIVATIONS.items()}
+    info = ChipInfo(
+        idn=device.link.idn, max_inputs=int(lim["max_inputs"]), max_outputs=int(lim["max_outputs"]),
+        max_batch=int(lim["max_batch"]), max_repeats=int(lim["max_repeats"]),
+        input_range=tuple(float(v) for v in lim["input_range"]), weight_max=float(lim["weight_range"]),
+        bias_max=float(lim["bias_range"]), output_range=tuple(float(v) for v in lim["output_range"]),
+        output_bits=int(lim["output_bits"]),
+        activations=tuple(names[a] for a in lim["activations"] if a in names))
+    return Chip(device, info, lambda: float(device.temperature()))
+
+
+def open_chip(resource: str | None = None, bench: str | None = None, device: str | None = None,
+              **options) -> Chip:
+    """Connect to a chip by VISA resource, or by a device name of a bench file."""
+    from ..bench import VisaDevice, load_bench
+
+    if bench:
+        b = load_bench(bench)
+        if device not in b.devices_spec:
+            raise HwloopError(f"{bench}: no device {device!r} (devices: {', '.join(b.devices_spec)})")
+        spec = b.devices_spec[device]
+        if not spec.resource:
+            raise HwloopError(f"{bench}:{spec.line}: devices.{device}: an emulator, not a chip; "
+                              "calibration needs a device with a 'resource'")
+        resource, options = spec.resource, {**spec.options, **options}
+    if not resource:
+        raise HwloopError("calibrate: name the chip with --resource or with --bench and --device")
+    options.setdefault("on_clip", "warn")   # a clipped level is dropped by the fits, not fatal
+    return chip_from_visa(VisaDevice(resource, **options))
+
+
+def calibrate(chip: Chip, out: str | Path, *, store: str | Path, budget: int = DEFAULT_BUDGET, seed: int = 0,
+              resume: bool = False, overwrite: bool = False, name: str | None = None,
+              progress: Callable[[int, int], None] | None = None, stop_after: int | None = None):
+    """Plan, measure (resumably, into ``store``), fit and write the profile to ``out``.
+
+    Returns ``(profile, fit, measurements)``; with ``stop_after`` (tests) it may
+    return before the plan is complete, writing no profile: ``(None, None, measurements)``.
+    """
+    plan = design_plan(chip.info, budget, seed)
+    if resume and Path(store).exists():
+        cal = CalibrationStore.resume(store, plan)
+    else:
+        cal = CalibrationStore.create(store, plan, {"idn": chip.info.idn}, overwrite=overwrite)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*clipped.*")
+        meas = measure(chip, cal, progress=progress, stop_after=stop_after)
+    if not cal.complete:
+        return None, None, meas
+    return (*_fit_and_write(meas, out, store, name), meas)
+
+
+def refit(store: str | Path, out: str | Path, name: str | None = None):
+    """Fit a completed calibration store again (no chip needed); returns ``(profile, fit)``."""
+    cal = CalibrationStore(store)
+    if not cal.complete:
+        raise HwloopError(f"{store}: calibration incomplete ({int(cal.done.sum())} of {len(cal.done)} blocks); "
+                          "finish it with --resume first")
+    return _fit_and_write(cal.measurements(), out, store, name)
+
+
+def _fit_and_write(meas: Measurements, out, store, name):
+    from .profile_out import write_profile
+
+    fit = fit_all(meas)
+    prof = write_profile(fit, meas, out, name=name, store_path=str(store))
+    return prof, fit

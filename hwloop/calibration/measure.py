@@ -1,0 +1,185 @@
+"""Driving a chip through a calibration plan, and the calibration store the blocks go to.
+
+The store is a Zarr group written the way the run store is (``hwloop.store``):
+created aside and renamed into place, one array per measured block, the block's
+time and temperature, and a per-block completion marker written last.  A block
+without its marker is measured again on resume; a marked block is never
+re-measured, so a calibration killed at any moment continues where it stopped,
+and ``hwloop calibrate --refit CAL.zarr`` refits without touching the chip.
+
+Layout::
+
+    attrs["hwloop_calibration"]   format, plan (chip info, budget, seed), idn, start date, ...
+    done (probe,)  int8           1 once block k is complete
+    t (probe,), temperature (probe,)   seconds since its layer was programmed; deg C
+    blocks/<k>     (repeat, sample, neuron) float32
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import zarr
+
+from ..devices.base import Device
+from ..errors import HwloopError
+from .plan import ChipInfo, Plan, Probe, design_plan
+
+FORMAT = "hwloop-calibration/1"
+
+
+@dataclass
+class Block:
+    """One probe as measured: outputs (repeat, sample, neuron), when, and at what temperature."""
+
+    probe: Probe
+    y: np.ndarray
+    t: float
+    temperature: float
+
+
+@dataclass
+class Measurements:
+    """Everything the fits need: the plan and its measured blocks (in plan order)."""
+
+    plan: Plan
+    blocks: list[Block]
+    attrs: dict = field(default_factory=dict)
+
+    @property
+    def evaluations(self) -> int:
+        return int(sum(b.y.shape[0] * b.y.shape[1] for b in self.blocks))
+
+
+@dataclass
+class Chip:
+    """A device to calibrate plus what it reports about itself."""
+
+    device: Device
+    info: ChipInfo
+    temperature: Callable[[], float] = lambda: float("nan")
+
+
+# -- the store ------------------------------------------------------------------------
+def _plan_attrs(plan: Plan) -> dict:
+    return {"chip": plan.chip.to_dict(), "budget": plan.budget, "seed": plan.seed}
+
+
+class CalibrationStore:
+    """Crash-safe, resumable record of one calibration (see the module doc)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            self.root = zarr.open_group(str(self.path), mode="r+")
+            self.attrs = dict(self.root.attrs["hwloop_calibration"])
+        except Exception as e:  # not a store, or not a calibration store
+            raise HwloopError(f"{self.path}: not a calibration store ({e})") from None
+        if self.attrs.get("format") != FORMAT:
+            raise HwloopError(f"{self.path}: format {self.attrs.get('format')!r}, expected {FORMAT!r}")
+        p = self.attrs["plan"]
+        self.plan = design_plan(ChipInfo.from_dict(p["chip"]), p["budget"], p["seed"])
+
+    @classmethod
+    def create(cls, path: str | Path, plan: Plan, attrs: dict, overwrite: bool = False) -> "CalibrationStore":
+        """Create an empty store atomically (built in a temporary folder, then renamed into place)."""
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise HwloopError(f"{path}: exists (use --resume to continue that calibration or --overwrite)")
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        root = zarr.open_group(str(tmp), mode="w")
+        meta = dict(attrs, format=FORMAT, plan=_plan_attrs(plan), probes=len(plan.probes))
+        root.attrs["hwloop_calibration"] = json.loads(json.dumps(meta))
+        n = len(plan.probes)
+        root.create_array("done", shape=(n,), chunks=(1,), dtype="int8", fill_value=0)
+        root.create_array("t", shape=(n,), chunks=(1,), dtype="float64", fill_value=float("nan"))
+        root.create_array("temperature", shape=(n,), chunks=(1,), dtype="float64", fill_value=float("nan"))
+        root.create_group("blocks")
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+        return cls(path)
+
+    @classmethod
+    def resume(cls, path: str | Path, plan: Plan) -> "CalibrationStore":
+        """Open an existing store for ``plan``; refuse one made for another chip, budget or seed."""
+        store = cls(path)
+        if store.attrs["plan"] != json.loads(json.dumps(_plan_attrs(plan))):
+            raise HwloopError(f"{path}: made for another plan (chip, budget or seed differ): "
+                              f"{store.attrs['plan']} vs {_plan_attrs(plan)}")
+        return store
+
+    @property
+    def done(self) -> np.ndarray:
+        return np.asarray(self.root["done"][:], bool)
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.done.all())
+
+    def write_block(self, k: int, y: np.ndarray, t: float, temperature: float) -> None:
+        """Write block ``k``; its marker goes last, so a kill leaves it recognisably unfinished."""
+        y = np.ascontiguousarray(y, np.float32)
+        arr = self.root["blocks"].create_array(str(k), shape=y.shape, chunks=y.shape, dtype="float32",
+                                               overwrite=True)
+        arr[...] = y
+        self.root["t"][k] = t
+        self.root["temperature"][k] = temperature
+        self.root["done"][k] = 1
+
+    def set_attrs(self, **kw) -> None:
+        self.attrs.update(json.loads(json.dumps(kw)))
+        self.root.attrs["hwloop_calibration"] = self.attrs
+
+    def measurements(self) -> Measurements:
+        """The completed blocks, in plan order (all of them once the calibration is complete)."""
+        done, t, temp = self.done, self.root["t"][:], self.root["temperature"][:]
+        blocks = [Block(p, np.asarray(self.root["blocks"][str(p.index)][...]), float(t[p.index]),
+                        float(temp[p.index])) for p in self.plan.probes if done[p.index]]
+        return Measurements(self.plan, blocks, dict(self.attrs))
+
+
+# -- measuring -------------------------------------------------------------------------
+def measure(chip: Chip, store: CalibrationStore, progress: Callable[[int, int], None] | None = None,
+            stop_after: int | None = None) -> Measurements:
+    """Measure every probe of the store's plan not yet marked done; returns all measurements.
+
+    The probe layer of each activation is programmed once (static errors stay
+    put for all its blocks); ``t`` counts seconds from that programming.
+    ``stop_after`` ends after that many newly measured blocks (for tests of resuming).
+    """
+    plan = store.plan
+    done = store.done
+    todo = [p for p in plan.probes if not done[p.index]]
+    measured = 0
+    if not store.attrs.get("started"):
+        store.set_attrs(started=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    t_bench = 0.0
+    for act in dict.fromkeys(p.activation for p in todo):
+        chip.device.program(plan.layer(act), seed=plan.seed)
+        t0 = time.monotonic()
+        for p in (q for q in todo if q.activation == act):
+            if stop_after is not None and measured >= stop_after:
+                return store.measurements()
+            x = plan.inputs(p.levels)
+            ts = time.monotonic()
+            y = chip.device.run(x, repeats=p.repeats, key=(plan.seed, p.index))
+            te = time.monotonic()
+            t_bench += te - ts
+            if y.shape != (p.repeats, len(p.levels), plan.n_out):
+                raise HwloopError(f"{chip.info.idn}: block {p.index} came back shaped {y.shape}, "
+                                  f"expected {(p.repeats, len(p.levels), plan.n_out)}")
+            store.write_block(p.index, y, 0.5 * (ts + te) - t0, chip.temperature())
+            measured += 1
+            if progress:
+                progress(int(store.done.sum()), len(plan.probes))
+    store.set_attrs(measure_s=round(float(store.attrs.get("measure_s", 0.0)) + t_bench, 3))
+    return store.measurements()

@@ -1,0 +1,184 @@
+"""The measurement plan: which probes to send to a chip, designed from what the chip reports.
+
+A plan is a pure function of the chip's capacity and ranges, a budget (total
+number of analog evaluations) and a seed, so a resumed calibration rebuilds
+exactly the plan it was interrupted in.  Every probe uses one fixed weight
+pattern per activation (programmed once, so static programming errors stay put):
+the first half of the inputs weighted ``+w``, the second half ``-w``, the
+inputs set to ``mid + d/2`` and ``mid - d/2``, which gives every neuron the
+same pre-activation ``a = w * n_half * d`` of either sign within any input
+range.  Probes:
+
+- ``level``: ``ACT LIN``, every block holds all levels (one input sample
+  each), stepped so the signal sweeps 80% of the ADC range (zero included when
+  reachable); many repetitions separate additive from multiplicative noise
+  (variance against mean^2) and common-mode from independent noise (covariance
+  across neurons) and give gain/offset; the blocks, spread over the
+  calibration, are the reference points of the drift fit (against time and
+  temperature);
+- ``act``: every other activation of ``ACT:CAT?``, the pre-activation swept
+  into saturation (or to 80% of the ADC range for unbounded ones), to identify
+  the transfer function (which, slope, saturation).
+
+The seed keys the draws of an emulated chip (``Device.program(seed=)``); the
+plan itself does not depend on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from ..errors import HwloopError
+from ..layer import AnalogLayer
+
+#: default total number of analog evaluations (repeat x sample) of a calibration
+DEFAULT_BUDGET = 200_000
+#: shares of the budget: noise/gain/drift levels, activation sweeps
+SHARE_LEVEL, SHARE_ACT = 0.85, 0.15
+#: most floats fetched in one block (keeps each stored block, and each transfer, modest)
+MAX_BLOCK_VALUES = 2_000_000
+
+
+@dataclass(frozen=True)
+class ChipInfo:
+    """What a chip says about itself (``*IDN?``, ``SYST:CAP?`` and the range queries)."""
+
+    idn: str
+    max_inputs: int
+    max_outputs: int
+    max_batch: int
+    max_repeats: int
+    input_range: tuple[float, float]
+    weight_max: float
+    bias_max: float
+    output_range: tuple[float, float]
+    output_bits: int
+    activations: tuple[str, ...]      # hwloop names ("linear", "sigmoid", ...)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ChipInfo":
+        d = dict(d)
+        for k in ("input_range", "output_range", "activations"):
+            d[k] = tuple(d[k])
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One measurement block: ``samples`` inputs (one per level), each evaluated ``repeats`` times."""
+
+    index: int
+    kind: str                 # "level" | "act"
+    activation: str
+    levels: tuple[float, ...]  # nominal pre-activation of every neuron, one per sample
+    repeats: int
+
+    @property
+    def evaluations(self) -> int:
+        return len(self.levels) * self.repeats
+
+
+@dataclass
+class Plan:
+    """The probes of a calibration and the fixed weight pattern they share."""
+
+    chip: ChipInfo
+    n_in: int
+    n_out: int
+    weight: float             # |w| of the +w/-w pattern
+    budget: int
+    seed: int
+    probes: list[Probe] = field(default_factory=list)
+
+    @property
+    def n_half(self) -> int:
+        return max(1, self.n_in // 2)
+
+    def layer(self, activation: str) -> AnalogLayer:
+        """The probe layer: first half of the inputs weighted +w, second half -w, no bias."""
+        w = np.full((self.n_out, self.n_in), self.weight, np.float32)
+        if self.n_in > 1:
+            w[:, self.n_half:] = -self.weight
+        return AnalogLayer(index=0, name=f"calibration-{activation}", op="Gemm", weight=w,
+                           bias=np.zeros(self.n_out, np.float32), activation=activation)
+
+    def inputs(self, levels) -> np.ndarray:
+        """Inputs (1, B, n_in) that give pre-activation ``levels`` (B,) on every neuron."""
+        lo, hi = self.chip.input_range
+        mid = 0.5 * (lo + hi) if self.n_in > 1 else 0.0
+        d = np.asarray(levels, np.float64) / (self.weight * self.n_half)
+        x = np.empty((len(d), self.n_in), np.float64)
+        if self.n_in > 1:
+            x[:, : self.n_half] = (mid + d / 2)[:, None]
+            x[:, self.n_half:] = (mid - d / 2)[:, None]
+        else:
+            x[:, 0] = d
+        return np.clip(x, lo, hi).astype(np.float32)[None]
+
+    def summary(self) -> dict:
+        """The plan in a few numbers, for the profile's provenance."""
+        kinds: dict[str, int] = {}
+        for p in self.probes:
+            kinds[p.kind] = kinds.get(p.kind, 0) + p.evaluations
+        return {"budget": self.budget, "seed": self.seed, "n_in": self.n_in, "n_out": self.n_out,
+                "weight": self.weight, "probes": len(self.probes), "evaluations": kinds,
+                "level_values": sorted({v for p in self.probes if p.kind == "level" for v in p.levels}),
+                "activations": sorted({p.activation for p in self.probes})}
+
+
+def design_plan(chip: ChipInfo, budget: int = DEFAULT_BUDGET, seed: int = 0,
+                n_levels: int = 9, n_act_levels: int = 17) -> Plan:
+    """Design the probes for ``chip`` within ``budget`` evaluations (see the module doc)."""
+    if budget < 1000:
+        raise HwloopError(f"calibration budget {budget}: too small (at least 1000 evaluations)")
+    lo_in, hi_in = chip.input_range
+    lo_out, hi_out = chip.output_range
+    if not (hi_in > lo_in and hi_out > lo_out and chip.weight_max > 0):
+        raise HwloopError(f"chip {chip.idn!r}: unusable ranges (input {chip.input_range}, "
+                          f"output {chip.output_range}, weights +-{chip.weight_max})")
+    n_in = chip.max_inputs - (chip.max_inputs % 2) if chip.max_inputs > 1 else 1
+    n_out = chip.max_outputs
+    n_half = max(1, n_in // 2)
+    span_in = (hi_in - lo_in) if n_in > 1 else max(abs(lo_in), abs(hi_in))
+    span_out = hi_out - lo_out
+    # Signal levels for LIN: 80% of the ADC range, so gain/offset spread and noise stay off the rails.
+    lev_lo, lev_hi = lo_out + 0.1 * span_out, hi_out - 0.1 * span_out
+    act_reach = 8.0  # pre-activation for the transfer sweeps: deep into saturation of a unit-slope sigmoid/tanh
+    need = max(abs(lev_lo), abs(lev_hi), act_reach)
+    weight = min(chip.weight_max, need / (n_half * span_in))
+    reach = weight * n_half * span_in if n_in > 1 else weight * span_in
+    lev_lo, lev_hi = max(lev_lo, -reach), min(lev_hi, reach)
+    if n_in == 1 and lo_in >= 0:
+        lev_lo = max(lev_lo, weight * lo_in)
+    if lev_hi <= lev_lo:
+        raise HwloopError(f"chip {chip.idn!r}: inputs cannot reach the output range")
+    levels = np.round(np.linspace(lev_lo, lev_hi, n_levels), 9)
+    if lev_lo < 0 < lev_hi:  # the zero point measures offsets directly
+        levels[np.argmin(np.abs(levels))] = 0.0
+    probes: list[Probe] = []
+
+    def add(kind, act, lv, n_eval):
+        """Split ``n_eval`` evaluations of the levels ``lv`` into blocks the chip accepts."""
+        per = max(2, int(n_eval // len(lv)))
+        per_block = max(2, min(chip.max_repeats, MAX_BLOCK_VALUES // max(1, len(lv) * n_out), per))
+        while per > 0:
+            k = min(per_block, per)
+            if k >= 2:
+                probes.append(Probe(len(probes), kind, act, tuple(float(v) for v in lv), int(k)))
+            per -= k
+
+    # Every level block holds all levels (one sample each): drift then shifts all levels alike (it cannot
+    # alias into the level dependence), and every block is its own reference point for the drift fit.
+    add("level", "linear", levels, int(budget * SHARE_LEVEL))
+    others = [a for a in chip.activations if a != "linear"]
+    for act in others:
+        a_max = min(reach, act_reach if act != "relu" else lev_hi)
+        act_levels = np.round(np.linspace(-a_max, a_max, n_act_levels), 9)
+        add("act", act, act_levels, int(budget * SHARE_ACT) // len(others))
+    return Plan(chip, n_in, n_out, float(weight), int(budget), int(seed), probes)
+

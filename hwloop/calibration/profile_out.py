@@ -1,0 +1,126 @@
+"""From fitted values to a device profile: the same schema as hand-written ones, plus provenance.
+
+Only what the fits show is written: a noise term that the data cannot tell
+from zero is written as 0 (its estimate and error stay in ``uncertainty``);
+transfer slope/scale and drift only when they differ from the ideal by more
+than ``z`` standard errors.  Per-neuron gains and offsets go into the
+provenance (the schema describes a chip by its spread, and the emulator draws
+its neurons from that spread).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..profiles import Profile, dump_profile
+from .fit import NOISE_TERMS, CalibrationFit
+from .measure import Measurements
+
+#: a fitted deviation from the ideal value is written only beyond this many standard errors
+Z_WRITE = 3.0
+
+
+def _r(v: float, digits: int = 6) -> float | None:
+    """Round to ``digits`` significant digits (a profile is read by people too); None when not finite."""
+    v = float(v)
+    return float(f"{v:.{digits}g}") if np.isfinite(v) else None
+
+
+def _transfer(fit: CalibrationFit, z: float) -> tuple[dict | None, dict]:
+    """The transfer section (None when the chip follows the model's activations) and its uncertainties."""
+    res = fit.transfer.results_
+    go = fit.gain_offset
+    unc = {mode: {k: _r(v) if isinstance(v, float) else v for k, v in r.items()} for mode, r in res.items()}
+    unc["linear_mean_gain"] = {"value": _r(go.mean_gain_), "stderr": _r(go.mean_gain_stderr_)}
+    odd = [m for m, r in res.items() if r["function"] != m]
+    if odd:  # the chip does something else than it was told: write the best family of the first such mode
+        r = res[odd[0]]
+        return {"function": r["function"], "slope": _r(r["slope"]), "scale": _r(r["scale"])}, unc
+    if res:  # every mode is its own family: one common slope and scale (weighted means)
+        def wmean(key):
+            v = np.array([r[key] for r in res.values()])
+            e = np.array([max(r[key + "_stderr"], 1e-12) for r in res.values()])
+            w = 1 / e**2
+            return float((w * v).sum() / w.sum()), float(1 / np.sqrt(w.sum()))
+        (slope, se_sl), (scale, se_sc) = wmean("slope"), wmean("scale")
+        for r in res.values():
+            if r["function"] in ("relu", "linear"):
+                scale, se_sc = 1.0, 0.0   # relu/linear cannot tell scale from slope
+    else:  # linear only: an overall gain is all the chip shows
+        slope, se_sl, scale, se_sc = 1.0, 0.0, go.mean_gain_, go.mean_gain_stderr_
+    if abs(slope - 1) <= z * se_sl and abs(scale - 1) <= z * se_sc:
+        return None, unc
+    return {"function": "model", "slope": _r(slope), "scale": _r(scale)}, unc
+
+
+def build_profile(fit: CalibrationFit, meas: Measurements, *, name: str | None = None,
+                  store_path: str | None = None, z: float = Z_WRITE) -> dict:
+    """The profile mapping for a calibration (validated by ``write_profile``)."""
+    chip = meas.plan.chip
+    nf, go, adc, dr = fit.noise, fit.gain_offset, fit.adc, fit.drift
+    serial = chip.idn.split(",")[2].strip() if chip.idn.count(",") >= 2 else "chip"
+    noise = {"units": "variance", "placement": "post"}
+    for k in NOISE_TERMS:
+        v, e = nf.intensities_[k], nf.stderr_[k]
+        if k == "shot" and not nf.shot_fitted_:
+            continue
+        noise[k] = _r(max(0.0, v))
+    prof: dict = {
+        "name": name or f"calibrated-{serial}",
+        "version": 1,
+        "description": f"Calibrated twin of {chip.idn} ({meas.evaluations} evaluations).",
+        "provenance": {},
+        "noise": noise,
+        "gain_offset": {"gain": _r(go.gain_spread_), "offset": _r(float(np.sqrt(np.mean(go.offset_**2))))},
+    }
+    if adc.step_ > 0 or chip.output_range:
+        prof["adc"] = {"bits": int(adc.bits_) if adc.bits_ else None, "range": [float(v) for v in adc.range_]}
+    transfer, t_unc = _transfer(fit, z)
+    if transfer:
+        prof["transfer"] = transfer
+    if dr.significant_ and dr.n_refs_ >= 3:
+        prof["drift"] = {"per": "second", "gain": _r(dr.gain_per_s_), "offset": _r(dr.offset_per_s_)}
+    temps = np.array([b.temperature for b in meas.blocks], float)
+    prof["provenance"] = {
+        "source": "calibrated",
+        "instrument": chip.idn,
+        "date": _dt.datetime.now(_dt.timezone.utc).date().isoformat(),
+        "calibrated_at": meas.attrs.get("started", ""),
+        "temperature_c": _r(float(np.nanmean(temps)), 4) if np.isfinite(temps).any() else None,
+        "hwloop_version": __version__,
+        "measurements": {"evaluations": meas.evaluations, "blocks": len(meas.blocks),
+                         "values": int(sum(b.y.size for b in meas.blocks))},
+        "plan": {k: v for k, v in meas.plan.summary().items()},
+        "store": store_path,
+        "model": "x_i = g_i*scale*f(slope*a) + o_i; y_i = x_i(1 + xi_M,i + xi_MC) + xi_A,i + xi_AC; ADC",
+        "per_neuron": {"gain": [_r(v, 5) for v in go.gain_], "offset": [_r(v, 5) for v in go.offset_]},
+    }
+    prof["uncertainty"] = {
+        "convention": "one standard error from sample-size statistics (see docs/calibration.md)",
+        "noise": {k: {"estimate": _r(nf.intensities_[k]), "stderr": _r(nf.stderr_[k])} for k in NOISE_TERMS},
+        "noise_fit": {"chi2_per_dof": _r(nf.chi2_, 4), "shot_fitted": bool(nf.shot_fitted_),
+                      "levels": [_r(v) for v in nf.levels_]},
+        "gain_offset": {"gain": _r(go.gain_spread_stderr_), "offset": _r(go.offset_spread_stderr_),
+                        "per_neuron_gain_stderr_max": _r(float(go.gain_stderr_.max())),
+                        "per_neuron_offset_stderr_max": _r(float(go.offset_stderr_.max())),
+                        "mean_gain": _r(go.mean_gain_), "mean_offset": _r(go.mean_offset_)},
+        "adc": {"step": _r(adc.step_), "step_stderr": _r(adc.step_stderr_), "min_seen": _r(adc.min_seen_),
+                "max_seen": _r(adc.max_seen_), "clip_fraction": _r(adc.clip_fraction_)},
+        "transfer": t_unc,
+        "drift": {k: _r(getattr(dr, k + "_")) for k in
+                  ("offset_per_s", "offset_per_s_stderr", "gain_per_s", "gain_per_s_stderr",
+                   "offset_per_K", "offset_per_K_stderr", "gain_per_K", "gain_per_K_stderr")}
+                 | {"significant": bool(dr.significant_), "references": dr.n_refs_},
+    }
+    return prof
+
+
+def write_profile(fit: CalibrationFit, meas: Measurements, path: str | Path, **kw) -> Profile:
+    """Write the calibrated profile (validated before anything is written) and return it loaded."""
+    header = (f"Calibrated by hwloop {__version__} from {meas.plan.chip.idn}\n"
+              "Values are fitted; their standard errors are under 'uncertainty' (docs/calibration.md).")
+    return dump_profile(build_profile(fit, meas, **kw), path, header=header)

@@ -1,0 +1,23 @@
+"""Show how hwloop maps an ONNX model: which nodes are analog layers, which are digital glue."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "list a model's analog layers and digital glue as a table"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", type=Path, help="ONNX model file")
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..graph import format_table, load_model
+
+    model = load_model(args.model)
+    print(format_table(model.table()))
+    n_glue = sum(1 for r in model.table() if r["kind"] == "digital")
+    print(f"{args.model}: {len(model.layers)} analog layers, {n_glue} digital nodes; "
+          f"input {model.input_name!r}, output {model.output_name!r} ({model.n_classes} classes)")
+    return 0

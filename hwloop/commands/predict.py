@@ -1,0 +1,34 @@
+"""Analytic prediction of every analog layer's noise (variance, common-mode part, SNR) without sampling.
+
+First-order propagation of the full noise covariance through the network,
+linearised at the noise-free operating point of each sample (docs/analysis.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "predict per-layer noise of a model under a device profile, without Monte-Carlo"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", type=Path, help="ONNX model")
+    p.add_argument("--profile", required=True, help="device profile (YAML path or name, e.g. semenova)")
+    p.add_argument("--data", default="digits", help="data spec (default: digits)")
+    p.add_argument("--out", type=Path, help="write the prediction as NetCDF here")
+    p.add_argument("--no-quantisation", action="store_true",
+                   help="leave out the ADC quantisation variance step^2/12")
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..analysis.measured import layer_table, save_analysis
+    from ..analysis.predict import predict
+    from ..graph import load_model
+
+    ds = predict(load_model(args.model), args.profile, args.data, quantisation=not args.no_quantisation)
+    print(layer_table(ds))
+    if args.out:
+        save_analysis(ds, args.out)
+        print(f"prediction written to {args.out}")
+    return 0

@@ -1,0 +1,80 @@
+"""Run a model's analog layers on devices and record every layer's outputs in a run store.
+
+Default device: the ideal emulator for every analog layer.  --profile runs
+every layer on the emulator with that device profile; --bench maps layers to
+chips and emulators from a bench file.  The store is written batch by batch
+and survives a kill: continue it with --resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "run a model on devices and record every layer (repeat x sample x neuron) in a run store"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", type=Path, help="ONNX model file")
+    p.add_argument("--data", default="digits", help="data spec: digits, mnist:PATH, fashion-mnist:PATH, npz:PATH "
+                                                     "(+train, @N) (default: digits)")
+    p.add_argument("--repeats", type=int, default=1, help="repetitions per sample (default: 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: 0)")
+    p.add_argument("--out", type=Path, help="run store to write (RUN.zarr)")
+    p.add_argument("--batch-size", type=int, help="samples per batch (default: from memory, at most 1000)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    mode.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    dev = p.add_mutually_exclusive_group()
+    dev.add_argument("--profile", help="device profile (YAML path or name in device_profiles/) for every layer")
+    dev.add_argument("--bench", type=Path, help="bench file (YAML) mapping layers to chips and emulators")
+    p.add_argument("--dry-run", action="store_true", help="show the plan without running anything")
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..data import load_data
+    from ..errors import HwloopError
+    from ..graph import load_model
+    from ..runner import default_batch_size, run_model
+
+    model = load_model(args.model)
+    ds = load_data(args.data)
+    devices, provenance = None, {}
+    if args.profile:
+        from ..devices import Emulator
+        from ..profiles import load_profile
+
+        profile = load_profile(args.profile)
+        profile.check_layers(model.layers)
+        devices = {layer.index: Emulator(profile) for layer in model.layers}
+        provenance = {"profile": profile.describe(), "profile_sha256": profile.sha256}
+    bench = None
+    if args.bench:
+        from ..bench import load_bench
+
+        bench = load_bench(args.bench)
+    batch = args.batch_size or default_batch_size(model, args.repeats, len(ds))
+    if args.dry_run:
+        if bench is not None:
+            print(bench.plan(model, len(ds), batch, args.repeats))
+        else:
+            where = f"emulator with profile {args.profile}" if args.profile else "ideal emulator"
+            print(f"{args.model}: {len(model.layers)} analog layers on the {where}; {len(ds)} samples of "
+                  f"{ds.name} in {-(-len(ds) // batch)} batches of {batch}, {args.repeats} repeats")
+        return 0
+    if args.out is None:
+        raise HwloopError("--out RUN.zarr is required (or use --dry-run)")
+    if bench is not None:
+        devices = bench.devices(model)
+        provenance["bench"] = str(args.bench)
+    try:
+        result = run_model(model, ds, devices=devices, repeats=args.repeats, seed=args.seed, batch_size=batch,
+                           out=args.out, resume=args.resume, overwrite=args.overwrite, progress=True,
+                           provenance=provenance)
+    finally:
+        for dev in ({id(d): d for d in devices.values()}.values() if isinstance(devices, dict) else []):
+            dev.close()
+    acc = result.accuracy
+    print(f"accuracy {acc.mean():.4f} +- {acc.std():.4f} over {len(acc)} repeats")
+    print(f"run store: {result.path}")
+    return 0

@@ -1,0 +1,119 @@
+"""Walking Noise: which site of a model is most fragile, how much noise it takes, what helps.
+
+  hwloop walk MODEL.onnx --list-sites
+  hwloop walk MODEL.onnx --sigmas logspace:1e-2:1e8:41 --data digits --repeats 3 --out SWEEP.zarr
+  hwloop walk --train-noise --model-def tfc --epochs 5 --sigmas 0.1,1,10 --out SWEEP.zarr [--workers 2]
+  hwloop walk report SWEEP.zarr --report walk.html
+  hwloop walk plan SWEEP.zarr --budget 24 --sigma 0.5
+
+A sweep resumes where it stopped when run again with the same --out and settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "Walking Noise sweeps: per-site robustness, noisy training, repetition planning"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", nargs="*", metavar="MODEL | report SWEEP | plan SWEEP",
+                   help="ONNX model (evaluation-only), or 'report SWEEP.zarr', or 'plan SWEEP.zarr'")
+    p.add_argument("--list-sites", action="store_true", help="print the model's numbered injection sites and exit")
+    p.add_argument("--noise", default="additive", help="additive | multiplicative | combined (default additive)")
+    p.add_argument("--ratio", type=float, default=0.5, help="combined noise: additive share r (default 0.5)")
+    p.add_argument("--correlated", action="store_true", help="one draw per sample shared by a site's neurons")
+    p.add_argument("--sigmas", default="logspace:1e-2:1e8:41",
+                   help="logspace:A:B:N, linspace:A:B:N or a comma list (default logspace:1e-2:1e8:41)")
+    p.add_argument("--mode", default="walk", help="walk (one site at a time) | global (all sites)")
+    p.add_argument("--data", default="digits", help="evaluation data spec (default digits)")
+    p.add_argument("--repeats", type=int, default=1, help="repeats per point (noise draws / trained models)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, help="sweep store (SWEEP.zarr); resumed when it exists")
+    p.add_argument("--train-noise", action="store_true", help="train a torch model per point with the same noise")
+    p.add_argument("--model-def", help="torch model: tfc, tfc-bn, mlp, cnn, lenet5, lenet5-bn or module:factory")
+    p.add_argument("--train-data", help="training data spec (default: the training split of --data)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--clamp", type=float, help="clamp weights to [-C, C] after every optimiser step")
+    p.add_argument("--scheduler", help="existing Dask scheduler tcp://HOST:PORT")
+    p.add_argument("--workers", type=int, help="run on a local Dask cluster of N single-threaded workers")
+    p.add_argument("--report", type=Path, help="write the sweep's HTML report here")
+    p.add_argument("--budget", type=int, help="plan: total executions to share among the sites")
+    p.add_argument("--sigma", type=float, help="plan: global noise level to evaluate the allocations at")
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..errors import HwloopError
+
+    target = list(args.target)
+    if target[:1] == ["report"]:
+        return _report(target, args)
+    if target[:1] == ["plan"]:
+        return _plan(target, args)
+    if len(target) > 1:
+        raise HwloopError(f"expected one MODEL, got {' '.join(target)}")
+    model = Path(target[0]) if target else None
+    if args.list_sites:
+        if model is None:
+            raise HwloopError("--list-sites needs an ONNX model")
+        from ..walking.sites import load_onnx, onnx_sites, site_table
+
+        print(site_table(onnx_sites(load_onnx(model))))
+        return 0
+    if args.out is None:
+        raise HwloopError("--out SWEEP.zarr is required for a sweep")
+    from ..walking.plots import midpoint_lines, write_sweep_report
+    from ..walking.sweep import SweepSettings, open_sweep, parse_sigmas, run_sweep
+
+    settings = SweepSettings(
+        sigmas=parse_sigmas(args.sigmas), noise=args.noise, mode=args.mode, data=args.data,
+        repeats=args.repeats, seed=args.seed, ratio=args.ratio, correlated=args.correlated,
+        train_noise=args.train_noise, model_def=args.model_def, train_data=args.train_data,
+        epochs=args.epochs, clamp=args.clamp)
+    run_sweep(settings, args.out, model, scheduler=args.scheduler, workers=args.workers,
+              progress=_progress())
+    print("\n".join(midpoint_lines(open_sweep(args.out))))
+    print(f"sweep written to {args.out}")
+    if args.report:
+        write_sweep_report(args.out, args.report)
+        print(f"report written to {args.report}")
+    return 0
+
+
+def _progress():
+    from tqdm import tqdm
+
+    bar = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc="points", leave=False)
+        bar.update(1)
+        if done == total:
+            bar.close()
+    return update
+
+
+def _report(target: list[str], args: argparse.Namespace) -> int:
+    from ..errors import HwloopError
+    from ..walking.plots import write_sweep_report
+
+    if len(target) != 2:
+        raise HwloopError("usage: hwloop walk report SWEEP.zarr [--report walk.html]")
+    out = args.report or Path(target[1]).with_suffix(".html")
+    write_sweep_report(target[1], out)
+    print(f"report written to {out}")
+    return 0
+
+
+def _plan(target: list[str], args: argparse.Namespace) -> int:
+    from ..errors import HwloopError
+    from ..walking.planner import plan_from_sweep
+
+    if len(target) != 2 or args.budget is None or args.sigma is None:
+        raise HwloopError("usage: hwloop walk plan SWEEP.zarr --budget B --sigma S [--repeats R]")
+    for res in plan_from_sweep(target[1], args.budget, args.sigma, repeats=args.repeats, seed=args.seed):
+        print(f"{res.scheme:<12} accuracy {res.mean:.4f}  repetitions {' '.join(map(str, res.allocation))}")
+    return 0

@@ -1,0 +1,222 @@
+"""Noise and non-idealities of analog neurons as plain array functions.
+
+Shared by the emulator (``hwloop.devices.emulator``), the simulated bench
+controller (which wraps the emulator) and the analytic prediction (which uses
+the variance forms at the bottom).  Arrays are float32 numpy arrays; the random
+draws and the heavy element-wise work run through torch on the same memory
+(``torch.from_numpy`` shares it), because torch's generator and kernels are
+several times faster than numpy's here.
+
+Randomness comes only from explicit generators: ``generator(key)`` for dynamic
+draws (per batch), ``static_rng(seed, ...)`` for draws made once at programming.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .layer import activate
+from .profiles import Converter, NoiseSettings, WeightSettings
+
+# ---------------------------------------------------------------------------
+# Random streams
+# ---------------------------------------------------------------------------
+
+
+def _entropy(key: Sequence[int]) -> list[int]:
+    return [int(k) % (1 << 64) for k in key]
+
+
+def generator(key: Sequence[int]) -> torch.Generator:
+    """A torch generator for one batch: the same key gives the same draws."""
+    state = np.random.SeedSequence(_entropy(key)).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def static_rng(*key: int) -> np.random.Generator:
+    """A numpy generator for static draws (programming noise, gain/offset spread)."""
+    return np.random.default_rng(np.random.SeedSequence(_entropy(key)))
+
+
+# ---------------------------------------------------------------------------
+# Converters (DAC / ADC) and weight programming
+# ---------------------------------------------------------------------------
+
+
+def quantize(x: np.ndarray, bits: int | None, lo: float | None, hi: float | None) -> int:
+    """Clip ``x`` in place to [lo, hi] and round it to 2**bits levels spanning that range.
+
+    Returns how many values lay outside the range (the clip count).  Levels are
+    ``lo + k * step`` with ``step = (hi - lo) / (2**bits - 1)``, k = 0 .. 2**bits - 1,
+    computed in float64 and rounded to float32; exact ties round to the even k.
+    """
+    clipped = 0
+    t = torch.from_numpy(x)
+    if lo is not None:
+        clipped = int(torch.count_nonzero((t < lo) | (t > hi)))
+        t.clamp_(lo, hi)
+    if bits is not None:
+        if lo is None:
+            raise ValueError("quantisation needs a range")
+        step = (hi - lo) / (2 ** bits - 1)
+        k = t.double().sub_(lo).div_(step).round_()  # float64, so levels are exact float32 roundings
+        t.copy_(k.mul_(step).add_(lo).clamp_(lo, hi))
+    return clipped
+
+
+def convert(x: np.ndarray, conv: Converter) -> int:
+    """Apply a DAC or ADC in place; returns the clip count."""
+    if not conv.active:
+        return 0
+    lo, hi = conv.range if conv.range is not None else (None, None)
+    return quantize(x, conv.bits, lo, hi)
+
+
+def weight_full_scale(w: np.ndarray, settings: WeightSettings) -> float:
+    """wmax: the profile's range, or the layer's max |W| (1 for an all-zero layer)."""
+    if settings.range is not None:
+        return float(settings.range)
+    m = float(np.max(np.abs(w))) if w.size else 0.0
+    return m if m > 0 else 1.0
+
+
+def program_weights(w: np.ndarray, settings: WeightSettings, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """Weights as programmed: clipped to +-wmax, quantised, plus static programming noise.
+
+    Returns (programmed float32 weights, number of clipped weights).
+    """
+    w = np.array(w, dtype=np.float32, copy=True)
+    fs = weight_full_scale(w, settings)
+    clipped = quantize(w, settings.bits, -fs, fs) if (settings.bits or settings.range is not None) else 0
+    if settings.program_noise:
+        w += (rng.standard_normal(w.shape) * (settings.program_noise * fs)).astype(np.float32)
+    return w, clipped
+
+
+def add_read_noise(a: np.ndarray, x: np.ndarray, std: float, gen: torch.Generator) -> None:
+    """Weight read noise, drawn anew for every evaluation, added in place to the products ``a``.
+
+    An independent N(0, std^2) error on every weight W_ij turns output i into
+    a_i + sum_j dW_ij x_j, which is exactly N(0, std^2 * ||x||^2) and independent
+    across outputs; drawing that directly avoids a weight matrix per evaluation.
+    ``a`` is (R, B, n_out), ``x`` (R or 1, B, n_in).
+    """
+    ta = torch.from_numpy(a)
+    norm = torch.linalg.vector_norm(torch.from_numpy(x), dim=-1, keepdim=True)
+    z = torch.randn(ta.shape, generator=gen)
+    z.mul_(norm).mul_(std)
+    ta.add_(z)
+
+
+# ---------------------------------------------------------------------------
+# Neuron transfer, gain/offset
+# ---------------------------------------------------------------------------
+
+
+def transfer(a: np.ndarray, function: str, slope: float = 1.0, scale: float = 1.0,
+             model_activation: str = "linear") -> np.ndarray:
+    """The neuron's physical response ``scale * f(slope * a)``; ``function='model'`` uses the model's activation."""
+    if slope != 1.0:
+        a = a * np.float32(slope)
+    name = model_activation if function == "model" else function
+    if name == "sin2":
+        y = np.sin(a)
+        y *= y
+    elif name == "exp_sat":
+        y = -np.expm1(-np.maximum(a, 0))
+    else:
+        y = activate(name, a)
+    if scale != 1.0:
+        y = y * np.float32(scale)
+    return y.astype(np.float32, copy=False)
+
+
+def gain_offset_draw(n: int, gain_std: float, offset_std: float, rng: np.random.Generator,
+                     shape: tuple[int, ...] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """Static per-neuron gain ~ N(1, gain_std^2) and offset ~ N(0, offset_std^2), shaped (*shape, n)."""
+    g = (1.0 + gain_std * rng.standard_normal((*shape, n))).astype(np.float32)
+    o = (offset_std * rng.standard_normal((*shape, n))).astype(np.float32)
+    return g, o
+
+
+# ---------------------------------------------------------------------------
+# Neuron noise
+# ---------------------------------------------------------------------------
+
+
+def add_noise(x: np.ndarray, noise: NoiseSettings, gen: torch.Generator) -> None:
+    """Apply the neuron noise model in place to ``x`` (R, B, n): one layer (or tile) per call.
+
+        y_i = x_i (1 + xi_M,i + xi_MC) + xi_A,i + xi_AC  [+ shot + dither]
+
+    The uncorrelated terms (additive, multiplicative, shot) are independent
+    zero-mean Gaussians, so their sum is drawn as ONE Gaussian of variance
+    D_A + D_M x^2 + shot |x|.  The correlated terms are one draw per (repeat,
+    sample), shared by the neurons of ``x``.
+    """
+    t = torch.from_numpy(x)
+    if not t.numel():
+        return
+    shot = noise.shot
+    unc = None
+    if noise.D_M or shot:
+        var = torch.mul(t, t).mul_(noise.D_M) if noise.D_M else torch.zeros_like(t)
+        if shot:
+            var.add_(t.abs(), alpha=shot)
+        if noise.D_A:
+            var.add_(noise.D_A)
+        unc = torch.randn(t.shape, generator=gen).mul_(var.sqrt_())
+    elif noise.D_A:
+        unc = torch.randn(t.shape, generator=gen)
+    if noise.D_MC:
+        common = torch.randn((*t.shape[:-1], 1), generator=gen).mul_(noise.D_MC ** 0.5).add_(1.0)
+        t.mul_(common)
+    if unc is not None:
+        if noise.D_M or shot:
+            t.add_(unc)
+        else:
+            t.add_(unc, alpha=noise.D_A ** 0.5)
+    if noise.D_AC:
+        t.add_(torch.randn((*t.shape[:-1], 1), generator=gen), alpha=noise.D_AC ** 0.5)
+    if noise.dither:
+        u = torch.rand(t.shape, generator=gen).sub_(0.5)
+        t.add_(u, alpha=noise.dither)
+
+
+# ---------------------------------------------------------------------------
+# Variance forms (for the analytic prediction and for tests)
+# ---------------------------------------------------------------------------
+
+
+def noise_variance(x: np.ndarray, noise: NoiseSettings) -> np.ndarray:
+    """Variance that ``add_noise`` adds to each element of ``x`` (all terms, independent and common-mode)."""
+    x = np.asarray(x, dtype=np.float64)
+    return (noise.D_A + noise.D_AC + (noise.D_M + noise.D_MC) * x * x + noise.shot * np.abs(x)
+            + noise.dither ** 2 / 12.0)
+
+
+def noise_covariance(x: np.ndarray, noise: NoiseSettings) -> np.ndarray:
+    """Covariance (n, n) of the noise ``add_noise`` adds to one sample's layer output ``x`` (n,).
+
+    diag(D_A + D_M x^2 + shot |x| + w^2/12) + D_AC 11^T + D_MC x x^T.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    c = noise.D_AC + noise.D_MC * np.outer(x, x)
+    c[np.diag_indices_from(c)] += noise.D_A + noise.D_M * x * x + noise.shot * np.abs(x) + noise.dither ** 2 / 12.0
+    return c
+
+
+def quantization_step(conv: Converter) -> float:
+    """The converter's step (0 when it does not quantise)."""
+    if conv.bits is None or conv.range is None:
+        return 0.0
+    lo, hi = conv.range
+    return (hi - lo) / (2 ** conv.bits - 1)
+
+
+def quantization_variance(conv: Converter) -> float:
+    """Variance of the rounding error of a uniform quantiser, step^2 / 12 (for signals spanning many steps)."""
+    return quantization_step(conv) ** 2 / 12.0

@@ -1,0 +1,317 @@
+"""Execute an imported model batch by batch on devices, carrying repetitions through.
+
+The first analog layer sees each sample once and returns R repetitions; every
+later step (glue and analog) then works on R x B rows, so layer k+1 sees every
+repetition of layer k and noise accumulates as on hardware.  A noise-free
+reference pass (ideal arithmetic, no repetitions) runs beside it, because the
+analysis compares every layer against it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+
+from .data import Dataset, load_data
+from .devices import Device, Emulator
+from .errors import HwloopError
+from .graph import Glue, Model, load_model
+from .layer import AnalogLayer
+from .store import LayerInfo, RunWriter
+
+#: default batch: the largest whose widest step (repeat x batch x values) stays under this many float32
+_BATCH_BUDGET = 2 ** 24
+_MAX_DEFAULT_BATCH = 1000
+
+
+@dataclass
+class RunResult:
+    """What a run produced; the arrays are kept in memory only when no store was written."""
+
+    accuracy: np.ndarray                       # (repeat,)
+    path: Path | None = None
+    layers: list[np.ndarray] | None = None     # each (repeat, sample, neuron)
+    clean_layers: list[np.ndarray] | None = None
+    output: np.ndarray | None = None           # (repeat, sample, class)
+    clean_output: np.ndarray | None = None     # (sample, class)
+    labels: np.ndarray | None = None
+    attrs: dict = field(default_factory=dict)
+
+
+def run_model(model: Model | str | Path, data: Dataset | str, *,
+              devices: Device | Mapping[int, Device] | None = None, repeats: int = 1, seed: int = 0,
+              batch_size: int | None = None, out: str | Path | None = None, resume: bool = False,
+              overwrite: bool = False, progress: bool = False, provenance: dict | None = None) -> RunResult:
+    """Run ``model`` on ``data`` with ``repeats`` repetitions; record into ``out`` (a run store) if given."""
+    model = model if isinstance(model, Model) else load_model(model)
+    ds = data if isinstance(data, Dataset) else load_data(data)
+    if repeats < 1:
+        raise HwloopError(f"repeats must be at least 1, got {repeats}")
+    x = model_input(model, ds)
+    per_layer = resolve_devices(model, devices)
+    n = len(ds)
+    bs = int(batch_size) if batch_size else default_batch_size(model, repeats, n)
+    if bs < 1:
+        raise HwloopError(f"batch size must be at least 1, got {batch_size}")
+    bs = min(bs, n)
+    n_batches = -(-n // bs)
+    ideal = _Ideal(model)
+    _forward(model, x[:1], ideal.run, repeats=1)  # a failing shape shows up here, before any store exists
+    attrs = _provenance(model, ds, x, per_layer, seed, repeats, bs, provenance, hash_data=out is not None)
+
+    writer = None
+    if out is not None:
+        if resume and Path(out).exists():
+            writer = RunWriter.resume(out, attrs)
+        else:
+            writer = RunWriter.create(out, layers=[_layer_info(model, L) for L in model.layers], n_samples=n,
+                                      n_classes=model.n_classes, batch_size=bs, repeats=repeats, attrs=attrs,
+                                      overwrite=overwrite)
+    todo = [b for b, done in enumerate(writer.done() if writer else np.zeros(n_batches, bool)) if not done]
+    mem = None if writer else _Memory(model, repeats, n)
+    noisy = _Devices(model, per_layer, seed)
+    all_ideal = all(getattr(d, "ideal", False) for d in per_layer)
+
+    from tqdm import tqdm
+    bar = tqdm(total=n_batches, initial=n_batches - len(todo), disable=not progress, file=sys.stderr,
+               unit="batch", desc="hwloop run")
+    try:
+        for b in todo:
+            sl = slice(b * bs, min(n, (b + 1) * bs))
+            xb = x[sl]
+            layers, output = _forward(model, xb, lambda L, v, r: noisy.run(L, v, r, b), repeats=repeats)
+            if all_ideal:  # ideal devices: the reference pass is repetition 0 of the run itself
+                clean, clean_out = [a[0] for a in layers], output[0]
+            else:
+                c_layers, c_out = _forward(model, xb, ideal.run, repeats=1)
+                clean, clean_out = [a[0] for a in c_layers], c_out[0]
+            if writer:
+                writer.write_batch(b, layers=layers, clean=clean, output=output, clean_output=clean_out,
+                                   labels=ds.y[sl])
+            else:
+                mem.put(sl, layers, clean, output, clean_out)
+            bar.update(1)
+    finally:
+        bar.close()
+    if writer:
+        return RunResult(accuracy=writer.finish(), path=writer.path, attrs=attrs)
+    pred = mem.output.argmax(axis=2)
+    return RunResult(accuracy=(pred == ds.y[None, :]).mean(axis=1), layers=mem.layers, clean_layers=mem.clean,
+                     output=mem.output, clean_output=mem.clean_output, labels=ds.y, attrs=attrs)
+
+
+def model_input(model: Model, ds: Dataset) -> np.ndarray:
+    """``ds.x`` shaped as the model's input; reshapes flat data when the element count matches."""
+    x = ds.x
+    if not np.all(np.isfinite(x)):
+        raise HwloopError(f"data {ds.name}: input contains NaN or infinity")
+    want = model.input_shape
+    have = x.shape[1:]
+    if len(have) == len(want) and all(w is None or w == h for w, h in zip(want, have)):
+        return np.ascontiguousarray(x, dtype=model.input_dtype)
+    if None not in want and int(np.prod(want)) == int(np.prod(have)):
+        return np.ascontiguousarray(x.reshape((len(x),) + tuple(want)), dtype=model.input_dtype)
+    fmt = lambda s: "x".join("?" if d is None else str(d) for d in s)  # noqa: E731
+    n_want = "?" if None in want else str(int(np.prod(want)))
+    raise HwloopError(f"data {ds.name} has {int(np.prod(have))} values per sample ({fmt(have)}) but model "
+                      f"{model.path.name} input {model.input_name!r} takes {n_want} ({fmt(want)})")
+
+
+def resolve_devices(model: Model, devices: Device | Mapping[int, Device] | None) -> list[Device]:
+    """One device per analog layer: None -> a fresh ideal Emulator each; one Device -> shared by all."""
+    if devices is None:
+        return [Emulator() for _ in model.layers]
+    if isinstance(devices, Device):
+        return [devices] * len(model.layers)
+    extra = sorted(set(devices) - set(range(len(model.layers))))
+    if extra:
+        raise HwloopError(f"devices given for layer(s) {extra}, but {model.path.name} has analog layers "
+                          f"0..{len(model.layers) - 1}")
+    return [devices.get(k) or Emulator() for k in range(len(model.layers))]
+
+
+def default_batch_size(model: Model, repeats: int, n: int) -> int:
+    """Largest batch keeping repeat x batch x (widest step per sample) under ~64 MB of float32."""
+    widest = max(max(L.n_in, L.n_out) * _positions(L) for L in model.layers)
+    return max(1, min(n, _MAX_DEFAULT_BATCH, _BATCH_BUDGET // (repeats * widest)))
+
+
+def derive_seed(seed: int, index: int) -> int:
+    """The static seed of layer ``index`` (programming noise), from the run's seed."""
+    return int(np.random.SeedSequence((seed, index)).generate_state(1, np.uint32)[0])
+
+
+def _positions(layer: AnalogLayer) -> int:
+    return int(np.prod(layer.meta["out_spatial"])) if layer.conv is not None else 1
+
+
+def _layer_info(model: Model, layer: AnalogLayer) -> LayerInfo:
+    return LayerInfo(index=layer.index, name=layer.name, op=layer.meta["ops"], activation=layer.activation,
+                     neurons=layer.n_out * _positions(layer))
+
+
+class _Devices:
+    """Programs each device with its layer (reprogramming a device shared between layers)."""
+
+    def __init__(self, model: Model, per_layer: list[Device], seed: int):
+        self.per_layer, self.seed = per_layer, seed
+        self.loaded: dict[int, int] = {}     # id(device) -> layer index it holds
+        for layer, dev in zip(model.layers, per_layer):
+            self._program(dev, layer)
+
+    def _program(self, dev: Device, layer: AnalogLayer) -> None:
+        if self.loaded.get(id(dev)) != layer.index:
+            dev.program(layer, seed=derive_seed(self.seed, layer.index))
+            self.loaded[id(dev)] = layer.index
+
+    def run(self, layer: AnalogLayer, x: np.ndarray, repeats: int, batch: int) -> np.ndarray:
+        dev = self.per_layer[layer.index]
+        self._program(dev, layer)
+        try:
+            return dev.run(x, repeats=repeats, key=(self.seed, layer.index, batch))
+        except ValueError as e:
+            raise HwloopError(f"layer {layer.index} ({layer.name!r}): {e}") from None
+
+
+class _Ideal:
+    """Noise-free arithmetic for the reference pass: one ideal Emulator per layer."""
+
+    def __init__(self, model: Model):
+        self.emulators = []
+        for layer in model.layers:
+            emu = Emulator()
+            emu.program(layer)
+            self.emulators.append(emu)
+
+    def run(self, layer: AnalogLayer, x: np.ndarray, repeats: int) -> np.ndarray:
+        return self.emulators[layer.index].run(x, repeats=repeats)
+
+
+class _Memory:
+    """Whole-run arrays filled batch by batch when no store is written."""
+
+    def __init__(self, model: Model, repeats: int, n: int):
+        sizes = [L.n_out * _positions(L) for L in model.layers]
+        self.layers = [np.empty((repeats, n, s), np.float32) for s in sizes]
+        self.clean = [np.empty((n, s), np.float32) for s in sizes]
+        self.output = np.empty((repeats, n, model.n_classes), np.float32)
+        self.clean_output = np.empty((n, model.n_classes), np.float32)
+
+    def put(self, sl: slice, layers, clean, output, clean_out) -> None:
+        for k, (a, c) in enumerate(zip(layers, clean)):
+            self.layers[k][:, sl] = a
+            self.clean[k][sl] = c
+        self.output[:, sl] = output
+        self.clean_output[sl] = clean_out
+
+
+def _forward(model: Model, xb: np.ndarray, run_layer: Callable, repeats: int):
+    """One batch through every step.  Tensors are kept as (rows, ...) arrays with rows = r x B
+    (repetition-major) and their r; returns each layer's (R, B, neurons) and the output (R, B, C)."""
+    B = len(xb)
+    env: dict[str, tuple[np.ndarray, int]] = {model.input_name: (xb, 1)}
+    recorded = []
+    for step in model.steps:
+        if isinstance(step, Glue):
+            _run_glue(model, step, env, B)
+            continue
+        arr, r = env[step.input]
+        y, rec = _run_layer(step, arr, r, B, repeats, run_layer)
+        recorded.append(rec)
+        env[step.output] = (y, repeats)
+    out, r = env[model.output_name]
+    out = np.asarray(out, dtype=np.float32).reshape(r, B, -1)
+    if r != repeats:
+        out = np.broadcast_to(out, (repeats,) + out.shape[1:])
+    return recorded, out
+
+
+def _run_glue(model: Model, glue: Glue, env: dict, B: int) -> None:
+    r = max(env[t][1] for t in glue.inputs) if glue.inputs else 1
+    feeds = {}
+    for t in glue.inputs:
+        arr, rt = env[t]
+        if rt != r and arr.ndim and arr.shape[0] == rt * B:   # batched with fewer repetitions: broadcast
+            arr = np.broadcast_to(arr.reshape((rt, B) + arr.shape[1:]), (r, B) + arr.shape[1:])
+            arr = arr.reshape((r * B,) + arr.shape[2:])
+        feeds[t] = arr
+    try:
+        outs = glue.run(feeds)
+    except Exception as e:
+        node = glue.nodes[0]
+        raise HwloopError(f"{model.path}: digital segment starting at node {node.name!r} ({node.op_type}) "
+                          f"failed: {str(e).strip().splitlines()[0]}") from None
+    for t, v in outs.items():
+        env[t] = (v, r)
+
+
+def _run_layer(layer: AnalogLayer, arr: np.ndarray, r: int, B: int, repeats: int, run_layer: Callable):
+    """Run one analog layer on its device; returns the tensor for the graph and the recorded (R, B, n)."""
+    dtype = np.dtype(layer.meta["dtype"])
+    if layer.conv is None:
+        y = run_layer(layer, arr.reshape(r, B, -1), repeats)          # (R, B, n_out)
+        return np.asarray(y, dtype=dtype).reshape(repeats * B, -1), y
+    spatial = tuple(layer.meta["out_spatial"])
+    cols = im2col(np.asarray(arr, np.float32), layer)                 # (r*B*P, n_in)
+    y = run_layer(layer, cols.reshape(r, -1, layer.n_in), repeats)    # (R, B*P, C_out)
+    y = np.asarray(y).reshape(repeats, B, -1, layer.n_out).transpose(0, 1, 3, 2)  # (R, B, C_out, P)
+    rec = np.ascontiguousarray(y).reshape(repeats, B, -1)
+    return rec.reshape((repeats * B, layer.n_out) + spatial).astype(dtype, copy=False), rec
+
+
+def im2col(x: np.ndarray, layer: AnalogLayer) -> np.ndarray:
+    """Unfold (rows, C, *spatial) into (rows * positions, C * prod(kernel)), channel-major then kernel."""
+    spec = layer.conv
+    nd = len(spec.kernel_shape)
+    if nd == 1:  # a 1-D conv is a 2-D conv over a height-1 image
+        x = x[:, :, None, :]
+        k, s, d = (1, *spec.kernel_shape), (1, *spec.strides), (1, *spec.dilations)
+        pads = ((0, 0), (spec.pads[0], spec.pads[1]))
+    else:
+        k, s, d = spec.kernel_shape, spec.strides, spec.dilations
+        pads = ((spec.pads[0], spec.pads[2]), (spec.pads[1], spec.pads[3]))
+    if any(p for pair in pads for p in pair):
+        x = np.pad(x, ((0, 0), (0, 0)) + pads)
+    span = tuple((k[i] - 1) * d[i] + 1 for i in range(2))
+    win = np.lib.stride_tricks.sliding_window_view(x, span, axis=(2, 3))  # (rows, C, H', W', span_h, span_w)
+    win = win[:, :, ::s[0], ::s[1], ::d[0], ::d[1]]
+    rows, c, ho, wo = win.shape[:4]
+    return np.ascontiguousarray(win.transpose(0, 2, 3, 1, 4, 5)).reshape(rows * ho * wo, c * k[0] * k[1])
+
+
+def _versions() -> dict:
+    import hwloop
+
+    out = {"hwloop": hwloop.__version__}
+    for pkg in ("torch", "onnxruntime", "onnx", "numpy", "zarr"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def _provenance(model: Model, ds: Dataset, x: np.ndarray, per_layer: list[Device], seed: int, repeats: int,
+                batch_size: int, extra: dict | None, hash_data: bool) -> dict:
+    """Everything needed to say where a run's numbers came from (and to check a resume)."""
+    attrs = {
+        "model_path": str(model.path), "model_sha256": model.sha256, "data": ds.name, "n_samples": len(ds),
+        "seed": int(seed), "repeats": int(repeats), "batch_size": int(batch_size),
+        "devices": [{"layer": L.index, "name": L.name, **dev.describe()} for L, dev in zip(model.layers, per_layer)],
+        "versions": _versions(), "start_time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command_line": shlex.join(sys.argv),
+    }
+    if hash_data:
+        h = hashlib.sha256(np.ascontiguousarray(x).tobytes())
+        h.update(np.ascontiguousarray(ds.y).tobytes())
+        attrs["data_sha256"] = h.hexdigest()
+    attrs.update(extra or {})
+    return attrs

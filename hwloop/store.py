@@ -1,0 +1,228 @@
+"""The run store: every analog layer's outputs, recorded crash-safe in Zarr.
+
+Layout (a Zarr v3 group; ``xarray.open_zarr`` opens it with named dims)::
+
+    attrs["hwloop"]            provenance (model hash, devices, seed, versions, ...)
+    output        (repeat, sample, class)   final outputs (the class scores)
+    clean_output  (sample, class)           noise-free reference pass
+    label         (sample,)                 int64
+    prediction    (repeat, sample)          argmax of output
+    correct       (repeat, sample)          prediction == label
+    accuracy      (repeat,)                 written when the run completes
+    batch_done    (batch,)                  1 once every array of that batch is written
+    layers/<k>/output (repeat, sample, neuron), layers/<k>/clean (sample, neuron)
+
+Why it survives SIGKILL: all metadata is written into a temporary folder that
+is renamed into place, so a store either exists with every array or not at
+all; afterwards every array is chunked by batch along ``sample``, zarr's
+LocalStore writes each chunk file atomically (tmp + rename), and a batch's
+``batch_done`` marker is written last.  A batch without its marker is
+unfinished and is simply written again on ``--resume``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+import zarr
+
+from .errors import HwloopError
+
+FORMAT = "hwloop-run/1"
+
+#: provenance keys a resumed run must share with the store it continues
+RESUME_KEYS = ("model_sha256", "data_sha256", "n_samples", "seed", "repeats", "batch_size", "profile_sha256")
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """What the store records about one analog layer (its group's attrs)."""
+
+    index: int
+    name: str
+    op: str
+    activation: str
+    neurons: int
+
+
+class RunWriter:
+    """Writes one run batch by batch; create with :meth:`create` or :meth:`resume`."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.root = zarr.open_group(str(self.path), mode="r+")
+        self.attrs = dict(self.root.attrs["hwloop"])
+        self.batch_size = int(self.attrs["batch_size"])
+        self.n_layers = len(self.attrs["layers"])
+        self._done = self.root["batch_done"]
+
+    @classmethod
+    def create(cls, path: str | Path, *, layers: list[LayerInfo], n_samples: int, n_classes: int,
+               batch_size: int, repeats: int, attrs: dict, overwrite: bool = False) -> "RunWriter":
+        """Create an empty store at ``path`` atomically (built aside, then renamed into place)."""
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise HwloopError(f"{path}: output exists (use --resume to continue it or --overwrite to replace it)")
+        n_batches = -(-n_samples // batch_size)
+        attrs = dict(attrs, format=FORMAT, n_samples=n_samples, batch_size=batch_size, repeats=repeats,
+                     n_batches=n_batches, n_classes=n_classes,
+                     layers=[vars(info) for info in layers])
+        try:
+            attrs = json.loads(json.dumps(attrs))
+        except TypeError as e:
+            raise HwloopError(f"{path}: provenance is not JSON-serialisable: {e}") from None
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            root = zarr.open_group(str(tmp), mode="w")
+            root.attrs["hwloop"] = attrs
+            R, N, B = repeats, n_samples, batch_size
+
+            def arr(group, name, shape, chunks, dtype, dims, fill):
+                group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill,
+                                   dimension_names=dims)
+
+            arr(root, "output", (R, N, n_classes), (R, B, n_classes), "f4", ("repeat", "sample", "class"), np.nan)
+            arr(root, "clean_output", (N, n_classes), (B, n_classes), "f4", ("sample", "class"), np.nan)
+            arr(root, "label", (N,), (B,), "i8", ("sample",), -1)
+            arr(root, "prediction", (R, N), (R, B), "i8", ("repeat", "sample"), -1)
+            arr(root, "correct", (R, N), (R, B), "u1", ("repeat", "sample"), 0)
+            arr(root, "accuracy", (R,), (R,), "f8", ("repeat",), np.nan)
+            arr(root, "batch_done", (n_batches,), (1,), "u1", ("batch",), 0)
+            for info in layers:
+                g = root.create_group(f"layers/{info.index}")
+                g.attrs.update(vars(info))
+                n = info.neurons
+                arr(g, "output", (R, N, n), (R, B, n), "f4", ("repeat", "sample", "neuron"), np.nan)
+                arr(g, "clean", (N, n), (B, n), "f4", ("sample", "neuron"), np.nan)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "consolidated metadata is not in the v3 spec"
+                zarr.consolidate_metadata(str(tmp))
+            if path.exists():  # --overwrite: replace only once the new store is complete
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+            tmp.rename(path)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return cls(path)
+
+    @classmethod
+    def resume(cls, path: str | Path, expect: dict) -> "RunWriter":
+        """Reopen ``path`` to continue it; every key of RESUME_KEYS must match ``expect``."""
+        path = Path(path)
+        attrs = read_attrs(path)
+        for key in RESUME_KEYS:
+            if attrs.get(key) != expect.get(key):
+                raise HwloopError(f"{path}: cannot resume: {key} differs "
+                                  f"(store has {attrs.get(key)!r}, this run has {expect.get(key)!r})")
+        return cls(path)
+
+    def done(self) -> np.ndarray:
+        """Per batch: True where its marker is set."""
+        return self._done[:].astype(bool)
+
+    def write_batch(self, index: int, *, layers: list[np.ndarray], clean: list[np.ndarray],
+                    output: np.ndarray, clean_output: np.ndarray, labels: np.ndarray) -> None:
+        """Write batch ``index`` (arrays hold that batch's samples), then its marker."""
+        sl = slice(index * self.batch_size, index * self.batch_size + len(labels))
+        root = self.root
+        for k in range(self.n_layers):
+            g = root[f"layers/{k}"]
+            g["output"][:, sl] = layers[k]
+            g["clean"][sl] = clean[k]
+        pred = output.argmax(axis=2)
+        root["output"][:, sl] = output
+        root["clean_output"][sl] = clean_output
+        root["label"][sl] = labels
+        root["prediction"][:, sl] = pred
+        root["correct"][:, sl] = (pred == labels[None, :]).astype(np.uint8)
+        self._done[index] = 1
+
+    def finish(self) -> np.ndarray:
+        """Once every batch is done: write the per-repeat accuracy and return it."""
+        acc = self.root["correct"][:].mean(axis=1)
+        self.root["accuracy"][:] = acc
+        return acc
+
+
+def read_attrs(path: str | Path) -> dict:
+    """The provenance of the store at ``path``; HwloopError when it is not a run store."""
+    path = Path(path)
+    if not path.exists():
+        raise HwloopError(f"{path}: no such run store")
+    try:
+        attrs = dict(zarr.open_group(str(path), mode="r").attrs["hwloop"])
+    except Exception:
+        raise HwloopError(f"{path}: not an hwloop run store") from None
+    if attrs.get("format") != FORMAT:
+        raise HwloopError(f"{path}: not an hwloop run store (format {attrs.get('format')!r})")
+    return attrs
+
+
+class Run:
+    """Read side of a run store; exposes only the samples of completed batches."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.attrs: dict = read_attrs(self.path)
+        self._root = xr.open_zarr(str(self.path))
+        done = self._root["batch_done"].values.astype(bool)
+        self.complete: bool = bool(done.all())
+        n, bs = int(self.attrs["n_samples"]), int(self.attrs["batch_size"])
+        self._samples = None if self.complete else np.flatnonzero(np.repeat(done, bs)[:n])
+        self._layers = {i["index"]: LayerInfo(**i) for i in self.attrs["layers"]}
+        self.layer_names: list[str] = [self._layers[k].name for k in sorted(self._layers)]
+
+    def _select(self, da: xr.DataArray) -> xr.DataArray:
+        return da if self._samples is None else da.isel(sample=self._samples)
+
+    def _group(self, k: int | str) -> xr.Dataset:
+        if isinstance(k, str):
+            if k not in self.layer_names:
+                raise HwloopError(f"{self.path}: no layer named {k!r} (layers: {', '.join(self.layer_names)})")
+            k = self.layer_names.index(k)
+        if k not in self._layers:
+            raise HwloopError(f"{self.path}: no layer {k} (the run has {len(self._layers)} analog layers)")
+        return xr.open_zarr(str(self.path), group=f"layers/{k}")
+
+    def layer(self, k: int | str) -> xr.DataArray:
+        """Outputs of analog layer ``k`` (index or name): (repeat, sample, neuron)."""
+        return self._select(self._group(k)["output"])
+
+    def clean(self, k: int | str) -> xr.DataArray:
+        """Noise-free reference outputs of layer ``k``: (sample, neuron)."""
+        return self._select(self._group(k)["clean"])
+
+    @property
+    def output(self) -> xr.DataArray:
+        return self._select(self._root["output"])
+
+    @property
+    def clean_output(self) -> xr.DataArray:
+        return self._select(self._root["clean_output"])
+
+    @property
+    def labels(self) -> xr.DataArray:
+        return self._select(self._root["label"])
+
+    @property
+    def accuracy(self) -> xr.DataArray:
+        """Per-repeat accuracy over the completed samples: (repeat,)."""
+        correct = self._select(self._root["correct"])
+        return correct.astype("f8").mean("sample").rename("accuracy")
+
+    def __repr__(self) -> str:
+        state = "complete" if self.complete else f"{0 if self._samples is None else len(self._samples)} samples done"
+        return f"Run({str(self.path)!r}, {len(self.layer_names)} layers, {state})"
+
+
+def open_run(path: str | Path) -> Run:
+    """Open a run store for reading (the contract in docs/design.md)."""
+    return Run(path)

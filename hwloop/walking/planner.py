@@ -1,0 +1,110 @@
+"""Where to spend repetitions: tailored multi-execution from per-site midpoints.
+
+Averaging k noisy executions of a site divides its additive noise by sqrt(k).
+Given each site's midpoint mu and a total budget of executions, a scheme gives
+each site k_i >= 1 with sum k_i == budget; 1/mu^2 equalises s/sqrt(k)/mu.
+The allocation is then evaluated under global noise, drawing k_i noisy copies
+at site i and averaging them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..data import Dataset
+from ..errors import HwloopError
+from .evaluate import SiteModel, accuracy
+from .sites import Noise
+
+SCHEMES = ("uniform", "inv_mu", "inv_mu2", "inv_sqrt_mu", "log", "rank")
+
+
+def scheme_weights(mu: np.ndarray, scheme: str) -> np.ndarray:
+    """Relative share of the budget per site; sites that never reach their midpoint (inf) get the least."""
+    mu = np.asarray(mu, dtype=np.float64)
+    if np.any(mu <= 0) or np.any(np.isnan(mu)):
+        raise HwloopError("midpoints must be positive numbers (inf for 'not reached')")
+    finite = np.isfinite(mu)
+    if scheme == "uniform":
+        return np.ones_like(mu)
+    if scheme == "inv_mu":
+        return 1.0 / mu
+    if scheme == "inv_mu2":
+        return 1.0 / mu ** 2
+    if scheme == "inv_sqrt_mu":
+        return 1.0 / np.sqrt(mu)
+    if scheme == "log":
+        top = mu[finite].max() if finite.any() else 1.0
+        return np.where(finite, 1.0 + np.log(top / np.where(finite, mu, 1.0)), 0.0)
+    if scheme == "rank":
+        order = np.argsort(-mu, kind="stable")        # least fragile first
+        w = np.empty_like(mu)
+        w[order] = np.arange(1, len(mu) + 1)
+        return w
+    raise HwloopError(f"allocation scheme {scheme!r}: unknown (known: {', '.join(SCHEMES)})")
+
+
+def allocate(mu: np.ndarray, budget: int, scheme: str) -> np.ndarray:
+    """Integer repetitions per site: at least 1 each, summing exactly to ``budget``."""
+    w = scheme_weights(mu, scheme)
+    n = len(w)
+    if budget < n:
+        raise HwloopError(f"budget {budget}: needs at least one execution per site ({n} sites)")
+    if w.sum() <= 0:
+        w = np.ones(n)
+    target = budget * w / w.sum()
+    k = np.maximum(1, np.floor(target)).astype(np.int64)
+    while k.sum() < budget:                       # largest shortfall first
+        k[int(np.argmax(target - k))] += 1
+    while k.sum() > budget:                       # take back where the excess is largest
+        excess = np.where(k > 1, k - target, -np.inf)
+        k[int(np.argmax(excess))] -= 1
+    return k
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    """One scheme's allocation and its accuracy per repeat."""
+
+    scheme: str
+    allocation: np.ndarray
+    accuracy: np.ndarray
+
+    @property
+    def mean(self) -> float:
+        return float(self.accuracy.mean())
+
+
+def evaluate_plans(model: SiteModel, data: Dataset, mu: np.ndarray, budget: int, noise: Noise,
+                   schemes: tuple[str, ...] = SCHEMES, repeats: int = 3, seed: int = 0) -> list[PlanResult]:
+    """Accuracy of each scheme under global ``noise``; repeat r uses the same key (seed, r)
+    for every scheme, so schemes are compared on common random numbers."""
+    if len(mu) != len(model.sites):
+        raise HwloopError(f"{len(mu)} midpoints for a model with {len(model.sites)} sites")
+    results = []
+    for scheme in schemes:
+        k = allocate(mu, budget, scheme)
+        accs = [accuracy(model.run({i: (noise, int(k[i])) for i in range(len(k))},
+                                   np.random.default_rng([seed, r]), x=data.x), data.y)
+                for r in range(repeats)]
+        results.append(PlanResult(scheme, k, np.array(accs)))
+    return results
+
+
+def plan_from_sweep(sweep: str, budget: int, sigma: float, schemes: tuple[str, ...] = SCHEMES,
+                    repeats: int = 3, seed: int = 0) -> list[PlanResult]:
+    """Midpoints from an evaluation-only walking sweep, evaluated on its model and data."""
+    from ..data import load_data
+    from .plots import sweep_midpoints
+    from .sweep import open_sweep
+
+    ds = open_sweep(sweep)
+    s = ds.attrs["settings"]
+    if s["train_noise"] or s["mode"] != "walk" or "model" not in ds.attrs:
+        raise HwloopError(f"{sweep}: planning needs an evaluation-only walking sweep of an ONNX model")
+    mu = np.array([m.value for m in sweep_midpoints(ds)])
+    noise = Noise(s["noise"], sigma, s["ratio"], s["correlated"])
+    return evaluate_plans(SiteModel(ds.attrs["model"]), load_data(s["data"]), mu, budget, noise,
+                          schemes, repeats, seed)

@@ -1,0 +1,464 @@
+"""Walking Noise sweeps: points (site, sigma, repeat), run locally or on Dask, into a Zarr store.
+
+Every point is a task whose numbers depend only on the settings and its own
+key (seed, site, sigma index, repeat), never on execution order or worker.
+Tasks return their results to the client, the only writer: each point lands in
+its own Zarr chunk (written atomically) as soon as it finishes, ``accuracy``
+last, so a NaN accuracy means "not done" and a resumed sweep computes exactly
+the missing points.
+
+Evaluation-only sweeps run an ONNX model (``SiteModel``, clean prefix reused).
+Noisy-training sweeps (``train_noise``) train a torch model per point from a
+model definition, after one clean model per repeat whose checkpoint (kept in
+the store) also gives the evaluation-only accuracy of the same point.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from ..data import Dataset, load_data
+from ..errors import HwloopError
+from .sites import KINDS, Noise, Site
+
+MODES = ("walk", "global")
+
+
+def parse_sigmas(text: str) -> tuple[float, ...]:
+    """``logspace:1e-2:1e8:41``, ``linspace:0:6:13`` or a comma list ``0.1,1,10``."""
+    t = text.strip()
+    try:
+        if t.startswith(("logspace:", "linspace:")):
+            kind, a, b, n = t.split(":")
+            a, b, n = float(a), float(b), int(n)
+            if n < 1:
+                raise ValueError
+            if kind == "logspace":
+                if a <= 0 or b <= 0:
+                    raise HwloopError(f"sigmas {text!r}: logspace bounds must be > 0")
+                vals = np.logspace(np.log10(a), np.log10(b), n)
+            else:
+                vals = np.linspace(a, b, n)
+        else:
+            vals = np.array([float(v) for v in t.split(",")])
+    except ValueError:
+        raise HwloopError(f"sigmas {text!r}: expected logspace:A:B:N, linspace:A:B:N or a comma list") from None
+    if len(vals) == 0 or np.any(~np.isfinite(vals)) or np.any(vals < 0):
+        raise HwloopError(f"sigmas {text!r}: need finite values >= 0")
+    return tuple(float(v) for v in vals)
+
+
+def train_spec(spec: str) -> str:
+    """The training split of a data spec (``digits@500`` -> ``digits+train@500``)."""
+    if "+train" in spec:
+        return spec
+    m = re.match(r"^(.*?)(@\d+)?$", spec)
+    return f"{m[1]}+train{m[2] or ''}"
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """Everything that determines a sweep's numbers (compared on resume)."""
+
+    sigmas: tuple[float, ...]
+    noise: str = "additive"
+    mode: str = "walk"
+    data: str = "digits"
+    repeats: int = 1
+    seed: int = 0
+    ratio: float = 0.5
+    correlated: bool = False
+    train_noise: bool = False
+    model_def: str | None = None      # train_noise: exporters model name or module:factory
+    train_data: str | None = None     # train_noise: default the training split of ``data``
+    epochs: int = 10
+    lr: float = 1e-3
+    batch_size: int = 128
+    clamp: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.noise not in KINDS:
+            raise HwloopError(f"--noise {self.noise!r}: not one of {', '.join(KINDS)}")
+        if self.mode not in MODES:
+            raise HwloopError(f"--mode {self.mode!r}: not one of {', '.join(MODES)}")
+        if self.repeats < 1:
+            raise HwloopError(f"--repeats {self.repeats}: must be >= 1")
+        if self.train_noise and not self.model_def:
+            raise HwloopError("noisy training needs a model definition (--model-def tfc|mlp|... or module:factory)")
+        if self.train_noise and self.epochs < 1:
+            raise HwloopError(f"--epochs {self.epochs}: must be >= 1")
+        if self.clamp is not None and not self.clamp > 0:
+            raise HwloopError(f"--clamp {self.clamp}: must be > 0")
+        Noise(self.noise, 0.0, self.ratio, self.correlated)  # validates ratio
+
+    def noise_at(self, site: int, sigma: float, n_sites: int) -> dict[int, Noise]:
+        """Noise per site index for one point: one site ("walk") or all ("global")."""
+        n = Noise(self.noise, sigma, self.ratio, self.correlated)
+        return {k: n for k in range(n_sites)} if self.mode == "global" else {site: n}
+
+
+def point_seed(*key: int) -> int:
+    """A 63-bit seed from a key of non-negative integers (order-independent of execution)."""
+    return int(np.random.SeedSequence(list(key)).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+# -- the work of one point: plain functions of (job, key) so any process can run them ----------
+_CACHE: dict[str, Any] = {}
+
+
+def _cached(key: str, build: Callable[[], Any]) -> Any:
+    """One object per process and key (the clean activations of a model, a data set)."""
+    if key not in _CACHE:
+        if len(_CACHE) > 8:
+            _CACHE.clear()
+        _CACHE[key] = build()
+    return _CACHE[key]
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    """Evaluation-only points on an ONNX model (given as bytes, so remote workers need no file)."""
+
+    settings: SweepSettings
+    model: bytes
+    sha256: str
+
+    def evaluator(self):
+        import onnx
+
+        from .evaluate import SiteModel
+
+        def build():
+            model = SiteModel(onnx.load_from_string(self.model))
+            data = load_data(self.settings.data)
+            return model, data, model.clean(data.x)
+        return _cached(f"eval:{self.sha256}:{self.settings.data}", build)
+
+
+def eval_point(job: EvalJob, site: int, sigma_index: int, repeat: int) -> dict:
+    """Accuracy of the ONNX model with noise at ``site`` (all sites in global mode)."""
+    from .evaluate import accuracy
+
+    model, data, cache = job.evaluator()
+    s = job.settings
+    rng = np.random.default_rng([s.seed, site, sigma_index, repeat])
+    logits = model.run(s.noise_at(site, s.sigmas[sigma_index], len(model.sites)), rng, cache=cache)
+    return {"index": (site, sigma_index, repeat), "accuracy": accuracy(logits, data.y)}
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """Noisy-training points of a torch model definition."""
+
+    settings: SweepSettings
+
+    def data(self) -> tuple[Dataset, Dataset]:
+        s = self.settings
+        return _cached(f"data:{s.data}:{s.train_data}",
+                       lambda: (load_data(s.train_data or train_spec(s.data)), load_data(s.data)))
+
+    def net(self, repeat: int):
+        """A fresh model for ``repeat``: the same initial weights for every point of that repeat."""
+        from .train import NoisyNet, build_model
+
+        train, test = self.data()
+        s = self.settings
+        module, in_shape = build_model(s.model_def, train.x.shape[1], test.n_classes, point_seed(s.seed, repeat))
+        return NoisyNet(module, in_shape)
+
+    def config(self):
+        from .train import TrainConfig
+
+        s = self.settings
+        return TrainConfig(epochs=s.epochs, lr=s.lr, batch_size=s.batch_size, clamp=s.clamp)
+
+
+def _diagnose(net, test: Dataset, seed: int) -> dict:
+    from .diagnostics import binarization, weight_magnitude
+    from .train import evaluate
+
+    _, acts = evaluate(net, test, {}, seed, capture=True)
+    return {"weight_mag": weight_magnitude(net),
+            "binarization": np.array([binarization(acts[k]) for k in sorted(acts)])}
+
+
+def clean_point(job: TrainJob, repeat: int) -> dict:
+    """Train the clean model of ``repeat`` (no noise): its checkpoint, accuracy and diagnostics."""
+    from .train import evaluate, state_vector, train
+
+    train_data, test = job.data()
+    s = job.settings
+    net = job.net(repeat)
+    train(net, train_data, job.config(), point_seed(s.seed, repeat, 1), point_seed(s.seed, repeat, 2))
+    acc, _ = evaluate(net, test, {}, 0)
+    return {"repeat": repeat, "clean_state": state_vector(net), "clean_accuracy": acc,
+            **{f"clean_{k}": v for k, v in _diagnose(net, test, 0).items()}}
+
+
+def train_point(job: TrainJob, site: int, sigma_index: int, repeat: int, clean_state: np.ndarray) -> dict:
+    """One point: the clean checkpoint under noise (evaluation only), then a model trained with it."""
+    from .train import evaluate, load_state_vector, train
+
+    train_data, test = job.data()
+    s = job.settings
+    net = job.net(repeat)
+    noise_at = s.noise_at(site, s.sigmas[sigma_index], len(net.sites))
+    eval_seed = point_seed(s.seed, site, sigma_index, repeat, 0)
+    load_state_vector(net, clean_state)
+    acc_eval_only, _ = evaluate(net, test, noise_at, eval_seed)
+    net = job.net(repeat)
+    net.noise_at = noise_at
+    train(net, train_data, job.config(), point_seed(s.seed, repeat, 1),
+          point_seed(s.seed, site, sigma_index, repeat, 1))
+    acc, _ = evaluate(net, test, noise_at, eval_seed)
+    net.noise_at = {}
+    return {"index": (site, sigma_index, repeat), "accuracy_eval_only": acc_eval_only,
+            **_diagnose(net, test, 0), "accuracy": acc}
+
+
+# -- the store -------------------------------------------------------------------------------
+def _settings_json(settings: SweepSettings) -> dict:
+    return json.loads(json.dumps(asdict(settings)))
+
+
+class SweepStore:
+    """The sweep's Zarr store; the client is its only writer."""
+
+    def __init__(self, path: str | os.PathLike):
+        import zarr
+
+        self.path = Path(path)
+        try:
+            self.group = zarr.open_group(str(self.path), mode="r+")
+            self.attrs = dict(self.group.attrs)
+            self.settings = self.attrs["settings"]
+        except Exception as e:
+            raise HwloopError(f"{self.path}: not a sweep store ({e})") from None
+
+    @classmethod
+    def create(cls, path: Path, settings: SweepSettings, sites: list[Site], attrs: dict,
+               layers: list[str] | None = None) -> "SweepStore":
+        """Write an empty store beside ``path`` and rename it into place (never half-made)."""
+        import xarray as xr
+
+        s = settings
+        names = ["global"] if s.mode == "global" else [x.name for x in sites]
+        n, m, r = len(names), len(s.sigmas), s.repeats
+        coords = {"site": np.arange(n), "site_name": ("site", np.array(names, dtype=object)),
+                  "sigma": np.array(s.sigmas), "repeat": np.arange(r)}
+        nan = lambda *shape: np.full(shape, np.nan)  # noqa: E731
+        cell = ("site", "sigma", "repeat")
+        data: dict[str, tuple] = {"accuracy": (cell, nan(n, m, r))}
+        enc: dict[str, dict] = {"accuracy": {"chunks": (1, 1, 1)}}
+        if s.train_noise:
+            coords["layer"] = np.array(layers, dtype=object)
+            coords["probe"] = np.array([x.name for x in sites], dtype=object)
+            L, P = len(layers), len(sites)
+            data |= {"accuracy_eval_only": (cell, nan(n, m, r)),
+                     "weight_mag": (cell + ("layer",), nan(n, m, r, L)),
+                     "binarization": (cell + ("probe",), nan(n, m, r, P)),
+                     "clean_accuracy": (("repeat",), nan(r)),
+                     "clean_weight_mag": (("repeat", "layer"), nan(r, L)),
+                     "clean_binarization": (("repeat", "probe"), nan(r, P)),
+                     "clean_state": (("repeat", "param"), nan(r, int(attrs["n_state"])))}
+            enc |= {"accuracy_eval_only": {"chunks": (1, 1, 1)}, "weight_mag": {"chunks": (1, 1, 1, L)},
+                    "binarization": {"chunks": (1, 1, 1, P)}, "clean_accuracy": {"chunks": (1,)},
+                    "clean_weight_mag": {"chunks": (1, L)}, "clean_binarization": {"chunks": (1, P)},
+                    "clean_state": {"chunks": (1, int(attrs["n_state"]))}}
+        ds = xr.Dataset(data, coords=coords, attrs={**attrs, "settings": _settings_json(s), "complete": False})
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            ds.to_zarr(str(tmp), mode="w", encoding=enc, consolidated=False)
+            os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return cls(path)
+
+    def check(self, settings: SweepSettings, sha256: str | None) -> None:
+        """Refuse to resume a store made with other settings (names the first differing key)."""
+        want = _settings_json(settings)
+        for k in sorted(set(want) | set(self.settings)):
+            if want.get(k) != self.settings.get(k):
+                raise HwloopError(f"{self.path}: made with {k}={self.settings.get(k)!r}, not {want.get(k)!r}; "
+                                  "use another --out or the same settings to resume")
+        if sha256 and self.attrs.get("model_sha256") != sha256:
+            raise HwloopError(f"{self.path}: made from another model (sha256 {self.attrs.get('model_sha256')})")
+
+    def missing(self, name: str = "accuracy") -> list[tuple[int, ...]]:
+        """Indices of points not yet written."""
+        return [tuple(int(i) for i in ix) for ix in np.argwhere(np.isnan(self.group[name][...]))]
+
+    def write(self, result: dict) -> None:
+        """Write one finished point; ``accuracy`` (the done-marker) last."""
+        if "repeat" in result:
+            ix, keys = (result["repeat"],), ["clean_state", "clean_weight_mag", "clean_binarization", "clean_accuracy"]
+        else:
+            ix = result["index"]
+            keys = [k for k in result if k not in ("index", "accuracy")] + ["accuracy"]
+        for k in keys:
+            self.group[k][ix] = result[k]
+
+    def finish(self) -> None:
+        if not self.missing() and ("clean_accuracy" not in self.group or not self.missing("clean_accuracy")):
+            self.group.attrs["complete"] = True
+
+
+def open_sweep(path: str | os.PathLike):
+    """The sweep as an ``xarray.Dataset`` (dims site, sigma, repeat); unfinished points are NaN."""
+    import xarray as xr
+
+    if not Path(path).exists():
+        raise HwloopError(f"{path}: no such sweep store")
+    try:
+        return xr.open_zarr(str(path), consolidated=False).load()
+    except Exception as e:
+        raise HwloopError(f"{path}: not a sweep store ({e})") from None
+
+
+# -- running ---------------------------------------------------------------------------------
+def _provenance() -> dict:
+    import onnx
+    import onnxruntime
+    import torch
+
+    from .. import __version__
+
+    return {"hwloop": __version__, "numpy": np.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
+            "python": sys.version.split()[0], "command": " ".join(sys.argv),
+            "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+def _prepare(settings: SweepSettings, model: str | os.PathLike | None):
+    """The job, its sites, and the attributes of a new store."""
+    if settings.train_noise:
+        from .diagnostics import weight_layers
+        from .train import state_vector
+
+        job = TrainJob(settings)
+        net = job.net(0)
+        attrs = {"n_classes": job.data()[1].n_classes, "n_state": len(state_vector(net)),
+                 "model_def": settings.model_def}
+        return job, net.sites, attrs, [n for n, _ in weight_layers(net)], None
+    if model is None:
+        raise HwloopError("an evaluation-only sweep needs an ONNX model (or --train-noise with --model-def)")
+    path = Path(model)
+    if not path.exists():
+        raise HwloopError(f"{path}: no such file")
+    raw = path.read_bytes()
+    sha = hashlib.sha256(raw).hexdigest()
+    job = EvalJob(settings, raw, sha)
+    sm, data, cache = job.evaluator()
+    from .evaluate import accuracy
+
+    attrs = {"n_classes": data.n_classes, "model": str(path), "model_sha256": sha,
+             "clean_accuracy": accuracy(cache[sm.output], data.y)}
+    return job, sm.sites, attrs, None, sha
+
+
+def run_sweep(settings: SweepSettings, out: str | os.PathLike, model: str | os.PathLike | None = None, *,
+              scheduler: str | None = None, workers: int | None = None,
+              progress: Callable[[int, int], None] | None = None) -> Path:
+    """Run (or resume) a sweep into ``out``; ``scheduler``/``workers`` put the points on Dask.
+
+    ``workers`` alone starts a local Dask cluster of that many single-threaded
+    processes; ``scheduler`` (``tcp://HOST:PORT``) uses an existing one;
+    neither runs every point in this process.
+    """
+    out = Path(out)
+    job, sites, attrs, layers, sha = _prepare(settings, model)
+    attrs["sites"] = [{"index": x.index, "name": x.name, "op": x.op, "shape": list(x.shape)} for x in sites]
+    if out.exists():
+        store = SweepStore(out)
+        store.check(settings, sha)
+    else:
+        store = SweepStore.create(out, settings, sites, {**attrs, "provenance": _provenance()}, layers)
+    if scheduler or workers:
+        _run_dask(job, store, scheduler, workers, progress)
+    else:
+        _run_local(job, store, progress)
+    store.finish()
+    return out
+
+
+def _tasks(job, store: SweepStore) -> tuple[list[int], list[tuple[int, int, int]]]:
+    clean = [ix[0] for ix in store.missing("clean_accuracy")] if isinstance(job, TrainJob) else []
+    return clean, store.missing()
+
+
+def _run_local(job, store: SweepStore, progress) -> None:
+    clean, points = _tasks(job, store)
+    total, done = len(clean) + len(points), 0
+    for r in clean:
+        store.write(clean_point(job, r))
+        done += 1
+        progress and progress(done, total)
+    for site, j, r in points:
+        if isinstance(job, TrainJob):
+            result = train_point(job, site, j, r, store.group["clean_state"][r])
+        else:
+            result = eval_point(job, site, j, r)
+        store.write(result)
+        done += 1
+        progress and progress(done, total)
+
+
+def _run_dask(job, store: SweepStore, scheduler: str | None, workers: int | None, progress) -> None:
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    clean, points = _tasks(job, store)
+    total = len(clean) + len(points)
+    if total == 0:
+        return
+    cluster = None
+    try:
+        if scheduler:
+            client = Client(scheduler, timeout="30s")
+        else:
+            cluster = LocalCluster(n_workers=workers or 1, threads_per_worker=1, processes=True,
+                                   dashboard_address=None)
+            client = Client(cluster)
+    except Exception as e:
+        raise HwloopError(f"Dask scheduler {scheduler or 'local'}: cannot connect ({e})") from None
+    try:
+        job_f = client.scatter(job, broadcast=True)
+        futures = []
+        states = {}
+        for r in clean:
+            states[r] = client.submit(clean_point, job_f, r, pure=False)
+            futures.append(states[r])
+        for site, j, r in points:
+            if isinstance(job, TrainJob):
+                state = states[r] if r in states else store.group["clean_state"][r]
+                f = client.submit(_train_from_clean, job_f, site, j, r, state, pure=False)
+            else:
+                f = client.submit(eval_point, job_f, site, j, r, pure=False)
+            futures.append(f)
+        done = 0
+        for f in as_completed(futures):
+            store.write(f.result())   # a failed task raises here; finished points are kept
+            done += 1
+            progress and progress(done, total)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _train_from_clean(job: TrainJob, site: int, j: int, r: int, clean) -> dict:
+    """Dask glue: the clean dependency arrives as ``clean_point``'s result or as the stored vector."""
+    state = clean["clean_state"] if isinstance(clean, dict) else clean
+    return train_point(job, site, j, r, state)

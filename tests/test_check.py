@@ -1,0 +1,99 @@
+"""The CI gate: every shipped profile runs the demo model; exit codes, JUnit XML, pytest fixture."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hwloop.check import check_model, layer_snr_db
+from hwloop.profiles import available_profiles
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = sorted(p.stem for p in (ROOT / "device_profiles").glob("*.yaml"))
+
+
+def _cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "hwloop", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_profile_runs_the_demo_model(demo_onnx, name):
+    r = check_model(demo_onnx, profile=ROOT / "device_profiles" / f"{name}.yaml", data="digits@200", repeats=3,
+                    min_accuracy=0.0)
+    assert r.accuracy.shape == (3,) and r.passed and 0.5 < r.mean <= 1.0
+    assert len(r.layers) == 3
+    if name == "ideal":
+        assert r.mean == r.clean_accuracy and r.std == 0.0 and all(math.isinf(l.snr_db) for l in r.layers)
+    else:
+        assert all(np.isfinite(l.snr_db) for l in r.layers) and r.noisiest is not None
+
+
+def test_same_seed_same_result_other_seed_other_noise(demo_onnx):
+    kw = dict(profile="semenova", data="digits@200", repeats=4, min_accuracy=0.5)
+    a, b, c = check_model(demo_onnx, seed=1, **kw), check_model(demo_onnx, seed=1, **kw), check_model(demo_onnx, seed=2, **kw)
+    np.testing.assert_array_equal(a.accuracy, b.accuracy)
+    assert [l.snr_db for l in a.layers] == [l.snr_db for l in b.layers]
+    assert [l.snr_db for l in a.layers] != [l.snr_db for l in c.layers]
+
+
+def test_layer_snr_db():
+    clean = np.ones((5, 4))
+    y = np.stack([clean + 0.1, clean - 0.1])  # noise power 0.01 against signal power 1: 20 dB
+    assert layer_snr_db(y, clean) == pytest.approx(20.0)
+    assert math.isinf(layer_snr_db(np.stack([clean]), clean))
+
+
+def test_cli_exit_codes_summary_and_junit(demo_onnx, tmp_path):
+    ok = _cli("check", demo_onnx, "--profile", "semenova", "--data", "digits@200", "--repeats", "3",
+              "--min-accuracy", "0.5", "--junit", tmp_path / "ok.xml")
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("PASS") and "accuracy mean" in ok.stdout and "noisiest layer:" in ok.stdout
+    suite = ET.parse(tmp_path / "ok.xml").getroot()
+    assert suite.get("failures") == "0" and suite.find("testcase/failure") is None
+    props = {p.get("name"): p.get("value") for p in suite.iter("property")}
+    assert props["profile"] == "semenova" and 0.5 <= float(props["accuracy_mean"]) <= 1
+
+    bad = _cli("check", demo_onnx, "--profile", "semenova", "--data", "digits@200", "--repeats", "3",
+               "--min-accuracy", "0.999", "--junit", tmp_path / "bad.xml")
+    assert bad.returncode == 1 and bad.stdout.startswith("FAIL")
+    suite = ET.parse(tmp_path / "bad.xml").getroot()
+    assert suite.get("failures") == "1" and "< 0.9990" in suite.find("testcase/failure").get("message")
+
+    (tmp_path / "p.yaml").write_text("version: 1\nprovenance: {source: hand-written}\nnoise: {D_A: -1}\n")
+    err = _cli("check", demo_onnx, "--profile", tmp_path / "p.yaml", "--min-accuracy", "0.5",
+               "--junit", tmp_path / "none.xml")
+    assert err.returncode == 2 and err.stdout == ""
+    assert err.stderr.strip().splitlines() == [f"hwloop check: error: {tmp_path / 'p.yaml'}:3: noise.D_A: "
+                                               "must be >= 0.0 (got -1)"]
+    assert not (tmp_path / "none.xml").exists()
+
+
+def test_profile_override_for_a_missing_layer_is_refused(demo_onnx, tmp_path):
+    (tmp_path / "p.yaml").write_text("version: 1\nprovenance: {source: hand-written}\nlayers:\n  fc7: {}\n")
+    err = _cli("check", demo_onnx, "--profile", tmp_path / "p.yaml", "--min-accuracy", "0.5")
+    assert err.returncode == 2 and "p.yaml:4: layers.fc7: no layer" in err.stderr
+
+
+def test_pytest_fixture_passes_and_fails_like_the_gate(demo_onnx, tmp_path):
+    """A user's test suite using the installed plugin (entry point pytest11), run by a real pytest."""
+    assert "semenova" in available_profiles()
+    (tmp_path / "model.onnx").write_bytes(Path(demo_onnx).read_bytes())
+    (tmp_path / "test_user.py").write_text(
+        "def test_survives(hwloop_check):\n"
+        "    r = hwloop_check('model.onnx', profile='semenova', data='digits@200', repeats=3, min_accuracy=0.5)\n"
+        "    assert r.passed and r.repeats == 3\n\n"
+        "def test_too_strict(hwloop_check):\n"
+        "    hwloop_check('model.onnx', profile='semenova', data='digits@200', repeats=3, min_accuracy=0.999)\n")
+    # cwd is elsewhere on purpose: the fixture finds model.onnx beside the test file
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path / "test_user.py"),
+                          f"--junitxml={tmp_path / 'j.xml'}"], capture_output=True, text=True, cwd=ROOT / "docs")
+    assert "1 failed, 1 passed" in out.stdout, out.stdout + out.stderr
+    assert "FAIL:" in out.stdout and "noisiest layer" in out.stdout
+    props = {p.get("name") for p in ET.parse(tmp_path / "j.xml").getroot().iter("property")}
+    assert {"hwloop_accuracy_mean", "hwloop_noisiest_layer"} <= props

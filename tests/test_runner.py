@@ -1,0 +1,199 @@
+"""Execution: with the ideal device every recorded layer equals onnxruntime; repetitions carry through."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from hwloop.data import Dataset
+from hwloop.devices import Emulator
+from hwloop.errors import HwloopError
+from hwloop.graph import load_model
+from hwloop.profiles import load_profile
+from hwloop.runner import run_model
+from hwloop.store import open_run
+
+MODELS = ["mlp_onnx", "mlp_dynamo_onnx", "cnn_onnx", "cnn_dynamo_onnx", "mlp_bn_onnx", "skl_mlp_onnx",
+          "handbuilt_onnx", "demo_onnx"]
+TOL = 1e-5   # float32: the same products summed in a different order differ by a few ulp
+
+
+def reference(model, x: np.ndarray) -> dict[str, np.ndarray]:
+    """onnxruntime on the whole original graph, with every analog layer's output exposed too."""
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.proto)
+    names = [L.output for L in model.layers] + [model.output_name]
+    have = {o.name for o in proto.graph.output}
+    proto.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names if n not in have)
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    return dict(zip(names, sess.run(names, {model.input_name: x})))
+
+
+def digits_for(model, digits: Dataset) -> np.ndarray:
+    return digits.x.reshape((len(digits),) + tuple(model.input_shape)).astype(np.float32)
+
+
+@pytest.mark.parametrize("fixture", MODELS)
+def test_ideal_run_equals_onnxruntime(fixture, request, digits):
+    model = load_model(request.getfixturevalue(fixture))
+    ref = reference(model, digits_for(model, digits))
+    res = run_model(model, digits, repeats=2, batch_size=128)   # 539 samples: the last batch is short
+    assert res.output.shape == (2, len(digits), model.n_classes)
+    np.testing.assert_allclose(res.output, np.broadcast_to(ref[model.output_name], res.output.shape), atol=TOL)
+    np.testing.assert_allclose(res.clean_output, ref[model.output_name], atol=TOL)
+    for layer, rec, clean in zip(model.layers, res.layers, res.clean_layers):
+        want = ref[layer.output].reshape(len(digits), -1)   # a conv's neurons: C_out x H' x W', flattened
+        np.testing.assert_allclose(rec[1], want, atol=TOL, err_msg=layer.name)
+        np.testing.assert_allclose(clean, want, atol=TOL, err_msg=layer.name)
+    pred = ref[model.output_name].argmax(1)
+    np.testing.assert_allclose(res.accuracy, [(pred == digits.y).mean()] * 2)
+
+
+def test_recorded_store_equals_onnxruntime(cnn_onnx, digits, tmp_path):
+    model = load_model(cnn_onnx)
+    ref = reference(model, digits_for(model, digits))
+    run_model(model, digits, repeats=3, batch_size=100, out=tmp_path / "r.zarr")
+    run = open_run(tmp_path / "r.zarr")
+    assert run.complete and run.layer(0).shape == (3, len(digits), 8 * 8 * 8)
+    np.testing.assert_allclose(run.output.values[2], ref[model.output_name], atol=TOL)
+    np.testing.assert_allclose(run.clean(1).values, ref[model.layers[1].output].reshape(len(digits), -1), atol=TOL)
+    np.testing.assert_array_equal(run.labels.values, digits.y)
+    assert run.attrs["model_sha256"] == model.sha256 and run.attrs["repeats"] == 3
+
+
+def conv_model(tmp_path, name: str, in_shape: tuple, w_shape: tuple, **attrs):
+    """x -> Conv(attrs) -> Relu -> Flatten -> Gemm(-> 4 classes), random fixed weights."""
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    probe = helper.make_model(helper.make_graph(
+        [helper.make_node("Conv", ["x", "W"], ["c"], **attrs)], "p",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, (1,) + in_shape)],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, None)], [numpy_helper.from_array(w, "W")]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    out_dims = [d.dim_value for d in onnx.shape_inference.infer_shapes(probe).graph.output[0].type.tensor_type.shape.dim]
+    flat = int(np.prod(out_dims[1:]))
+    inits = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(rng.standard_normal(w_shape[0]).astype(np.float32), "B"),
+             numpy_helper.from_array((rng.standard_normal((4, flat)) / np.sqrt(flat)).astype(np.float32), "G")]
+    graph = helper.make_graph([
+        helper.make_node("Conv", ["x", "W", "B"], ["c"], name="conv", **attrs),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("Flatten", ["r"], ["f"]),
+        helper.make_node("Gemm", ["f", "G"], ["y"], transB=1, name="readout")], "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ("batch",) + in_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ("batch", 4))], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / f"{name}.onnx"
+    onnx.save(model, path)
+    return path
+
+
+CONVS = {
+    "stride_pad": ((2, 7, 6), (3, 2, 3, 3), dict(strides=[2, 1], pads=[1, 0, 2, 1])),
+    "dilation": ((2, 9, 9), (3, 2, 2, 3), dict(dilations=[2, 3])),
+    "group": ((4, 5, 5), (6, 2, 3, 3), dict(group=2, pads=[1, 1, 1, 1])),
+    "same_upper": ((1, 6, 5), (2, 1, 2, 3), dict(auto_pad="SAME_UPPER", strides=[2, 2])),
+    "conv1d": ((3, 11), (4, 3, 3), dict(strides=[2], pads=[1, 2])),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONVS))
+def test_conv_geometries_equal_onnxruntime(case, tmp_path):
+    in_shape, w_shape, attrs = CONVS[case]
+    model = load_model(conv_model(tmp_path, case, in_shape, w_shape, **attrs))
+    assert [L.op for L in model.layers] == ["Conv", "Gemm"] and model.layers[0].activation == "relu"
+    rng = np.random.default_rng(8)
+    ds = Dataset("random", rng.standard_normal((20,) + in_shape).astype(np.float32), rng.integers(0, 4, 20), 4)
+    ref = reference(model, ds.x)
+    res = run_model(model, ds, batch_size=7)
+    np.testing.assert_allclose(res.layers[0][0], ref[model.layers[0].output].reshape(20, -1), atol=TOL)
+    np.testing.assert_allclose(res.output[0], ref["y"], atol=TOL)
+
+
+def dag_model(tmp_path):
+    """Skips over layers: the input and layer 0 both reach the readout (Concat), layer 1 adds onto layer 0."""
+    rng = np.random.default_rng(9)
+    w = lambda *s: numpy_helper.from_array((rng.standard_normal(s) / np.sqrt(s[0])).astype(np.float32), f"W{len(s)}_{s}")  # noqa: E731
+    W1, W2, W3 = w(6, 8), w(8, 8), w(14, 3)
+    graph = helper.make_graph([
+        helper.make_node("Gemm", ["x", W1.name], ["a1"], name="g1"),
+        helper.make_node("Tanh", ["a1"], ["h1"]),
+        helper.make_node("Gemm", ["h1", W2.name], ["a2"], name="g2"),
+        helper.make_node("Sigmoid", ["a2"], ["h2"]),
+        helper.make_node("Add", ["h2", "h1"], ["s"], name="skip_add"),
+        helper.make_node("Slice", ["s", "st", "en", "ax"], ["s8"], name="slice"),
+        helper.make_node("Concat", ["x", "s8"], ["cat"], axis=1, name="cat_input"),
+        helper.make_node("Gemm", ["cat", W3.name], ["y"], name="g3")], "dag",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
+        [W1, W2, W3] + [numpy_helper.from_array(np.array([v], np.int64), n) for n, v in
+                        (("st", 0), ("en", 8), ("ax", 1))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "dag.onnx")
+    return tmp_path / "dag.onnx"
+
+
+def test_dag_with_skips_equals_onnxruntime_and_carries_repeats(tmp_path):
+    model = load_model(dag_model(tmp_path))
+    assert [L.name for L in model.layers] == ["g1", "g2", "g3"]
+    rng = np.random.default_rng(10)
+    ds = Dataset("random", rng.standard_normal((30, 6)).astype(np.float32), rng.integers(0, 3, 30), 3)
+    ref = reference(model, ds.x)
+    res = run_model(model, ds, repeats=3, batch_size=8)
+    np.testing.assert_allclose(res.output, np.broadcast_to(ref["y"], res.output.shape), atol=TOL)
+    # noise on layer 0 only: the glue mixes 1-repetition input with 3-repetition layers, and every later
+    # layer sees each repetition of layer 0
+    noisy = run_model(model, ds, repeats=3, batch_size=8, devices={0: Emulator(load_profile("semenova"))})
+    for k in range(3):
+        assert noisy.layers[k].std(axis=0).min() > 0, k
+        np.testing.assert_allclose(noisy.clean_layers[k], res.clean_layers[k], atol=TOL)
+
+
+def test_noise_accumulates_through_repetitions_and_seed_fixes_it(demo_onnx, digits):
+    profile = load_profile("semenova")
+    data = digits.head(64)
+    model = load_model(demo_onnx)
+    runs = [run_model(model, data, repeats=4, seed=s, batch_size=16,
+                      devices={k: Emulator(profile) for k in range(3)}) for s in (5, 5, 6)]
+    a, b, c = runs
+    for k in range(3):
+        assert a.layers[k].tobytes() == b.layers[k].tobytes()          # same seed, same numbers
+        assert a.layers[k].tobytes() != c.layers[k].tobytes()
+        assert np.all(a.layers[k].std(axis=0).mean() > 0)
+    ideal = run_model(model, data, repeats=1, batch_size=16)
+    for k in range(3):   # the reference pass stays noise-free whatever the devices do
+        np.testing.assert_allclose(a.clean_layers[k], ideal.layers[k][0], atol=TOL)
+
+
+def test_one_device_shared_by_every_layer(handbuilt_onnx, digits):
+    model = load_model(handbuilt_onnx)
+    data = digits.head(50)
+    shared = run_model(model, data, devices=Emulator(), batch_size=20)
+    alone = run_model(model, data, batch_size=20)
+    np.testing.assert_array_equal(shared.output, alone.output)
+    profile = load_profile("semenova")   # a shared noisy device is reprogrammed per layer, reproducibly
+    one = run_model(model, data, devices=Emulator(profile), repeats=2, seed=3, batch_size=20)
+    two = run_model(model, data, devices=Emulator(profile), repeats=2, seed=3, batch_size=20)
+    assert one.output.tobytes() == two.output.tobytes()
+
+
+def test_bad_inputs_are_named(cnn_onnx, mlp_onnx, digits):
+    model = load_model(mlp_onnx)
+    wide = Dataset("wide", np.zeros((4, 65), np.float32), np.zeros(4, np.int64), 10)
+    with pytest.raises(HwloopError, match=r"data wide has 65 values per sample .* takes 64"):
+        run_model(model, wide)
+    nan = Dataset("nan", np.full((4, 64), np.nan, np.float32), np.zeros(4, np.int64), 10)
+    with pytest.raises(HwloopError, match=r"data nan: input contains NaN"):
+        run_model(model, nan)
+    with pytest.raises(HwloopError, match=r"devices given for layer\(s\) \[7\]"):
+        run_model(model, digits, devices={7: Emulator()})
+    with pytest.raises(HwloopError, match="repeats must be at least 1"):
+        run_model(model, digits, repeats=0)
+    cnn = load_model(cnn_onnx)   # flat 64 -> 1x8x8 is reshaped; 63 values are not
+    narrow = Dataset("narrow", np.zeros((4, 63), np.float32), np.zeros(4, np.int64), 10)
+    with pytest.raises(HwloopError, match=r"63 values per sample .* takes 64 \(1x8x8\)"):
+        run_model(cnn, narrow)
