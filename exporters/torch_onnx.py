@@ -101,6 +101,8 @@ def staged(path: str | os.PathLike) -> Iterator[Path]:
     stale sidecar from an earlier export to ``path`` is removed.
     """
     path = Path(path)
+    if path.is_dir():
+        raise HwloopError(f"{path}: is a folder; expected the path of an .onnx file")
     with tempfile.TemporaryDirectory(prefix="hwloop-export-") as tmp:
         scratch = Path(tmp) / path.name
         yield scratch

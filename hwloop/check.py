@@ -54,7 +54,9 @@ class CheckResult:
 
     @property
     def std(self) -> float:
-        return float(self.accuracy.std(ddof=1)) if len(self.accuracy) > 1 else 0.0
+        if len(self.accuracy) < 2 or np.ptp(self.accuracy) == 0:
+            return 0.0  # exactly, not a rounding residue
+        return float(self.accuracy.std(ddof=1))
 
     @property
     def passed(self) -> bool:
@@ -118,7 +120,8 @@ def check_model(model: Model | str | os.PathLike, *, profile: Profile | str | os
     clean_acc = float((res.clean_output.argmax(axis=1) == res.labels).mean())
     layers = [LayerSNR(L.index, L.name, layer_snr_db(y, c))
               for L, y, c in zip(m.layers, res.layers, res.clean_layers)]
-    return CheckResult(model=str(m.path), profile=prof.name, profile_sha256=prof.sha256, data=ds.name,
+    return CheckResult(model=str(m.path), profile=prof.name, profile_sha256=prof.sha256,
+                       data=data if isinstance(data, str) else ds.name,
                        repeats=repeats, seed=seed, min_accuracy=float(min_accuracy),
                        accuracy=np.asarray(res.accuracy, dtype=np.float64), clean_accuracy=clean_acc, layers=layers)
 

@@ -41,6 +41,8 @@ class Glue:
     outputs: list[str]
     input_dtypes: list[np.dtype]
     session: ort.InferenceSession = field(repr=False)
+    #: inputs whose first dimension is not the batch (shape inference gave it a fixed size: Shape outputs, ...)
+    unbatched: frozenset[str] = frozenset()
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the segment on ``feeds`` (tensor name -> array); returns its outputs by name."""
@@ -61,7 +63,8 @@ class Model:
     input_shape: tuple                            # per-sample dims (int, or None when symbolic)
     input_dtype: np.dtype
     output_name: str
-    n_classes: int
+    n_classes: int | None                         # None when the export left it symbolic
+    batch_dim: int | None = None                  # the input's first dimension when fixed by the export
     unused: list[onnx.NodeProto] = field(default_factory=list, repr=False)
 
     def table(self) -> list[dict]:
@@ -73,7 +76,9 @@ class Model:
             dims = shapes.get(name)
             if dims is None:
                 return "?"
-            return "x".join("N" if i == 0 else ("?" if d is None else str(d)) for i, d in enumerate(dims))
+            if not dims:
+                return "scalar"
+            return "x".join(("N" if i == 0 else "?") if d is None else str(d) for i, d in enumerate(dims))
 
         rows = []
         for step in self.steps:
@@ -138,6 +143,11 @@ def load_model(path: str | Path) -> Model:
     return _Importer(path, proto, hashlib.sha256(raw).hexdigest()).build()
 
 
+def node_label(node: onnx.NodeProto) -> str:
+    """A node's name, or its first output when the exporter left it unnamed."""
+    return node.name or (node.output[0] if node.output else node.op_type)
+
+
 def _first_line(e: Exception) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
@@ -183,7 +193,7 @@ class _Importer:
         self._const_cache: dict[str, tuple[np.ndarray, list] | None] = {}
 
     def err(self, node: onnx.NodeProto, why: str) -> HwloopError:
-        return HwloopError(f"{self.path}: node {node.name!r} ({node.op_type}): {why}")
+        return HwloopError(f"{self.path}: node {node_label(node)!r} ({node.op_type}): {why}")
 
     # -- inputs and outputs ------------------------------------------------
     def graph_input(self) -> onnx.ValueInfoProto:
@@ -377,6 +387,7 @@ class _Importer:
     # -- the plan --------------------------------------------------------------
     def build(self) -> Model:
         gin = self.graph_input()
+        self.batch_fixed = (self.shapes.get(gin.name) or [None])[0] is not None
         output = self.pick_output()
         self.outputs_needed = {o.name for o in self.proto.graph.output} | {output}
         self._absorbed_nodes: dict[int, list] = {}
@@ -405,13 +416,13 @@ class _Importer:
         if final:
             steps.append(final)
             done |= set(final)
-        glue_steps = self.make_glue(steps, gin.name, output, layers)
+        glue_steps = self.make_glue(steps, output)
         unused = [n for n in self.nodes if id(n) not in done and id(n) not in needed]
         shape = self.shapes.get(gin.name) or [None]
         return Model(path=self.path, sha256=self.sha256, proto=self.proto, layers=layers, steps=glue_steps,
                      input_name=gin.name, input_shape=tuple(shape[1:]),
                      input_dtype=np.dtype(helper.tensor_dtype_to_np_dtype(gin.type.tensor_type.elem_type)),
-                     output_name=output, n_classes=int(self.shapes[output][1] or 0), unused=unused)
+                     output_name=output, n_classes=self.shapes[output][1], unused=unused, batch_dim=shape[0])
 
     def ancestors(self, tensors: list[str], stop: set[int], layer_outputs: dict | None = None) -> dict[int, onnx.NodeProto]:
         """Nodes (by id, in graph order) computing ``tensors``, not crossing ``stop`` nodes or layer outputs."""
@@ -432,7 +443,7 @@ class _Importer:
         order = {id(n): i for i, n in enumerate(self.nodes)}
         return dict(sorted(found.items(), key=lambda kv: order[kv[0]]))
 
-    def make_glue(self, steps: list, input_name: str, output: str, layers: list[AnalogLayer]) -> list:
+    def make_glue(self, steps: list, output: str) -> list:
         """Turn each node set in ``steps`` into a :class:`Glue` with its own session."""
         later_needs: list[set[str]] = []
         need: set[str] = {output}
@@ -471,7 +482,9 @@ class _Importer:
         sub = helper.make_model(graph, opset_imports=self.proto.opset_import, ir_version=self.proto.ir_version)
         sub.functions.extend(self.proto.functions)
         opts = ort.SessionOptions()
-        opts.log_severity_level = 3
+        opts.log_severity_level = 4   # failures become one HwloopError, not log lines on stderr
+        # glue is light; threads spinning after it would steal the cores the next analog layer needs
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             session = ort.InferenceSession(sub.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         except Exception as e:
@@ -481,4 +494,7 @@ class _Importer:
             raise self.err(culprit, f"onnxruntime cannot run it: {msg}") from None
         dtypes = [np.dtype(helper.tensor_dtype_to_np_dtype(self.types.get(t, onnx.TensorProto.FLOAT)))
                   for t in inputs]
-        return Glue(nodes=nodes, inputs=inputs, outputs=outputs, input_dtypes=dtypes, session=session)
+        unbatched = frozenset() if self.batch_fixed else frozenset(
+            t for t in inputs if (d := self.shapes.get(t)) is not None and (not d or d[0] is not None))
+        return Glue(nodes=nodes, inputs=inputs, outputs=outputs, input_dtypes=dtypes, session=session,
+                    unbatched=unbatched)

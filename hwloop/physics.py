@@ -26,6 +26,11 @@ from .profiles import Converter, NoiseSettings, WeightSettings
 # ---------------------------------------------------------------------------
 
 
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    """A torch view of ``a`` (a copy only when ``a`` is read-only or not contiguous)."""
+    return torch.from_numpy(a if a.flags.writeable and a.flags.c_contiguous else np.array(a))
+
+
 def _entropy(key: Sequence[int]) -> list[int]:
     return [int(k) % (1 << 64) for k in key]
 
@@ -96,19 +101,20 @@ def program_weights(w: np.ndarray, settings: WeightSettings, rng: np.random.Gene
     return w, clipped
 
 
-def add_read_noise(a: np.ndarray, x: np.ndarray, std: float, gen: torch.Generator) -> None:
-    """Weight read noise, drawn anew for every evaluation, added in place to the products ``a``.
+def apply_read_noise(a: np.ndarray, x: np.ndarray, std: float, gen: torch.Generator,
+                     repeats: int | None = None) -> np.ndarray:
+    """Weight read noise, drawn anew for every evaluation, on the products ``a``; returns a new array.
 
     An independent N(0, std^2) error on every weight W_ij turns output i into
     a_i + sum_j dW_ij x_j, which is exactly N(0, std^2 * ||x||^2) and independent
     across outputs; drawing that directly avoids a weight matrix per evaluation.
-    ``a`` is (R, B, n_out), ``x`` (R or 1, B, n_in).
+    ``a`` is (R_in, B, n_out), ``x`` (R_in, B, n_in); the result has ``repeats`` repetitions.
     """
-    ta = torch.from_numpy(a)
-    norm = torch.linalg.vector_norm(torch.from_numpy(x), dim=-1, keepdim=True)
-    z = torch.randn(ta.shape, generator=gen)
-    z.mul_(norm).mul_(std)
-    ta.add_(z)
+    ta = _tensor(a)
+    norm = torch.linalg.vector_norm(_tensor(x), dim=-1, keepdim=True)
+    y = torch.empty((repeats or ta.shape[0], *ta.shape[1:]), dtype=ta.dtype).normal_(generator=gen)
+    y.mul_(norm.mul_(std)).add_(ta)
+    return y.numpy()
 
 
 # ---------------------------------------------------------------------------
@@ -118,7 +124,10 @@ def add_read_noise(a: np.ndarray, x: np.ndarray, std: float, gen: torch.Generato
 
 def transfer(a: np.ndarray, function: str, slope: float = 1.0, scale: float = 1.0,
              model_activation: str = "linear") -> np.ndarray:
-    """The neuron's physical response ``scale * f(slope * a)``; ``function='model'`` uses the model's activation."""
+    """The neuron's physical response ``scale * f(slope * a)``; ``function='model'`` uses the model's activation.
+
+    Like ``hwloop.layer.activate``, it may reuse ``a``'s memory (relu works in place).
+    """
     if slope != 1.0:
         a = a * np.float32(slope)
     name = model_activation if function == "model" else function
@@ -147,43 +156,43 @@ def gain_offset_draw(n: int, gain_std: float, offset_std: float, rng: np.random.
 # ---------------------------------------------------------------------------
 
 
-def add_noise(x: np.ndarray, noise: NoiseSettings, gen: torch.Generator) -> None:
-    """Apply the neuron noise model in place to ``x`` (R, B, n): one layer (or tile) per call.
+def apply_noise(x: np.ndarray, noise: NoiseSettings, gen: torch.Generator, repeats: int | None = None) -> np.ndarray:
+    """The neuron noise model on ``x`` (R_in, B, n): one layer (or tile) per call; returns a new array.
 
         y_i = x_i (1 + xi_M,i + xi_MC) + xi_A,i + xi_AC  [+ shot + dither]
 
     The uncorrelated terms (additive, multiplicative, shot) are independent
     zero-mean Gaussians, so their sum is drawn as ONE Gaussian of variance
     D_A + D_M x^2 + shot |x|.  The correlated terms are one draw per (repeat,
-    sample), shared by the neurons of ``x``.
+    sample), shared by the neurons of ``x``.  With ``repeats`` > R_in = 1 the
+    clean values are broadcast, not copied, and every repetition gets its own draws.
     """
-    t = torch.from_numpy(x)
-    if not t.numel():
-        return
-    shot = noise.shot
-    unc = None
-    if noise.D_M or shot:
-        var = torch.mul(t, t).mul_(noise.D_M) if noise.D_M else torch.zeros_like(t)
-        if shot:
-            var.add_(t.abs(), alpha=shot)
-        if noise.D_A:
-            var.add_(noise.D_A)
-        unc = torch.randn(t.shape, generator=gen).mul_(var.sqrt_())
+    t = _tensor(x)
+    shape = (repeats or t.shape[0], *t.shape[1:])
+    common = (*shape[:-1], 1)
+    sd = None                                   # std of the uncorrelated Gaussian (scalar or per element)
+    if noise.D_M or noise.shot:
+        var = torch.addcmul(torch.tensor(noise.D_A, dtype=t.dtype), t, t, value=noise.D_M)
+        if noise.shot:
+            var.add_(t.abs(), alpha=noise.shot)
+        sd = var.sqrt_()
     elif noise.D_A:
-        unc = torch.randn(t.shape, generator=gen)
+        sd = noise.D_A ** 0.5
+    y = torch.empty(shape, dtype=t.dtype)
+    if sd is not None:
+        y.normal_(generator=gen).mul_(sd)
+    else:
+        y.zero_()
     if noise.D_MC:
-        common = torch.randn((*t.shape[:-1], 1), generator=gen).mul_(noise.D_MC ** 0.5).add_(1.0)
-        t.mul_(common)
-    if unc is not None:
-        if noise.D_M or shot:
-            t.add_(unc)
-        else:
-            t.add_(unc, alpha=noise.D_A ** 0.5)
+        gain = torch.empty(common, dtype=t.dtype).normal_(generator=gen).mul_(noise.D_MC ** 0.5).add_(1.0)
+        y.addcmul_(t, gain)
+    else:
+        y.add_(t)
     if noise.D_AC:
-        t.add_(torch.randn((*t.shape[:-1], 1), generator=gen), alpha=noise.D_AC ** 0.5)
+        y.add_(torch.empty(common, dtype=t.dtype).normal_(generator=gen), alpha=noise.D_AC ** 0.5)
     if noise.dither:
-        u = torch.rand(t.shape, generator=gen).sub_(0.5)
-        t.add_(u, alpha=noise.dither)
+        y.add_(torch.rand(shape, generator=gen, dtype=t.dtype).sub_(0.5), alpha=noise.dither)
+    return y.numpy()
 
 
 # ---------------------------------------------------------------------------
@@ -192,14 +201,14 @@ def add_noise(x: np.ndarray, noise: NoiseSettings, gen: torch.Generator) -> None
 
 
 def noise_variance(x: np.ndarray, noise: NoiseSettings) -> np.ndarray:
-    """Variance that ``add_noise`` adds to each element of ``x`` (all terms, independent and common-mode)."""
+    """Variance that ``apply_noise`` adds to each element of ``x`` (all terms, independent and common-mode)."""
     x = np.asarray(x, dtype=np.float64)
     return (noise.D_A + noise.D_AC + (noise.D_M + noise.D_MC) * x * x + noise.shot * np.abs(x)
             + noise.dither ** 2 / 12.0)
 
 
 def noise_covariance(x: np.ndarray, noise: NoiseSettings) -> np.ndarray:
-    """Covariance (n, n) of the noise ``add_noise`` adds to one sample's layer output ``x`` (n,).
+    """Covariance (n, n) of the noise ``apply_noise`` adds to one sample's layer output ``x`` (n,).
 
     diag(D_A + D_M x^2 + shot |x| + w^2/12) + D_AC 11^T + D_MC x x^T.
     """

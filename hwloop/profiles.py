@@ -220,6 +220,8 @@ class Converter:
 
 @dataclass(frozen=True)
 class WeightSettings:
+    """Weight programming; noise stds are fractions of the full scale (see ``physics.program_weights``)."""
+
     bits: int | None = _default("weights", "bits")
     range: float | None = _default("weights", "range")
     program_noise: float = _default("weights", "program_noise")
@@ -232,6 +234,8 @@ class WeightSettings:
 
 @dataclass(frozen=True)
 class GainOffset:
+    """Static per-neuron spread: std of the gain around 1 and of the output offset."""
+
     gain: float = _default("gain_offset", "gain")
     offset: float = _default("gain_offset", "offset")
 
@@ -242,6 +246,8 @@ class GainOffset:
 
 @dataclass(frozen=True)
 class Transfer:
+    """The chip's neuron response ``scale * f(slope * a)``; ``model`` is the ONNX activation."""
+
     function: str = _default("transfer", "function")
     slope: float = _default("transfer", "slope")
     scale: float = _default("transfer", "scale")
@@ -253,6 +259,8 @@ class Transfer:
 
 @dataclass(frozen=True)
 class Drift:
+    """Slow drift: g(t) = g (1 + gain t), o(t) = o + offset t, t counted ``per`` repeat/batch/second."""
+
     per: str = _default("drift", "per")
     gain: float = _default("drift", "gain")
     offset: float = _default("drift", "offset")
@@ -264,6 +272,8 @@ class Drift:
 
 @dataclass(frozen=True)
 class ArraySize:
+    """Inputs (rows) and outputs (cols) of one array tile; None: unlimited."""
+
     rows: int | None = None
     cols: int | None = None
 
@@ -411,7 +421,10 @@ class _LineLoader(yaml.SafeLoader):
 
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _LineLoader.construct_mapping)
 # YAML 1.1 reads ``1e-3`` (no dot) as a string; profiles are full of such numbers, so read them as floats.
-_LineLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+# Dates stay strings (``date: 2026-01-31`` is text in a profile, not a datetime object).
+_LineLoader.yaml_implicit_resolvers = {
+    k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:timestamp"]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 _LineLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
@@ -440,8 +453,9 @@ def parse_profile(text: str, path: Path | str | None = None) -> Profile:
 def load_profile(path_or_name: str | os.PathLike) -> Profile:
     """Load a profile from a file path, or by bare name (``semenova``) from the profile folders."""
     p = Path(path_or_name)
-    if not p.exists() and p.suffix == "" and os.sep not in str(path_or_name):
-        found = [d / f"{p.name}.yaml" for d in profile_dirs() if (d / f"{p.name}.yaml").exists()]
+    if not p.exists() and p.suffix in ("", ".yaml") and os.sep not in str(path_or_name):
+        fname = p.name if p.suffix else f"{p.name}.yaml"
+        found = [d / fname for d in profile_dirs() if (d / fname).exists()]
         if not found:
             raise HwloopError(f"profile {str(path_or_name)!r}: no such file, and no profile of that name "
                               f"(known: {', '.join(available_profiles()) or 'none'})")
@@ -471,12 +485,15 @@ def available_profiles() -> list[str]:
 def dump_profile(profile: "Profile | dict", path: str | os.PathLike, header: str = "") -> Profile:
     """Write a profile as YAML (validated first, so nothing invalid is written) and return it as loaded.
 
-    ``header`` becomes leading ``#`` comment lines (e.g. where the magnitudes come from).
+    ``header`` becomes leading ``#`` comment lines (e.g. where the magnitudes come from).  A loaded
+    ``Profile`` with no header is written as its original text, comments included.
     """
-    data = _plain(profile.data if isinstance(profile, Profile) else profile)
-    data = _to_builtin(data)
-    comment = "".join(f"# {l}\n" if l else "#\n" for l in header.splitlines())
-    text = comment + yaml.safe_dump(data, sort_keys=False, default_flow_style=None, allow_unicode=True)
+    if isinstance(profile, Profile) and not header:
+        text = profile.text
+    else:
+        data = _to_builtin(_plain(profile.data if isinstance(profile, Profile) else profile))
+        comment = "".join(f"# {l}\n" if l else "#\n" for l in header.splitlines())
+        text = comment + yaml.safe_dump(data, sort_keys=False, default_flow_style=None, allow_unicode=True)
     prof = parse_profile(text, path)  # raises before anything is written
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")

@@ -9,6 +9,7 @@ analysis compares every layer against it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import shlex
 import sys
@@ -23,7 +24,7 @@ import numpy as np
 from .data import Dataset, load_data
 from .devices import Device, Emulator
 from .errors import HwloopError
-from .graph import Glue, Model, load_model
+from .graph import Glue, Model, load_model, node_label
 from .layer import AnalogLayer
 from .store import LayerInfo, RunWriter
 
@@ -64,7 +65,7 @@ def run_model(model: Model | str | Path, data: Dataset | str, *,
     bs = min(bs, n)
     n_batches = -(-n // bs)
     ideal = _Ideal(model)
-    _forward(model, x[:1], ideal.run, repeats=1)  # a failing shape shows up here, before any store exists
+    _, probe = _forward(model, x[:2], ideal.run, repeats=1)  # a bad shape (or fixed batch) fails here, storeless
     attrs = _provenance(model, ds, x, per_layer, seed, repeats, bs, provenance, hash_data=out is not None)
 
     writer = None
@@ -73,10 +74,10 @@ def run_model(model: Model | str | Path, data: Dataset | str, *,
             writer = RunWriter.resume(out, attrs)
         else:
             writer = RunWriter.create(out, layers=[_layer_info(model, L) for L in model.layers], n_samples=n,
-                                      n_classes=model.n_classes, batch_size=bs, repeats=repeats, attrs=attrs,
+                                      n_classes=probe.shape[2], batch_size=bs, repeats=repeats, attrs=attrs,
                                       overwrite=overwrite)
     todo = [b for b, done in enumerate(writer.done() if writer else np.zeros(n_batches, bool)) if not done]
-    mem = None if writer else _Memory(model, repeats, n)
+    mem = None if writer else _Memory()
     noisy = _Devices(model, per_layer, seed)
     all_ideal = all(getattr(d, "ideal", False) for d in per_layer)
 
@@ -97,21 +98,22 @@ def run_model(model: Model | str | Path, data: Dataset | str, *,
                 writer.write_batch(b, layers=layers, clean=clean, output=output, clean_output=clean_out,
                                    labels=ds.y[sl])
             else:
-                mem.put(sl, layers, clean, output, clean_out)
+                mem.put(layers, clean, output, clean_out)
             bar.update(1)
     finally:
         bar.close()
     if writer:
         return RunResult(accuracy=writer.finish(), path=writer.path, attrs=attrs)
-    pred = mem.output.argmax(axis=2)
-    return RunResult(accuracy=(pred == ds.y[None, :]).mean(axis=1), layers=mem.layers, clean_layers=mem.clean,
-                     output=mem.output, clean_output=mem.clean_output, labels=ds.y, attrs=attrs)
+    layers, clean, output, clean_out = mem.arrays()
+    pred = output.argmax(axis=2)
+    return RunResult(accuracy=(pred == ds.y[None, :]).mean(axis=1), layers=layers, clean_layers=clean,
+                     output=output, clean_output=clean_out, labels=ds.y, attrs=attrs)
 
 
 def model_input(model: Model, ds: Dataset) -> np.ndarray:
     """``ds.x`` shaped as the model's input; reshapes flat data when the element count matches."""
     x = ds.x
-    if not np.all(np.isfinite(x)):
+    if not np.isfinite(x.sum(dtype=np.float32)) and not np.isfinite(x).all():  # one cheap pass first
         raise HwloopError(f"data {ds.name}: input contains NaN or infinity")
     want = model.input_shape
     have = x.shape[1:]
@@ -196,21 +198,23 @@ class _Ideal:
 
 
 class _Memory:
-    """Whole-run arrays filled batch by batch when no store is written."""
+    """Whole-run arrays when no store is written: batches are kept as computed and joined once."""
 
-    def __init__(self, model: Model, repeats: int, n: int):
-        sizes = [L.n_out * _positions(L) for L in model.layers]
-        self.layers = [np.empty((repeats, n, s), np.float32) for s in sizes]
-        self.clean = [np.empty((n, s), np.float32) for s in sizes]
-        self.output = np.empty((repeats, n, model.n_classes), np.float32)
-        self.clean_output = np.empty((n, model.n_classes), np.float32)
+    def __init__(self):
+        self.batches: list[tuple] = []
 
-    def put(self, sl: slice, layers, clean, output, clean_out) -> None:
-        for k, (a, c) in enumerate(zip(layers, clean)):
-            self.layers[k][:, sl] = a
-            self.clean[k][sl] = c
-        self.output[:, sl] = output
-        self.clean_output[sl] = clean_out
+    def put(self, layers, clean, output, clean_out) -> None:
+        self.batches.append((layers, clean, output, clean_out))
+
+    def arrays(self) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray]:
+        """(layers, clean layers, output, clean output), each joined along the sample axis."""
+        def join(parts, axis):
+            return np.ascontiguousarray(parts[0]) if len(parts) == 1 else np.concatenate(parts, axis=axis)
+
+        n_layers = len(self.batches[0][0])
+        layers = [join([b[0][k] for b in self.batches], 1) for k in range(n_layers)]
+        clean = [join([b[1][k] for b in self.batches], 0) for k in range(n_layers)]
+        return layers, clean, join([b[2] for b in self.batches], 1), join([b[3] for b in self.batches], 0)
 
 
 def _forward(model: Model, xb: np.ndarray, run_layer: Callable, repeats: int):
@@ -239,7 +243,7 @@ def _run_glue(model: Model, glue: Glue, env: dict, B: int) -> None:
     feeds = {}
     for t in glue.inputs:
         arr, rt = env[t]
-        if rt != r and arr.ndim and arr.shape[0] == rt * B:   # batched with fewer repetitions: broadcast
+        if rt != r and t not in glue.unbatched and arr.ndim and arr.shape[0] == rt * B:   # fewer repetitions
             arr = np.broadcast_to(arr.reshape((rt, B) + arr.shape[1:]), (r, B) + arr.shape[1:])
             arr = arr.reshape((r * B,) + arr.shape[2:])
         feeds[t] = arr
@@ -247,8 +251,10 @@ def _run_glue(model: Model, glue: Glue, env: dict, B: int) -> None:
         outs = glue.run(feeds)
     except Exception as e:
         node = glue.nodes[0]
-        raise HwloopError(f"{model.path}: digital segment starting at node {node.name!r} ({node.op_type}) "
-                          f"failed: {str(e).strip().splitlines()[0]}") from None
+        hint = (f" (the model was exported with a fixed batch size of {model.batch_dim}: export it with a "
+                "dynamic batch dimension)") if model.batch_dim is not None else ""
+        raise HwloopError(f"{model.path}: digital segment starting at node {node_label(node)!r} ({node.op_type}) "
+                          f"failed: {str(e).strip().splitlines()[0]}{hint}") from None
     for t, v in outs.items():
         env[t] = (v, r)
 
@@ -287,6 +293,7 @@ def im2col(x: np.ndarray, layer: AnalogLayer) -> np.ndarray:
     return np.ascontiguousarray(win.transpose(0, 2, 3, 1, 4, 5)).reshape(rows * ho * wo, c * k[0] * k[1])
 
 
+@functools.lru_cache(maxsize=1)
 def _versions() -> dict:
     import hwloop
 
@@ -303,15 +310,15 @@ def _provenance(model: Model, ds: Dataset, x: np.ndarray, per_layer: list[Device
                 batch_size: int, extra: dict | None, hash_data: bool) -> dict:
     """Everything needed to say where a run's numbers came from (and to check a resume)."""
     attrs = {
-        "model_path": str(model.path), "model_sha256": model.sha256, "data": ds.name, "n_samples": len(ds),
+        "model_path": str(model.path.resolve()), "model_sha256": model.sha256, "data": ds.name, "n_samples": len(ds),
         "seed": int(seed), "repeats": int(repeats), "batch_size": int(batch_size),
         "devices": [{"layer": L.index, "name": L.name, **dev.describe()} for L, dev in zip(model.layers, per_layer)],
-        "versions": _versions(), "start_time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": dict(_versions()), "start_time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command_line": shlex.join(sys.argv),
     }
     if hash_data:
-        h = hashlib.sha256(np.ascontiguousarray(x).tobytes())
-        h.update(np.ascontiguousarray(ds.y).tobytes())
+        h = hashlib.sha256(memoryview(np.ascontiguousarray(x)).cast("B"))   # no copy of the data
+        h.update(memoryview(np.ascontiguousarray(ds.y)).cast("B"))
         attrs["data_sha256"] = h.hexdigest()
     attrs.update(extra or {})
     return attrs

@@ -160,7 +160,7 @@ def test_error_table_every_row(visa):
 def test_rst_measurement_lifetime_and_status(make_bench):
     import pyvisa
 
-    bench = make_bench(time_scale=0.02)         # 20 us/eval * 0.02 -> a 200k-evaluation measurement takes ~80 ms
+    bench = make_bench(time_scale=0.25)         # 20 us/eval * 0.25 -> a 200k-evaluation measurement takes 1 s
     res = pyvisa.ResourceManager("@py").open_resource(bench.resource, read_termination="\n",
                                                       write_termination="\n", timeout=3000)
     w = np.eye(4, 8, dtype=np.float32) * 0.5
@@ -182,6 +182,7 @@ def test_rst_measurement_lifetime_and_status(make_bench):
     assert res.query("FETC:SHAP?") == "100,2000,4"
     # the data survives a disconnect
     res.close()
+    assert bench.wait_disconnected()
     res = pyvisa.ResourceManager("@py").open_resource(bench.resource, read_termination="\n",
                                                       write_termination="\n", timeout=3000)
     assert res.query("FETC:SHAP?") == "100,2000,4"

@@ -54,6 +54,15 @@ def test_no_profile_and_ideal_profile_are_exact_float32(act):
         np.testing.assert_array_equal(y[2], reference(L, x)[0])
 
 
+def test_ideal_flag_sees_per_layer_overrides():
+    assert Emulator("ideal").ideal and not Emulator("semenova").ideal
+    noisy_one = Emulator(parse_profile(HEAD + "layers:\n  fc2: {noise: {D_A: 1e-3}}\n", "t.yaml"))
+    assert not noisy_one.ideal
+    L = layer(name="fc1")
+    noisy_one.program(L)
+    np.testing.assert_array_equal(noisy_one.run(inputs(), repeats=2, key=(0,))[1], reference(L, inputs())[0])
+
+
 def test_same_seed_and_key_identical_outputs_and_new_program_resets_static():
     L, x = layer(), inputs()
     body = "noise: {D_A: 1e-3, D_MC: 1e-3}\nweights: {program_noise: 0.05, read_noise: 0.01}\n"

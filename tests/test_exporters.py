@@ -199,6 +199,8 @@ def test_cli_export(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["hwloop export: error: --sizes '8,x': expected comma-separated integers"]
     assert not (tmp_path / "bad.onnx").exists()
+    assert cli_main(["export", "tfc", "--overwrite", "--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("dynamo", [False, True], ids=["legacy", "dynamo"])

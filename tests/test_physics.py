@@ -21,9 +21,8 @@ Z = 5.0      # standard errors allowed
 
 
 def _noise(x: np.ndarray, seed: int = 0, **kw) -> np.ndarray:
-    """The noise that add_noise adds to x (R, B, n), as float64."""
-    y = x.copy()
-    physics.add_noise(y, NoiseSettings(**kw), physics.generator((seed, 7)))
+    """The noise that apply_noise adds to x (R, B, n), as float64."""
+    y = physics.apply_noise(x, NoiseSettings(**kw), physics.generator((seed, 7)))
     return y.astype(np.float64) - x
 
 
@@ -111,6 +110,17 @@ def test_repetitions_and_samples_draw_independent_noise():
         assert abs(c) < _cov_tol(2e-2, 2e-2, 0)
 
 
+def test_one_clean_copy_broadcast_to_repetitions_draws_each_repetition_anew():
+    x = np.full((1, N // 4, 2), 2.0, np.float32)
+    y = physics.apply_noise(x, NoiseSettings(D_A=1e-2, D_MC=1e-2), physics.generator((3,)), repeats=4)
+    assert y.shape == (4, N // 4, 2)
+    e = (y - x).reshape(4, -1)
+    want = 1e-2 + 1e-2 * 4.0
+    assert abs(e.var() - want) < _var_tol(want, n=e.size)
+    c = np.corrcoef(e)  # repetitions pairwise uncorrelated: |r| < 5 / sqrt(n)
+    assert np.all(np.abs(c[np.triu_indices(4, 1)]) < Z / np.sqrt(e.shape[1]))
+
+
 def test_same_key_same_draws_other_key_independent():
     x = _x(4)
     a, b, c = _noise(x, seed=1, D_A=1.0), _noise(x, seed=1, D_A=1.0), _noise(x, seed=2, D_A=1.0)
@@ -157,8 +167,7 @@ def test_weight_programming_grid_clip_and_static_noise():
 def test_read_noise_has_variance_std2_times_input_norm2():
     x = np.zeros((1, N, 3), np.float32)
     x[0, :, :] = [1.0, 2.0, 2.0]  # ||x||^2 = 9
-    a = np.zeros((1, N, 2), np.float32)
-    physics.add_read_noise(a, x, 0.01, physics.generator((1,)))
+    a = physics.apply_read_noise(np.zeros((1, N, 2), np.float32), x, 0.01, physics.generator((1,)))
     for i in range(2):
         assert abs(a[0, :, i].var() - 9e-4) < _var_tol(9e-4)
     assert abs(np.cov(a[0].T)[0, 1]) < _cov_tol(9e-4, 9e-4, 0)  # independent across outputs

@@ -242,3 +242,33 @@ def test_predict_cli_bad_profile_is_one_line_exit_2(demo_onnx, tmp_path, capsys)
     assert main(["predict", str(demo_onnx), "--profile", str(bad), "--data", "digits@5"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "bad.yaml" in err[0]
+
+
+def test_read_noise_and_column_tiles_match_monte_carlo(tmp_path):
+    # Weight read noise (variance read_std^2 ||x||^2 on every product) and a
+    # 100-neuron layer split into column tiles of 32: the correlated terms are
+    # shared within a tile only, so the common mode of the layer shrinks to
+    # about sum_t n_t (n_t - 1) / (N (N - 1)) of its value.  2,000 repetitions
+    # of 8 samples: n_eff >= 1.6e4 per tile -> ~1% error; 5% bound.
+    text = ("version: 1\nprovenance: {source: assumption}\nnoise: {D_A: 1.0e-4, D_AC: 1.0e-3, D_MC: 1.0e-3}\n"
+            "weights: {read_noise: 0.01}\narray: {cols: 32}\n")
+    prof = parse_profile(text, "tiles.yaml")
+    model = load_model(dense_onnx(tmp_path / "m.onnx", random_weights([N, N, N], seed=9), activations="tanh"))
+    x = inputs(8, lo=-1.0)
+    pred = predict(model, prof, x)
+    meas = analyze_run(monte_carlo(model, prof, x, repeats=2000, seed=4))
+    np.testing.assert_allclose(meas["var_mean"], pred["var_mean"], rtol=0.05)
+    np.testing.assert_allclose(meas["cm_var"], pred["cm_var"], rtol=0.05)
+    untiled = predict(model, parse_profile(text.replace("array: {cols: 32}\n", ""), "t.yaml"), x)
+    share = sum(t * (t - 1) for t in (32, 32, 32, 4)) / (N * (N - 1))
+    assert pred["cm_var"].values[0] / untiled["cm_var"].values[0] == pytest.approx(share, rel=0.05)
+
+
+def test_float32_covariance_agrees_with_float64(tmp_path):
+    model = load_model(dense_onnx(tmp_path / "m.onnx", random_weights([N] * 5, seed=2), activations="sigmoid"))
+    prof, x = load_profile("semenova"), inputs(16, lo=-1.0)
+    p64, p32 = predict(model, prof, x), predict(model, prof, x, dtype="float32")
+    np.testing.assert_allclose(p32["var_mean"], p64["var_mean"], rtol=1e-4)
+    np.testing.assert_allclose(p32["cm_var"], p64["cm_var"], rtol=1e-3)
+    with pytest.raises(HwloopError, match="float16"):
+        predict(model, prof, x, dtype="float16")

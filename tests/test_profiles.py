@@ -102,6 +102,13 @@ def test_structural_errors(tmp_path, text, line, words):
         load_profile(p)
 
 
+def test_yaml_1_2_numbers_and_plain_dates():
+    p = parse_profile("version: 2026-01-31\nprovenance: {source: calibrated, date: 2026-01-31}\n"
+                      "noise: {D_A: 1e-3, D_M: 2E-4}\n", "p.yaml")
+    assert p.version == "2026-01-31" and p.provenance["date"] == "2026-01-31"
+    assert p.defaults.noise.D_A == 1e-3 and p.defaults.noise.D_M == 2e-4
+
+
 def test_std_units_are_squared_and_overrides_apply_by_index_then_name():
     prof = parse_profile(HEAD + """
 noise: {units: std, D_A: 0.1, D_M: 0.2}
@@ -144,7 +151,8 @@ def test_dump_profile_round_trips_and_refuses_invalid(tmp_path):
     assert s.noise.D_A == 1.5e-4 and s.adc.range == (0.0, 1.0) and s.gain_offset.gain == 0.01
     assert back.provenance["n_measurements"] == 1000
     dump_profile(back, tmp_path / "again.yaml")
-    assert load_profile(tmp_path / "again.yaml").for_layer(0, "x") == s
+    again = load_profile(tmp_path / "again.yaml")
+    assert again.for_layer(0, "x") == s and again.text == back.text  # a loaded profile keeps its comments
     with pytest.raises(HwloopError, match="noise.D_A"):
         dump_profile({**data, "noise": {"D_A": -1}}, tmp_path / "bad.yaml")
     assert not (tmp_path / "bad.yaml").exists() and not list(tmp_path.glob("*.tmp"))
@@ -152,6 +160,7 @@ def test_dump_profile_round_trips_and_refuses_invalid(tmp_path):
 
 def test_bare_names_and_search_path(tmp_path, monkeypatch):
     assert load_profile("semenova").path == ROOT / "device_profiles" / "semenova.yaml"
+    assert load_profile("semenova.yaml").sha256 == load_profile("semenova").sha256
     with pytest.raises(HwloopError, match="no profile of that name.*semenova"):
         load_profile("semenovaa")
     (tmp_path / "mine.yaml").write_text(HEAD + "noise: {D_A: 0.25}\n")

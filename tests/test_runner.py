@@ -197,3 +197,88 @@ def test_bad_inputs_are_named(cnn_onnx, mlp_onnx, digits):
     narrow = Dataset("narrow", np.zeros((4, 63), np.float32), np.zeros(4, np.int64), 10)
     with pytest.raises(HwloopError, match=r"63 values per sample .* takes 64 \(1x8x8\)"):
         run_model(cnn, narrow)
+
+
+@pytest.mark.mnist
+def test_flat_mnist_is_reshaped_for_a_conv_model(tmp_path):
+    from hwloop.data import load_data, shared_mnist
+
+    path = shared_mnist()
+    if path is None:
+        pytest.skip("needs ../shared/data/mnist.npz (or $HWLOOP_MNIST)")
+    ds = load_data(f"mnist:{path}@200")
+    assert ds.x.shape == (200, 784)   # flat on disk, 1x28x28 in the model
+    model = load_model(conv_model(tmp_path, "mnist_conv", (1, 28, 28), (4, 1, 5, 5), strides=[2, 2]))
+    ref = reference(model, ds.x.reshape(200, 1, 28, 28))
+    res = run_model(model, ds, batch_size=64)
+    np.testing.assert_allclose(res.output[0], ref["y"], atol=TOL)
+
+
+def test_product_of_two_computed_tensors_is_digital_glue(tmp_path):
+    """MatMul(h, h) per sample (no constant weight) runs on the host between two analog layers."""
+    rng = np.random.default_rng(11)
+    W1 = numpy_helper.from_array((rng.standard_normal((6, 4)) / 2).astype(np.float32), "W1")
+    W2 = numpy_helper.from_array((rng.standard_normal((3, 4)) / 2).astype(np.float32), "W2")
+    shape = numpy_helper.from_array(np.array([-1, 2, 2], np.int64), "shape")
+    graph = helper.make_graph([
+        helper.make_node("Gemm", ["x", "W1"], ["a"], name="g1"),
+        helper.make_node("Reshape", ["a", "shape"], ["a3"]),
+        helper.make_node("MatMul", ["a3", "a3"], ["sq"], name="square"),
+        helper.make_node("Flatten", ["sq"], ["f"]),
+        helper.make_node("Gemm", ["f", "W2"], ["y"], transB=1, name="g2")], "sq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])], [W1, W2, shape])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    onnx.save(proto, tmp_path / "sq.onnx")
+    model = load_model(tmp_path / "sq.onnx")
+    assert [L.name for L in model.layers] == ["g1", "g2"]
+    assert {r["name"]: r["kind"] for r in model.table()}["square"] == "digital"
+    ds = Dataset("random", rng.standard_normal((9, 6)).astype(np.float32), rng.integers(0, 3, 9), 3)
+    res = run_model(model, ds, repeats=2, batch_size=4)
+    np.testing.assert_allclose(res.output[1], reference(model, ds.x)["y"], atol=TOL)
+
+
+def test_shape_arithmetic_in_glue_follows_the_repetitions(tmp_path):
+    """torch's ``h.view(h.size(0), -1)`` exports a Shape -> Gather -> Concat -> Reshape chain after a Conv:
+    it must see R x B rows, and an input-derived term mixed into the output must be broadcast."""
+    import torch
+
+    from exporters.torch_onnx import export_torch
+
+    class ViewNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = torch.nn.Conv2d(1, 3, 3, stride=2), torch.nn.Linear(27, 4)
+
+        def forward(self, x):
+            h = torch.tanh(self.conv(x))
+            h = h.view(h.size(0), -1)
+            return self.fc(h) + x.flatten(1)[:, :4]
+
+    torch.manual_seed(0)
+    path = export_torch(ViewNet().eval(), tmp_path / "view.onnx", torch.zeros(2, 1, 7, 7), dynamo=False)
+    model = load_model(path)
+    assert [(L.op, L.activation) for L in model.layers] == [("Conv", "tanh"), ("Gemm", "linear")]
+    assert "Shape" in [r["op"] for r in model.table() if r["kind"] == "digital"]
+    rng = np.random.default_rng(12)
+    ds = Dataset("random", rng.standard_normal((11, 1, 7, 7)).astype(np.float32), rng.integers(0, 4, 11), 4)
+    res = run_model(model, ds, repeats=3, batch_size=4)
+    np.testing.assert_allclose(res.output, np.broadcast_to(reference(model, ds.x)["output"], res.output.shape),
+                               atol=TOL)
+
+
+def test_fixed_batch_export_fails_before_any_store(tmp_path):
+    rng = np.random.default_rng(13)
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "W"], ["a"], name="g"), helper.make_node("Reshape", ["a", "s"], ["y"], name="r")],
+        "fixed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+        [numpy_helper.from_array(rng.standard_normal((64, 10)).astype(np.float32), "W"),
+         numpy_helper.from_array(np.array([1, 10], np.int64), "s")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    onnx.save(proto, tmp_path / "fixed.onnx")
+    with pytest.raises(HwloopError, match=r"node 'r' \(Reshape\) failed: .*fixed batch size of 1"):
+        run_model(tmp_path / "fixed.onnx", "digits@20", out=tmp_path / "r.zarr")
+    assert not (tmp_path / "r.zarr").exists()

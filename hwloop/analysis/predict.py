@@ -9,8 +9,9 @@ layer's output obeys
 with E[x x^T] = x x^T + P (P: the covariance arriving at the noise stage), which
 makes the multiplicative terms exact for a noisy input (the plain first-order
 form uses x x^T alone).  The full N x N covariance is carried for every
-sample (batched float64 matmuls), because W mixes independent noise into
-common-mode noise.  Conventions and limits: docs/analysis.md.
+sample (as ``full + diag + low-rank factors``, see ``_Cov``; float64 by
+default), because W mixes independent noise into common-mode noise.
+Conventions and limits: docs/analysis.md.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import torch
 import xarray as xr
 
 from ..errors import HwloopError
@@ -80,54 +82,208 @@ def not_modelled(settings: Any) -> list[str]:
     return names
 
 
-def _sandwich(w: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """W C W^T for every sample: w (n_out, n_in), c (B, n_in, n_in) symmetric -> (B, n_out, n_out).
+class _Block:
+    """One factor block: ``U = diag(a) base diag(cs)`` (per sample) contributing ``coef * U^T U``.
 
-    Two large 2-D matrix products instead of B small ones.
+    ``base`` is (r, N) shared by all samples or (B, r, N); ``a`` (B, r) and
+    ``cs`` (B, N) are per-sample scalings kept apart (None: ones), because a
+    scaling applied lazily costs nothing where applying it would write a
+    (B, r, N) array.  Blocks are never modified; their diagonal and total
+    are cached.
     """
-    b, n_in, _ = c.shape
-    y = (c.reshape(b * n_in, n_in) @ w.T).reshape(b, n_in, -1)          # C W^T
-    yt = np.ascontiguousarray(y.transpose(0, 2, 1)).reshape(-1, n_in)   # W C, rows
-    return (yt @ w.T).reshape(b, w.shape[0], w.shape[0])
+
+    def __init__(self, base: torch.Tensor, a: torch.Tensor | None = None, cs: torch.Tensor | None = None,
+                 coef: float = 1.0):
+        self.base, self.a, self.cs, self.coef = base, a, cs, coef
+        self._diag = self._tot = None
+
+    @property
+    def rank(self) -> int:
+        return int(self.base.shape[-2])
+
+    def diag(self) -> torch.Tensor:
+        """diag(U^T U) (B, N), times coef."""
+        if self._diag is None:
+            sq = self.base * self.base
+            if self.base.dim() == 3:
+                d = sq.sum(1) if self.a is None else torch.bmm((self.a * self.a)[:, None, :], sq)[:, 0]
+            elif self.a is not None:
+                d = torch.matmul(self.a * self.a, sq)
+            else:
+                d = sq.sum(0)[None]
+            self._diag = d if self.cs is None else d * self.cs * self.cs
+        return self.coef * self._diag
+
+    def total(self) -> torch.Tensor:
+        """sum_ij (U^T U)_ij = sum_r (sum_i U_ri)^2 per sample, times coef."""
+        if self._tot is None:
+            if self.cs is None:
+                t = self.base.sum(-1)
+            elif self.base.dim() == 2:
+                t = torch.matmul(self.cs, self.base.T)
+            else:
+                t = torch.bmm(self.base, self.cs[:, :, None])[..., 0]
+            t = t * t
+            self._tot = (t if self.a is None else t * self.a * self.a).sum(-1)
+        return self.coef * self._tot
+
+    def matrix(self) -> torch.Tensor:
+        """U times sqrt(coef), materialised as (B or 1, r, N)."""
+        u = self.base if self.base.dim() == 3 else self.base[None]
+        if self.a is not None:
+            u = u * self.a[:, :, None]
+        if self.cs is not None:
+            u = u * self.cs[:, None, :]
+        return u * self.coef ** 0.5
+
+    def through(self, w: torch.Tensor, s: torch.Tensor | None) -> "_Block":
+        """The block after J = diag(s) W: U J^T = diag(a) (base diag(cs) W^T) diag(s)."""
+        base = self.base
+        if self.cs is None:
+            out = torch.matmul(base, w.T)
+        elif base.dim() == 3 and w.shape[0] < base.shape[1]:   # scale the smaller operand: diag(cs) W^T
+            out = torch.bmm(base, self.cs[:, :, None] * w.T)
+        else:
+            out = torch.matmul(((base if base.dim() == 3 else base[None]) * self.cs[:, None, :]), w.T)
+        return _Block(out, self.a, s, self.coef)
+
+    def scale_cols(self, s: torch.Tensor) -> "_Block":
+        """The block after diag(s) on both sides of the covariance."""
+        return _Block(self.base, self.a, s if self.cs is None else self.cs * s, self.coef)
 
 
-def _tile_mask(n: int, cols: int | None) -> np.ndarray | float:
-    """1 where two neurons share a column tile (and so its correlated draws), else 0."""
-    if cols is None or cols >= n:
-        return 1.0
-    t = np.arange(n) // cols
-    return (t[:, None] == t[None, :]).astype(np.float64)
+class _Cov:
+    """A batch of covariances ``full + diag(d) + sum_k c_k U_k^T U_k`` (B samples, N neurons), float64 torch.
+
+    Why the parts: fresh noise is diagonal plus low rank (a correlated term is
+    rank one per tile), and a linear map J = diag(s) W turns ``diag(d)`` into
+    the factor ``diag(sqrt d) J^T`` at the cost of a scaling, not of an N^3
+    product.  So the covariance travels as factor blocks while their total
+    rank is small, and is folded into ``full`` (then propagated as J C J^T)
+    only when the rank grows past twice the layer width.  Every part is exact.
+    """
+
+    def __init__(self, full: torch.Tensor | None, d: torch.Tensor, blocks: list[_Block] | None = None):
+        self.full, self.d, self.blocks = full, d, blocks or []
+
+    @classmethod
+    def zero(cls, like: torch.Tensor) -> "_Cov":
+        return cls(None, torch.zeros_like(like))
+
+    @property
+    def rank(self) -> int:
+        return sum(b.rank for b in self.blocks)
+
+    def diagonal(self) -> torch.Tensor:
+        v = self.d.clone()
+        if self.full is not None:
+            v += torch.diagonal(self.full, dim1=1, dim2=2)
+        for b in self.blocks:
+            v += b.diag()
+        return v
+
+    def total(self) -> torch.Tensor:
+        """sum_ij C_ij per sample, without forming the matrix."""
+        t = self.d.sum(-1)
+        if self.full is not None:
+            t = t + self.full.sum((1, 2))
+        for b in self.blocks:
+            t = t + b.total()
+        return t
+
+    def fold_(self) -> None:
+        """Move the factor blocks into ``full`` (the value is unchanged)."""
+        for b in self.blocks:
+            u = b.matrix().expand(self.d.shape[0], -1, -1)
+            if self.full is None:
+                self.full = torch.matmul(u.transpose(1, 2), u)
+            else:
+                self.full.baddbmm_(u.transpose(1, 2), u)
+        self.blocks = []
+
+    def dense_(self) -> torch.Tensor:
+        """Fold everything into ``full`` and return it."""
+        self.fold_()
+        if self.full is None:
+            self.full = torch.zeros(self.d.shape + self.d.shape[-1:], dtype=self.d.dtype)
+        torch.diagonal(self.full, dim1=1, dim2=2).add_(self.d)
+        self.d = torch.zeros_like(self.d)
+        return self.full
+
+    def scale_(self, alpha: float) -> None:
+        """C <- alpha C."""
+        if self.full is not None:
+            self.full.mul_(alpha)
+        self.d = self.d * alpha
+        for b in self.blocks:
+            b.coef *= alpha
+
+    def scale_rows_(self, s: torch.Tensor) -> None:
+        """C <- diag(s) C diag(s), per sample."""
+        if self.full is not None:
+            self.full = self.full * s[:, :, None] * s[:, None, :]
+        self.d = self.d * s * s
+        self.blocks = [b.scale_cols(s) for b in self.blocks]
+
+    def sandwich(self, w: torch.Tensor, s: torch.Tensor | None, fold: bool) -> "_Cov":
+        """J C J^T for J = diag(s) W (W shared, s per sample or None); ``fold``: fold a large factor first."""
+        if fold and self.rank > 2 * self.d.shape[-1]:
+            self.fold_()
+        b, n_out = self.d.shape[0], w.shape[0]
+        full = None
+        if self.full is not None:                                   # W C W^T (C symmetric), then diag(s)
+            full = torch.matmul(torch.matmul(self.full, w.T).transpose(1, 2).contiguous(), w.T)
+            if s is not None:
+                full.mul_(s[:, :, None]).mul_(s[:, None, :])
+        blocks = [_Block(w.T.contiguous(), self.d.sqrt(), s)]        # diag(sqrt d) W^T diag(s)
+        blocks += [blk.through(w, s) for blk in self.blocks]
+        return _Cov(full, torch.zeros(b, n_out, dtype=self.d.dtype), blocks)
 
 
-def _add_noise(p: np.ndarray | None, z: np.ndarray, nz: LayerNoise) -> np.ndarray:
-    """P + Q: the covariance after the noise stage, given signal z (B, N) and incoming covariance P."""
+def _tiles(n: int, cols: int | None, dtype: torch.dtype) -> torch.Tensor:
+    """(N, T) indicator of column tiles: correlated draws are shared within a tile only."""
+    t = torch.arange(n) // (cols if cols else n)
+    return torch.nn.functional.one_hot(t).to(dtype)
+
+
+def _add_noise(p: _Cov | None, z: torch.Tensor, nz: LayerNoise) -> _Cov:
+    """The covariance after a noise stage with signal z (B, N), given the incoming covariance P (consumed)."""
     b, n = z.shape
-    mask = _tile_mask(n, nz.cols)
-    c = np.zeros((b, n, n)) if p is None else p * (1.0 + nz.D_MC * mask)   # D_MC * P  (from E[x x^T])
-    if nz.D_MC:
-        c += nz.D_MC * mask * (z[:, :, None] * z[:, None, :])
+    p = p or _Cov.zero(z)
+    d = nz.D_A + nz.D_M * (z * z + p.diagonal()) + nz.shot * z.abs() + nz.extra   # E[x^2] = z^2 + P_ii
+    tiles = _tiles(n, nz.cols, z.dtype)
+    if nz.D_MC:  # D_MC E[x x^T] = D_MC (z z^T + P): the incoming covariance grows too (within a tile)
+        if tiles.shape[1] > 1:
+            full = p.dense_()
+            full += nz.D_MC * full * (tiles @ tiles.T)
+        else:
+            p.scale_(1.0 + nz.D_MC)
+    p.d = p.d + d
     if nz.D_AC:
-        c += nz.D_AC * mask
-    ex2 = z ** 2 if p is None else z ** 2 + np.diagonal(p, axis1=1, axis2=2)
-    diag = nz.D_A + nz.D_M * ex2 + nz.shot * np.abs(z)
-    idx = np.arange(n)
-    c[:, idx, idx] += diag
-    return c
+        p.blocks.append(_Block(tiles.T.contiguous(), torch.ones(b, tiles.shape[1], dtype=z.dtype),
+                               coef=nz.D_AC))
+    if nz.D_MC:
+        p.blocks.append(_Block(tiles.T.contiguous(), None, z, coef=nz.D_MC))
+    return p
 
 
 def propagate(layers: Sequence[AnalogLayer], noises: Sequence[LayerNoise], x: np.ndarray,
-              average: Mapping[int, int] | None = None) -> list[dict[str, np.ndarray]]:
-    """Clean forward pass and covariance propagation for inputs x (B, n_in) through dense layers.
+              average: Mapping[int, int] | None = None, dtype: str = "float64") -> list[dict[str, np.ndarray]]:
+    """Clean forward pass (float64) and covariance propagation (``dtype``) for inputs x (B, n_in).
 
     ``average`` maps a layer index to k: that layer is executed k times on the
     same input and averaged, dividing its own fresh noise variances by k.
-    Returns, per layer, ``mean`` (B, N) (the clean output), ``var`` (B, N) and
-    ``cm`` (B,) (the mean off-diagonal covariance), and ``cov`` (B, N, N) of the last layer.
+    Returns, per layer, ``mean`` (B, N) (the clean output), ``pre`` (its
+    pre-activation), ``var`` (B, N) and ``cm`` (B,) (the mean off-diagonal
+    covariance).
     """
     if len(layers) != len(noises):
         raise ValueError("one LayerNoise per layer")
+    if dtype not in ("float64", "float32"):
+        raise HwloopError(f"prediction dtype must be float64 or float32, not {dtype!r}")
+    tdt = getattr(torch, dtype)
     x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
-    c: np.ndarray | None = None
+    c: _Cov | None = None
     out = []
     for n, (layer, nz) in enumerate(zip(layers, noises)):
         if layer.conv is not None:
@@ -140,28 +296,31 @@ def propagate(layers: Sequence[AnalogLayer], noises: Sequence[LayerNoise], x: np
         w = np.asarray(layer.weight, dtype=np.float64)
         a = x @ w.T + np.asarray(layer.bias, dtype=np.float64)
         y = activate(layer.activation, a.copy())
-        s = activation_slope(layer.activation, a)
-        p = None if c is None else _sandwich(w, c)                      # covariance of a
-        if nz.read:
-            ex2 = (x ** 2).sum(axis=1) + (0.0 if c is None else np.trace(c, axis1=1, axis2=2))
-            p = np.zeros((len(x), layer.n_out, layer.n_out)) if p is None else p
-            idx = np.arange(layer.n_out)
-            p[:, idx, idx] += nz.read * ex2[:, None]
-        if nz.placement in ("pre", "both"):
-            p = _add_noise(p, a, LayerNoise(nz.D_A, nz.D_M, nz.D_AC, nz.D_MC, cols=nz.cols))
-        if p is not None:
-            p *= s[:, :, None]
-            p *= s[:, None, :]                                        # J C J^T
+        s, wt, at, yt = (torch.from_numpy(v).to(tdt) for v in (activation_slope(layer.activation, a), w, a, y))
+        pre = nz.placement in ("pre", "both")
+        read = None
+        if nz.read:  # weight read noise: variance read * E||x||^2 on every product, independent
+            ex2 = torch.from_numpy((x ** 2).sum(axis=1)).to(tdt)
+            if c is not None:
+                ex2 = ex2 + c.diagonal().sum(-1)
+            read = (nz.read * ex2)[:, None].expand_as(at)
+        p = None
+        if c is not None:  # J C J^T, with J = diag(f') W unless noise is added between W and f'
+            p = c.sandwich(wt, None if pre else s, fold=n < len(layers) - 1)
+        if read is not None:
+            p = p or _Cov.zero(at)
+            p.d = p.d + (read if pre else read * s * s)
+        if pre:
+            p = _add_noise(p, at, LayerNoise(nz.D_A, nz.D_M, nz.D_AC, nz.D_MC, cols=nz.cols))
+            p.scale_rows_(s)
         post = nz if nz.placement in ("post", "both") else LayerNoise(extra=nz.extra, shot=nz.shot, cols=nz.cols)
-        c = _add_noise(p, y, post)
-        idx = np.arange(y.shape[1])
-        c[:, idx, idx] += post.extra
-        var = np.diagonal(c, axis1=1, axis2=2).copy()
+        c = _add_noise(p, yt, post)
+        var = c.diagonal().numpy().astype(np.float64)
         m = y.shape[1]
-        cm = (c.sum(axis=(1, 2)) - var.sum(axis=1)) / (m * (m - 1)) if m > 1 else np.full(len(y), np.nan)
+        total = c.total().numpy().astype(np.float64)
+        cm = (total - var.sum(axis=1)) / (m * (m - 1)) if m > 1 else np.full(len(y), np.nan)
         out.append({"mean": y, "var": var, "cm": cm, "pre": a})
         x = y
-    out[-1]["cov"] = c
     return out
 
 
@@ -207,7 +366,7 @@ def _check_glue(model, clean: Sequence[np.ndarray]) -> None:
 
 
 def predict(model, profile, data, *, average: Mapping[int, int] | None = None,
-            quantisation: bool = True) -> xr.Dataset:
+            quantisation: bool = True, dtype: str = "float64") -> xr.Dataset:
     """Predicted per-layer noise statistics of ``model`` under ``profile`` on ``data``.
 
     ``model``: a ``hwloop.graph.Model`` (or anything with ``.layers``);
@@ -215,7 +374,8 @@ def predict(model, profile, data, *, average: Mapping[int, int] | None = None,
     of them (one per analog layer, as in a mixed bench run); ``data``: a
     ``hwloop.data.Dataset``, a spec string, or an input array (samples first).
     The Dataset has the variable names of ``analyze_run`` (``var_mean``,
-    ``cm_var``, ``snr_db_median``, ``mean_k``, ``var_k``, ...).
+    ``cm_var``, ``snr_db_median``, ``mean_k``, ``var_k``, ...).  ``dtype``
+    float32 trades ~1e-6 relative precision of the covariance for speed.
     """
     from ..data import load_data
     from ..profiles import load_profile
@@ -238,7 +398,7 @@ def predict(model, profile, data, *, average: Mapping[int, int] | None = None,
                               "the prediction does not model row tiling")
     noises = [LayerNoise.from_settings(st, l, quantisation) for l, st in zip(layers, settings)]
     skipped = sorted({n for st in settings for n in not_modelled(st)})
-    res = propagate(layers, noises, _first_input(model, x), average)
+    res = propagate(layers, noises, _first_input(model, x), average, dtype)
     _check_glue(model, [r["mean"].astype(np.float32) for r in res])
     stats = []
     for r in res:

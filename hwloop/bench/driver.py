@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import signal
+import socket
 import threading
 import time
 import warnings
@@ -120,6 +121,7 @@ class Link:
         self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
         self._rm = pyvisa.ResourceManager("@py")
         self._res = None
+        self._sock = None
         self.loaded: tuple | None = None       # (shape, weights CRC, activation) on the chip
         self.bias: str | None = None           # CRC of the bias on the chip
         self.verified = False                  # loaded confirmed since the last fault
@@ -133,6 +135,14 @@ class Link:
     def _open(self) -> None:
         self._res = self._rm.open_resource(self.resource, read_termination="\n", write_termination="\n",
                                            timeout=self.timeout_ms, open_timeout=self.timeout_ms)
+        # Small program messages back to back must not wait for Nagle + delayed ACK (~40 ms each).
+        # pyvisa-py cannot set VI_ATTR_TCPIP_NODELAY (UnknownAttribute), so set it on its socket.
+        # Its writes go out in 4 kB pieces with a select() each; large blocks go to the socket directly.
+        sock = getattr(getattr(self._rm.visalib, "sessions", {}).get(self._res.session), "interface", None)
+        self._sock = sock if isinstance(sock, socket.socket) else None
+        if self._sock is not None:
+            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._res.chunk_size = 1 << 20
 
     def _connect(self, retries: int, first: bool = False) -> None:
         delay, last = self.backoff_s, None
@@ -194,20 +204,44 @@ class Link:
     def send(self, name: str, *args, block: np.ndarray | None = None) -> None:
         """A program message (no reply); ``block`` for commands that carry an array."""
         cmd = scpi.COMMANDS[name]
-        text = cmd.message(args if block is None else args + (None,), self.limits)
-        data = text.encode() + (b" " + scpi.encode_block(block, self.order) if block is not None else b"") + b"\n"
+        text = cmd.message(args if block is None else args + (None,), self.limits).encode()
         try:
-            self._res.write_raw(data)
+            if block is None:
+                self._res.write_raw(text + b"\n")
+                return
+            payload = scpi.block_array(block, self.order)
+            head = text + b" " + scpi.block_header(payload.nbytes)
+            if self._sock is not None and payload.nbytes > 65536:
+                self._sock.sendall(head)
+                self._sock.sendall(memoryview(payload).cast("B"))
+                self._sock.sendall(b"\n")
+            else:
+                self._res.write_raw(head + payload.tobytes() + b"\n")
         except Exception as e:
             raise _Retry(f"{cmd.short_header}: {e}") from None
 
+    def send_queries(self, names: Sequence[str]) -> None:
+        """Several queries in one write (each its own message); read their replies in order."""
+        data = b"".join(scpi.COMMANDS[n].message((), self.limits).encode() + b"\n" for n in names)
+        try:
+            self._res.write_raw(data)
+        except Exception as e:
+            raise _Retry(f"{', '.join(scpi.COMMANDS[n].short_header for n in names)}: {e}") from None
+
     def query(self, name: str, *args, timeout_ms: int | None = None):
         """A query with a text reply, parsed by the table; an empty reply raises ScpiError."""
-        cmd = scpi.COMMANDS[name]
         self.send(name, *args)
+        value = self.reply(name, timeout_ms)
+        if value is None:
+            raise ScpiError(scpi.COMMANDS[name].short_header, self.drain())
+        return value
+
+    def reply(self, name: str, timeout_ms: int | None = None):
+        """Read and parse the reply to query ``name`` (sent already); None for the empty reply of a failure."""
+        cmd = scpi.COMMANDS[name]
         line = self._read_line(cmd, timeout_ms)
         if line == "":
-            raise ScpiError(cmd.short_header, self.drain())
+            return None
         try:
             return cmd.parse(line)
         except (ValueError, TypeError):
@@ -225,29 +259,37 @@ class Link:
                 self._res.timeout = self.timeout_ms
 
     def query_block(self, name: str, n_values: int | None = None) -> np.ndarray:
-        """A query answered with a definite-length block: header first, then the exact byte count."""
-        cmd = scpi.COMMANDS[name]
+        """A query answered with a definite-length block; an empty reply raises ScpiError."""
         self.send(name)
+        value = self.block_reply(name, n_values)
+        if value is None:
+            raise ScpiError(scpi.COMMANDS[name].short_header, self.drain())
+        return value
+
+    def block_reply(self, name: str, n_values: int | None = None) -> np.ndarray | None:
+        """Read a definite-length block: the header, then exactly its byte count (0x0A inside is data)."""
+        cmd = scpi.COMMANDS[name]
         res = self._res
         try:
-            head = res.read_bytes(2)
-            if head == b"\n":
-                raise ScpiError(cmd.short_header, self.drain())
-            if head[:1] != b"#" or not head[1:2].isdigit() or head[1:2] == b"0":
-                raise _Retry(f"{cmd.short_header}: reply is not a definite-length block ({head!r})")
-            digits = res.read_bytes(int(head[1:2]))
+            first = res.read_bytes(1)
+            if first == b"\n":
+                return None
+            n = res.read_bytes(1)
+            if first != b"#" or not n.isdigit() or n == b"0":
+                raise _Retry(f"{cmd.short_header}: reply is not a definite-length block ({first + n!r})")
+            digits = res.read_bytes(int(n))
             if not digits.isdigit():
-                raise _Retry(f"{cmd.short_header}: bad block header {head + digits!r}")
+                raise _Retry(f"{cmd.short_header}: bad block header {first + n + digits!r}")
             count = int(digits)
             if n_values is not None and count != 4 * n_values:
                 raise _Retry(f"{cmd.short_header}: block of {count} bytes, expected {4 * n_values}")
-            res.read_termination = None          # 0x0A inside the payload is data
+            res.read_termination = None
             try:
                 data = res.read_bytes(count) if count else b""
                 end = res.read_bytes(1)
             finally:
                 res.read_termination = "\n"
-        except (ScpiError, _Retry):
+        except _Retry:
             raise
         except Exception as e:
             raise _Retry(f"{cmd.short_header}: {e}") from None
@@ -312,8 +354,10 @@ class VisaDevice(Device):
                                  connect_retries=retries, backoff_s=backoff_s, max_backoff_s=max_backoff_s)
         self.link.users += 1
         self.layer = None
-        self.stats = {"measurements": 0, "retries": 0, "reprograms": 0, "clipped": 0}
+        self.stats = {"measurements": 0, "retries": 0, "reprograms": 0, "clipped": 0,
+                      "bytes_sent": 0, "bytes_fetched": 0, "io_s": 0.0}
         self._faults: list[str] = []
+        self._careful = False                 # after a failure: SYST:ERR? after every command
         self._temperature: float | None = None
 
     def sibling(self) -> "VisaDevice":
@@ -442,23 +486,52 @@ class VisaDevice(Device):
         return np.ascontiguousarray(xs / np.float32(s)), s
 
     def _measure(self, tile, xs: np.ndarray, k: int, s_x: float) -> np.ndarray:
-        """One measurement: INP, SAMP:COUN, INIT, *OPC?, FETC:SHAP?, FETC?, checks."""
+        """One measurement: INP, SAMP:COUN, INIT, then *OPC?, FETC:SHAP?, FETC?, STAT:QUES:COND?, SYST:ERR?.
+
+        Normally the five queries go out in one write and their replies are read in order (one
+        round trip).  After a failure (``self._careful``) every command is followed by its own
+        ``SYST:ERR?``, so an error that persists is reported with the command that caused it.
+        """
         link = self.link
         self._ensure(tile, 1.0 if self._host else s_x)
         n_out = tile[1].shape[0]
+        want = (k, len(xs), n_out)
+        opc_ms = self._timeout(20e-6 * k * len(xs))
+        t0 = time.perf_counter()
         with _no_interrupt():
-            link.send("input", block=xs)
-            link.send("count", k)
-            link.send("initiate")
-            link.query("opc", timeout_ms=self._timeout(20e-6 * k * len(xs)))
-            shape = link.query("fetch_shape")
-            if tuple(shape) != (k, len(xs), n_out):
-                raise _Retry(f"FETC:SHAP? {shape} != expected {(k, len(xs), n_out)}")
-            y = link.query_block("fetch", k * len(xs) * n_out)
-            ques = link.query("questionable")
-            link.check("measurement (INP, SAMP:COUN, INIT, FETC?)")
+            if self._careful:
+                for name, args, block in (("input", (), xs), ("count", (k,), None), ("initiate", (), None)):
+                    link.send(name, *args, block=block)
+                    link.check(scpi.COMMANDS[name].short_header)
+                link.query("opc", timeout_ms=opc_ms)
+                shape = link.query("fetch_shape")
+                y = link.query_block("fetch", k * len(xs) * n_out) if tuple(shape) == want else None
+                ques = link.query("questionable")
+                err = (0, "")
+            else:
+                link.send("input", block=xs)
+                link.send("count", k)
+                link.send("initiate")
+                link.send_queries(("opc", "fetch_shape", "fetch", "questionable", "error"))
+                opc = link.reply("opc", opc_ms)
+                shape = link.reply("fetch_shape")
+                y = link.block_reply("fetch", k * len(xs) * n_out) if shape is None or tuple(shape) == want else None
+                ques = link.reply("questionable")
+                err = link.reply("error") if y is not None or shape is None else (0, "")
+                if err is None or err[0] or opc is None or shape is None or y is None or ques is None:
+                    errors = ([err] if err and err[0] else []) + (link.drain() if shape is not None else [])
+                    if errors:
+                        raise ScpiError("measurement (INP, SAMP:COUN, INIT, *OPC?, FETC?)", errors)
+            if shape is not None and tuple(shape) != want:
+                raise _Retry(f"FETC:SHAP? {shape} != expected {want}")
+            if y is None or ques is None:
+                raise _Retry("measurement: no data and no error queued")
         self._check_values(y)
-        self.stats["measurements"] += 1
+        st = self.stats
+        st["measurements"] += 1
+        st["bytes_sent"] += xs.nbytes
+        st["bytes_fetched"] += y.nbytes
+        st["io_s"] += time.perf_counter() - t0
         if ques & scpi.QUES_CLIPPED:
             self.stats["clipped"] += 1
             msg = (f"layer {self.layer.name!r}: the chip's ADC clipped at {self.limits['output_range']} "
@@ -469,27 +542,35 @@ class VisaDevice(Device):
         return y.reshape(k, len(xs), n_out)
 
     def _check_values(self, y: np.ndarray) -> None:
-        """Detect a garbled block: non-finite, outside the ADC range, or off the ADC grid."""
+        """Detect a garbled block: non-finite, outside the ADC range, or off the ADC grid.
+
+        Checked on cache-sized pieces (several passes over each while it is in cache).
+        """
         lo, hi = self.limits["output_range"]
-        y_min, y_max = float(y.min(initial=lo)), float(y.max(initial=lo))
-        if not (lo <= y_min and y_max <= hi):   # NaN fails too
-            raise _Retry(f"FETC?: values outside the ADC range [{lo:g}, {hi:g}] (garbled block)")
         bits = self.limits["output_bits"]
-        if self.verify_grid and bits <= 20:
-            step = (hi - lo) / (2 ** bits - 1)
-            q = (y - np.float32(lo)) * np.float32(1 / step)
-            q -= np.rint(q)
-            if float(np.abs(q).max(initial=0)) > 0.05:
-                raise _Retry("FETC?: values off the ADC grid (garbled block)")
+        grid = self.verify_grid and bits <= 20
+        f_lo, inv = np.float32(lo), np.float32((2 ** bits - 1) / (hi - lo))
+        for i in range(0, y.size, 1 << 16):
+            p = y[i:i + (1 << 16)]
+            if not (p.min() >= lo and p.max() <= hi):   # NaN fails too
+                raise _Retry(f"FETC?: values outside the ADC range [{lo:g}, {hi:g}] (garbled block)")
+            if grid:
+                q = (p - f_lo) * inv
+                q -= np.rint(q)
+                if float(np.abs(q).max()) > 0.05:
+                    raise _Retry("FETC?: values off the ADC grid (garbled block)")
 
     def _retrying(self, attempt, what: str):
         """Run ``attempt`` until it succeeds; on failure back off, reconnect or resync, try again."""
         delay, last = self.backoff_s, None
         for n in range(self.retries + 1):
             try:
-                return attempt()
+                out = attempt()
+                self._careful = False
+                return out
             except (_Retry, ScpiError) as e:
                 last = e
+                self._careful = True
                 self._faults.append(f"{what}: {e}")
             if n == self.retries:
                 break

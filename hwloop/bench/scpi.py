@@ -8,6 +8,7 @@ written as in the manual: upper case is the short form, ``[...]`` optional.
 
 from __future__ import annotations
 
+import functools
 import re
 import zlib
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ ERROR_QUEUE_MAX = 32
 ACTIVATIONS = {"SIGMoid": "sigmoid", "TANH": "tanh", "RELU": "relu", "LINear": "linear"}
 
 
+@functools.lru_cache(maxsize=None)
 def short(mnemonic: str) -> str:
     """Short form of a mnemonic: its upper-case part (``WEIGhts`` -> ``WEIG``)."""
     return "".join(c for c in mnemonic if not c.islower())
@@ -216,6 +218,7 @@ QUES_CLIPPED, QUES_TEMPERATURE = 1, 2
 STB_ERROR_QUEUE = 4
 
 
+@functools.lru_cache(maxsize=256)
 def find_command(header: str) -> Command | None:
     """Server side: the command a received header names (``weights:data?`` -> weights?)."""
     query = header.endswith("?")
@@ -240,15 +243,20 @@ def block_header(n_bytes: int) -> bytes:
     return f"#{len(digits)}{digits}".encode()
 
 
+def block_array(values: np.ndarray, order: str) -> np.ndarray:
+    """The payload of a block as an array of float32 in the given byte order (no copy when it already is)."""
+    return np.ascontiguousarray(values, dtype=block_dtype(order))
+
+
 def encode_block(values: np.ndarray, order: str) -> bytes:
     """Array -> header + float32 bytes in the given byte order (no terminator)."""
-    data = np.ascontiguousarray(values, dtype=block_dtype(order)).tobytes()
+    data = block_array(values, order).tobytes()
     return block_header(len(data)) + data
 
 
 def decode_floats(data: bytes, order: str) -> np.ndarray:
-    """Block payload -> native float32 array."""
-    return np.frombuffer(data, dtype=block_dtype(order)).astype(np.float32)
+    """Block payload -> float32 array in native byte order (a read-only view when no swap is needed)."""
+    return np.frombuffer(data, dtype=block_dtype(order)).astype(np.float32, copy=False)
 
 
 def weights_checksum(weights: np.ndarray) -> str:

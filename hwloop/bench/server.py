@@ -123,6 +123,7 @@ class ChipState:
         self.t0 = time.monotonic()
         self.errors: list[tuple[int, str]] = []
         self.esr = 0
+        self.compute_s = 0.0              # wall time spent simulating the chip (physics + ADC)
         self.power_on()
 
     # -- state --------------------------------------------------------------------
@@ -179,10 +180,11 @@ class ChipState:
         self.clipped = False
 
     # -- dispatch -----------------------------------------------------------------
-    def execute(self, header: str, text: str, block: bytes | None) -> bytes | None:
+    def execute(self, header: str, text: str, block: bytes | None) -> bytes | np.ndarray | None:
         """Run one message; returns the reply (without LF) for queries, None for commands.
 
-        A failing query queues its error and answers an empty reply.
+        A block reply is returned as its payload array (``scpi.block_array``) so the server can
+        send it without copying.  A failing query queues its error and answers an empty reply.
         """
         cmd = scpi.find_command(header) if _HEADER_OK(header) else None
         is_query = header.endswith("?")
@@ -199,7 +201,7 @@ class ChipState:
             self.push_error(e.code)
             return b"" if is_query else None
         if cmd.query:
-            return out if isinstance(out, bytes) else str(out).encode()
+            return out if isinstance(out, np.ndarray) else str(out).encode()
         return None
 
     def _parse_args(self, cmd: scpi.Command, text: str, block: bytes | None) -> list:
@@ -219,11 +221,6 @@ class ChipState:
             return [p.parse(t, self.spec.limits) for p, t in zip(params, parts)]
         except scpi.ParamError as e:
             raise CommandError(e.code) from None
-
-    def _floats(self, block: bytes, n_max: int | None = None) -> np.ndarray:
-        if len(block) % 4:
-            raise CommandError(-161)
-        return scpi.decode_floats(block, self.order)
 
     # -- common -------------------------------------------------------------------
     def do_idn_q(self) -> str:
@@ -301,9 +298,9 @@ class ChipState:
         self._stale()
         self._start(self.spec.program_s + self.spec.program_per_weight_s * w.size, scpi.OPER_PROGRAMMING)
 
-    def do_weights_q(self) -> bytes:
+    def do_weights_q(self) -> np.ndarray:
         w = self.weights if self.weights is not None else np.zeros(0, np.float32)
-        return scpi.encode_block(w, self.order)
+        return scpi.block_array(w, self.order)
 
     def do_checksum_q(self) -> str:
         return self.checksum
@@ -319,8 +316,8 @@ class ChipState:
         self.programmed = False
         self._stale()
 
-    def do_bias_q(self) -> bytes:
-        return scpi.encode_block(self.bias, self.order)
+    def do_bias_q(self) -> np.ndarray:
+        return scpi.block_array(self.bias, self.order)
 
     def do_bias_range_q(self) -> str:
         return f"{self.spec.bias_range:g}"
@@ -351,7 +348,7 @@ class ChipState:
             raise CommandError(-223)
         x = scpi.decode_floats(block, self.order).reshape(-1, self.n_in)
         lo, hi = self.spec.input_range
-        if not np.all((x >= lo) & (x <= hi)):
+        if not (x.min() >= lo and x.max() <= hi):      # NaN fails too
             raise CommandError(-222)
         self.inputs = x
         self._stale()
@@ -375,32 +372,48 @@ class ChipState:
             self.programmed = True
         self.n_measurements += 1
         y = self.emulator.run(self.inputs[None], repeats=self.count, key=(self.seed, self.n_measurements))
-        y = np.array(y, dtype=np.float32)
+        if not (y.flags.writeable and y.flags.c_contiguous and y.dtype == np.float32):
+            y = np.array(y, dtype=np.float32, order="C")
         if self.spec.gain_tc:
             y *= np.float32(1 + self.spec.gain_tc * (self.temperature() - self.spec.temperature))
         self.measurement, self.clipped = self.adc(y)
+        self.compute_s += time.monotonic() - t
         busy = self.spec.eval_s * self.count * len(self.inputs)
         self.busy_until = t + busy * self.spec.time_scale
         self.busy_kind = scpi.OPER_MEASURING
 
     def adc(self, y: np.ndarray) -> tuple[np.ndarray, bool]:
-        """Clip to the full scale and round to the ADC grid ``lo + i*step``."""
+        """Clip to the full scale and round to the ADC grid ``lo + k*step``, in place.
+
+        The grid is ``hwloop.physics.quantize``'s; done here with in-place numpy on cache-sized
+        pieces because the controller runs beside its clients and torch's thread pool stalls on
+        a busy machine.
+        """
         lo, hi = self.spec.output_range
-        step = self.spec.output_step
-        clipped = bool(np.any((y < lo) | (y > hi)))
-        q = np.clip(y, lo, hi).astype(np.float64)
-        q = lo + np.round((q - lo) / step) * step
-        return np.clip(q, lo, hi).astype(np.float32), clipped
+        f_lo, inv, step = np.float32(lo), np.float32(1 / self.spec.output_step), np.float32(self.spec.output_step)
+        clipped = False
+        flat = y.reshape(-1)
+        for i in range(0, flat.size, 1 << 16):
+            p = flat[i:i + (1 << 16)]
+            clipped = clipped or bool(p.min() < lo or p.max() > hi)
+            np.clip(p, lo, hi, out=p)
+            p -= f_lo
+            p *= inv
+            np.rint(p, out=p)
+            p *= step
+            p += f_lo
+            np.clip(p, lo, hi, out=p)
+        return y, clipped
 
     def do_abort(self) -> None:
         if self.busy_kind == scpi.OPER_MEASURING and time.monotonic() < self.busy_until:
             self._stale()
         self.busy_until, self.busy_kind = 0.0, 0
 
-    def do_fetch_q(self) -> bytes:
+    def do_fetch_q(self) -> np.ndarray:
         if self.measurement is None:
             raise CommandError(-230)
-        return scpi.encode_block(self.measurement, self.order)
+        return scpi.block_array(self.measurement, self.order)
 
     def do_fetch_shape_q(self) -> str:
         if self.measurement is None:
@@ -455,6 +468,20 @@ class _Reader:
         del self.buf[:n]
         return out
 
+    def _take_block(self, n: int) -> bytearray:
+        """``n`` payload bytes, received straight into their own buffer (no re-copying of large blocks)."""
+        out = bytearray(n)
+        have = min(n, len(self.buf))
+        out[:have] = self.buf[:have]
+        del self.buf[:have]
+        view = memoryview(out)
+        while have < n:
+            got = self.conn.recv_into(view[have:], min(n - have, 1 << 22))
+            if not got:
+                raise _Closed()
+            have += got
+        return out
+
     def _skip_line(self) -> None:
         while b"\n" not in self.buf:
             self._fill()
@@ -484,7 +511,7 @@ class _Reader:
         if not digits.isdigit():
             self._skip_line()
             return header, text, None, -161
-        data = self._take(int(digits))
+        data = self._take_block(int(digits))
         end = self._take(1)
         if end == b"\r":
             end = self._take(1)
@@ -555,6 +582,13 @@ class SimulatedBench:
         if self._handler:
             self._handler.join(5)
 
+    def wait_disconnected(self, timeout: float = 5.0) -> bool:
+        """Wait until the current client (if any) is gone, so a new connection will be served."""
+        h = self._handler
+        if h is not None:
+            h.join(timeout)
+        return h is None or not h.is_alive()
+
     def serve_forever(self) -> None:
         """Serve until interrupted (the CLI)."""
         try:
@@ -600,17 +634,28 @@ class SimulatedBench:
                     else:
                         reply = self.chip.execute(header, text, block)
                     if reply is not None:
-                        if reply.startswith(b"#") and self.clock.take("corrupt"):
-                            reply = self._corrupt(reply)
-                        if self.clock.take("delay"):
-                            time.sleep(self.faults.delay_s)
-                        conn.sendall(reply + b"\n")
+                        self._reply(conn, reply)
                     self._after_message()
         except (_Closed, OSError):
             pass
         finally:
             _shutdown(conn)
             self._conn = None
+
+    def _reply(self, conn: socket.socket, reply: bytes | np.ndarray) -> None:
+        if isinstance(reply, np.ndarray):
+            if self.clock.take("corrupt"):
+                reply = self._corrupt(scpi.block_header(reply.nbytes) + reply.tobytes())
+            else:
+                if self.clock.take("delay"):
+                    time.sleep(self.faults.delay_s)
+                conn.sendall(scpi.block_header(reply.nbytes))
+                conn.sendall(memoryview(reply).cast("B"))
+                conn.sendall(b"\n")
+                return
+        if self.clock.take("delay"):
+            time.sleep(self.faults.delay_s)
+        conn.sendall(reply + b"\n")
 
     def _after_message(self) -> None:
         if self.clock.take("error"):

@@ -9,7 +9,9 @@ which for one variance is the familiar ``2 sigma^4 / (n-1)``).
 The chip model they invert is the emulator's (``hwloop.physics`` and
 ``docs/profiles.md``): per neuron ``x_i = g_i * scale * f(slope * a) + o_i``,
 then ``y_i = x_i (1 + xi_M,i + xi_MC) + xi_A,i + xi_AC`` (+ shot noise with
-variance ``shot * |x_i|``), then the ADC (clip, quantise).  ``measurements``
+variance ``shot * |x_i|``), then the ADC (clip, quantise); or the same noise
+on ``a`` before the transfer (placement "pre", ``PlacementFit``).  Estimators
+and their errors are described in docs/calibration.md.  ``measurements``
 is a :class:`hwloop.calibration.measure.Measurements`: blocks of outputs
 (repeat, sample, neuron) at known pre-activations (``probe.levels``).
 """
@@ -30,29 +32,56 @@ _RAIL = 0.5
 # -- grouping the blocks -----------------------------------------------------------
 @dataclass
 class Group:
-    """All evaluations of one (activation, level): ``y`` is (n, neuron) float64."""
+    """All evaluations of one (activation, level) in one programming session: ``y`` is (n, neuron) float64."""
 
     activation: str
     level: float
+    session: int
     y: np.ndarray
     t: np.ndarray          # (n_blocks,) time of each contributing block
     temperature: np.ndarray
+    sizes: tuple[int, ...] = ()   # rows of y from each block, in order
+
+    def within_block_cov(self) -> tuple[np.ndarray, int]:
+        """Covariance across neurons about each block's own mean, pooled (and its degrees of freedom).
+
+        Slow changes between blocks (drift of gain or offset) then add nothing to the noise estimate.
+        """
+        acc, dof, start = 0.0, 0, 0
+        for n in self.sizes or (len(self.y),):
+            r = self.y[start:start + n]
+            r = r - r.mean(0)
+            acc = acc + r.T @ r
+            dof += n - 1
+            start += n
+        return acc / dof, dof
 
 
 def groups(measurements, kinds=("level",), activation: str | None = "linear") -> list[Group]:
-    """Pool every block's samples by (activation, level), in level order."""
+    """Pool every block's samples by (activation, level, session), in that order.
+
+    A session is one programming of the probe layer: a chip may draw its static
+    errors (programming error, gain/offset) anew whenever it is programmed, as
+    after a resumed calibration, so blocks of different sessions are never pooled.
+    """
     pool: dict[tuple, list] = {}
     for blk in measurements.blocks:
         p = blk.probe
         if p.kind not in kinds or (activation is not None and p.activation != activation):
             continue
         for b, lv in enumerate(p.levels):
-            pool.setdefault((p.activation, lv), []).append((blk.y[:, b, :], blk.t, blk.temperature))
+            pool.setdefault((p.activation, lv, blk.session), []).append((blk.y[:, b, :], blk.t, blk.temperature))
     out = []
-    for (act, lv), parts in sorted(pool.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+    for (act, lv, ses), parts in sorted(pool.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][1])):
         y = np.concatenate([p[0] for p in parts]).astype(np.float64)
-        out.append(Group(act, lv, y, np.array([p[1] for p in parts]), np.array([p[2] for p in parts])))
+        out.append(Group(act, lv, ses, y, np.array([p[1] for p in parts]), np.array([p[2] for p in parts]),
+                         tuple(len(p[0]) for p in parts)))
     return out
+
+
+def _quiet(var, step: float):
+    """Noise narrower than half an ADC step: the outputs sit on one code, and Sheppard's step^2/12 fails."""
+    return np.asarray(var) < step**2 / 4
 
 
 def _clipped(y: np.ndarray, rng: tuple[float, float] | None, step: float) -> bool:
@@ -76,8 +105,17 @@ class ADCFit:
         self.declared_bits = declared_bits
 
     def fit(self, measurements) -> "ADCFit":
-        vals = np.unique(np.concatenate([b.y.ravel() for b in measurements.blocks]).astype(np.float64))
-        self.min_seen_, self.max_seen_ = float(vals[0]), float(vals[-1])
+        all_y = [b.y.ravel() for b in measurements.blocks]
+        self.min_seen_ = float(min(y.min() for y in all_y))
+        self.max_seen_ = float(max(y.max() for y in all_y))
+        # the grid shows in the first ~2M values already; sorting all of them would only cost time
+        head, n = [], 0
+        for y in all_y:
+            head.append(y)
+            n += y.size
+            if n >= 2_000_000:
+                break
+        vals = np.unique(np.concatenate(head)).astype(np.float64)
         self.range_ = tuple(self.declared_range) if self.declared_range else (self.min_seen_, self.max_seen_)
         self.step_, self.step_stderr_, self.bits_ = 0.0, 0.0, None
         d = np.diff(vals)
@@ -92,9 +130,9 @@ class ADCFit:
                 lo, hi = self.range_
                 self.bits_ = int(round(np.log2((hi - lo) / self.step_ + 1)))
         lo, hi = self.range_
-        all_y = np.concatenate([b.y.ravel() for b in measurements.blocks])
         tol = self.step_ * _RAIL + 1e-7 * (hi - lo)
-        self.clip_fraction_ = float(np.mean((all_y <= lo + tol) | (all_y >= hi - tol)))
+        clipped = sum(int(np.count_nonzero((y <= lo + tol) | (y >= hi - tol))) for y in all_y)
+        self.clip_fraction_ = clipped / sum(y.size for y in all_y)
         return self
 
     @property
@@ -135,12 +173,43 @@ class GainOffsetFit:
         self.step = step
 
     def fit(self, measurements) -> "GainOffsetFit":
-        gs = [g for g in groups(measurements) if not _clipped(g.y, self.output_range, self.step)]
-        if len(gs) < 2:
+        by_session: dict[int, list[Group]] = {}
+        for g in groups(measurements):
+            if not _clipped(g.y, self.output_range, self.step):
+                by_session.setdefault(g.session, []).append(g)
+        by_session = {k: v for k, v in by_session.items() if len(v) >= 2}
+        if not by_session:
             raise HwloopError("calibration: fewer than two unclipped linear levels; cannot fit gain and offset")
+        fits = {k: self._line(gs) for k, gs in by_session.items()}
+        counts = {k: sum(len(g.y) for g in gs) for k, gs in by_session.items()}
+        main = max(counts, key=counts.get)
+        self.sessions_ = sorted(fits)
+        self.gain_by_session_ = {k: f[0] for k, f in fits.items()}
+        self.offset_by_session_ = {k: f[1] for k, f in fits.items()}
+        # the reported per-neuron values: the session with the most data
+        self.gain_, self.offset_, self.gain_stderr_, self.offset_stderr_, self.chi2_, self.levels_ = fits[main]
+        gains = np.concatenate([f[0] for f in fits.values()])
+        g_err = np.concatenate([f[2] for f in fits.values()])
+        offs = np.concatenate([f[1] for f in fits.values()])
+        o_err = np.concatenate([f[3] for f in fits.values()])
+        self.mean_gain_ = float(gains.mean())
+        self.mean_gain_stderr_ = float(np.sqrt(np.var(gains, ddof=1) / len(gains) + np.mean(g_err**2) / len(gains)))
+        self.gain_spread_, self.gain_spread_stderr_ = _spread(gains / self.mean_gain_, g_err / self.mean_gain_)
+        self.offset_spread_, self.offset_spread_stderr_ = _spread(offs, o_err)
+        self.mean_offset_ = float(offs.mean())
+        self.offset_rms_ = float(np.sqrt(max(0.0, np.mean(offs**2) - np.mean(o_err**2))))
+        return self
+
+    def _line(self, gs: list[Group]):
+        """Per-neuron weighted straight line through the level means of one session."""
         a = np.array([g.level for g in gs])
         m = np.stack([g.y.mean(0) for g in gs])                                  # (L, N)
-        v = np.stack([g.y.var(0, ddof=1) / len(g.y) for g in gs]) + 1e-30       # variance of each mean
+        var = np.stack([g.y.var(0, ddof=1) for g in gs])
+        n = np.array([len(g.y) for g in gs])[:, None]
+        # variance of each mean; where the noise is narrower than half a step the mean is off by up to half
+        # a step whatever n is (a noiseless level reads one code): its error is then the rounding's, step^2/12
+        q = self.step**2 / 12
+        v = np.where(_quiet(var, self.step), np.maximum(var / n, q), var / n) + 1e-30
         w = 1.0 / v
         sw, swa, swaa = w.sum(0), (w * a[:, None]).sum(0), (w * a[:, None] ** 2).sum(0)
         swy, sway = (w * m).sum(0), (w * a[:, None] * m).sum(0)
@@ -152,19 +221,7 @@ class GainOffsetFit:
         # (drift, non-linearity): honest errors, never smaller than the sample statistics give.
         chi2 = (w * resid**2).sum(0) / max(1, len(a) - 2)
         infl = np.maximum(1.0, chi2)
-        self.gain_, self.offset_ = gain, off
-        self.gain_stderr_ = np.sqrt(sw / det * infl)
-        self.offset_stderr_ = np.sqrt(swaa / det * infl)
-        self.chi2_ = chi2
-        self.levels_ = a
-        n = len(gain)
-        self.mean_gain_ = float(gain.mean())
-        self.mean_gain_stderr_ = float(np.sqrt(np.var(gain, ddof=1) / n + np.mean(self.gain_stderr_**2) / n))
-        rel = gain / self.mean_gain_
-        self.gain_spread_, self.gain_spread_stderr_ = _spread(rel, self.gain_stderr_ / self.mean_gain_)
-        self.offset_spread_, self.offset_spread_stderr_ = _spread(off, self.offset_stderr_)
-        self.mean_offset_ = float(off.mean())
-        return self
+        return gain, off, np.sqrt(sw / det * infl), np.sqrt(swaa / det * infl), chi2, a
 
 
 def _spread(values: np.ndarray, errors: np.ndarray) -> tuple[float, float]:
@@ -195,23 +252,33 @@ class NoiseFit:
     significant (|z| > ``shot_z``), otherwise fixed at 0.
     """
 
-    def __init__(self, gains: np.ndarray, offsets: np.ndarray, quantisation_variance: float = 0.0,
+    def __init__(self, gains, offsets, quantisation_variance: float = 0.0,
                  output_range: tuple[float, float] | None = None, step: float = 0.0, shot_z: float = 4.0):
-        self.gains = np.asarray(gains, np.float64)
-        self.offsets = np.asarray(offsets, np.float64)
+        # per-neuron gains/offsets: one array for every session, or a mapping session -> array
+        self.gains = gains
+        self.offsets = offsets
         self.q = float(quantisation_variance)
         self.output_range = output_range
         self.step = step
         self.shot_z = shot_z
 
     def fit(self, measurements) -> "NoiseFit":
-        rows, targets, covs, used = [], [], [], []
+        rows, targets, covs, used, skipped = [], [], [], [], []
         for g in groups(measurements):
-            if _clipped(g.y, self.output_range, self.step):
+            if _clipped(g.y, self.output_range, self.step) or (isinstance(self.gains, dict)
+                                                                and g.session not in self.gains):
                 continue
-            n, N = g.y.shape
-            s = self.gains * g.level + self.offsets            # noise-free output of each neuron
-            C = np.cov(g.y, rowvar=False)
+            N = g.y.shape[1]
+            gain = self.gains[g.session] if isinstance(self.gains, dict) else self.gains
+            off = self.offsets[g.session] if isinstance(self.offsets, dict) else self.offsets
+            s = np.asarray(gain, np.float64) * g.level + np.asarray(off, np.float64)  # noise-free outputs
+            C, dof = g.within_block_cov()
+            n = dof + 1
+            if _quiet(np.mean(np.diag(C)), self.step):
+                # noise narrower than half an ADC step: Sheppard's step^2/12 does not hold there (a noiseless
+                # level reads one code exactly), so this level says nothing reliable about the intensities
+                skipped.append(g.level)
+                continue
             A_U = np.full((N, N), 1.0 / N**2)
             A_W = np.eye(N) / N - A_U
             one = np.ones(N)
@@ -222,6 +289,10 @@ class NoiseFit:
             AC_W, AC_U = A_W @ C, A_U @ C
             cov = 2.0 / (n - 1) * np.array([[np.sum(AC_W * AC_W.T), np.sum(AC_W * AC_U.T)],
                                             [np.sum(AC_U * AC_W.T), np.sum(AC_U * AC_U.T)]])
+            # floor: a level with no noise at all (pure multiplicative noise at zero signal) would make the
+            # weights infinite; the rounding noise of the ADC is the least a variance can be known to
+            qf = max(self.q, 1e-18)
+            cov += np.diag([2.0 / (n - 1) * (qf * np.trace(A)) ** 2 for A in (A_W, A_U)])
             covs.append(cov)
             used.append(g.level)
         if len(used) < 3:
@@ -241,7 +312,8 @@ class NoiseFit:
         # When the levels scatter more than the sampling statistics allow (drift, a model that is only
         # nearly right), widen the errors by the Birge ratio rather than report a false precision.
         cov = cov * max(1.0, self.chi2_)
-        self.levels_ = np.array(used)
+        self.levels_ = np.unique(used)
+        self.skipped_levels_ = np.unique(skipped)
         self.intensities_ = dict(zip(NOISE_TERMS, beta))
         self.stderr_ = dict(zip(NOISE_TERMS, np.sqrt(np.clip(np.diag(cov), 0, None))))
         self.covariance_ = cov
@@ -292,10 +364,16 @@ class TransferFit:
     the best family wins.  Learned per mode: ``results_[mode] = {function,
     slope, scale, slope_stderr, scale_stderr, rms}``; ``saturation`` is the
     largest output the fitted curve reaches (``scale`` for sigmoid/tanh).
+
+    ``pre_var(a)``: when the noise sits before the transfer function, the
+    variance of the noisy pre-activation at ``a``; the mean curve is then
+    ``scale * E[f(slope * (a + n))]`` (Gauss-Hermite), since a curved f turns
+    noise into a shift of the mean.
     """
 
     def __init__(self, offset: float = 0.0, gain: float = 1.0, gain_sem: float = 0.0, offset_sem: float = 1e-3,
-                 output_range: tuple[float, float] | None = None, step: float = 0.0):
+                 output_range: tuple[float, float] | None = None, step: float = 0.0, pre_var=None):
+        self.pre_var = pre_var
         self.offset = float(offset)
         self.offset_sem = max(float(offset_sem), 1e-9)
         self.gain = float(gain)
@@ -315,10 +393,13 @@ class TransferFit:
             h = np.array([(np.mean(g.y) - self.offset) / self.gain for g in gs])
             # error of the neuron-averaged mean: the common-mode noise does not average out over neurons
             err = np.array([np.sqrt(np.var(g.y.mean(1), ddof=1) / len(g.y)) for g in gs])
-            err = np.maximum(err, 1e-9)
+            # a (nearly) noiseless level reads one ADC code: its mean is off by up to half a step
+            quiet = _quiet([np.mean(g.y.var(0)) for g in gs], self.step)
+            err = np.maximum(np.where(quiet, np.maximum(err, self.step / np.sqrt(12)), err), 1e-9)
             best = None
             for fam, f in FAMILIES.items():
-                r = _fit_family(f, fam in ("relu", "linear"), a, h, err, self.offset_sem)
+                sd = np.sqrt(np.maximum(self.pre_var(a), 0.0)) if self.pre_var is not None else np.zeros_like(a)
+                r = _fit_family(f, fam in ("relu", "linear"), a, h, err, self.offset_sem, sd)
                 if r is not None and (best is None or r["rms"] < best["rms"]):
                     best = dict(r, function=fam)
                     best["scale_stderr"] = float(np.hypot(r["scale_stderr"], self.gain_sem * r["scale"]))
@@ -330,8 +411,8 @@ class TransferFit:
         return self
 
 
-def _fit_family(f, one_param: bool, a, h, err, offset_sem: float) -> dict | None:
-    """Least squares of ``scale * f(slope * a) + c`` to the curve ``h``.
+def _fit_family(f, one_param: bool, a, h, err, offset_sem: float, sd=None) -> dict | None:
+    """Least squares of ``scale * f(slope * a) + c`` to the curve ``h`` (averaged over ``a + sd * z`` when sd).
 
     ``c`` absorbs the difference between this programming's mean offset and the
     linear mode's (chips may draw offsets anew at each programming); it is held
@@ -341,15 +422,21 @@ def _fit_family(f, one_param: bool, a, h, err, offset_sem: float) -> dict | None
     """
     from scipy.optimize import least_squares
 
+    z, wz = np.polynomial.hermite_e.hermegauss(15)
+    wz = wz / wz.sum()
+    pts = a[:, None] + (np.zeros_like(a) if sd is None else sd)[:, None] * z[None, :]   # (levels, nodes)
+
     def model(p):
-        return p[0] * f(a) + p[1] if one_param else p[0] * f(p[1] * a) + p[2]
+        if one_param:
+            return p[0] * (f(pts) @ wz) + p[1]
+        return p[0] * (f(p[1] * pts) @ wz) + p[2]
 
     def resid(p):
         return np.append((model(p) - h) / err, p[-1] / offset_sem)
 
     p0 = [1.0, 0.0] if one_param else [1.0, 1.0, 0.0]
     try:
-        r = least_squares(resid, p0, method="lm", max_nfev=5000)
+        r = least_squares(resid, p0, method="lm", max_nfev=400)
         cov = np.linalg.inv(r.jac.T @ r.jac)
     except (ValueError, np.linalg.LinAlgError):
         return None
@@ -360,6 +447,56 @@ def _fit_family(f, one_param: bool, a, h, err, offset_sem: float) -> dict | None
                     offset=float(r.x[1]), rms=rms)
     return dict(slope=float(r.x[1]), scale=float(r.x[0]), slope_stderr=float(se[1]), scale_stderr=float(se[0]),
                 offset=float(r.x[2]), rms=rms)
+
+
+# -- placement ------------------------------------------------------------------------
+class PlacementFit:
+    """Is the noise added before the transfer function ("pre") or after it ("post")?
+
+    In the activation sweeps the two differ: noise after the transfer keeps the
+    linear mode's variance law, ``V = D_A + D_AC + (D_M + D_MC) x^2`` at the
+    output x; noise before it is filtered by the slope, ``V = h'(a)^2 V_lin(a)``
+    with h the fitted transfer curve and V_lin the linear mode's variance at the
+    same pre-activation divided by its squared gain.  Each hypothesis is scored
+    by chi^2 against the measured neuron-averaged variances (relative error
+    sqrt(2/(n N)) per level); ``placement_`` is the better one, or "post" when
+    there is no saturating activation to tell them apart (``identified_`` False).
+    """
+
+    def __init__(self, noise: "NoiseFit", transfer: "TransferFit", gain: float = 1.0,
+                 output_range: tuple[float, float] | None = None, step: float = 0.0):
+        self.noise, self.transfer, self.gain = noise, transfer, float(gain)
+        self.output_range, self.step = output_range, step
+
+    def fit(self, measurements) -> "PlacementFit":
+        D = self.noise.intensities_
+        q = self.step**2 / 12
+        chi = {"post": 0.0, "pre": 0.0}
+        used = 0
+        for mode, r in self.transfer.results_.items():
+            if r["function"] in ("linear", "relu"):
+                continue  # a constant slope cannot tell the two apart
+            f = FAMILIES[r["function"]]
+            for g in groups(measurements, kinds=("act",), activation=mode):
+                if _clipped(g.y, self.output_range, self.step):
+                    continue
+                C, dof = g.within_block_cov()
+                v = float(np.mean(np.diag(C))) - q
+                x = g.y.mean(0)
+                a, eps = g.level, 1e-4
+                dh = r["scale"] * (f(np.array([r["slope"] * (a + eps)])) - f(np.array([r["slope"] * (a - eps)])))[0] / (2 * eps)
+                v_post = D["D_A"] + D["D_AC"] + (D["D_M"] + D["D_MC"]) * np.mean(x**2) + D["shot"] * np.mean(np.abs(x))
+                lin = self.gain * a   # what the linear mode's output would be at this pre-activation
+                v_lin = D["D_A"] + D["D_AC"] + (D["D_M"] + D["D_MC"]) * lin**2 + D["shot"] * abs(lin)
+                v_pre = dh**2 * v_lin / self.gain**2
+                err = max(v, 0.0) * np.sqrt(2.0 / (dof * C.shape[0])) + q + 1e-30  # + the rounding's own share
+                chi["post"] += ((v - v_post) / err) ** 2
+                chi["pre"] += ((v - v_pre) / err) ** 2
+                used += 1
+        self.chi2_ = {k: c / max(1, used) for k, c in chi.items()}
+        self.identified_ = used >= 3
+        self.placement_ = min(chi, key=chi.get) if self.identified_ else "post"
+        return self
 
 
 # -- drift ----------------------------------------------------------------------------
@@ -405,12 +542,13 @@ class DriftFit:
         e_g, e_o = np.array(e_g) / abs(g0), np.array(e_o)
         t = np.array([b.t for b in blocks])
         temp = np.array([b.temperature for b in blocks])
+        session = np.array([b.session for b in blocks])
         z_max = 0.0
         for xname, x in (("s", t), ("K", temp)):
             if not np.all(np.isfinite(x)) or np.ptp(x) <= 0:
                 continue
             for yname, y, e in (("offset", off, e_o), ("gain", gain, e_g)):
-                slope, se = _line_slope(x, y, e)
+                slope, se = _line_slope(x, y, e, session)
                 setattr(self, f"{yname}_per_{xname}_", slope)
                 setattr(self, f"{yname}_per_{xname}_stderr_", se)
                 z_max = max(z_max, abs(slope) / se if se > 0 else 0.0)
@@ -418,16 +556,24 @@ class DriftFit:
         return self
 
 
-def _line_slope(x: np.ndarray, y: np.ndarray, e: np.ndarray) -> tuple[float, float]:
-    """Weighted straight-line slope and its stderr (inflated by the reduced chi^2 when above 1)."""
+def _line_slope(x: np.ndarray, y: np.ndarray, e: np.ndarray, group: np.ndarray) -> tuple[float, float]:
+    """Weighted slope of y on x with one intercept per group (programming session), and its stderr.
+
+    The stderr is inflated by the reduced chi^2 when that exceeds 1.
+    """
     w = 1.0 / np.maximum(e, 1e-30) ** 2
-    sw, sx, sy = w.sum(), (w * x).sum(), (w * y).sum()
-    sxx, sxy = (w * x * x).sum(), (w * x * y).sum()
-    det = sw * sxx - sx**2
-    slope = (sw * sxy - sx * sy) / det
-    icpt = (sxx * sy - sx * sxy) / det
-    chi2 = float((w * (y - slope * x - icpt) ** 2).sum() / max(1, len(x) - 2))
-    return float(slope), float(np.sqrt(sw / det * max(1.0, chi2)))
+    xc, yc = x.astype(float).copy(), y.astype(float).copy()
+    for gid in np.unique(group):
+        m = group == gid
+        xc[m] -= np.sum(w[m] * x[m]) / np.sum(w[m])
+        yc[m] -= np.sum(w[m] * y[m]) / np.sum(w[m])
+    sxx = float(np.sum(w * xc * xc))
+    if sxx <= 0:
+        return 0.0, 0.0
+    slope = float(np.sum(w * xc * yc) / sxx)
+    dof = max(1, len(x) - 1 - len(np.unique(group)))
+    chi2 = float(np.sum(w * (yc - slope * xc) ** 2) / dof)
+    return slope, float(np.sqrt(max(1.0, chi2) / sxx))
 
 
 # -- everything ----------------------------------------------------------------------
@@ -440,6 +586,7 @@ class CalibrationFit:
     noise: NoiseFit
     transfer: TransferFit
     drift: DriftFit
+    placement: PlacementFit
 
 
 def fit_all(measurements) -> CalibrationFit:
@@ -447,11 +594,23 @@ def fit_all(measurements) -> CalibrationFit:
     chip = measurements.plan.chip
     adc = ADCFit(chip.output_range, chip.output_bits).fit(measurements)
     go = GainOffsetFit(adc.range_, adc.step_).fit(measurements)
-    noise = NoiseFit(go.gain_, go.offset_, adc.quantisation_variance_, adc.range_, adc.step_).fit(measurements)
+    noise = NoiseFit(go.gain_by_session_, go.offset_by_session_, adc.quantisation_variance_, adc.range_,
+                     adc.step_).fit(measurements)
     # the mean over a chip's neurons is itself a sample (and a chip may draw its neurons at each programming)
     n = len(go.gain_)
     transfer = TransferFit(go.mean_offset_, gain_sem=go.gain_spread_ / np.sqrt(n),
                            offset_sem=np.hypot(go.offset_spread_ * np.sqrt(2 / n), go.offset_stderr_.mean()),
                            output_range=adc.range_, step=adc.step_).fit(measurements)
     drift = DriftFit(output_range=adc.range_, step=adc.step_).fit(measurements)
-    return CalibrationFit(adc, go, noise, transfer, drift)
+    placement = PlacementFit(noise, transfer, go.mean_gain_, adc.range_, adc.step_).fit(measurements)
+    if placement.placement_ == "pre":   # refit the curves with the noise where it is: before the transfer
+        D = noise.intensities_
+        G2 = go.mean_gain_**2
+
+        def pre_var(a):
+            return (D["D_A"] + D["D_AC"]) / G2 + (D["D_M"] + D["D_MC"]) * a**2
+
+        transfer = TransferFit(go.mean_offset_, gain_sem=go.gain_spread_ / np.sqrt(n),
+                               offset_sem=np.hypot(go.offset_spread_ * np.sqrt(2 / n), go.offset_stderr_.mean()),
+                               output_range=adc.range_, step=adc.step_, pre_var=pre_var).fit(measurements)
+    return CalibrationFit(adc, go, noise, transfer, drift, placement)

@@ -12,6 +12,7 @@ Layout::
     attrs["hwloop_calibration"]   format, plan (chip info, budget, seed), idn, start date, ...
     done (probe,)  int8           1 once block k is complete
     t (probe,), temperature (probe,)   seconds since its layer was programmed; deg C
+    session (probe,) int32        which programming of the probe layer measured block k
     blocks/<k>     (repeat, sample, neuron) float32
 """
 
@@ -44,6 +45,7 @@ class Block:
     y: np.ndarray
     t: float
     temperature: float
+    session: int = 0      # which programming of the probe layer (a chip may redraw static errors at each)
 
 
 @dataclass
@@ -102,6 +104,7 @@ class CalibrationStore:
         root.create_array("done", shape=(n,), chunks=(1,), dtype="int8", fill_value=0)
         root.create_array("t", shape=(n,), chunks=(1,), dtype="float64", fill_value=float("nan"))
         root.create_array("temperature", shape=(n,), chunks=(1,), dtype="float64", fill_value=float("nan"))
+        root.create_array("session", shape=(n,), chunks=(1,), dtype="int32", fill_value=-1)
         root.create_group("blocks")
         if path.exists():
             shutil.rmtree(path)
@@ -125,7 +128,7 @@ class CalibrationStore:
     def complete(self) -> bool:
         return bool(self.done.all())
 
-    def write_block(self, k: int, y: np.ndarray, t: float, temperature: float) -> None:
+    def write_block(self, k: int, y: np.ndarray, t: float, temperature: float, session: int = 0) -> None:
         """Write block ``k``; its marker goes last, so a kill leaves it recognisably unfinished."""
         y = np.ascontiguousarray(y, np.float32)
         arr = self.root["blocks"].create_array(str(k), shape=y.shape, chunks=y.shape, dtype="float32",
@@ -133,6 +136,7 @@ class CalibrationStore:
         arr[...] = y
         self.root["t"][k] = t
         self.root["temperature"][k] = temperature
+        self.root["session"][k] = session
         self.root["done"][k] = 1
 
     def set_attrs(self, **kw) -> None:
@@ -142,8 +146,9 @@ class CalibrationStore:
     def measurements(self) -> Measurements:
         """The completed blocks, in plan order (all of them once the calibration is complete)."""
         done, t, temp = self.done, self.root["t"][:], self.root["temperature"][:]
+        ses = self.root["session"][:]
         blocks = [Block(p, np.asarray(self.root["blocks"][str(p.index)][...]), float(t[p.index]),
-                        float(temp[p.index])) for p in self.plan.probes if done[p.index]]
+                        float(temp[p.index]), int(ses[p.index])) for p in self.plan.probes if done[p.index]]
         return Measurements(self.plan, blocks, dict(self.attrs))
 
 
@@ -164,6 +169,8 @@ def measure(chip: Chip, store: CalibrationStore, progress: Callable[[int, int], 
         store.set_attrs(started=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     t_bench = 0.0
     for act in dict.fromkeys(p.activation for p in todo):
+        session = int(store.attrs.get("sessions", 0))
+        store.set_attrs(sessions=session + 1)   # counted before use: a kill never reuses a session number
         chip.device.program(plan.layer(act), seed=plan.seed)
         t0 = time.monotonic()
         for p in (q for q in todo if q.activation == act):
@@ -171,15 +178,25 @@ def measure(chip: Chip, store: CalibrationStore, progress: Callable[[int, int], 
                 return store.measurements()
             x = plan.inputs(p.levels)
             ts = time.monotonic()
+            reprograms = _reprograms(chip.device)
             y = chip.device.run(x, repeats=p.repeats, key=(plan.seed, p.index))
             te = time.monotonic()
+            if _reprograms(chip.device) != reprograms:  # the driver had to program the chip again (it lost it)
+                session = int(store.attrs.get("sessions", 0))
+                store.set_attrs(sessions=session + 1)
+                t0 = ts
             t_bench += te - ts
             if y.shape != (p.repeats, len(p.levels), plan.n_out):
                 raise HwloopError(f"{chip.info.idn}: block {p.index} came back shaped {y.shape}, "
                                   f"expected {(p.repeats, len(p.levels), plan.n_out)}")
-            store.write_block(p.index, y, 0.5 * (ts + te) - t0, chip.temperature())
+            store.write_block(p.index, y, 0.5 * (ts + te) - t0, chip.temperature(), session)
             measured += 1
             if progress:
                 progress(int(store.done.sum()), len(plan.probes))
     store.set_attrs(measure_s=round(float(store.attrs.get("measure_s", 0.0)) + t_bench, 3))
     return store.measurements()
+
+
+def _reprograms(device) -> int:
+    """How often a driver re-loaded a layer the chip had lost (``VisaDevice.stats``; 0 for others)."""
+    return int(getattr(device, "stats", {}).get("reprograms", 0))

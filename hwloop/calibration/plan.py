@@ -10,14 +10,14 @@ same pre-activation ``a = w * n_half * d`` of either sign within any input
 range.  Probes:
 
 - ``level``: ``ACT LIN``, every block holds all levels (one input sample
-  each), stepped so the signal sweeps 80% of the ADC range (zero included when
+  each), stepped so the signal sweeps 70% of the ADC range (zero included when
   reachable); many repetitions separate additive from multiplicative noise
   (variance against mean^2) and common-mode from independent noise (covariance
   across neurons) and give gain/offset; the blocks, spread over the
   calibration, are the reference points of the drift fit (against time and
   temperature);
 - ``act``: every other activation of ``ACT:CAT?``, the pre-activation swept
-  into saturation (or to 80% of the ADC range for unbounded ones), to identify
+  into saturation (or to the top level for unbounded ones), to identify
   the transfer function (which, slope, saturation).
 
 The seed keys the draws of an emulated chip (``Device.program(seed=)``); the
@@ -146,8 +146,8 @@ def design_plan(chip: ChipInfo, budget: int = DEFAULT_BUDGET, seed: int = 0,
     n_half = max(1, n_in // 2)
     span_in = (hi_in - lo_in) if n_in > 1 else max(abs(lo_in), abs(hi_in))
     span_out = hi_out - lo_out
-    # Signal levels for LIN: 80% of the ADC range, so gain/offset spread and noise stay off the rails.
-    lev_lo, lev_hi = lo_out + 0.1 * span_out, hi_out - 0.1 * span_out
+    # Signal levels for LIN: 70% of the ADC range, so gain/offset spread and noise stay off the rails.
+    lev_lo, lev_hi = lo_out + 0.15 * span_out, hi_out - 0.15 * span_out
     act_reach = 8.0  # pre-activation for the transfer sweeps: deep into saturation of a unit-slope sigmoid/tanh
     need = max(abs(lev_lo), abs(lev_hi), act_reach)
     weight = min(chip.weight_max, need / (n_half * span_in))

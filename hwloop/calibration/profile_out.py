@@ -1,7 +1,7 @@
 """From fitted values to a device profile: the same schema as hand-written ones, plus provenance.
 
-Only what the fits show is written: a noise term that the data cannot tell
-from zero is written as 0 (its estimate and error stay in ``uncertainty``);
+Only what the fits show is written: a noise term below ``Z_ZERO`` standard
+errors is written as 0 (its estimate and error stay in ``uncertainty``);
 transfer slope/scale and drift only when they differ from the ideal by more
 than ``z`` standard errors.  Per-neuron gains and offsets go into the
 provenance (the schema describes a chip by its spread, and the emulator draws
@@ -22,6 +22,8 @@ from .measure import Measurements
 
 #: a fitted deviation from the ideal value is written only beyond this many standard errors
 Z_WRITE = 3.0
+#: a noise intensity below this many standard errors is written as 0
+Z_ZERO = 2.0
 
 
 def _r(v: float, digits: int = 6) -> float | None:
@@ -63,19 +65,29 @@ def build_profile(fit: CalibrationFit, meas: Measurements, *, name: str | None =
     chip = meas.plan.chip
     nf, go, adc, dr = fit.noise, fit.gain_offset, fit.adc, fit.drift
     serial = chip.idn.split(",")[2].strip() if chip.idn.count(",") >= 2 else "chip"
-    noise = {"units": "variance", "placement": "post"}
+    pl = fit.placement
+    noise = {"units": "variance", "placement": pl.placement_}
+    # The fits measure the noise at the output, where gains have scaled it.  Noise before the transfer
+    # function passes through the neuron's gain (and the transfer's scale * slope): additive terms shrink
+    # by the mean squared gain (independent) or the squared mean gain (common mode); the multiplicative
+    # ones are relative to the signal and stay.
+    unscale = {"D_A": 1.0, "D_M": 1.0, "D_AC": 1.0, "D_MC": 1.0, "shot": 1.0}
+    if pl.placement_ == "pre":
+        unscale.update(D_A=float(np.mean(go.gain_**2)), D_AC=float(np.mean(go.gain_)) ** 2,
+                       shot=float(np.mean(np.abs(go.gain_))))
     for k in NOISE_TERMS:
-        v, e = nf.intensities_[k], nf.stderr_[k]
+        v, e = nf.intensities_[k] / unscale[k], nf.stderr_[k] / unscale[k]
         if k == "shot" and not nf.shot_fitted_:
             continue
-        noise[k] = _r(max(0.0, v))
+        # a term the data cannot tell from zero (or a negative estimate) is written as 0
+        noise[k] = _r(v) if v > Z_ZERO * e else 0.0
     prof: dict = {
         "name": name or f"calibrated-{serial}",
         "version": 1,
         "description": f"Calibrated twin of {chip.idn} ({meas.evaluations} evaluations).",
         "provenance": {},
         "noise": noise,
-        "gain_offset": {"gain": _r(go.gain_spread_), "offset": _r(float(np.sqrt(np.mean(go.offset_**2))))},
+        "gain_offset": {"gain": _r(go.gain_spread_), "offset": _r(go.offset_rms_)},
     }
     if adc.step_ > 0 or chip.output_range:
         prof["adc"] = {"bits": int(adc.bits_) if adc.bits_ else None, "range": [float(v) for v in adc.range_]}
@@ -103,7 +115,10 @@ def build_profile(fit: CalibrationFit, meas: Measurements, *, name: str | None =
         "convention": "one standard error from sample-size statistics (see docs/calibration.md)",
         "noise": {k: {"estimate": _r(nf.intensities_[k]), "stderr": _r(nf.stderr_[k])} for k in NOISE_TERMS},
         "noise_fit": {"chi2_per_dof": _r(nf.chi2_, 4), "shot_fitted": bool(nf.shot_fitted_),
-                      "levels": [_r(v) for v in nf.levels_]},
+                      "levels": [_r(v) for v in nf.levels_], "skipped_levels": [_r(v) for v in nf.skipped_levels_],
+                      "measured_at": "output (estimates above); the profile's values are at its placement"},
+        "placement": {"identified": bool(pl.identified_), "chi2_post": _r(pl.chi2_["post"], 4),
+                      "chi2_pre": _r(pl.chi2_["pre"], 4)},
         "gain_offset": {"gain": _r(go.gain_spread_stderr_), "offset": _r(go.offset_spread_stderr_),
                         "per_neuron_gain_stderr_max": _r(float(go.gain_stderr_.max())),
                         "per_neuron_offset_stderr_max": _r(float(go.offset_stderr_.max())),

@@ -6,6 +6,7 @@ with optional fault injection for testing drivers and runs.  Ctrl-C stops it.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from dataclasses import fields
 
@@ -48,8 +49,13 @@ def main(args: argparse.Namespace) -> int:
     active = faults.active()
     print(f"serving {bench.spec.model} ({bench.spec.max_inputs}x{bench.spec.max_outputs}) at {bench.resource}"
           + (f" with faults {active}" if active else ""), flush=True)
+    signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
     try:
         bench.serve_forever()
     except KeyboardInterrupt:
-        print("stopped", file=sys.stderr)
+        pass
+    finally:
+        print(f"stopped: {bench.clock.count} commands, {bench.connections} connections served, "
+              f"{bench.refused} refused, faults {bench.clock.fired}, chip compute {bench.chip.compute_s:.3f} s",
+              file=sys.stderr, flush=True)
     return 0

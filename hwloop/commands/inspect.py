@@ -19,5 +19,5 @@ def main(args: argparse.Namespace) -> int:
     print(format_table(model.table()))
     n_glue = sum(1 for r in model.table() if r["kind"] == "digital")
     print(f"{args.model}: {len(model.layers)} analog layers, {n_glue} digital nodes; "
-          f"input {model.input_name!r}, output {model.output_name!r} ({model.n_classes} classes)")
+          f"input {model.input_name!r}, output {model.output_name!r} ({model.n_classes or '?'} classes)")
     return 0

@@ -18,17 +18,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", type=Path, help="ONNX model file")
     p.add_argument("--data", default="digits", help="data spec: digits, mnist:PATH, fashion-mnist:PATH, npz:PATH "
                                                      "(+train, @N) (default: digits)")
-    p.add_argument("--repeats", type=int, default=1, help="repetitions per sample (default: 1)")
+    p.add_argument("--repeats", type=_positive, default=1, help="repetitions per sample (default: 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: 0)")
     p.add_argument("--out", type=Path, help="run store to write (RUN.zarr)")
-    p.add_argument("--batch-size", type=int, help="samples per batch (default: from memory, at most 1000)")
+    p.add_argument("--batch-size", type=_positive, help="samples per batch (default: from memory, at most 1000)")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    mode.add_argument("--resume", action="store_true",
+                      help="continue an interrupted run in --out from its first unfinished batch (starts it when "
+                           "--out does not exist); model, data, seed, repeats and batch size must match")
     mode.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     dev = p.add_mutually_exclusive_group()
     dev.add_argument("--profile", help="device profile (YAML path or name in device_profiles/) for every layer")
     dev.add_argument("--bench", type=Path, help="bench file (YAML) mapping layers to chips and emulators")
     p.add_argument("--dry-run", action="store_true", help="show the plan without running anything")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def main(args: argparse.Namespace) -> int:
@@ -54,6 +63,10 @@ def main(args: argparse.Namespace) -> int:
 
         bench = load_bench(args.bench)
     batch = args.batch_size or default_batch_size(model, args.repeats, len(ds))
+    if args.resume and args.batch_size is None and args.out is not None and args.out.exists():
+        from ..store import read_attrs
+
+        batch = int(read_attrs(args.out).get("batch_size", batch))   # continue with the store's batches
     if args.dry_run:
         if bench is not None:
             print(bench.plan(model, len(ds), batch, args.repeats))
@@ -66,7 +79,7 @@ def main(args: argparse.Namespace) -> int:
         raise HwloopError("--out RUN.zarr is required (or use --dry-run)")
     if bench is not None:
         devices = bench.devices(model)
-        provenance["bench"] = str(args.bench)
+        provenance["bench"] = bench.describe()
     try:
         result = run_model(model, ds, devices=devices, repeats=args.repeats, seed=args.seed, batch_size=batch,
                            out=args.out, resume=args.resume, overwrite=args.overwrite, progress=True,

@@ -27,6 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sigmas", default="logspace:1e-2:1e8:41",
                    help="logspace:A:B:N, linspace:A:B:N or a comma list (default logspace:1e-2:1e8:41)")
     p.add_argument("--mode", default="walk", help="walk (one site at a time) | global (all sites)")
+    p.add_argument("--sites", help="walk only these site indices, e.g. 0,7 (default: all)")
     p.add_argument("--data", default="digits", help="evaluation data spec (default digits)")
     p.add_argument("--repeats", type=int, default=1, help="repeats per point (noise draws / trained models)")
     p.add_argument("--seed", type=int, default=0)
@@ -70,7 +71,7 @@ def main(args: argparse.Namespace) -> int:
         sigmas=parse_sigmas(args.sigmas), noise=args.noise, mode=args.mode, data=args.data,
         repeats=args.repeats, seed=args.seed, ratio=args.ratio, correlated=args.correlated,
         train_noise=args.train_noise, model_def=args.model_def, train_data=args.train_data,
-        epochs=args.epochs, clamp=args.clamp)
+        epochs=args.epochs, clamp=args.clamp, sites=_sites(args.sites))
     run_sweep(settings, args.out, model, scheduler=args.scheduler, workers=args.workers,
               progress=_progress())
     print("\n".join(midpoint_lines(open_sweep(args.out))))
@@ -79,6 +80,17 @@ def main(args: argparse.Namespace) -> int:
         write_sweep_report(args.out, args.report)
         print(f"report written to {args.report}")
     return 0
+
+
+def _sites(text: str | None) -> tuple[int, ...] | None:
+    from ..errors import HwloopError
+
+    if text is None:
+        return None
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise HwloopError(f"--sites {text!r}: expected comma-separated site indices, e.g. 0,7") from None
 
 
 def _progress():

@@ -14,11 +14,13 @@ from ``run(key=)`` (with no key, calls are numbered from ``program``).
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import replace
 from typing import Sequence
 
 import numpy as np
+import torch
 
 from .. import physics
 from ..layer import AnalogLayer, activate
@@ -31,17 +33,12 @@ _STATIC_TAG = 0x57A71C  # separates static draws from any run key with the same 
 class Emulator(Device):
     """Runs a layer as ``act(x @ W.T + b)`` in float32, plus the physics of ``profile`` when given."""
 
-    def __init__(self, profile: Profile | str | None = None, name: str = "emulator"):
-        self.profile = load_profile(profile) if isinstance(profile, str) else profile
+    def __init__(self, profile: Profile | str | os.PathLike | None = None, name: str = "emulator"):
+        self.profile = profile if profile is None or isinstance(profile, Profile) else load_profile(profile)
         self.name = name
         self.layer = None
         self.settings: LayerSettings | None = None
         self.stats: dict[str, int] = {}
-
-    @property
-    def ideal(self) -> bool:
-        """True when outputs are exact (no profile): the runner then reuses them as the noise-free reference."""
-        return self.profile is None
 
     @property
     def ideal(self) -> bool:
@@ -102,7 +99,7 @@ class Emulator(Device):
         y = None
         for k, rows in enumerate(self._rows):
             part = self._analog(x[:, :, rows], self._wt[rows], None, k, t, repeats, gen, "linear")
-            y = part if y is None else np.add(y, part, out=y)
+            y = np.array(part, dtype=np.float32) if y is None else np.add(y, part, out=y)
         y += self._b
         return activate(self.layer.activation, y)
 
@@ -120,22 +117,17 @@ class Emulator(Device):
         """One pass through the array: products, noise, transfer, gain/offset, ADC -> (repeats, B, n_out).
 
         ``bias is None`` marks a row tile: it runs linearly and all its noise lands on the partial sums.
+        Deterministic steps run on the R_in copies they get; the first random step expands to ``repeats``.
         """
         s, tiled = self.settings, bias is None
         r_in, b, n_in = x.shape
-        y = (x.reshape(r_in * b, n_in) @ wt).reshape(r_in, b, -1)
-        if not tiled:
-            y += bias
-
-        def full(a):  # materialise every repetition once something differs between them
-            return a if a.shape[0] == repeats else np.repeat(a, repeats, axis=0)
-
+        x2, w = torch.from_numpy(x.reshape(r_in * b, n_in)), torch.from_numpy(wt)
+        # torch, not numpy, for the product: mixing BLAS thread pools with torch's costs more than the product
+        y = (x2 @ w if tiled else torch.addmm(torch.from_numpy(bias), x2, w)).numpy().reshape(r_in, b, -1)
         if self._read_std:
-            y = full(y)
-            physics.add_read_noise(y, x, self._read_std, gen)
+            y = physics.apply_read_noise(y, x, self._read_std, gen, repeats)
         if self._pre_noise is not None and not tiled:
-            y = full(y)
-            self._noise(y, self._pre_noise, gen)
+            y = self._noise(y, self._pre_noise, gen, repeats)
         if not tiled:
             y = physics.transfer(y, function, s.transfer.slope, s.transfer.scale, self.layer.activation)
         if s.gain_offset.active or s.drift.active:
@@ -143,22 +135,27 @@ class Emulator(Device):
             if s.drift.active:
                 g = g * (1 + s.drift.gain * t)
                 o = o + s.drift.offset * t
-            y = full(y * g)
+            y = y * g
             y += o
         post = self._tile_noise if tiled else self._post_noise
         if post is not None:
-            y = full(y)
-            self._noise(y, post, gen)
-        y = full(y)
+            y = self._noise(y, post, gen, repeats)
+        if y.shape[0] != repeats:
+            y = np.broadcast_to(y, (repeats, *y.shape[1:]))
         if s.adc.active:
+            y = np.array(y, dtype=np.float32)
             self.stats["adc_clipped"] += physics.convert(y, s.adc)
             self.stats["adc_values"] += y.size
         return y
 
-    def _noise(self, y: np.ndarray, noise: NoiseSettings, gen) -> None:
+    def _noise(self, y: np.ndarray, noise: NoiseSettings, gen, repeats: int) -> np.ndarray:
         """Neuron noise, drawn separately for every column tile (correlated terms are per tile)."""
+        if len(self._cols) == 1:
+            return physics.apply_noise(y, noise, gen, repeats)
+        out = np.empty((repeats, *y.shape[1:]), np.float32)
         for cols in self._cols:
-            physics.add_noise(y[:, :, cols], noise, gen)
+            out[:, :, cols] = physics.apply_noise(y[:, :, cols], noise, gen, repeats)
+        return out
 
     def _drift_time(self, key: tuple, repeats: int):
         d = self.settings.drift

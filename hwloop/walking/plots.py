@@ -35,7 +35,7 @@ def layer_before(ds: xr.Dataset) -> list[int | None]:
         if n in layers:
             last = layers.index(n)
         out.append(last)
-    return out
+    return [out[int(k)] for k in ds.site.values]
 
 
 def sweep_sections(ds: xr.Dataset) -> list[Section]:
@@ -50,7 +50,7 @@ def sweep_sections(ds: xr.Dataset) -> list[Section]:
     for ax, (var, label) in zip(axes, variants):
         m = ds[var].mean("repeat")
         for k, name in enumerate(names):
-            ax.plot(ds.sigma.values, m.isel(site=k).values, marker=".", label=f"{k}: {name}")
+            ax.plot(ds.sigma.values, m.isel(site=k).values, marker=".", label=f"{int(ds.site.values[k])}: {name}")
         ax.set_xscale("log" if np.all(ds.sigma.values > 0) else "linear")
         ax.axhline(1.0 / int(ds.attrs["n_classes"]), color="grey", lw=0.5, ls="--")
         ax.set(xlabel="sigma", ylabel="accuracy", title=label)
@@ -67,10 +67,10 @@ def sweep_sections(ds: xr.Dataset) -> list[Section]:
                         else [0, 0] for m in ms]).T
         ax.bar(np.arange(len(ms)) + j * width, vals, width, yerr=err, label=label)
     ax.set_yscale("log")
-    ax.set_xticks(np.arange(len(names)), [f"{k}" for k in range(len(names))])
+    ax.set_xticks(np.arange(len(names)), [str(int(k)) for k in ds.site.values])
     ax.set(xlabel="site", ylabel="midpoint sigma (bars at the top: not reached)")
     ax.legend()
-    rows = [[k, names[k]] + [str(ms[k]) for ms in mids.values()] for k in range(len(names))]
+    rows = [[int(ds.site.values[k]), names[k]] + [str(ms[k]) for ms in mids.values()] for k in range(len(names))]
     sections.append(Section("Midpoint noise level per site",
                             figure_html(fig, "midpoints") + table_html(rows, ["site", "name"] + list(mids))))
 
@@ -80,7 +80,7 @@ def sweep_sections(ds: xr.Dataset) -> list[Section]:
         if ds.attrs["settings"]["mode"] == "global":
             lines = [(0, layer, f"layer {name}") for layer, name in enumerate(ds.layer.values)]
         else:
-            lines = [(k, layer, f"noise at {k}: layer {ds.layer.values[layer]}")
+            lines = [(k, layer, f"noise at {int(ds.site.values[k])}: layer {ds.layer.values[layer]}")
                      for k, layer in enumerate(layer_before(ds)) if layer is not None]
         for k, layer, label in lines:
             ax.plot(ds.sigma.values, wm.isel(site=k, layer=layer).values, marker=".", label=label)
@@ -107,5 +107,5 @@ def midpoint_lines(ds: xr.Dataset) -> list[str]:
     variants = ["accuracy_eval_only", "accuracy"] if "accuracy_eval_only" in ds else ["accuracy"]
     mids = {v: sweep_midpoints(ds, v) for v in variants}
     head = f"clean accuracy {clean_accuracy(ds):.4f}; midpoint sigma per site ({', '.join(variants)}):"
-    return [head] + [f"{k:>3}  {names[k]:<32} " + "  ".join(f"{str(mids[v][k]):<28}" for v in variants)
+    return [head] + [f"{int(ds.site.values[k]):>3}  {names[k]:<32} " + "  ".join(f"{str(mids[v][k]):<28}" for v in variants)
                      for k in range(len(names))]

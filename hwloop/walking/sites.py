@@ -68,14 +68,21 @@ def add_noise(x: np.ndarray, noise: Noise, rng: np.random.Generator, copies: int
     (what averaging k executions of a noisy site gives).  Returns a new float32 array."""
     s_add, s_mul = noise.stds()
     shape = draw_shape(x.shape, noise.correlated)
-    out = np.zeros(x.shape, dtype=np.float32)
-    for _ in range(copies):
-        y = x.astype(np.float32, copy=True)
+    x = np.asarray(x, dtype=np.float32)
+    out = None
+    for _ in range(copies):   # in place where possible: this is the hot loop of a sweep
         if s_mul > 0:
-            y *= 1.0 + np.float32(s_mul) * rng.standard_normal(shape, dtype=np.float32)
+            y = rng.standard_normal(shape, dtype=np.float32)
+            y *= np.float32(s_mul)
+            y += np.float32(1.0)
+            y = np.multiply(x, y, out=y) if y.shape == x.shape else x * y
+        else:
+            y = x.copy()
         if s_add > 0:
-            y += np.float32(s_add) * rng.standard_normal(shape, dtype=np.float32)
-        out += y
+            a = rng.standard_normal(shape, dtype=np.float32)
+            a *= np.float32(s_add)
+            y += a
+        out = y if out is None else np.add(out, y, out=out)
     if copies > 1:
         out /= np.float32(copies)
     return out

@@ -86,6 +86,7 @@ class SweepSettings:
     lr: float = 1e-3
     batch_size: int = 128
     clamp: float | None = None
+    sites: tuple[int, ...] | None = None   # walk only these site indices (default: all)
 
     def __post_init__(self) -> None:
         if self.noise not in KINDS:
@@ -101,6 +102,19 @@ class SweepSettings:
         if self.clamp is not None and not self.clamp > 0:
             raise HwloopError(f"--clamp {self.clamp}: must be > 0")
         Noise(self.noise, 0.0, self.ratio, self.correlated)  # validates ratio
+        if self.sites is not None and self.mode == "global":
+            raise HwloopError("--sites selects sites to walk; global mode puts noise at every site")
+
+    def walk_sites(self, n_sites: int) -> list[int]:
+        """The site indices a walking sweep visits ([0] stands for "all" in global mode)."""
+        if self.mode == "global":
+            return [0]
+        if self.sites is None:
+            return list(range(n_sites))
+        bad = [k for k in self.sites if not 0 <= k < n_sites]
+        if bad:
+            raise HwloopError(f"--sites: site {bad[0]} does not exist (the model has sites 0..{n_sites - 1})")
+        return list(self.sites)
 
     def noise_at(self, site: int, sigma: float, n_sites: int) -> dict[int, Noise]:
         """Noise per site index for one point: one site ("walk") or all ("global")."""
@@ -154,7 +168,7 @@ def eval_point(job: EvalJob, site: int, sigma_index: int, repeat: int) -> dict:
     s = job.settings
     rng = np.random.default_rng([s.seed, site, sigma_index, repeat])
     logits = model.run(s.noise_at(site, s.sigmas[sigma_index], len(model.sites)), rng, cache=cache)
-    return {"index": (site, sigma_index, repeat), "accuracy": accuracy(logits, data.y)}
+    return {"accuracy": accuracy(logits, data.y)}
 
 
 @dataclass(frozen=True)
@@ -223,7 +237,7 @@ def train_point(job: TrainJob, site: int, sigma_index: int, repeat: int, clean_s
           point_seed(s.seed, site, sigma_index, repeat, 1))
     acc, _ = evaluate(net, test, noise_at, eval_seed)
     net.noise_at = {}
-    return {"index": (site, sigma_index, repeat), "accuracy_eval_only": acc_eval_only,
+    return {"accuracy_eval_only": acc_eval_only,
             **_diagnose(net, test, 0), "accuracy": acc}
 
 
@@ -243,6 +257,7 @@ class SweepStore:
             self.group = zarr.open_group(str(self.path), mode="r+")
             self.attrs = dict(self.group.attrs)
             self.settings = self.attrs["settings"]
+            self._arrays: dict = {}
         except Exception as e:
             raise HwloopError(f"{self.path}: not a sweep store ({e})") from None
 
@@ -253,9 +268,10 @@ class SweepStore:
         import xarray as xr
 
         s = settings
-        names = ["global"] if s.mode == "global" else [x.name for x in sites]
+        walk = s.walk_sites(len(sites))
+        names = ["global"] if s.mode == "global" else [sites[k].name for k in walk]
         n, m, r = len(names), len(s.sigmas), s.repeats
-        coords = {"site": np.arange(n), "site_name": ("site", np.array(names, dtype=object)),
+        coords = {"site": np.array(walk), "site_name": ("site", np.array(names, dtype=object)),
                   "sigma": np.array(s.sigmas), "repeat": np.arange(r)}
         nan = lambda *shape: np.full(shape, np.nan)  # noqa: E731
         cell = ("site", "sigma", "repeat")
@@ -301,15 +317,21 @@ class SweepStore:
         """Indices of points not yet written."""
         return [tuple(int(i) for i in ix) for ix in np.argwhere(np.isnan(self.group[name][...]))]
 
-    def write(self, result: dict) -> None:
-        """Write one finished point; ``accuracy`` (the done-marker) last."""
-        if "repeat" in result:
+    def write(self, result: dict, index: tuple[int, int, int] | None = None) -> None:
+        """Write one finished point at store ``index``; ``accuracy`` (the done-marker) last."""
+        if index is None:
             ix, keys = (result["repeat"],), ["clean_state", "clean_weight_mag", "clean_binarization", "clean_accuracy"]
         else:
-            ix = result["index"]
-            keys = [k for k in result if k not in ("index", "accuracy")] + ["accuracy"]
+            ix = index
+            keys = [k for k in result if k != "accuracy"] + ["accuracy"]
         for k in keys:
-            self.group[k][ix] = result[k]
+            self._array(k)[ix] = result[k]
+
+    def _array(self, name: str):
+        """Array handles opened once (each open reads its metadata)."""
+        if name not in self._arrays:
+            self._arrays[name] = self.group[name]
+        return self._arrays[name]
 
     def finish(self) -> None:
         if not self.missing() and ("clean_accuracy" not in self.group or not self.missing("clean_accuracy")):
@@ -330,14 +352,12 @@ def open_sweep(path: str | os.PathLike):
 
 # -- running ---------------------------------------------------------------------------------
 def _provenance() -> dict:
-    import onnx
-    import onnxruntime
-    import torch
-
     from .. import __version__
 
-    return {"hwloop": __version__, "numpy": np.__version__, "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
+    # versions of what the sweep used (already imported), without importing anything for it
+    used = {m: getattr(sys.modules[m], "__version__", "?") for m in ("onnx", "onnxruntime", "torch", "zarr")
+            if m in sys.modules}
+    return {"hwloop": __version__, "numpy": np.__version__, **used,
             "python": sys.version.split()[0], "command": " ".join(sys.argv),
             "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
 
@@ -352,7 +372,7 @@ def _prepare(settings: SweepSettings, model: str | os.PathLike | None):
         net = job.net(0)
         attrs = {"n_classes": job.data()[1].n_classes, "n_state": len(state_vector(net)),
                  "model_def": settings.model_def}
-        return job, net.sites, attrs, [n for n, _ in weight_layers(net)], None
+        return job, net.sites, attrs, [n for n, _ in weight_layers(net.net)], None
     if model is None:
         raise HwloopError("an evaluation-only sweep needs an ONNX model (or --train-noise with --model-def)")
     path = Path(model)
@@ -394,9 +414,11 @@ def run_sweep(settings: SweepSettings, out: str | os.PathLike, model: str | os.P
     return out
 
 
-def _tasks(job, store: SweepStore) -> tuple[list[int], list[tuple[int, int, int]]]:
+def _tasks(job, store: SweepStore) -> tuple[list[int], list[tuple[int, int, int, int]]]:
+    """Missing clean repeats, and missing points as (store position, site index, sigma index, repeat)."""
     clean = [ix[0] for ix in store.missing("clean_accuracy")] if isinstance(job, TrainJob) else []
-    return clean, store.missing()
+    sites = store.group["site"][...]
+    return clean, [(i, int(sites[i]), j, r) for i, j, r in store.missing()]
 
 
 def _run_local(job, store: SweepStore, progress) -> None:
@@ -406,12 +428,12 @@ def _run_local(job, store: SweepStore, progress) -> None:
         store.write(clean_point(job, r))
         done += 1
         progress and progress(done, total)
-    for site, j, r in points:
+    for i, site, j, r in points:
         if isinstance(job, TrainJob):
             result = train_point(job, site, j, r, store.group["clean_state"][r])
         else:
             result = eval_point(job, site, j, r)
-        store.write(result)
+        store.write(result, (i, j, r))
         done += 1
         progress and progress(done, total)
 
@@ -426,39 +448,39 @@ def _run_dask(job, store: SweepStore, scheduler: str | None, workers: int | None
     cluster = None
     try:
         if scheduler:
-            client = Client(scheduler, timeout="30s")
+            client = Client(scheduler, timeout="10s")
         else:
             cluster = LocalCluster(n_workers=workers or 1, threads_per_worker=1, processes=True,
                                    dashboard_address=None)
             client = Client(cluster)
     except Exception as e:
-        raise HwloopError(f"Dask scheduler {scheduler or 'local'}: cannot connect ({e})") from None
+        raise HwloopError(f"Dask {scheduler or 'local cluster'}: cannot start or connect ({e})") from None
     try:
         job_f = client.scatter(job, broadcast=True)
-        futures = []
+        done = 0
+
+        def collect(futures: dict) -> None:
+            nonlocal done
+            for f in as_completed(list(futures)):
+                store.write(f.result(), futures[f])   # a failed task raises here; finished points stay
+                done += 1
+                progress and progress(done, total)
+
+        # clean models first: points then carry no preference for the worker that trained them
+        collect({client.submit(clean_point, job_f, r, pure=False): None for r in clean})
         states = {}
-        for r in clean:
-            states[r] = client.submit(clean_point, job_f, r, pure=False)
-            futures.append(states[r])
-        for site, j, r in points:
+        if isinstance(job, TrainJob):
+            for r in sorted({p[3] for p in points}):
+                states[r] = client.scatter(store.group["clean_state"][r], broadcast=True)
+        futures = {}
+        for i, site, j, r in points:
             if isinstance(job, TrainJob):
-                state = states[r] if r in states else store.group["clean_state"][r]
-                f = client.submit(_train_from_clean, job_f, site, j, r, state, pure=False)
+                f = client.submit(train_point, job_f, site, j, r, states[r], pure=False)
             else:
                 f = client.submit(eval_point, job_f, site, j, r, pure=False)
-            futures.append(f)
-        done = 0
-        for f in as_completed(futures):
-            store.write(f.result())   # a failed task raises here; finished points are kept
-            done += 1
-            progress and progress(done, total)
+            futures[f] = (i, j, r)
+        collect(futures)
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
-
-
-def _train_from_clean(job: TrainJob, site: int, j: int, r: int, clean) -> dict:
-    """Dask glue: the clean dependency arrives as ``clean_point``'s result or as the stored vector."""
-    state = clean["clean_state"] if isinstance(clean, dict) else clean
-    return train_point(job, site, j, r, state)

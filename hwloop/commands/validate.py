@@ -1,0 +1,56 @@
+"""Validate a calibrated profile: run a model on the chip and on the profile's emulator, compare per layer.
+
+Every analog layer runs on the chip (--resource) and, separately, on the
+emulator with PROFILE; per layer the mean noise variance, the median SNR and
+the common-mode share are compared, and the accuracy.  Exit status 0 when
+every check is within its tolerance, 1 when not (2: bad input).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "compare a model on a chip and on its calibrated twin (exit 0: pass, 1: fail)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..calibration.validate import Tolerances
+
+    t = Tolerances()
+    p.add_argument("profile", help="calibrated device profile (YAML path or name)")
+    p.add_argument("--resource", required=True, help="VISA resource of the chip's bench controller")
+    p.add_argument("--model", type=Path, required=True, help="ONNX model file")
+    p.add_argument("--data", default="digits", help="data spec (default: digits)")
+    p.add_argument("--repeats", type=int, default=20, help="repetitions per sample (default: 20)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the twin's draws (default: 0)")
+    p.add_argument("--report", type=Path, help="write an HTML report here")
+    p.add_argument("--tol-variance", type=float, default=t.variance,
+                   help=f"relative per-layer variance tolerance (default: {t.variance})")
+    p.add_argument("--tol-accuracy", type=float, default=t.accuracy,
+                   help=f"accuracy tolerance as a fraction (default: {t.accuracy} = 1 point)")
+    p.add_argument("--tol-snr-db", type=float, default=t.snr_db, help=f"SNR tolerance in dB (default: {t.snr_db})")
+    p.add_argument("--tol-cm", type=float, default=t.cm_share,
+                   help=f"common-mode share tolerance (default: {t.cm_share})")
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..bench import VisaDevice
+    from ..calibration.validate import Tolerances, validate, write_validation_report
+    from ..graph import load_model
+    from ..profiles import load_profile
+
+    profile = load_profile(args.profile)
+    model = load_model(args.model)
+    tol = Tolerances(args.tol_variance, args.tol_accuracy, args.tol_snr_db, args.tol_cm)
+    first = VisaDevice(args.resource)
+    devices = {L.index: (first if i == 0 else first.sibling()) for i, L in enumerate(model.layers)}
+    try:
+        v = validate(profile, devices, model, args.data, repeats=args.repeats, seed=args.seed, tolerances=tol)
+    finally:
+        for d in devices.values():
+            d.close()
+    print(v.table())
+    if args.report:
+        print(f"report: {write_validation_report(v, args.report)}")
+    return 0 if v.passed else 1

@@ -1,0 +1,91 @@
+"""Throughput of hwloop's runner (ideal device) against onnxruntime running the whole model.
+
+MLP 784-100-100-100-10 (random weights; sigmoid, relu, sigmoid, linear), one
+batch of 10,000 random inputs.  Both sides are measured in this same process,
+best of several repetitions, and reported as samples/s and as a ratio
+(hwloop / onnxruntime; the goal is at least 0.8).
+
+    .venv/bin/python tools/bench_runner.py [--samples 10000] [--reps 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from hwloop.data import Dataset
+from hwloop.graph import load_model
+from hwloop.runner import run_model
+
+SIZES = (784, 100, 100, 100, 10)
+ACTS = ("Sigmoid", "Relu", "Sigmoid", None)
+
+
+def build_mlp(path: Path, seed: int = 0) -> Path:
+    """The benchmark MLP as Gemm (transB=1) + activation nodes, the way torch exports Linear layers."""
+    rng = np.random.default_rng(seed)
+    nodes, inits, x = [], [], "input"
+    for i, (n_in, n_out) in enumerate(zip(SIZES[:-1], SIZES[1:])):
+        inits += [numpy_helper.from_array((rng.standard_normal((n_out, n_in)) / np.sqrt(n_in)).astype(np.float32), f"W{i}"),
+                  numpy_helper.from_array((0.1 * rng.standard_normal(n_out)).astype(np.float32), f"b{i}")]
+        out = "output" if ACTS[i] is None else f"a{i}"
+        nodes.append(helper.make_node("Gemm", [x, f"W{i}", f"b{i}"], [out], transB=1, name=f"fc{i}"))
+        if ACTS[i]:
+            nodes.append(helper.make_node(ACTS[i], [out], [f"h{i}"], name=f"act{i}"))
+            x = f"h{i}"
+    graph = helper.make_graph(nodes, "bench_mlp",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", SIZES[0]])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", SIZES[-1]])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def best(fn, reps: int) -> float:
+    """Fastest of ``reps`` calls (after one warm-up call), in seconds."""
+    fn()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--samples", type=int, default=10_000)
+    p.add_argument("--reps", type=int, default=5)
+    args = p.parse_args()
+    n = args.samples
+    with tempfile.TemporaryDirectory() as tmp:
+        path = build_mlp(Path(tmp) / "mlp.onnx")
+        rng = np.random.default_rng(1)
+        ds = Dataset("random", rng.random((n, SIZES[0]), dtype=np.float32), rng.integers(0, 10, n), 10)
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        model = load_model(path)
+
+        t_ort = best(lambda: sess.run(["output"], {"input": ds.x}), args.reps)
+        t_mem = best(lambda: run_model(model, ds, batch_size=n), args.reps)
+        store = Path(tmp) / "run.zarr"
+        t_store = best(lambda: run_model(model, ds, batch_size=n, out=store, overwrite=True), args.reps)
+
+        res = run_model(model, ds, batch_size=n)
+        diff = float(np.abs(res.output[0] - sess.run(["output"], {"input": ds.x})[0]).max())
+    print(f"MLP {'-'.join(map(str, SIZES))}, batch {n}, ideal emulator, best of {args.reps}")
+    print(f"  onnxruntime (whole model)   {n / t_ort:12,.0f} samples/s   {t_ort * 1e3:8.1f} ms")
+    print(f"  hwloop in memory            {n / t_mem:12,.0f} samples/s   {t_mem * 1e3:8.1f} ms   ratio {t_ort / t_mem:.2f}x")
+    print(f"  hwloop with a run store     {n / t_store:12,.0f} samples/s   {t_store * 1e3:8.1f} ms   ratio {t_ort / t_store:.2f}x")
+    print(f"  max |hwloop - onnxruntime| = {diff:.2e}")
+
+
+if __name__ == "__main__":
+    main()
