@@ -174,6 +174,21 @@ def _elem_types(proto: onnx.ModelProto) -> dict[str, int]:
     return out
 
 
+def _per_neuron(c: np.ndarray, dims: list | None) -> np.ndarray | None:
+    """``c`` as one value per output neuron/channel when adding it to a (batch, channel, ...) tensor is a
+    bias (same value across the spatial positions); None otherwise."""
+    if not dims or any(d is None for d in dims[1:]) or c.ndim > len(dims):
+        return None
+    try:
+        full = np.broadcast_to(c, [1] * (len(dims) - c.ndim) + list(c.shape))
+        if full.shape[0] != 1:
+            return None
+        full = np.broadcast_to(full[0], dims[1:]).reshape(dims[1], -1)
+    except ValueError:
+        return None
+    return full[:, 0].astype(np.float64) if np.all(full == full[:, :1]) else None
+
+
 class _Importer:
     """One pass over the graph: pick the output, find analog layers, cut glue segments."""
 
@@ -260,7 +275,8 @@ class _Importer:
             absorbed, chain = list(b[1]), []
             if a("transA", 0):
                 t = self.producer.get(x)
-                perm = next((list(helper.get_attribute_value(p)) for p in t.attribute if p.name == "perm"), []) if t else []
+                perm = [list(helper.get_attribute_value(p)) for p in t.attribute if p.name == "perm"] if t else []
+                perm = perm[0] if perm else []
                 if t is None or t.op_type != "Transpose" or perm not in ([], [1, 0]) or self.sole_consumer(x) is None:
                     raise self.err(node, "transA=1 on a non-constant input puts the batch in the second "
                                          "dimension; hwloop maps only (batch, features) products")
@@ -342,16 +358,16 @@ class _Importer:
         w, b, out = prod["w"], prod["b"].astype(np.float64), node.output[0]
         nodes, chain = prod["nodes"] + [node], [node] + prod.get("chain", [])
         ops, act = [node.op_type], "linear"
-        allowed = ["Add"] if node.op_type == "MatMul" else []
-        allowed += ["BatchNormalization", *_ACTIVATIONS]
+        allowed = ["Add", "BatchNormalization", *_ACTIVATIONS]   # a bias Add (per neuron / channel) may come first
         while (nxt := self.sole_consumer(out)) is not None and nxt.op_type in allowed:
             i = allowed.index(nxt.op_type)
             if nxt.op_type == "Add":
                 other = nxt.input[1] if nxt.input[0] == out else nxt.input[0]
                 c = self.const(other)
-                if c is None or c[0].size not in (1, w.shape[0]):
+                per = None if c is None else _per_neuron(c[0], self.shapes.get(out))
+                if per is None:
                     break
-                b = b + np.broadcast_to(c[0].reshape(-1), b.shape)
+                b = b + per
                 nodes += c[1]
             elif nxt.op_type == "BatchNormalization":
                 parts = [self.const(t) for t in nxt.input[1:5]]
@@ -424,7 +440,8 @@ class _Importer:
                      input_dtype=np.dtype(helper.tensor_dtype_to_np_dtype(gin.type.tensor_type.elem_type)),
                      output_name=output, n_classes=self.shapes[output][1], unused=unused, batch_dim=shape[0])
 
-    def ancestors(self, tensors: list[str], stop: set[int], layer_outputs: dict | None = None) -> dict[int, onnx.NodeProto]:
+    def ancestors(self, tensors: list[str], stop: set[int],
+                  layer_outputs: dict | None = None) -> dict[int, onnx.NodeProto]:
         """Nodes (by id, in graph order) computing ``tensors``, not crossing ``stop`` nodes or layer outputs."""
         found: dict[int, onnx.NodeProto] = {}
         todo = list(tensors)

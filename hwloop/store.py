@@ -187,6 +187,7 @@ class Run:
         self._samples = None if self.complete else np.flatnonzero(np.repeat(done, bs)[:n])
         self._layers = {i["index"]: LayerInfo(**i) for i in self.attrs["layers"]}
         self.layer_names: list[str] = [self._layers[k].name for k in sorted(self._layers)]
+        self._groups: dict[int, xr.Dataset] = {}
 
     def _select(self, da: xr.DataArray) -> xr.DataArray:
         return da if self._samples is None else da.isel(sample=self._samples)
@@ -198,7 +199,9 @@ class Run:
             k = self.layer_names.index(k)
         if k not in self._layers:
             raise HwloopError(f"{self.path}: no layer {k} (the run has {len(self._layers)} analog layers)")
-        return xr.open_zarr(str(self.path), group=f"layers/{k}")
+        if k not in self._groups:
+            self._groups[k] = xr.open_zarr(str(self.path), group=f"layers/{k}")
+        return self._groups[k]
 
     def layer(self, k: int | str) -> xr.DataArray:
         """Outputs of analog layer ``k`` (index or name): (repeat, sample, neuron)."""

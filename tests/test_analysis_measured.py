@@ -24,7 +24,7 @@ from hwloop.store import open_run
 
 
 def profile(**noise):
-    body = "".join(f"\n  {k}: {v}" for k, v in noise.items())
+    body = "".join(f"\n  {k}: {v}" for k, v in noise.items()) or " {}"
     return parse_profile(f"version: 1\nprovenance: {{source: assumption}}\nnoise:{body}\n", "test.yaml")
 
 
@@ -156,3 +156,10 @@ def test_prediction_for_a_run_refuses_different_data(demo_onnx, tmp_path, capsys
               repeats=5, seed=1, out=out)
     assert main(["analyze", str(out), "--predict", "--data", "digits+train@10"]) == 2
     assert "does not reproduce" in capsys.readouterr().err
+
+
+def test_noise_free_run_reports_zero_noise_and_infinite_snr(tmp_path, capsys):
+    ds = analyze_run(one_layer_run(tmp_path, profile(), repeats=3))
+    assert ds["var_mean"].item() == 0 and ds["cm_var"].item() == 0
+    assert np.isinf(ds["snr_db_median"].item())
+    assert "nan" in layer_table(ds) or "inf" in layer_table(ds)

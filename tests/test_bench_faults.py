@@ -137,3 +137,39 @@ def test_bad_bench_file_errors_through_cli(tmp_path, mlp_onnx):
     assert r.stderr.count("\n") == 1 and f"{path}:2: device 'chip': cannot reach bench controller " \
         "TCPIP::127.0.0.1::1::SOCKET" in r.stderr
     assert not (tmp_path / "r.zarr").exists()
+
+
+def test_persistent_error_names_the_command(make_bench):
+    """A fault that does not go away: the careful retry pins it on the command that causes it."""
+    from hwloop.layer import AnalogLayer
+
+    bench = make_bench()
+    L = AnalogLayer(0, "fc", "Gemm", np.full((4, 8), 0.1, np.float32), np.zeros(4, np.float32), "linear")
+    dev = VisaDevice(bench.resource, retries=1, **{k: v for k, v in FAST.items() if k != "timeout_ms"})
+    dev.program(L)
+    bench.spec.max_repeats = 10            # the controller now refuses SAMP:COUN 20 (-222)
+    with pytest.raises(DeviceError, match=r'failed after 1 retries: SAMP:COUN: -222,"Data out of range"'):
+        dev.run(np.zeros((1, 5, 8), np.float32), repeats=20)
+    assert any("measurement (INP, SAMP:COUN, INIT" in f for f in dev.describe()["faults_survived"])
+    dev.close()
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_between_transfers_and_resumes(make_bench, mlp_onnx, reference, tmp_path):
+    """SIGINT during a run: exit 130 after the transfer in flight, store intact, --resume completes it."""
+    bench = make_bench(time_scale=0.2)
+    out = tmp_path / "run.zarr"
+    cmd = [sys.executable, "-m", "hwloop", "run", str(mlp_onnx), "--bench", _bench_file(tmp_path, bench),
+           "--data", DATA, "--repeats", str(REPEATS), "--batch-size", "5", "--seed", "0", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    while bench.clock.count < 300 and time.monotonic() - t0 < 60 and proc.poll() is None:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert not open_run(out).complete
+    done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert_same_as_reference(out, reference)

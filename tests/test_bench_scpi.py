@@ -238,3 +238,55 @@ def test_questionable_clip_and_temperature(make_bench):
         send(res, "FETC?")
         assert np.frombuffer(read_block(res), "<f4")[0] == 16.0
         res.close()
+
+
+def test_temperature_drifts_slowly_and_gain_follows(make_bench):
+    import pyvisa
+
+    bench = make_bench(temperature_swing=5.0, temperature_period_s=2.0, gain_tc=0.01)
+    res = pyvisa.ResourceManager("@py").open_resource(bench.resource, read_termination="\n",
+                                                      write_termination="\n", timeout=2000)
+    program(res, np.full((1, 4), 0.5, np.float32))
+    seen = []
+    for _ in range(6):
+        t = float(res.query("SYST:TEMP?"))
+        send(res, "INP", raw_block(res, np.full((1, 4), 1.0, np.float32)))
+        send(res, "INIT")
+        send(res, "FETC?")
+        y = float(np.frombuffer(read_block(res), "<f4")[0])
+        seen.append((t, y))
+        time.sleep(0.25)
+    temps = np.array([t for t, _ in seen])
+    assert temps.max() - temps.min() > 2.0 and np.all(np.abs(np.diff(temps)) < 5.0)
+    # output 2.0 * (1 + 0.01 (T - 25)): the gain tracks the temperature (within the jitter and the ADC step)
+    gains = np.array([y / 2.0 - 1 for _, y in seen]) / 0.01 + 25
+    np.testing.assert_allclose(gains, temps, atol=0.2)
+    res.close()
+
+
+def test_cli_serve_with_faults(tmp_path):
+    import re
+    import subprocess
+    import sys
+
+    import pyvisa
+
+    proc = subprocess.Popen([sys.executable, "-m", "hwloop", "bench", "serve", "--port", "0", "--profile", "ideal",
+                             "--drop-after", "3", "--seed", "5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        line = proc.stdout.readline()
+        m = re.search(r"at (TCPIP::127\.0\.0\.1::\d+::SOCKET) with faults \{'drop_after': 3\}", line)
+        assert m, line
+        res = pyvisa.ResourceManager("@py").open_resource(m.group(1), read_termination="\n",
+                                                          write_termination="\n", timeout=500)
+        assert res.query("*IDN?").startswith("Lumen")
+        res.query("*OPC?")
+        res.write("*CLS")                            # the 3rd command: the connection is dropped after it
+        with pytest.raises(pyvisa.errors.VisaIOError):
+            res.query("*OPC?")
+        res.close()
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=10)
+    assert "stopped: " in err and "'drop': 1" in err

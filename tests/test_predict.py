@@ -28,7 +28,7 @@ D = 1e-3
 
 
 def profile(**noise) -> "object":
-    body = "".join(f"\n  {k}: {v}" for k, v in noise.items())
+    body = "".join(f"\n  {k}: {v}" for k, v in noise.items()) or " {}"
     return parse_profile(f"version: 1\nprovenance: {{source: assumption}}\nnoise:{body}\n", "test.yaml")
 
 
@@ -272,3 +272,9 @@ def test_float32_covariance_agrees_with_float64(tmp_path):
     np.testing.assert_allclose(p32["cm_var"], p64["cm_var"], rtol=1e-3)
     with pytest.raises(HwloopError, match="float16"):
         predict(model, prof, x, dtype="float16")
+
+
+def test_conv_layers_are_refused_with_the_layer_name(cnn_onnx):
+    model = load_model(cnn_onnx)
+    with pytest.raises(HwloopError, match=f"{model.layers[0].name}.*dense layers only"):
+        predict(model, profile(D_A=D), np.zeros((2, 64), np.float32))

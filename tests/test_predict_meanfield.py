@@ -14,7 +14,7 @@ N, D = 100, 1e-3
 
 
 def profile(**noise):
-    body = "".join(f"\n  {k}: {v}" for k, v in noise.items())
+    body = "".join(f"\n  {k}: {v}" for k, v in noise.items()) or " {}"
     return parse_profile(f"version: 1\nprovenance: {{source: assumption}}\nnoise:{body}\n", "mf.yaml")
 
 

@@ -282,3 +282,28 @@ def test_fixed_batch_export_fails_before_any_store(tmp_path):
     with pytest.raises(HwloopError, match=r"node 'r' \(Reshape\) failed: .*fixed batch size of 1"):
         run_model(tmp_path / "fixed.onnx", "digits@20", out=tmp_path / "r.zarr")
     assert not (tmp_path / "r.zarr").exists()
+
+
+@pytest.mark.parametrize("shape, absorbed", [((3, 1, 1), True), ((1, 3, 1, 1), True), ((5,), False),
+                                             ((3, 5, 5), False)])
+def test_bias_add_after_conv_is_absorbed_only_when_per_channel(shape, absorbed, tmp_path):
+    """(N,3,5,5) + c: a bias when c is constant over positions; otherwise the Add is digital glue."""
+    rng = np.random.default_rng(14)
+    graph = helper.make_graph([
+        helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node("Add", ["c", "bias"], ["cb"], name="add"),
+        helper.make_node("Flatten", ["cb"], ["f"]),
+        helper.make_node("Gemm", ["f", "G"], ["y"], transB=1, name="readout")], "cb",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2, 5, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [numpy_helper.from_array(rng.standard_normal((3, 2, 3, 3)).astype(np.float32), "W"),
+         numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), "bias"),
+         numpy_helper.from_array((rng.standard_normal((4, 75)) / 8).astype(np.float32), "G")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    onnx.save(proto, tmp_path / "cb.onnx")
+    model = load_model(tmp_path / "cb.onnx")
+    assert (model.layers[0].meta["ops"] == "Conv+Add") == absorbed
+    ds = Dataset("random", rng.standard_normal((6, 2, 5, 5)).astype(np.float32), rng.integers(0, 4, 6), 4)
+    res = run_model(model, ds, batch_size=4)
+    np.testing.assert_allclose(res.output[0], reference(model, ds.x)["y"], atol=TOL)

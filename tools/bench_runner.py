@@ -49,15 +49,18 @@ def build_mlp(path: Path, seed: int = 0) -> Path:
     return path
 
 
-def best(fn, reps: int) -> float:
-    """Fastest of ``reps`` calls (after one warm-up call), in seconds."""
-    fn()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
+def best(fns: dict, reps: int) -> dict:
+    """Fastest of ``reps`` calls of each function, in seconds, after one warm-up call each.
+    The functions take turns, so a burst of load on this (shared) machine hits all of them alike."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+    times = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: min(ts) for name, ts in times.items()}
 
 
 def main() -> None:
@@ -73,10 +76,11 @@ def main() -> None:
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         model = load_model(path)
 
-        t_ort = best(lambda: sess.run(["output"], {"input": ds.x}), args.reps)
-        t_mem = best(lambda: run_model(model, ds, batch_size=n), args.reps)
         store = Path(tmp) / "run.zarr"
-        t_store = best(lambda: run_model(model, ds, batch_size=n, out=store, overwrite=True), args.reps)
+        t = best({"ort": lambda: sess.run(["output"], {"input": ds.x}),
+                  "mem": lambda: run_model(model, ds, batch_size=n),
+                  "store": lambda: run_model(model, ds, batch_size=n, out=store, overwrite=True)}, args.reps)
+        t_ort, t_mem, t_store = t["ort"], t["mem"], t["store"]
 
         res = run_model(model, ds, batch_size=n)
         diff = float(np.abs(res.output[0] - sess.run(["output"], {"input": ds.x})[0]).max())

@@ -35,7 +35,7 @@ SUMMARY = {
 }
 
 
-def _fluctuation_moments(y: np.ndarray) -> dict[str, np.ndarray]:
+def _fluctuation_moments(y) -> dict[str, np.ndarray]:
     """Per-sample moments of y (R, S, N) over repetitions, vectorised over samples, in float64.
 
     Besides the mean and variance per neuron, keeps the variance across
@@ -121,7 +121,9 @@ def layer_summary(mean: np.ndarray, var: np.ndarray, cm: np.ndarray) -> dict[str
     db = snr_db(mean, var)
     v = float(var.mean())
     c = float(np.mean(cm))
-    q25, q50, q75 = np.quantile(db, [0.25, 0.5, 0.75]) if db.size else (np.nan,) * 3
+    # no interpolation between infinite values (noise-free neurons): inf - inf would be NaN
+    method = "linear" if np.isfinite(db).all() else "nearest"
+    q25, q50, q75 = np.quantile(db, [0.25, 0.5, 0.75], method=method) if db.size else (np.nan,) * 3
     return {
         "var_mean": v, "cm_var": c, "ind_var": v - c,
         "cm_fraction": c / v if v > 0 else np.nan,
@@ -129,8 +131,11 @@ def layer_summary(mean: np.ndarray, var: np.ndarray, cm: np.ndarray) -> dict[str
     }
 
 
-def analyze_layer(y: np.ndarray, clean: np.ndarray | None = None, shot: bool = False) -> dict[str, Any]:
-    """Every statistic of one layer's outputs y (repeat, sample, neuron); see docs/analysis.md."""
+def analyze_layer(y, clean: np.ndarray | None = None, shot: bool = False) -> dict[str, Any]:
+    """Every statistic of one layer's outputs y (repeat, sample, neuron); see docs/analysis.md.
+
+    ``y`` may be a numpy array or a lazy (Zarr-backed) DataArray: it is read in chunks of samples.
+    """
     mom = _fluctuation_moments(y)
     split = covariance_split(**mom)
     mean, var = mom["mean"], mom["var"]
@@ -206,9 +211,8 @@ def analyze_run(run, shot: bool = False) -> xr.Dataset:
 
 def _read_api(run):
     """(layer names, k -> outputs, k -> clean outputs or None) for a stored ``Run`` or an in-memory ``RunResult``."""
-    if hasattr(run, "layer_names"):
-        return (list(run.layer_names), lambda k: np.asarray(run.layer(k)),
-                lambda k: _maybe(lambda: np.asarray(run.clean(k))))
+    if hasattr(run, "layer_names"):  # a stored run: arrays stay lazy and are read chunk by chunk
+        return (list(run.layer_names), run.layer, lambda k: _maybe(lambda: np.asarray(run.clean(k))))
     if getattr(run, "layers", None) is None:
         raise HwloopError("the run result holds no layer outputs (it was written to a store: open that instead)")
     names = [str(n) for n in run.attrs.get("layer_names", [])] or [

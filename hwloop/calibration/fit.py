@@ -295,8 +295,24 @@ class NoiseFit:
             cov += np.diag([2.0 / (n - 1) * (qf * np.trace(A)) ** 2 for A in (A_W, A_U)])
             covs.append(cov)
             used.append(g.level)
+        self.below_resolution_ = not used and bool(skipped)
+        if self.below_resolution_:
+            # every level read a single code: the noise is below what this ADC resolves.  Report zeros,
+            # with half a step squared as the (upper-bound) error of the additive terms.
+            bound = self.step**2 / 4
+            self.levels_, self.skipped_levels_ = np.array([]), np.unique(skipped)
+            self.intensities_ = dict.fromkeys(NOISE_TERMS, 0.0)
+            self.stderr_ = {**dict.fromkeys(NOISE_TERMS, 0.0), "D_A": bound, "D_AC": bound}
+            self.covariance_, self.chi2_, self.shot_fitted_ = np.diag(list(self.stderr_.values())) ** 2, 0.0, False
+            for k in NOISE_TERMS:
+                setattr(self, k + "_", 0.0)
+                setattr(self, k + "_stderr_", float(self.stderr_[k]))
+            return self
         if len(used) < 3:
-            raise HwloopError("calibration: fewer than three unclipped linear levels; cannot separate noise terms")
+            why = (f"; {len(skipped)} level(s) had noise narrower than half an ADC step ({self.step:.4g}), where "
+                   "the quantised likelihood would be needed and is not fitted" if skipped else "")
+            raise HwloopError(f"calibration: fewer than three usable linear levels ({len(used)}); "
+                              f"cannot separate the noise terms{why}")
         X, T = np.array(rows), np.array(targets)
         Sigma = np.zeros((len(T), len(T)))
         for i, c in enumerate(covs):
@@ -312,6 +328,7 @@ class NoiseFit:
         # When the levels scatter more than the sampling statistics allow (drift, a model that is only
         # nearly right), widen the errors by the Birge ratio rather than report a false precision.
         cov = cov * max(1.0, self.chi2_)
+        self.below_resolution_ = False
         self.levels_ = np.unique(used)
         self.skipped_levels_ = np.unique(skipped)
         self.intensities_ = dict(zip(NOISE_TERMS, beta))

@@ -115,6 +115,7 @@ def build_profile(fit: CalibrationFit, meas: Measurements, *, name: str | None =
         "convention": "one standard error from sample-size statistics (see docs/calibration.md)",
         "noise": {k: {"estimate": _r(nf.intensities_[k]), "stderr": _r(nf.stderr_[k])} for k in NOISE_TERMS},
         "noise_fit": {"chi2_per_dof": _r(nf.chi2_, 4), "shot_fitted": bool(nf.shot_fitted_),
+                      "below_adc_resolution": bool(nf.below_resolution_),
                       "levels": [_r(v) for v in nf.levels_], "skipped_levels": [_r(v) for v in nf.skipped_levels_],
                       "measured_at": "output (estimates above); the profile's values are at its placement"},
         "placement": {"identified": bool(pl.identified_), "chi2_post": _r(pl.chi2_["post"], 4),

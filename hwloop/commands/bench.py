@@ -37,6 +37,11 @@ def main(args: argparse.Namespace) -> int:
     from ..bench import ChipSpec, Faults, SimulatedBench
     from ..errors import HwloopError
 
+    import torch
+
+    # A controller process serves one client at a time: one thread keeps its idle OpenMP workers
+    # from spinning on the cores its client (and other controllers) need.
+    torch.set_num_threads(1)
     spec = ChipSpec.from_yaml(args.chip) if args.chip else ChipSpec()
     if args.time_scale is not None:
         spec = replace(spec, time_scale=args.time_scale)
