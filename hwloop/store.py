@@ -22,7 +22,6 @@ unfinished and is simply written again on ``--resume``.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import uuid
@@ -33,7 +32,6 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 import zarr
-from zarr.core.sync import sync as zarr_sync
 
 from .errors import HwloopError
 
@@ -145,12 +143,8 @@ class RunWriter:
                   ("correct", (slice(None), sl), (pred == labels[None, :]).astype(np.uint8))]
         for k in range(self.n_layers):
             writes += [(f"layers/{k}/output", (slice(None), sl), layers[k]), (f"layers/{k}/clean", sl, clean[k])]
-
-        async def write_all():  # the chunk files are independent: write them concurrently
-            await asyncio.gather(*(self._a[name].async_array.setitem(sel, np.ascontiguousarray(v))
-                                   for name, sel, v in writes))
-
-        zarr_sync(write_all())
+        for name, sel, value in writes:
+            self._a[name][sel] = value
         self._done[index] = 1   # last: the batch counts only once all its chunks are on disk
 
     def finish(self) -> np.ndarray:

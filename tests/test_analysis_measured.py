@@ -78,6 +78,8 @@ def test_snr_and_mean_follow_the_signal(tmp_path):
     np.testing.assert_allclose(ds["snr_db_0"].values, snr)
     assert ds["snr_db_median"].item() == pytest.approx(np.median(snr))
     assert ds["snr_db_q25"].item() < ds["snr_db_median"].item() < ds["snr_db_q75"].item()
+    np.testing.assert_allclose(ds["snr_db_neuron_0"].values, np.median(snr, axis=0))
+    np.testing.assert_allclose(ds["snr_neuron_0"].values, 10 ** (np.median(snr, axis=0) / 20))
 
 
 def test_shot_noise_term_is_fitted_when_asked(tmp_path):

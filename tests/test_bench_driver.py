@@ -180,3 +180,17 @@ def test_unreachable_resource_is_named():
     s.close()                                            # nothing listens there now
     with pytest.raises(DeviceError, match=rf"cannot reach bench controller TCPIP::127.0.0.1::{port}::SOCKET"):
         VisaDevice(f"TCPIP::127.0.0.1::{port}::SOCKET", retries=1, backoff_s=0.01, timeout_ms=300)
+
+
+def test_batches_and_repeats_split_at_the_chips_limits(make_bench):
+    bench = make_bench(max_batch=7, max_repeats=4)
+    L = layer(6, 10, "tanh")
+    with VisaDevice(bench.resource) as dev:
+        dev.program(L)
+        x = inputs(20, 10)
+        before = bench.clock.count
+        y = dev.run(x, repeats=10)                         # 3 row chunks x 3 repeat chunks (4, 4, 2)
+        assert dev.stats["measurements"] == 9 and bench.clock.count - before == 9 * 8
+        np.testing.assert_allclose(y, ideal(L, x, 10), atol=STEP / 2 * 1.01)
+        x3 = inputs(5, 10, r=10)                           # 50 rows with SAMP:COUN 1 -> 8 chunks of <= 7
+        np.testing.assert_allclose(dev.run(x3, repeats=10), ideal(L, x3, 10), atol=STEP / 2 * 1.01)

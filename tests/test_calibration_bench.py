@@ -299,9 +299,11 @@ def test_cli_calibrate_from_a_bench_file_then_validate(make_bench, tmp_path, dem
     bf = tmp_path / "bench.yaml"
     bf.write_text(f'devices:\n  chip:\n    resource: "{bench.resource}"\n')
     out = tmp_path / "cal.yaml"
-    assert main(["calibrate", "--bench", str(bf), "--device", "chip", "--out", str(out), "--budget", "30000"]) == 0
+    assert main(["calibrate", "--bench", str(bf), "--device", "chip", "--out", str(out), "--budget", "30000",
+                 "--report", str(tmp_path / "cal.html")]) == 0
     text = capsys.readouterr().out
-    assert "D_M" in text and "gain spread" in text
+    assert "D_M" in text and "gain spread" in text and "noise placement: post" in text
+    assert (tmp_path / "cal.html").read_text().count("<img") == 3   # noise vs signal, gains/offsets, transfer
     assert load_profile(out).provenance["source"] == "calibrated"
     report = tmp_path / "v.html"
     code = main(["validate", str(out), "--resource", bench.resource, "--model", str(demo_onnx),
@@ -344,4 +346,10 @@ def test_cli_bad_input(make_bench, tmp_path, capsys):
     assert main(["calibrate", "--resource", bench.resource, "--store", str(tmp_path / "s.zarr"), "--out", str(out),
                  "--budget", "6000", "--resume"]) == 2
     assert "another plan" in capsys.readouterr().err
+    assert main(["calibrate", "--resource", bench.resource, "--store", str(tmp_path / "s.zarr"), "--out", str(out),
+                 "--budget", "20000"]) == 2
+    assert "use --resume" in capsys.readouterr().err
     assert not out.exists()
+    out.write_text("keep me\n")   # an existing profile is not replaced without --overwrite
+    assert main(["calibrate", "--refit", str(tmp_path / "s.zarr"), "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err and out.read_text() == "keep me\n"

@@ -70,6 +70,8 @@ def test_plan_refuses_what_it_cannot_do():
         design_plan(CHIP, 10)
     with pytest.raises(HwloopError, match="unusable ranges"):
         design_plan(ChipInfo(**{**CHIP.to_dict(), "output_range": (1.0, 1.0)}), 10_000)
+    with pytest.raises(HwloopError, match="no LINear"):
+        design_plan(ChipInfo(**{**CHIP.to_dict(), "activations": ("sigmoid",)}), 10_000)
 
 
 # -- estimators on synthetic data ----------------------------------------------------------
@@ -150,3 +152,31 @@ def test_store_keeps_only_marked_blocks_and_refuses_another_plan(tmp_path):
         CalibrationStore.resume(tmp_path / "c.zarr", design_plan(CHIP, 6_000))
     with pytest.raises(HwloopError, match="exists"):
         CalibrationStore.create(tmp_path / "c.zarr", plan, {})
+
+
+def test_resumed_calibration_of_a_keyed_device_gives_the_identical_profile(tmp_path):
+    """The emulator draws from (seed, probe) keys, so an interrupted and resumed calibration must give the
+    same numbers as an uninterrupted one; its reprogramming keeps the same gains, so the two sessions merge."""
+    from hwloop.calibration import calibrate
+    from hwloop.calibration.measure import Chip
+    from hwloop.devices import Emulator
+    from hwloop.profiles import parse_profile
+
+    prof = parse_profile("version: 1\nprovenance: {source: hand-written}\n"
+                         "noise: {D_A: 2.0e-4, D_M: 5.0e-4, D_AC: 5.0e-5, D_MC: 1.0e-4}\n"
+                         "gain_offset: {gain: 0.05, offset: 0.03}\nadc: {bits: 16, range: [-4.0, 4.0]}\n")
+
+    def chip():
+        return Chip(Emulator(prof), CHIP)
+
+    whole, _, _ = calibrate(chip(), tmp_path / "a.yaml", store=tmp_path / "a.zarr", budget=40_000, seed=5)
+    none, _, part = calibrate(chip(), tmp_path / "b.yaml", store=tmp_path / "b.zarr", budget=40_000, seed=5,
+                              stop_after=2)
+    assert none is None and 0 < len(part.blocks) < len(part.plan.probes)
+    resumed, _, _ = calibrate(chip(), tmp_path / "b.yaml", store=tmp_path / "b.zarr", budget=40_000, seed=5,
+                              resume=True)
+    for section in ("noise", "gain_offset", "adc"):
+        assert resumed.data[section] == whole.data[section], section
+    assert resumed.data.get("transfer") == whole.data.get("transfer")
+    assert resumed.data["uncertainty"]["noise"] == whole.data["uncertainty"]["noise"]
+    assert resumed.provenance["per_neuron"] == whole.provenance["per_neuron"]

@@ -172,6 +172,7 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path, demo_onnx, capsy
     run = open_run(killed)
     done = zarr.open_group(str(killed), mode="r")["batch_done"][:].astype(bool)
     assert not run.complete and 10 <= done.sum() < n_batches
+    assert done[:done.sum()].all()   # batches finish in order: the first unset marker is where --resume starts
     samples = np.flatnonzero(np.repeat(done, 4)[:539])
     assert run.layer(1).sizes["sample"] == len(samples)
     reference = open_run(full)

@@ -151,20 +151,22 @@ def test_pre_activation_placement_matches_monte_carlo(tmp_path, placement):
 
 
 def test_adc_quantisation_enters_as_step_squared_over_12(tmp_path):
-    # An 8-bit ADC on [-1, 1] (step 2/255) on top of additive noise D = 1e-3
-    # (std 0.03 ~ 4 steps, so the rounding error is close to uniform).
-    text = ("version: 1\nprovenance: {source: assumption}\nnoise: {D_A: 1.0e-3}\n"
-            "adc: {bits: 8, range: [-1.0, 1.0]}\n")
+    # A 6-bit ADC on [-2, 2] (step 4/63 = 0.063) on top of additive noise of
+    # std 0.063 (one step, so the rounding error is close to uniform): the
+    # quantisation adds step^2/12 = 3.4e-4, 8% of the total, which the
+    # Monte-Carlo resolves (n_eff = 2000 * 800 = 1.6e6 -> 0.1% error; 2% bound).
+    text = ("version: 1\nprovenance: {source: assumption}\nnoise: {D_A: 4.0e-3}\n"
+            "adc: {bits: 6, range: [-2.0, 2.0]}\n")
     prof = parse_profile(text, "adc.yaml")
     model = load_model(dense_onnx(tmp_path / "m.onnx", random_weights([N, N], seed=8), activations="tanh"))
     x = inputs(8, lo=-1.0)
-    step = 2.0 / 255
+    step = 4.0 / 63
     with_q = predict(model, prof, x)["var_mean"].item()
     without = predict(model, prof, x, quantisation=False)["var_mean"].item()
-    assert with_q - without == pytest.approx(step ** 2 / 12, rel=1e-9)
+    assert with_q - without == pytest.approx(step ** 2 / 12, rel=1e-6)
     meas = analyze_run(monte_carlo(model, prof, x, repeats=2000, seed=1))["var_mean"].item()
-    # n_eff = 2000 * 800 = 1.6e6 -> 0.1% standard error; 2% covers the non-uniformity of rounding
     assert meas == pytest.approx(with_q, rel=0.02)
+    assert abs(meas / without - 1) > 0.05
 
 
 @pytest.mark.slow
@@ -278,3 +280,21 @@ def test_conv_layers_are_refused_with_the_layer_name(cnn_onnx):
     model = load_model(cnn_onnx)
     with pytest.raises(HwloopError, match=f"{model.layers[0].name}.*dense layers only"):
         predict(model, profile(D_A=D), np.zeros((2, 64), np.float32))
+
+
+def test_adc_clipping_removes_the_noise_of_clipped_outputs(tmp_path):
+    # Outputs far beyond the ADC range carry no noise after clipping; inside it
+    # the noise passes.  Identity layer, inputs spread over [-2, 2], ADC range
+    # [-1, 1] (no quantisation), additive noise std 0.03: about half the
+    # outputs are clipped.  n_eff = 2000 * 8 * 100 = 1.6e6 -> 5% is generous.
+    text = ("version: 1\nprovenance: {source: assumption}\nnoise: {D_A: 1.0e-3}\n"
+            "adc: {range: [-1.0, 1.0]}\n")
+    prof = parse_profile(text, "clip.yaml")
+    model = load_model(dense_onnx(tmp_path / "id.onnx", [np.eye(N, dtype=np.float32)] * 2))
+    x = np.random.default_rng(3).uniform(-2, 2, (8, N)).astype(np.float32)
+    pred = predict(model, prof, x)
+    meas = analyze_run(monte_carlo(model, prof, x, repeats=2000, seed=6))
+    inside = float(np.mean(np.abs(x) < 1))
+    assert pred["var_mean"].values[0] == pytest.approx(D * inside, rel=0.05)
+    np.testing.assert_allclose(meas["var_mean"], pred["var_mean"], rtol=0.05)
+    np.testing.assert_allclose(pred["mean_0"], np.clip(x, -1, 1), atol=1e-6)

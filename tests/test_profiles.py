@@ -170,6 +170,14 @@ def test_bare_names_and_search_path(tmp_path, monkeypatch):
         load_profile(tmp_path / "missing.yaml")
 
 
+def test_the_example_in_docs_is_a_valid_profile():
+    doc = (ROOT / "docs" / "profiles.md").read_text()
+    example = doc.split("```yaml\n", 1)[1].split("```", 1)[0]
+    prof = parse_profile(example, "docs/profiles.md")
+    assert prof.for_layer(0, "x").noise.D_A == 0 and prof.for_layer(2, "/fc3/Gemm").adc.bits == 10
+    assert prof.for_layer(1, "y") == prof.defaults
+
+
 def test_describe_carries_text_and_hash():
     p = load_profile("crossbar")
     d = p.describe()

@@ -78,14 +78,16 @@ def test_bad_noise_settings_are_refused():
     assert parse_sigmas("0.1,1") == (0.1, 1.0)
 
 
-def test_suffix_from_clean_cache_equals_full_noisy_run(cnn_onnx, digits):
-    model = SiteModel(cnn_onnx)
+@pytest.mark.parametrize("fixture", ["cnn_onnx", "cnn_dynamo_onnx"])
+def test_suffix_from_clean_cache_equals_full_noisy_run(fixture, request, digits):
+    path = request.getfixturevalue(fixture)
+    model = SiteModel(path)
     x = digits.x[:64]
     cache = model.clean(x)
-    full = ort.InferenceSession(str(cnn_onnx)).run(None, {"input": x.reshape(-1, 1, 8, 8)})[0]
+    full = ort.InferenceSession(str(path)).run(None, {"input": x.reshape(-1, 1, 8, 8)})[0]
     np.testing.assert_allclose(cache[model.output], full, rtol=1e-5, atol=1e-5)
     before = {k: v.copy() for k, v in cache.items()}
-    for site in (0, 3, 6, 9):
+    for site in (0, len(model.sites) // 3, 2 * len(model.sites) // 3, len(model.sites) - 1):
         noise = {site: Noise("additive", 0.3)}
         a = model.run(noise, np.random.default_rng(5), cache=cache)
         b = model.run(noise, np.random.default_rng(5), x=x)

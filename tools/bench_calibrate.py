@@ -10,7 +10,7 @@ against the hidden truth.  The controller runs in its own process
 (``hwloop bench serve``), as a lab's would.  Goal: all intensities within 5%
 in under 60 s of wall time.
 
-    .venv/bin/python tools/bench_calibrate.py [--budget N] [--time-scale S]
+    .venv/bin/python tools/bench_calibrate.py [--budget N] [--time-scale S] [--trials K]
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budget", type=int, default=None, help="evaluations (default: the calibration default)")
     ap.add_argument("--time-scale", type=float, default=1.0, help="bench timing x the manual's (default 1.0)")
+    ap.add_argument("--trials", type=int, default=1, help="repeat calibration and reference; report the fastest")
     args = ap.parse_args()
 
     from hwloop.calibration import DEFAULT_BUDGET, calibrate, open_chip
@@ -55,18 +56,20 @@ def main() -> int:
         line = server.stdout.readline()
         resource = line.split(" at ")[-1].split()[0]
         chip = open_chip(resource)
-        t0 = time.perf_counter()
-        prof, fit, meas = calibrate(chip, tmp / "cal.yaml", store=tmp / "cal.zarr", budget=budget, seed=0)
-        wall = time.perf_counter() - t0
-
-        # reference: the same evaluations through the same driver, bare (no store, no fit)
         plan = design_plan(chip.info, budget, 0)
-        t1 = time.perf_counter()
-        for act in dict.fromkeys(p.activation for p in plan.probes):
-            chip.device.program(plan.layer(act))
-            for p in (q for q in plan.probes if q.activation == act):
-                chip.device.run(plan.inputs(p.levels), repeats=p.repeats)
-        bare = time.perf_counter() - t1
+        wall = bare = float("inf")
+        for trial in range(args.trials):
+            t0 = time.perf_counter()
+            prof, fit, meas = calibrate(chip, tmp / "cal.yaml", store=tmp / "cal.zarr", budget=budget, seed=0,
+                                        overwrite=True)
+            wall = min(wall, time.perf_counter() - t0)
+            # reference: the same evaluations through the same driver, bare (no store, no fit)
+            t1 = time.perf_counter()
+            for act in dict.fromkeys(p.activation for p in plan.probes):
+                chip.device.program(plan.layer(act))
+                for p in (q for q in plan.probes if q.activation == act):
+                    chip.device.run(plan.inputs(p.levels), repeats=p.repeats)
+            bare = min(bare, time.perf_counter() - t1)
         chip.device.close()
     finally:
         server.terminate()
@@ -78,8 +81,8 @@ def main() -> int:
     truth = parse_profile(HIDDEN).defaults.noise
     print(f"chip 64x64 (simulated, own process, timing x{args.time_scale:g}); budget {budget} evaluations "
           f"({evals} measured in {len(meas.blocks)} blocks, {sum(b.y.size for b in meas.blocks) * 4 / 1e6:.1f} MB)")
-    print(f"wall time of the calibration     {wall:7.2f} s   (goal < 60 s)")
-    print(f"  inside the driver's measurements {meas.attrs.get('measure_s', float('nan')):7.2f} s")
+    print(f"wall time of the calibration     {wall:7.2f} s   (goal < 60 s; fastest of {args.trials})")
+    print(f"  inside the driver's measurements {meas.attrs.get('measure_s', float('nan')):7.2f} s (last trial)")
     print(f"  bench time at the manual's timing {manual:6.2f} s (x{args.time_scale:g} here)")
     print(f"reference: same evaluations, bare driver loop {bare:6.2f} s; calibration / reference = {wall / bare:.2f}")
     print(f"{'term':<6} {'truth':>10} {'fitted':>12} {'stderr':>10} {'rel. error':>11}")

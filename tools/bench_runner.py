@@ -2,8 +2,8 @@
 
 MLP 784-100-100-100-10 (random weights; sigmoid, relu, sigmoid, linear), one
 batch of 10,000 random inputs.  Both sides are measured in this same process,
-best of several repetitions, and reported as samples/s and as a ratio
-(hwloop / onnxruntime; the goal is at least 0.8).
+taking turns, best of several repetitions, and reported as samples/s and as a
+ratio (hwloop / onnxruntime; the goal is at least 0.8).
 
     .venv/bin/python tools/bench_runner.py [--samples 10000] [--reps 5]
 """

@@ -165,9 +165,13 @@ def average_repeats(y: np.ndarray, k: int) -> np.ndarray:
 
 
 def _layer_vars(k: int, st: Mapping[str, Any]) -> dict[str, tuple]:
+    """Per (sample, neuron) arrays of layer k, and the SNR per neuron (median over samples)."""
     dims = ("sample", f"neuron_{k}")
+    neuron_db = np.median(st["snr_db"], axis=0)
     return {f"mean_{k}": (dims, st["mean"]), f"var_{k}": (dims, st["var"]),
-            f"snr_db_{k}": (dims, st["snr_db"])}
+            f"snr_db_{k}": (dims, st["snr_db"]),
+            f"snr_db_neuron_{k}": ((f"neuron_{k}",), neuron_db),
+            f"snr_neuron_{k}": ((f"neuron_{k}",), 10 ** (neuron_db / 20))}   # |mean| / std
 
 
 def build_dataset(names: Sequence[str], stats: Sequence[Mapping[str, Any]], kind: str,

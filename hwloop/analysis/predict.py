@@ -23,8 +23,11 @@ import numpy as np
 import torch
 import xarray as xr
 
+from ..data import load_data
 from ..errors import HwloopError
 from ..layer import AnalogLayer, activate, activation_slope
+from ..physics import quantization_variance, weight_full_scale
+from ..profiles import ideal_profile, load_profile, parse_profile
 from .measured import build_dataset, layer_summary, snr_db
 
 #: glue ops that leave the values of a (sample, features) tensor unchanged
@@ -50,13 +53,12 @@ class LayerNoise:
     shot: float = 0.0
     read: float = 0.0                  # weight read noise: variance read * ||x||^2 on each product
     cols: int | None = None            # column tile size: correlated terms are shared within a tile only
+    clip: tuple[float, float] | None = None   # output ADC range: values outside are clipped
 
     @classmethod
     def from_settings(cls, settings: Any, layer: AnalogLayer | None = None,
                       quantisation: bool = True) -> "LayerNoise":
         """From ``Profile.for_layer(...)``; the ADC step enters as step^2/12 when ``quantisation``."""
-        from ..physics import quantization_variance, weight_full_scale
-
         nz = settings.noise
         extra = nz.dither ** 2 / 12.0
         if quantisation:
@@ -64,13 +66,14 @@ class LayerNoise:
         read = 0.0
         if layer is not None and settings.weights.read_noise:
             read = (settings.weights.read_noise * weight_full_scale(layer.weight, settings.weights)) ** 2
-        return cls(nz.D_A, nz.D_M, nz.D_AC, nz.D_MC, nz.placement, extra, nz.shot, read, settings.array.cols)
+        return cls(nz.D_A, nz.D_M, nz.D_AC, nz.D_MC, nz.placement, extra, nz.shot, read, settings.array.cols,
+                   settings.adc.range)
 
     def scaled(self, factor: float) -> "LayerNoise":
         """The same noise with every fresh variance multiplied by ``factor`` (1/k for k averaged executions)."""
         f = factor
         return LayerNoise(self.D_A * f, self.D_M * f, self.D_AC * f, self.D_MC * f, self.placement,
-                          self.extra * f, self.shot * f, self.read * f, self.cols)
+                          self.extra * f, self.shot * f, self.read * f, self.cols, self.clip)
 
 
 def not_modelled(settings: Any) -> list[str]:
@@ -141,6 +144,11 @@ class _Block:
         base = self.base
         if self.cs is None:
             out = torch.matmul(base, w.T)
+        elif base.dim() == 2 and base.shape[1] <= self.cs.shape[0]:
+            # out[b, i, o] = sum_j base_ij cs_bj W_oj: one product cs @ K, K[j, (i, o)] = base_ij W_oj,
+            # instead of writing base * cs for every sample first (K is no larger than the output)
+            k = (base.T[:, :, None] * w.T[:, None, :]).reshape(base.shape[1], -1)
+            out = torch.matmul(self.cs, k).reshape(-1, base.shape[0], w.shape[0])
         elif base.dim() == 3 and w.shape[0] < base.shape[1]:   # scale the smaller operand: diag(cs) W^T
             out = torch.bmm(base, self.cs[:, :, None] * w.T)
         else:
@@ -240,6 +248,15 @@ class _Cov:
         return _Cov(full, torch.zeros(b, n_out, dtype=self.d.dtype), blocks)
 
 
+def _in_range(m: torch.Tensor, var: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """P(lo < X < hi) for X ~ N(m, var): the slope of a clipping stage, averaged over the noise."""
+    sd = var.clamp_min(0).sqrt()
+    inside = ((m > lo) & (m < hi)).to(m.dtype)
+    safe = torch.where(sd > 0, sd, torch.ones_like(sd))
+    p = torch.special.ndtr((hi - m) / safe) - torch.special.ndtr((lo - m) / safe)
+    return torch.where(sd > 0, p, inside)
+
+
 def _tiles(n: int, cols: int | None, dtype: torch.dtype) -> torch.Tensor:
     """(N, T) indicator of column tiles: correlated draws are shared within a tile only."""
     t = torch.arange(n) // (cols if cols else n)
@@ -315,6 +332,9 @@ def propagate(layers: Sequence[AnalogLayer], noises: Sequence[LayerNoise], x: np
             p.scale_rows_(s)
         post = nz if nz.placement in ("post", "both") else LayerNoise(extra=nz.extra, shot=nz.shot, cols=nz.cols)
         c = _add_noise(p, yt, post)
+        if nz.clip is not None:  # the ADC clips: a neuron passes its fluctuation with the probability to be in range
+            c.scale_rows_(_in_range(yt, c.diagonal(), *nz.clip))
+            y = np.clip(y, *nz.clip)
         var = c.diagonal().numpy().astype(np.float64)
         m = y.shape[1]
         total = c.total().numpy().astype(np.float64)
@@ -377,9 +397,6 @@ def predict(model, profile, data, *, average: Mapping[int, int] | None = None,
     ``cm_var``, ``snr_db_median``, ``mean_k``, ``var_k``, ...).  ``dtype``
     float32 trades ~1e-6 relative precision of the covariance for speed.
     """
-    from ..data import load_data
-    from ..profiles import load_profile
-
     if isinstance(data, str):
         data = load_data(data)
     x = np.asarray(getattr(data, "x", data))
@@ -418,9 +435,7 @@ def predict_for_run(run, model=None, profile=None, data=None, quantisation: bool
     Checks that the data reproduce the run's noise-free first layer, so a
     prediction is never silently compared with a different set of samples.
     """
-    from ..data import load_data
-    from ..graph import load_model
-    from ..profiles import ideal_profile, load_profile, parse_profile
+    from ..graph import load_model  # onnxruntime: imported only when a model must be loaded
 
     attrs = run.attrs
     model = load_model(model or attrs.get("model_path") or _missing("model_path", "--model"))
@@ -448,12 +463,14 @@ def predict_for_run(run, model=None, profile=None, data=None, quantisation: bool
         if sample is None or len(sample) != len(clean0):
             raise HwloopError(f"data {data!r} has {len(x)} samples, the run {len(clean0)}")
         x = x[np.asarray(sample.values, dtype=np.int64)]
-    pred = predict(model, profiles, x, quantisation=quantisation)
-    err = np.max(np.abs(pred["mean_0"].values - clean0)) if clean0.size else 0.0
+    first = model.layers[0]
+    ref = activate(first.activation, _first_input(model, x).astype(np.float64) @ first.weight.T.astype(np.float64)
+                   + first.bias)
+    err = np.max(np.abs(ref - clean0)) if clean0.size and ref.shape == clean0.shape else np.inf
     if err > 1e-3 * max(1.0, float(np.max(np.abs(clean0)))):
         raise HwloopError(f"data {data!r} does not reproduce the run's noise-free outputs of layer 0 "
                           f"(max difference {err:.3g}): give the run's --data and --model")
-    return pred
+    return predict(model, profiles, x, quantisation=quantisation)
 
 
 def _missing(key: str, option: str):

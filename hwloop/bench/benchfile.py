@@ -29,7 +29,7 @@ import yaml
 from ..devices import Device, Emulator
 from ..errors import HwloopError
 from ..profiles import _LineLoader, _Map, load_profile
-from .driver import QUERIES_PER_MEASUREMENT, QUERIES_PER_PROGRAMMING, VisaDevice, chunks_for, tiles_for
+from .driver import ROUND_TRIPS_PER_MEASUREMENT, ROUND_TRIPS_PER_PROGRAMMING, VisaDevice, chunks_for, tiles_for
 from .server import ChipSpec
 
 #: VisaDevice keyword options a bench file may set, with their defaults (types are checked against them)
@@ -136,8 +136,8 @@ class Bench:
                                       spec.options.get("max_block_bytes", VISA_OPTIONS["max_block_bytes"])))
                        for t in tiles)
             reprogram = len(tiles) > 1 or chips_used.count(name) > 1
-            per_batch = meas * QUERIES_PER_MEASUREMENT + (len(tiles) * QUERIES_PER_PROGRAMMING if reprogram else 0)
-            layer_total = per_batch * n_batches + (0 if reprogram else QUERIES_PER_PROGRAMMING)
+            per_batch = meas * ROUND_TRIPS_PER_MEASUREMENT + (len(tiles) * ROUND_TRIPS_PER_PROGRAMMING if reprogram else 0)
+            layer_total = per_batch * n_batches + (0 if reprogram else ROUND_TRIPS_PER_PROGRAMMING)
             total += layer_total
             lines.append(
                 head + f"chip {name} at {spec.resource}: array {cap[0]}x{cap[1]}"

@@ -1,9 +1,10 @@
 """``VisaDevice``: runs an analog layer on an ANB-series chip through pyvisa (SCPI.md).
 
 The driver calls commands by name from ``scpi.COMMANDS``; it never formats
-SCPI text itself.  Per batch it costs O(1) round trips: ``INP`` block,
-``SAMP:COUN``, ``INIT``, ``*OPC?``, ``FETC:SHAP?``, ``FETC?``,
-``STAT:QUES:COND?``, ``SYST:ERR?``.
+SCPI text itself.  A measurement is one round trip, whatever the batch: ``INP``
+block, ``SAMP:COUN``, ``INIT``, then ``*OPC?``, ``FETC:SHAP?``, ``FETC?``,
+``STAT:QUES:COND?`` and ``SYST:ERR?`` written together, their replies read in
+order (after a failure, each command is checked on its own instead).
 
 Exact scaling (off by default, ``scale_inputs`` / ``scale_weights``): values
 outside the chip's ranges are divided by a power of two s (exact in float32)
@@ -80,9 +81,10 @@ def chunks_for(rows: int, k: int, n_out: int, max_batch: int, max_repeats: int,
             for b in range(0, rows, b_step) for r in range(0, k, k_step)]
 
 
-#: round trips (messages that wait for an answer) per measurement and per tile programming
-QUERIES_PER_MEASUREMENT = 5   # *OPC?, FETC:SHAP?, FETC?, STAT:QUES:COND?, SYST:ERR?
-QUERIES_PER_PROGRAMMING = 3   # *OPC?, WEIG:CHEC?, SYST:ERR?
+#: round trips (waits for a reply) per measurement (its five queries go out together) and per tile
+#: programming (LAY:SHAP, WEIG + *OPC?, WEIG, WEIG:CHEC?, ACT and BIAS each followed by a check)
+ROUND_TRIPS_PER_MEASUREMENT = 1
+ROUND_TRIPS_PER_PROGRAMMING = 6
 
 
 def _pow2_at_least(x: float) -> float:
@@ -138,10 +140,14 @@ class Link:
         # Small program messages back to back must not wait for Nagle + delayed ACK (~40 ms each).
         # pyvisa-py cannot set VI_ATTR_TCPIP_NODELAY (UnknownAttribute), so set it on its socket.
         # Its writes go out in 4 kB pieces with a select() each; large blocks go to the socket directly.
-        sock = getattr(getattr(self._rm.visalib, "sessions", {}).get(self._res.session), "interface", None)
+        # Its reads take 4 kB per recv() (max_recv_size); blocks are megabytes.
+        session = getattr(self._rm.visalib, "sessions", {}).get(self._res.session)
+        sock = getattr(session, "interface", None)
         self._sock = sock if isinstance(sock, socket.socket) else None
         if self._sock is not None:
             self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if hasattr(session, "max_recv_size"):
+                session.max_recv_size = 1 << 20
         self._res.chunk_size = 1 << 20
 
     def _connect(self, retries: int, first: bool = False) -> None:
@@ -153,12 +159,14 @@ class Link:
                     self._open()
                     self._handshake(first)
                 return
-            except (_Retry, ScpiError, OSError, ValueError) as e:
+            except (_Retry, ScpiError, OSError) as e:
                 last = e
-            except Exception as e:  # pyvisa raises plain Exception for a bad address
+            except DeviceError:
+                raise
+            except Exception as e:  # pyvisa-py raises a plain Exception when it cannot connect
                 last = e
-                if first and not _is_transport(e):
-                    break
+                if first and "could not connect" not in str(e):
+                    break                          # a malformed resource name: retrying will not help
             if attempt < retries:
                 time.sleep(delay)
                 delay = min(2 * delay, self.max_backoff_s)
@@ -204,7 +212,10 @@ class Link:
     def send(self, name: str, *args, block: np.ndarray | None = None) -> None:
         """A program message (no reply); ``block`` for commands that carry an array."""
         cmd = scpi.COMMANDS[name]
-        text = cmd.message(args if block is None else args + (None,), self.limits).encode()
+        try:
+            text = cmd.message(args if block is None else args + (None,), self.limits).encode()
+        except scpi.ParamError as e:
+            raise HwloopError(f"{self.resource}: {cmd.short_header}: {e}") from None
         try:
             if block is None:
                 self._res.write_raw(text + b"\n")
@@ -321,10 +332,6 @@ class Link:
             self.close_session()
 
 
-def _is_transport(e: Exception) -> bool:
-    return "could not connect" in str(e) or isinstance(e, OSError)
-
-
 # -- the device ----------------------------------------------------------------------
 class VisaDevice(Device):
     """A chip on a bench controller, reached through pyvisa; see the module docstring.
@@ -359,6 +366,7 @@ class VisaDevice(Device):
         self._faults: list[str] = []
         self._careful = False                 # after a failure: SYST:ERR? after every command
         self._temperature: float | None = None
+        self._closed = False
 
     def sibling(self) -> "VisaDevice":
         """Another device on the same controller (same connection), e.g. for a second layer."""
@@ -513,19 +521,20 @@ class VisaDevice(Device):
                 link.send("count", k)
                 link.send("initiate")
                 link.send_queries(("opc", "fetch_shape", "fetch", "questionable", "error"))
-                opc = link.reply("opc", opc_ms)
-                shape = link.reply("fetch_shape")
-                y = link.block_reply("fetch", k * len(xs) * n_out) if shape is None or tuple(shape) == want else None
+                opc = link.reply("opc", opc_ms)            # every reply is read, in order, whatever
+                shape = link.reply("fetch_shape")          # came before: the stream stays in step
+                y = link.block_reply("fetch")
                 ques = link.reply("questionable")
-                err = link.reply("error") if y is not None or shape is None else (0, "")
-                if err is None or err[0] or opc is None or shape is None or y is None or ques is None:
-                    errors = ([err] if err and err[0] else []) + (link.drain() if shape is not None else [])
-                    if errors:
-                        raise ScpiError("measurement (INP, SAMP:COUN, INIT, *OPC?, FETC?)", errors)
-            if shape is not None and tuple(shape) != want:
+                err = link.reply("error")
+                if err is None or err[0]:
+                    errors = [err] + link.drain() if err else []
+                    raise ScpiError("measurement (INP, SAMP:COUN, INIT, *OPC?, FETC?)", errors)
+                if opc is None:
+                    raise _Retry("*OPC?: empty reply and no error queued")
+            if shape is None or tuple(shape) != want:
                 raise _Retry(f"FETC:SHAP? {shape} != expected {want}")
-            if y is None or ques is None:
-                raise _Retry("measurement: no data and no error queued")
+            if y is None or y.size != k * len(xs) * n_out or ques is None:
+                raise _Retry(f"FETC?: {None if y is None else y.size} values, expected {k * len(xs) * n_out}")
         self._check_values(y)
         st = self.stats
         st["measurements"] += 1
@@ -592,6 +601,11 @@ class VisaDevice(Device):
     def describe(self) -> dict:
         lim = self.limits
         idn = self.link.idn.split(",")
+        if self._temperature is None:          # not programmed yet: read it now
+            try:
+                self._temperature = self.link.query("temperature")
+            except (_Retry, ScpiError):
+                pass
         d = {"type": "VisaDevice", "resource": self.resource, "idn": self.link.idn,
              "serial": idn[2] if len(idn) > 2 else "", "temperature_c": self._temperature,
              "capacity": {k: lim[k] for k in ("max_inputs", "max_outputs", "max_batch", "max_repeats")},
@@ -613,5 +627,6 @@ class VisaDevice(Device):
         return d
 
     def close(self) -> None:
-        if self.link is not None:
+        if not self._closed:
+            self._closed = True
             self.link.close()

@@ -69,12 +69,18 @@ class ChipSpec:
             raise HwloopError(f"{path}: cannot read chip description: {e}") from None
         if not isinstance(data, dict):
             raise HwloopError(f"{path}: a chip description is a mapping of settings")
-        known = {f.name: f for f in fields(cls)}
-        for k in data:
-            if k not in known:
-                raise HwloopError(f"{path}: unknown key {k!r} (known: {', '.join(known)})")
-        spec = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
-        return spec
+        defaults = cls()
+        out = {}
+        for k, v in data.items():
+            if not hasattr(defaults, k):
+                raise HwloopError(f"{path}: unknown key {k!r} (known: {', '.join(f.name for f in fields(cls))})")
+            want = getattr(defaults, k)
+            v = tuple(v) if isinstance(v, list) else v
+            ok = isinstance(v, type(want)) or (isinstance(want, float) and isinstance(v, int))
+            if not ok or isinstance(v, bool) or (isinstance(want, tuple) and len(v) != len(want) and k != "activations"):
+                raise HwloopError(f"{path}: {k}: expected {type(want).__name__} like {want!r}, got {v!r}")
+            out[k] = v
+        return cls(**out)
 
     def matching(self, profile) -> "ChipSpec":
         """This chip with the ADC and array size of ``profile`` where the profile states them."""
@@ -118,7 +124,8 @@ class ChipState:
         self.spec = spec
         self.profile = profile
         self.seed = seed
-        self.rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng(seed)                  # static draws at programming
+        self.thermo_rng = np.random.default_rng([seed, 2])      # the thermometer's jitter
         self.emulator = Emulator(profile, name=f"{spec.model} {spec.serial}")
         self.t0 = time.monotonic()
         self.errors: list[tuple[int, str]] = []
@@ -165,10 +172,11 @@ class ChipState:
         self.busy_kind = 0
 
     def temperature(self) -> float:
+        """Slow sinusoidal drift around the start temperature, plus a 0.01 C reading jitter."""
         t = time.monotonic() - self.t0
         s = self.spec
         return s.temperature + s.temperature_swing * math.sin(2 * math.pi * t / s.temperature_period_s) \
-            + 0.01 * float(self.rng.standard_normal())
+            + 0.01 * float(self.thermo_rng.standard_normal())
 
     def _start(self, seconds: float, kind: int) -> None:
         self.busy_until = time.monotonic() + seconds * self.spec.time_scale
@@ -186,10 +194,11 @@ class ChipState:
         A block reply is returned as its payload array (``scpi.block_array``) so the server can
         send it without copying.  A failing query queues its error and answers an empty reply.
         """
-        cmd = scpi.find_command(header) if _HEADER_OK(header) else None
+        well_formed = _header_ok(header)
+        cmd = scpi.find_command(header) if well_formed else None
         is_query = header.endswith("?")
         try:
-            if not _HEADER_OK(header):
+            if not well_formed:
                 raise CommandError(-102)
             if cmd is None:
                 raise CommandError(-113)
@@ -436,7 +445,8 @@ class ChipState:
         return str((scpi.QUES_CLIPPED if self.clipped else 0) | (0 if lo <= t <= hi else scpi.QUES_TEMPERATURE))
 
 
-def _HEADER_OK(header: str) -> bool:
+def _header_ok(header: str) -> bool:
+    """Letters separated by colons (a leading colon allowed), or ``*`` and letters; ``?`` at the end."""
     h = header[:-1] if header.endswith("?") else header
     if h.startswith("*"):
         return len(h) > 1 and h[1:].isalpha()

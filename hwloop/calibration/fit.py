@@ -79,6 +79,53 @@ def groups(measurements, kinds=("level",), activation: str | None = "linear") ->
     return out
 
 
+def merge_sessions(measurements, step: float = 0.0, p_min: float = 1e-3):
+    """Treat programming sessions as one when the chip evidently kept its static errors.
+
+    Two sessions of the same activation merge when every neuron's mean at their
+    common levels agrees within the sampling errors (chi^2 test, p > ``p_min``):
+    a chip that kept its gains and offsets across a reprogramming (a real chip,
+    or the emulator with the same seed) is then fitted as if never interrupted,
+    while one that drew new ones stays split.  Returns the measurements with
+    the blocks' sessions relabelled.
+    """
+    from dataclasses import replace
+
+    from scipy.stats import chi2
+
+    def stats(blocks):
+        out = {}
+        for b in blocks:
+            for j, lv in enumerate(b.probe.levels):
+                out.setdefault(lv, []).append(b.y[:, j, :].astype(np.float64))
+        return {lv: (np.concatenate(ys).mean(0), np.concatenate(ys).var(0, ddof=1), sum(len(y) for y in ys))
+                for lv, ys in out.items()}
+
+    by_key: dict[tuple, list] = {}
+    for b in measurements.blocks:
+        by_key.setdefault((b.probe.activation, b.session), []).append(b)
+    label = {key: key[1] for key in by_key}
+    keys = sorted(by_key, key=lambda k: (k[0], k[1]))
+    q = step**2 / 12
+    for i, ki in enumerate(keys):
+        for kj in keys[:i]:
+            if kj[0] != ki[0] or label[kj] != kj[1]:
+                continue   # other activation, or kj itself merged into an earlier one
+            a, b = stats(by_key[kj]), stats(by_key[ki])
+            common = [lv for lv in a if lv in b]
+            if not common:
+                continue
+            c2 = sum(float(np.sum((a[lv][0] - b[lv][0]) ** 2
+                                  / (np.maximum(a[lv][1] / a[lv][2], q) + np.maximum(b[lv][1] / b[lv][2], q) + 1e-30)))
+                     for lv in common)
+            dof = len(common) * len(a[common[0]][0])
+            if chi2.sf(c2, dof) > p_min:
+                label[ki] = kj[1]
+                break
+    blocks = [replace(b, session=label[(b.probe.activation, b.session)]) for b in measurements.blocks]
+    return replace(measurements, blocks=blocks)
+
+
 def _quiet(var, step: float):
     """Noise narrower than half an ADC step: the outputs sit on one code, and Sheppard's step^2/12 fails."""
     return np.asarray(var) < step**2 / 4
@@ -263,7 +310,7 @@ class NoiseFit:
         self.shot_z = shot_z
 
     def fit(self, measurements) -> "NoiseFit":
-        rows, targets, covs, used, skipped = [], [], [], [], []
+        rows, targets, covs, used, skipped, design = [], [], [], [], [], []
         for g in groups(measurements):
             if _clipped(g.y, self.output_range, self.step) or (isinstance(self.gains, dict)
                                                                 and g.session not in self.gains):
@@ -286,6 +333,7 @@ class NoiseFit:
             for A in (A_W, A_U):
                 rows.append([np.sum(A * T) for T in terms])
                 targets.append(np.sum(A * C) - self.q * np.trace(A))
+            design.append((g.level, float(np.mean(s**2)), rows[-2], rows[-1]))
             AC_W, AC_U = A_W @ C, A_U @ C
             cov = 2.0 / (n - 1) * np.array([[np.sum(AC_W * AC_W.T), np.sum(AC_W * AC_U.T)],
                                             [np.sum(AC_U * AC_W.T), np.sum(AC_U * AC_U.T)]])
@@ -300,7 +348,7 @@ class NoiseFit:
             # every level read a single code: the noise is below what this ADC resolves.  Report zeros,
             # with half a step squared as the (upper-bound) error of the additive terms.
             bound = self.step**2 / 4
-            self.levels_, self.skipped_levels_ = np.array([]), np.unique(skipped)
+            self.levels_, self.skipped_levels_, self.level_stats_ = np.array([]), np.unique(skipped), []
             self.intensities_ = dict.fromkeys(NOISE_TERMS, 0.0)
             self.stderr_ = {**dict.fromkeys(NOISE_TERMS, 0.0), "D_A": bound, "D_AC": bound}
             self.covariance_, self.chi2_, self.shot_fitted_ = np.diag(list(self.stderr_.values())) ** 2, 0.0, False
@@ -329,6 +377,11 @@ class NoiseFit:
         # nearly right), widen the errors by the Birge ratio rather than report a false precision.
         cov = cov * max(1.0, self.chi2_)
         self.below_resolution_ = False
+        # per level (for plots): level, mean s^2, measured W and U with their errors, and the fitted W and U
+        se = np.sqrt([c[i, i] for c in covs for i in (0, 1)])
+        self.level_stats_ = [dict(level=lv, s2=s2, W=T[2 * i], U=T[2 * i + 1], W_err=se[2 * i], U_err=se[2 * i + 1],
+                                  W_fit=float(np.dot(rw, beta)), U_fit=float(np.dot(ru, beta)))
+                             for i, (lv, s2, rw, ru) in enumerate(design)]
         self.levels_ = np.unique(used)
         self.skipped_levels_ = np.unique(skipped)
         self.intensities_ = dict(zip(NOISE_TERMS, beta))
@@ -399,7 +452,7 @@ class TransferFit:
         self.step = step
 
     def fit(self, measurements) -> "TransferFit":
-        self.results_ = {}
+        self.results_, self.curves_ = {}, {}
         modes = sorted({b.probe.activation for b in measurements.blocks if b.probe.kind == "act"})
         for mode in modes:
             gs = [g for g in groups(measurements, kinds=("act",), activation=mode)
@@ -423,6 +476,7 @@ class TransferFit:
                     if fam in ("relu", "linear"):
                         best["slope_stderr"] = float(np.hypot(r["slope_stderr"], self.gain_sem * r["slope"]))
             if best is not None:
+                self.curves_[mode] = (a, h, err)
                 best["saturation"] = float(best["scale"] * np.max(np.abs(FAMILIES[best["function"]](best["slope"] * a))))
                 self.results_[mode] = best
         return self
@@ -610,6 +664,7 @@ def fit_all(measurements) -> CalibrationFit:
     """Run every estimator in dependency order (ADC -> gain/offset -> noise, transfer; drift)."""
     chip = measurements.plan.chip
     adc = ADCFit(chip.output_range, chip.output_bits).fit(measurements)
+    measurements = merge_sessions(measurements, adc.step_)
     go = GainOffsetFit(adc.range_, adc.step_).fit(measurements)
     noise = NoiseFit(go.gain_by_session_, go.offset_by_session_, adc.quantisation_variance_, adc.range_,
                      adc.step_).fit(measurements)

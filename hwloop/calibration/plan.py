@@ -141,6 +141,9 @@ def design_plan(chip: ChipInfo, budget: int = DEFAULT_BUDGET, seed: int = 0,
     if not (hi_in > lo_in and hi_out > lo_out and chip.weight_max > 0):
         raise HwloopError(f"chip {chip.idn!r}: unusable ranges (input {chip.input_range}, "
                           f"output {chip.output_range}, weights +-{chip.weight_max})")
+    if "linear" not in chip.activations:
+        raise HwloopError(f"chip {chip.idn!r}: ACT:CAT? lists no LINear transfer function; the calibration "
+                          "measures gains and noise in linear mode")
     n_in = chip.max_inputs - (chip.max_inputs % 2) if chip.max_inputs > 1 else 1
     n_out = chip.max_outputs
     n_half = max(1, n_in // 2)

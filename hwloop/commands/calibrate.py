@@ -31,6 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed (keys an emulated chip's draws; default: 0)")
     p.add_argument("--store", type=Path, help="calibration store (default: OUT with suffix .cal.zarr)")
     p.add_argument("--name", help="name written into the profile (default: calibrated-<serial>)")
+    p.add_argument("--report", type=Path, help="write an HTML report of the fits here")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue an interrupted calibration in --store")
     mode.add_argument("--overwrite", action="store_true", help="replace an existing --store")
@@ -42,13 +43,17 @@ def main(args: argparse.Namespace) -> int:
     from ..calibration import calibrate, open_chip, refit
     from ..errors import HwloopError
 
+    if args.out.exists() and not (args.overwrite or args.resume):
+        raise HwloopError(f"{args.out}: exists (use --overwrite to replace it)")
     if args.refit:
         prof, fit = refit(args.refit, args.out, name=args.name)
-        _summary(prof, fit, args.out)
+        _summary(prof, fit, args.out, args.report)
         return 0
     if args.bench and not args.device:
         raise HwloopError("calibrate: --bench needs --device NAME (the chip to calibrate)")
     store = args.store or args.out.with_suffix(".cal.zarr")
+    if store.exists() and not (args.resume or args.overwrite):   # before touching the chip
+        raise HwloopError(f"{store}: exists (use --resume to continue that calibration or --overwrite)")
     chip = open_chip(args.resource, str(args.bench) if args.bench else None, args.device)
     try:
         with tqdm(desc="calibrating", unit="block", leave=False, disable=None) as bar:  # None: off unless a tty
@@ -61,12 +66,12 @@ def main(args: argparse.Namespace) -> int:
                                         progress=progress)
     finally:
         chip.device.close()
-    _summary(prof, fit, args.out)
+    _summary(prof, fit, args.out, args.report)
     return 0
 
 
-def _summary(prof, fit, out: Path) -> None:
-    """What was fitted, with one standard error, and where it went."""
+def _summary(prof, fit, out: Path, report: Path | None) -> None:
+    """What was fitted, with one standard error, and where it went (and the HTML report, when asked)."""
     nf, go, adc = fit.noise, fit.gain_offset, fit.adc
     print(f"profile: {out}  ({prof.provenance.get('instrument', '')})")
     print(f"  {'term':<8} {'value':>12} {'stderr':>12}")
@@ -81,5 +86,11 @@ def _summary(prof, fit, out: Path) -> None:
     for mode, r in fit.transfer.results_.items():
         print(f"  {mode}: behaves as {r['function']} slope {r['slope']:.4g} +- {r['slope_stderr']:.2g}, "
               f"scale {r['scale']:.4g} +- {r['scale_stderr']:.2g}")
+    print(f"  noise placement: {fit.placement.placement_}"
+          + ("" if fit.placement.identified_ else " (default: no saturating activation to tell)"))
     if fit.drift.significant_:
         print(f"  drift: offset {fit.drift.offset_per_s_:.3g}/s, gain {fit.drift.gain_per_s_:.3g}/s")
+    if report:
+        from ..calibration.report import write_calibration_report
+
+        print(f"report: {write_calibration_report(fit, report, provenance=prof.provenance)}")

@@ -19,7 +19,7 @@ import onnxruntime as ort
 from onnx import helper
 
 from ..errors import HwloopError
-from .sites import Noise, Site, add_noise, data_inputs, dynamic_nodes, load_onnx, onnx_sites
+from .sites import Noise, Site, add_noise, data_inputs, dynamic_tensors, load_onnx, onnx_sites
 
 #: noise per site index: a Noise, or (Noise, k) to average k noisy copies
 NoiseAt = Mapping[int, "Noise | tuple[Noise, int]"]
@@ -53,14 +53,14 @@ class SiteModel:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
-        dyn = dynamic_nodes(self.proto)
+        dyn = dynamic_tensors(self.proto)
         self._static = {o: n for n in self.proto.graph.node for o in n.output if o not in dyn}
         self._pieces = [self._piece(nodes, opts) for nodes in self._cut()]
 
     # -- building -----------------------------------------------------------------
     def _cut(self) -> list[list[onnx.NodeProto]]:
         """Dynamic nodes grouped: piece k (1..n-1) ends with site k's producer; piece n is the tail."""
-        dyn = dynamic_nodes(self.proto)
+        dyn = dynamic_tensors(self.proto)
         index = {s.name: s.index for s in self.sites}
         pieces: list[list[onnx.NodeProto]] = [[] for _ in range(len(self.sites) + 1)]
         k = 1
@@ -115,7 +115,7 @@ class SiteModel:
             return v
 
         graph = helper.make_graph(all_nodes, "piece", [vi(t) for t in inputs], [vi(t) for t in outputs],
-                                  initializer=[inits[t] for t in used if t in inits])
+                                  initializer=[inits[t] for t in sorted(used) if t in inits])
         model = helper.make_model(graph, opset_imports=self.proto.opset_import,
                                   ir_version=self.proto.ir_version)
         model.functions.extend(self.proto.functions)

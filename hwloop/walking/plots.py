@@ -89,6 +89,12 @@ def sweep_sections(ds: xr.Dataset) -> list[Section]:
         ax.set(xlabel="training sigma", ylabel="mean |W| of the layer before the noise")
         ax.legend(fontsize=6)
         sections.append(Section("Weight magnitude versus training noise", figure_html(fig, "weight magnitude")))
+        binar = ds.binarization.mean(("repeat", "probe"))
+        rows = [["clean", "-", float(ds.clean_binarization.mean())]]
+        rows += [[int(ds.site.values[k]), float(sig), float(binar.values[k, j])]
+                 for k in range(ds.sizes["site"]) for j, sig in enumerate(ds.sigma.values)]
+        sections.append(Section("Binarisation of activations (fraction within 5% of either end of the range)",
+                                table_html(rows, ["noise site", "training sigma", "binarisation"])))
     return sections
 
 

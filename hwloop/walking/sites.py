@@ -147,7 +147,7 @@ def _shape(vi: onnx.ValueInfoProto | None) -> tuple[int, ...]:
     return tuple(d.dim_value for d in vi.type.tensor_type.shape.dim[1:])
 
 
-def dynamic_nodes(proto: onnx.ModelProto) -> set[str]:
+def dynamic_tensors(proto: onnx.ModelProto) -> set[str]:
     """Names of the tensors that depend on the data input (the rest are constants)."""
     dyn = {v.name for v in data_inputs(proto)}
     for node in proto.graph.node:
@@ -160,7 +160,7 @@ def onnx_sites(proto: onnx.ModelProto) -> list[Site]:
     """The numbered injection sites of a (checked, shape-inferred) ONNX model."""
     g = proto.graph
     infos = _value_infos(proto)
-    dyn = dynamic_nodes(proto)
+    dyn = dynamic_tensors(proto)
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in g.node:
         for i in node.input:

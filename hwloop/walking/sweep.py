@@ -112,6 +112,8 @@ class SweepSettings:
         if self.sites is None:
             return list(range(n_sites))
         bad = [k for k in self.sites if not 0 <= k < n_sites]
+        if len(set(self.sites)) != len(self.sites):
+            raise HwloopError(f"--sites {','.join(map(str, self.sites))}: a site is listed twice")
         if bad:
             raise HwloopError(f"--sites: site {bad[0]} does not exist (the model has sites 0..{n_sites - 1})")
         return list(self.sites)
@@ -190,6 +192,13 @@ class TrainJob:
         s = self.settings
         module, in_shape = build_model(s.model_def, train.x.shape[1], test.n_classes, point_seed(s.seed, repeat))
         return NoisyNet(module, in_shape)
+
+    def warm_up(self) -> None:
+        """Pay this process's one-time costs (imports, data loading, torch's first optimiser
+        step, several seconds) before timing anything."""
+        from .train import TrainConfig, train
+
+        train(self.net(0), self.data()[0].head(256), TrainConfig(epochs=1), 0, 0)
 
     def config(self):
         from .train import TrainConfig
@@ -365,6 +374,9 @@ def _provenance() -> dict:
 def _prepare(settings: SweepSettings, model: str | os.PathLike | None):
     """The job, its sites, and the attributes of a new store."""
     if settings.train_noise:
+        if model is not None:
+            raise HwloopError(f"{model}: noisy training builds its model from --model-def; "
+                              "give an ONNX model only for evaluation-only sweeps")
         from .diagnostics import weight_layers
         from .train import state_vector
 
