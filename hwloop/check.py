@@ -31,6 +31,7 @@ class LayerSNR:
     index: int
     name: str
     snr_db: float          # median over samples; inf when the layer is noise-free
+    clipped: float = 0.0   # fraction of DAC inputs and ADC outputs that hit the converter ranges
 
 
 @dataclass
@@ -77,6 +78,9 @@ class CheckResult:
         if n is not None:
             lines.append(f"noisiest layer: {n.index} {n.name!r}, median SNR {_db(n.snr_db)}")
             lines.append("layer SNR: " + ", ".join(f"{l.index}:{_db(l.snr_db)}" for l in self.layers))
+        clipped = [f"{l.index}:{100 * l.clipped:.2f}%" for l in self.layers if l.clipped]
+        if clipped:
+            lines.append("clipped at DAC/ADC range: " + ", ".join(clipped))
         return "\n".join(lines)
 
     def write_junit(self, path: str | os.PathLike) -> None:
@@ -118,12 +122,17 @@ def check_model(model: Model | str | os.PathLike, *, profile: Profile | str | os
     devices = {L.index: Emulator(prof) for L in m.layers}
     res = run_model(m, ds, devices=devices, repeats=repeats, seed=seed, batch_size=batch_size)
     clean_acc = float((res.clean_output.argmax(axis=1) == res.labels).mean())
-    layers = [LayerSNR(L.index, L.name, layer_snr_db(y, c))
+    layers = [LayerSNR(L.index, L.name, layer_snr_db(y, c), _clipped(devices[L.index].stats))
               for L, y, c in zip(m.layers, res.layers, res.clean_layers)]
     return CheckResult(model=str(m.path), profile=prof.name, profile_sha256=prof.sha256,
                        data=data if isinstance(data, str) else ds.name,
                        repeats=repeats, seed=seed, min_accuracy=float(min_accuracy),
                        accuracy=np.asarray(res.accuracy, dtype=np.float64), clean_accuracy=clean_acc, layers=layers)
+
+
+def _clipped(stats: dict) -> float:
+    n = stats.get("dac_values", 0) + stats.get("adc_values", 0)
+    return (stats.get("dac_clipped", 0) + stats.get("adc_clipped", 0)) / n if n else 0.0
 
 
 def layer_snr_db(y: np.ndarray, clean: np.ndarray) -> float:

@@ -13,6 +13,8 @@ draws (per batch), ``static_rng(seed, ...)`` for draws made once at programming.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import numpy as np
@@ -39,6 +41,38 @@ def generator(key: Sequence[int]) -> torch.Generator:
     """A torch generator for one batch: the same key gives the same draws."""
     state = np.random.SeedSequence(_entropy(key)).generate_state(1, dtype=np.uint64)[0]
     return torch.Generator().manual_seed(int(state))
+
+
+#: normals are drawn in chunks of this many elements, each from its own generator seeded by the
+#: batch's generator, and filled in parallel: torch's CPU normal_ is serial, and it dominated the
+#: emulator's time.  Chunk boundaries are fixed, so the numbers do not depend on the thread count.
+_CHUNK = 1 << 20
+_pool: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def normal(shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    """Standard normal float32 draws of ``shape``, a pure function of ``gen``'s state."""
+    out = torch.empty(shape, dtype=torch.float32)
+    flat = out.view(-1)
+    k = -(-flat.numel() // _CHUNK)
+    if k <= 1:
+        return flat.normal_(generator=gen).view(shape)
+    seeds = torch.randint(0, 2 ** 62, (k,), generator=gen).tolist()
+
+    def fill(i: int) -> None:
+        flat[i * _CHUNK:(i + 1) * _CHUNK].normal_(generator=torch.Generator().manual_seed(seeds[i]))
+
+    list(_executor().map(fill, range(k)))
+    return out
+
+
+def _executor() -> ThreadPoolExecutor:
+    """One worker per torch thread; a forked child gets its own pool (threads do not survive a fork)."""
+    global _pool
+    if _pool is None or _pool[0] != os.getpid():
+        _pool = (os.getpid(), ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads()),
+                                                 thread_name_prefix="hwloop-rng"))
+    return _pool[1]
 
 
 def static_rng(*key: int) -> np.random.Generator:
@@ -112,7 +146,7 @@ def apply_read_noise(a: np.ndarray, x: np.ndarray, std: float, gen: torch.Genera
     """
     ta = _tensor(a)
     norm = torch.linalg.vector_norm(_tensor(x), dim=-1, keepdim=True)
-    y = torch.empty((repeats or ta.shape[0], *ta.shape[1:]), dtype=ta.dtype).normal_(generator=gen)
+    y = normal((repeats or ta.shape[0], *ta.shape[1:]), gen)
     y.mul_(norm.mul_(std)).add_(ta)
     return y.numpy()
 
@@ -172,16 +206,15 @@ def apply_noise(x: np.ndarray, noise: NoiseSettings, gen: torch.Generator, repea
     t = _tensor(x)
     r_in, b, n = t.shape
     shape, common = (repeats or r_in, b, n), (repeats or r_in, b, 1)
-    y = torch.empty(shape, dtype=t.dtype)
     if noise.D_M or noise.shot:
         var = torch.addcmul(torch.tensor(noise.D_A, dtype=t.dtype), t, t, value=noise.D_M)
         if noise.shot:
             var.add_(t.abs(), alpha=noise.shot)
-        y.normal_(generator=gen).mul_(var.sqrt_())
+        y = normal(shape, gen).mul_(var.sqrt_())
     elif noise.D_A:
-        y.normal_(generator=gen).mul_(noise.D_A ** 0.5)
+        y = normal(shape, gen).mul_(noise.D_A ** 0.5)
     else:
-        y.zero_()
+        y = torch.zeros(shape, dtype=t.dtype)
     if noise.D_MC:
         gain = torch.empty(common, dtype=t.dtype).normal_(generator=gen).mul_(noise.D_MC ** 0.5).add_(1.0)
         y.addcmul_(t, gain)

@@ -66,6 +66,7 @@ def run_model(model: Model | str | Path, data: Dataset | str, *,
     n_batches = -(-n // bs)
     ideal = _Ideal(model)
     _, probe = _forward(model, x[:2], ideal.run, repeats=1)  # a bad shape (or fixed batch) fails here, storeless
+    noisy = _Devices(model, per_layer, seed)   # programmed first: describe() then reports tiling etc.
     attrs = _provenance(model, ds, x, per_layer, seed, repeats, bs, provenance, hash_data=out is not None)
 
     writer = None
@@ -78,7 +79,6 @@ def run_model(model: Model | str | Path, data: Dataset | str, *,
                                       overwrite=overwrite)
     todo = [b for b, done in enumerate(writer.done() if writer else np.zeros(n_batches, bool)) if not done]
     mem = None if writer else _Memory()
-    noisy = _Devices(model, per_layer, seed)
     all_ideal = all(getattr(d, "ideal", False) for d in per_layer)
 
     from tqdm import tqdm
@@ -103,7 +103,7 @@ def run_model(model: Model | str | Path, data: Dataset | str, *,
     finally:
         bar.close()
     if writer:
-        return RunResult(accuracy=writer.finish(), path=writer.path, attrs=attrs)
+        return RunResult(accuracy=writer.finish(), path=writer.path, labels=ds.y, attrs=attrs)
     layers, clean, output, clean_out = mem.arrays()
     pred = output.argmax(axis=2)
     return RunResult(accuracy=(pred == ds.y[None, :]).mean(axis=1), layers=layers, clean_layers=clean,

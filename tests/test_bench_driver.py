@@ -99,6 +99,10 @@ def test_noisy_chip_statistics_match_emulator_under_same_profile(make_bench):
     se = np.sqrt(2 * v_emu / R)
     assert np.sqrt(np.mean(((chip.mean(0) - sim.mean(0)) / se) ** 2)) < 1.2
     assert v_chip.mean() > 1e-3          # it is noisy at all (D_A alone is 1e-3)
+    # common mode (the correlated terms): variance of the layer mean over repeats, same 5% bound
+    cm_chip, cm_emu = chip.mean(axis=2).var(axis=0, ddof=1), sim.mean(axis=2).var(axis=0, ddof=1)
+    assert abs(cm_chip.mean() / cm_emu.mean() - 1) < 0.05
+    assert cm_chip.mean() > 1e-4         # D_AC alone is 1e-4: the common mode is really there
 
 
 @pytest.mark.parametrize("order", ["SWAP", "NORM"])
@@ -194,3 +198,10 @@ def test_batches_and_repeats_split_at_the_chips_limits(make_bench):
         np.testing.assert_allclose(y, ideal(L, x, 10), atol=STEP / 2 * 1.01)
         x3 = inputs(5, 10, r=10)                           # 50 rows with SAMP:COUN 1 -> 8 chunks of <= 7
         np.testing.assert_allclose(dev.run(x3, repeats=10), ideal(L, x3, 10), atol=STEP / 2 * 1.01)
+
+
+def test_chip_reports_the_profiles_adc_and_array(make_bench):
+    bench = make_bench(load_profile("crossbar"))
+    with VisaDevice(bench.resource) as dev:
+        assert dev.limits["output_bits"] == 8 and dev.limits["output_range"] == (-8.0, 8.0)
+        assert (dev.limits["max_inputs"], dev.limits["max_outputs"]) == (256, 64)

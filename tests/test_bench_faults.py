@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from hwloop.bench import Faults, VisaDevice, load_bench
+from hwloop.bench import Faults, VisaDevice
 from hwloop.errors import DeviceError
 from hwloop.graph import load_model
 from hwloop.runner import run_model

@@ -51,8 +51,9 @@ default: twin
             d.close()
 
 
-def test_run_with_bench_records_chip_provenance(tmp_path, sim_bench, mlp_onnx):
-    p = write(tmp_path, f"devices:\n  chip: {{resource: \"{sim_bench.resource}\"}}\nlayers:\n  1: chip\n")
+def test_run_with_bench_records_chip_provenance(tmp_path, make_bench, mlp_onnx):
+    small = make_bench(max_inputs=32, max_outputs=16)          # layer 0 (32x64) needs 2x2 tiles
+    p = write(tmp_path, f"devices:\n  chip: {{resource: \"{small.resource}\"}}\nlayers:\n  0: chip\n  1: chip\n")
     out = tmp_path / "run.zarr"
     r = subprocess.run([sys.executable, "-m", "hwloop", "run", str(mlp_onnx), "--bench", str(p), "--data",
                         "digits@40", "--repeats", "2", "--out", str(out)], capture_output=True, text=True,
@@ -63,7 +64,11 @@ def test_run_with_bench_records_chip_provenance(tmp_path, sim_bench, mlp_onnx):
 
     run = open_run(out)
     text = str(run.attrs)
-    assert "ANB-64R" in text and "SN0042" in text and "temperature_c" in text
+    assert "ANB-64R" in text and "SN0042" in text
+    chip0 = run.attrs["devices"][0]
+    assert chip0["type"] == "VisaDevice" and 20 < chip0["temperature_c"] < 30
+    assert chip0["tiling"] == {"tiles": 4, "grid": [2, 2], "host_bias_and_activation": True, "chip_activation": "LIN"}
+    assert run.attrs["devices"][1]["tiling"]["grid"] == [2, 1] and run.attrs["devices"][2]["type"] == "Emulator"
     ref = run_model(mlp_onnx, "digits@40", repeats=2)
     np.testing.assert_allclose(run.output.values, ref.output, atol=1e-3)
 

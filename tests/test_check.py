@@ -43,6 +43,14 @@ def test_same_seed_same_result_other_seed_other_noise(demo_onnx):
     assert [l.snr_db for l in a.layers] != [l.snr_db for l in c.layers]
 
 
+def test_clipping_is_reported(demo_onnx, tmp_path):
+    (tmp_path / "p.yaml").write_text("version: 1\nprovenance: {source: hand-written}\n"
+                                     "layers:\n  2: {adc: {range: [-1, 1]}}\n")  # logits exceed +-1
+    r = check_model(demo_onnx, profile=tmp_path / "p.yaml", data="digits@100", repeats=2, min_accuracy=0.0)
+    assert r.layers[0].clipped == 0 and r.layers[1].clipped == 0 and 0 < r.layers[2].clipped < 1
+    assert "clipped at DAC/ADC range: 2:" in r.summary()
+
+
 def test_layer_snr_db():
     clean = np.ones((5, 4))
     y = np.stack([clean + 0.1, clean - 0.1])  # noise power 0.01 against signal power 1: 20 dB

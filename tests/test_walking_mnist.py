@@ -76,11 +76,17 @@ def test_global_midpoint_lower_with_batchnorm(tmp_path):
 
 @pytest.mark.slow
 def test_noisy_training_grows_weights_and_clamping_removes_most_of_the_gain(tmp_path):
-    """Noise after the first Linear (site 1), sigma 8 (eval-only midpoint there is ~3)."""
+    """Noise after the first Linear (site 1) at sigma 8, about 3x its evaluation-only midpoint.
+
+    Accuracy at a fixed sigma stands in for the midpoint here (the midpoint of a noisy-trained
+    model needs a training per grid point: tools/walking_noise_mnist.py measures it).
+    Measured: accuracy 0.20 -> 0.63 with noisy training, mean |W| of Linear 0 0.036 -> 0.090;
+    with weights clamped to [-0.1, 0.1] 0.25 -> 0.44 (the clamp keeps 42% of the gain).
+    """
     results = {}
     for clamp in (None, 0.1):
         s = SweepSettings(sigmas=(8.0,), train_noise=True, model_def="tfc", epochs=5, data=TEST,
-                          train_data=f"mnist:{MNIST}+train@20000", sites=(1,), clamp=clamp)
+                          train_data=f"mnist:{MNIST}+train@15000", sites=(1,), clamp=clamp)
         ds = open_sweep(run_sweep(s, tmp_path / f"c{clamp}.zarr"))
         results[clamp] = (float(ds.accuracy_eval_only.item()), float(ds.accuracy.item()),
                           float(ds.clean_weight_mag.values[0, 0]), float(ds.weight_mag.values[0, 0, 0, 0]))

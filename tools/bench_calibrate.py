@@ -65,10 +65,10 @@ def main() -> int:
             wall = min(wall, time.perf_counter() - t0)
             # reference: the same evaluations through the same driver, bare (no store, no fit)
             t1 = time.perf_counter()
-            for act in dict.fromkeys(p.activation for p in plan.probes):
-                chip.device.program(plan.layer(act))
-                for p in (q for q in plan.probes if q.activation == act):
-                    chip.device.run(plan.inputs(p.levels), repeats=p.repeats)
+            for key in dict.fromkeys(p.layer_key for p in plan.probes):
+                chip.device.program(plan.layer(*key))
+                for p in (q for q in plan.probes if q.layer_key == key):
+                    chip.device.run(plan.inputs(p.levels, p.commons), repeats=p.repeats)
             bare = min(bare, time.perf_counter() - t1)
         chip.device.close()
     finally:
@@ -76,7 +76,7 @@ def main() -> int:
         server.wait()
 
     evals = meas.evaluations
-    programs = len({b.probe.activation for b in meas.blocks})
+    programs = len({b.probe.layer_key for b in meas.blocks})
     manual = evals * 20e-6 + programs * (50e-3 + 1e-6 * plan.n_in * plan.n_out)
     truth = parse_profile(HIDDEN).defaults.noise
     print(f"chip 64x64 (simulated, own process, timing x{args.time_scale:g}); budget {budget} evaluations "

@@ -91,7 +91,7 @@ def main() -> int:
     print(f"== 4. noisy training at sites 1 and 7 ({args.train_epochs} epochs on {args.train_samples} samples)")
     gains = {}
     for clamp in (None, args.clamp):
-        s = SweepSettings(sigmas=(0.5, 1, 2, 4, 8, 16, 32), train_noise=True, model_def="tfc",
+        s = SweepSettings(sigmas=(0.5, 1, 2, 4, 8, 16, 32, 64, 128), train_noise=True, model_def="tfc",
                           epochs=args.train_epochs, data=f"mnist:{mnist}@2000",
                           train_data=f"mnist:{mnist}+train@{args.train_samples}", sites=(1, 7), clamp=clamp)
         ds = sweep(f"train-{'clamp' if clamp else 'free'}", s, workers=args.workers)

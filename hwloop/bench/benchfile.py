@@ -118,12 +118,13 @@ class Bench:
     def plan(self, model, n_samples: int, batch_size: int, repeats: int) -> str:
         """What a run would do (layers, devices, tiles, batches, round trips), touching no hardware."""
         n_batches = -(-n_samples // batch_size)
-        chips_used = [d for d in self.assignment(model).values() if d and self.devices_spec[d].kind == "chip"]
+        assigned = self.assignment(model)
+        chips_used = [d for d in assigned.values() if d and self.devices_spec[d].kind == "chip"]
         lines = [f"bench {self.path}: {len(model.layers)} analog layers, {n_samples} samples in {n_batches} "
                  f"batches of {batch_size}, {repeats} repeats"]
         total = 0
         for L in model.layers:
-            name = self.assignment(model)[L.index]
+            name = assigned[L.index]
             spec = self.devices_spec.get(name) if name else None
             head = f"  layer {L.index} {L.name!r} ({L.n_out}x{L.n_in}, {L.activation}) -> "
             if spec is None or spec.kind == "emulator":

@@ -124,8 +124,7 @@ class ChipState:
         self.spec = spec
         self.profile = profile
         self.seed = seed
-        self.rng = np.random.default_rng(seed)                  # static draws at programming
-        self.thermo_rng = np.random.default_rng([seed, 2])      # the thermometer's jitter
+        self.rng = np.random.default_rng(seed)     # programming seeds and the thermometer jitter
         self.emulator = Emulator(profile, name=f"{spec.model} {spec.serial}")
         self.t0 = time.monotonic()
         self.errors: list[tuple[int, str]] = []
@@ -176,7 +175,7 @@ class ChipState:
         t = time.monotonic() - self.t0
         s = self.spec
         return s.temperature + s.temperature_swing * math.sin(2 * math.pi * t / s.temperature_period_s) \
-            + 0.01 * float(self.thermo_rng.standard_normal())
+            + 0.01 * float(self.rng.standard_normal())
 
     def _start(self, seconds: float, kind: int) -> None:
         self.busy_until = time.monotonic() + seconds * self.spec.time_scale

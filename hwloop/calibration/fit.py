@@ -41,6 +41,9 @@ class Group:
     t: np.ndarray          # (n_blocks,) time of each contributing block
     temperature: np.ndarray
     sizes: tuple[int, ...] = ()   # rows of y from each block, in order
+    common: float | None = None   # "norm" probes: the value on every input
+    weight: float = 0.0           # "norm" probes: |w| of their pattern
+    norm2: float = 0.0            # ||x||^2 of the input
 
     def within_block_cov(self) -> tuple[np.ndarray, int]:
         """Covariance across neurons about each block's own mean, pooled (and its degrees of freedom).
@@ -65,17 +68,26 @@ def groups(measurements, kinds=("level",), activation: str | None = "linear") ->
     after a resumed calibration, so blocks of different sessions are never pooled.
     """
     pool: dict[tuple, list] = {}
+    norms: dict[tuple, float] = {}
     for blk in measurements.blocks:
         p = blk.probe
         if p.kind not in kinds or (activation is not None and p.activation != activation):
             continue
+        n2 = measurements.plan.input_norm2(p) if measurements.plan is not None else np.zeros(len(p.levels))
         for b, lv in enumerate(p.levels):
-            pool.setdefault((p.activation, lv, blk.session), []).append((blk.y[:, b, :], blk.t, blk.temperature))
+            key = (p.activation, p.weight, blk.session, lv, p.commons[b] if p.commons else None)
+            pool.setdefault(key, []).append((blk.y[:, b, :], blk.t, blk.temperature))
+            norms[key] = float(n2[b])
     out = []
-    for (act, lv, ses), parts in sorted(pool.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][1])):
+    def order(item):   # weight, session, level, common input, activation
+        act, w, ses, lv, common = item[0]
+        return w, ses, lv, -np.inf if common is None else common, act
+
+    for key, parts in sorted(pool.items(), key=order):
+        act, w, ses, lv, common = key
         y = np.concatenate([p[0] for p in parts]).astype(np.float64)
         out.append(Group(act, lv, ses, y, np.array([p[1] for p in parts]), np.array([p[2] for p in parts]),
-                         tuple(len(p[0]) for p in parts)))
+                         tuple(len(p[0]) for p in parts), common, w, norms[key]))
     return out
 
 
@@ -96,21 +108,21 @@ def merge_sessions(measurements, step: float = 0.0, p_min: float = 1e-3):
     def stats(blocks):
         out = {}
         for b in blocks:
-            for j, lv in enumerate(b.probe.levels):
-                out.setdefault(lv, []).append(b.y[:, j, :].astype(np.float64))
+            for j, sample in enumerate(b.probe.samples):
+                out.setdefault(sample, []).append(b.y[:, j, :].astype(np.float64))
         return {lv: (np.concatenate(ys).mean(0), np.concatenate(ys).var(0, ddof=1), sum(len(y) for y in ys))
                 for lv, ys in out.items()}
 
     by_key: dict[tuple, list] = {}
     for b in measurements.blocks:
-        by_key.setdefault((b.probe.activation, b.session), []).append(b)
+        by_key.setdefault((b.probe.layer_key, b.session), []).append(b)
     label = {key: key[1] for key in by_key}
     keys = sorted(by_key, key=lambda k: (k[0], k[1]))
     q = step**2 / 12
     for i, ki in enumerate(keys):
         for kj in keys[:i]:
             if kj[0] != ki[0] or label[kj] != kj[1]:
-                continue   # other activation, or kj itself merged into an earlier one
+                continue   # another probe layer, or kj itself merged into an earlier one
             a, b = stats(by_key[kj]), stats(by_key[ki])
             common = [lv for lv in a if lv in b]
             if not common:
@@ -122,7 +134,7 @@ def merge_sessions(measurements, step: float = 0.0, p_min: float = 1e-3):
             if chi2.sf(c2, dof) > p_min:
                 label[ki] = kj[1]
                 break
-    blocks = [replace(b, session=label[(b.probe.activation, b.session)]) for b in measurements.blocks]
+    blocks = [replace(b, session=label[(b.probe.layer_key, b.session)]) for b in measurements.blocks]
     return replace(measurements, blocks=blocks)
 
 
@@ -300,7 +312,10 @@ class NoiseFit:
     """
 
     def __init__(self, gains, offsets, quantisation_variance: float = 0.0,
-                 output_range: tuple[float, float] | None = None, step: float = 0.0, shot_z: float = 4.0):
+                 output_range: tuple[float, float] | None = None, step: float = 0.0, shot_z: float = 4.0,
+                 read_var=None):
+        # read_var(group) -> the weight read noise's variance at that level (before the gains), subtracted
+        self.read_var = read_var
         # per-neuron gains/offsets: one array for every session, or a mapping session -> array
         self.gains = gains
         self.offsets = offsets
@@ -330,9 +345,10 @@ class NoiseFit:
             A_W = np.eye(N) / N - A_U
             one = np.ones(N)
             terms = [np.diag(one), np.diag(s**2), np.outer(one, one), np.outer(s, s), np.diag(np.abs(s))]
+            rv = self.read_var(g) if self.read_var is not None else 0.0
             for A in (A_W, A_U):
                 rows.append([np.sum(A * T) for T in terms])
-                targets.append(np.sum(A * C) - self.q * np.trace(A))
+                targets.append(np.sum(A * C) - self.q * np.trace(A) - rv * float(np.sum(np.diag(A) * gain**2)))
             design.append((g.level, float(np.mean(s**2)), rows[-2], rows[-1]))
             AC_W, AC_U = A_W @ C, A_U @ C
             cov = 2.0 / (n - 1) * np.array([[np.sum(AC_W * AC_W.T), np.sum(AC_W * AC_U.T)],
@@ -403,6 +419,71 @@ def _gls(X: np.ndarray, T: np.ndarray, P: np.ndarray, cols: list[int]) -> tuple[
     beta[cols] = b_c
     cov[np.ix_(cols, cols)] = cov_c
     return beta, cov
+
+
+# -- weight read noise ----------------------------------------------------------------
+class ReadNoiseFit:
+    """Weight read noise from the input-norm probes (pre-activation 0, one value c on every input).
+
+    An independent error on every weight, drawn at every evaluation, adds
+    ``D_R ||x||^2`` to each output's variance (times its squared gain), with
+    ``D_R = (read_noise * full_scale)^2``.  Per weight scale, a weighted straight
+    line of the independent part W against ``mean(g^2) ||x||^2`` gives ``D_R``;
+    comparing the two scales tells whether the full scale is the programmed
+    weights' own (D_R grows 4x from half to full scale: ``relative_``) or the
+    chip's fixed range (D_R stays).  Learned: ``read_noise_`` (a fraction of the
+    full scale) with ``read_noise_stderr_``, ``relative_``, ``significant_``.
+    """
+
+    def __init__(self, weight_max: float, mean_gain2: float = 1.0, step: float = 0.0, z: float = 4.0,
+                 output_range: tuple[float, float] | None = None):
+        self.weight_max, self.g2, self.step, self.z = float(weight_max), float(mean_gain2), step, z
+        self.output_range = output_range
+
+    def fit(self, measurements) -> "ReadNoiseFit":
+        q = self.step**2 / 12
+        by_w: dict[float, list] = {}
+        for g in groups(measurements, kinds=("norm",)):
+            if _clipped(g.y, self.output_range, self.step):
+                continue
+            C, dof = g.within_block_cov()
+            N = C.shape[0]
+            W = (np.trace(C) - C.sum() / N) / (N - 1) - q          # independent variance per neuron
+            se = np.sqrt(2.0 / dof * (np.sum(C * C) - 2 * np.sum(C.sum(0) ** 2) / N + C.sum() ** 2 / N**2)) / (N - 1)
+            by_w.setdefault(g.weight, []).append((self.g2 * g.norm2, W, max(se, q + 1e-30)))
+        self.slopes_ = {}
+        for w, pts in by_w.items():
+            x, y, e = (np.array(v) for v in zip(*pts))
+            if np.ptp(x) > 0:
+                self.slopes_[w] = _line_slope(x, y, e, np.zeros(len(x)))
+        self.read_noise_ = self.read_noise_stderr_ = 0.0
+        self.relative_, self.significant_ = True, False
+        if not self.slopes_:
+            return self
+        w_hi = max(self.slopes_)
+        d_hi, se_hi = self.slopes_[w_hi]
+        self.significant_ = d_hi > self.z * se_hi
+        if not self.significant_:
+            return self
+        if len(self.slopes_) > 1:
+            w_lo = min(self.slopes_)
+            d_lo = max(self.slopes_[w_lo][0], 1e-30)
+            expect = (w_hi / w_lo) ** 2     # relative full scale: D_R grows as the weights squared
+            self.relative_ = abs(np.log(d_hi / d_lo) - np.log(expect)) < abs(np.log(d_hi / d_lo))
+        # r^2 = D_R / full_scale^2 from every weight scale, weighted by its error
+        fs = {w: (w if self.relative_ else self.weight_max) for w in self.slopes_}
+        est = np.array([self.slopes_[w][0] / fs[w] ** 2 for w in self.slopes_])
+        err = np.array([max(self.slopes_[w][1], 1e-30) / fs[w] ** 2 for w in self.slopes_])
+        r2 = float(np.sum(est / err**2) / np.sum(1 / err**2))
+        r2_se = float(1 / np.sqrt(np.sum(1 / err**2)))
+        self.read_noise_ = float(np.sqrt(max(r2, 0.0)))
+        self.read_noise_stderr_ = float(r2_se / (2 * max(self.read_noise_, 1e-30)))
+        return self
+
+    def variance(self, weight: float, norm2: float) -> float:
+        """D_R ||x||^2 for a probe pattern of |w| = ``weight`` (before the neurons' gains)."""
+        fs = weight if self.relative_ else self.weight_max
+        return (self.read_noise_ * fs) ** 2 * norm2
 
 
 # -- transfer function ----------------------------------------------------------------
@@ -658,6 +739,7 @@ class CalibrationFit:
     transfer: TransferFit
     drift: DriftFit
     placement: PlacementFit
+    read: ReadNoiseFit
 
 
 def fit_all(measurements) -> CalibrationFit:
@@ -666,8 +748,11 @@ def fit_all(measurements) -> CalibrationFit:
     adc = ADCFit(chip.output_range, chip.output_bits).fit(measurements)
     measurements = merge_sessions(measurements, adc.step_)
     go = GainOffsetFit(adc.range_, adc.step_).fit(measurements)
+    plan = measurements.plan
+    read = ReadNoiseFit(chip.weight_max, 1.0 + go.gain_spread_**2, adc.step_, output_range=adc.range_).fit(measurements)
+    read_var = (lambda g: read.variance(plan.weight, g.norm2)) if read.significant_ else None
     noise = NoiseFit(go.gain_by_session_, go.offset_by_session_, adc.quantisation_variance_, adc.range_,
-                     adc.step_).fit(measurements)
+                     adc.step_, read_var=read_var).fit(measurements)
     # the mean over a chip's neurons is itself a sample (and a chip may draw its neurons at each programming)
     n = len(go.gain_)
     transfer = TransferFit(go.mean_offset_, gain_sem=go.gain_spread_ / np.sqrt(n),
@@ -685,4 +770,4 @@ def fit_all(measurements) -> CalibrationFit:
         transfer = TransferFit(go.mean_offset_, gain_sem=go.gain_spread_ / np.sqrt(n),
                                offset_sem=np.hypot(go.offset_spread_ * np.sqrt(2 / n), go.offset_stderr_.mean()),
                                output_range=adc.range_, step=adc.step_, pre_var=pre_var).fit(measurements)
-    return CalibrationFit(adc, go, noise, transfer, drift, placement)
+    return CalibrationFit(adc, go, noise, transfer, drift, placement, read)

@@ -157,8 +157,8 @@ def measure(chip: Chip, store: CalibrationStore, progress: Callable[[int, int], 
             stop_after: int | None = None) -> Measurements:
     """Measure every probe of the store's plan not yet marked done; returns all measurements.
 
-    The probe layer of each activation is programmed once (static errors stay
-    put for all its blocks); ``t`` counts seconds from that programming.
+    Each probe layer (activation, weight) is programmed once (static errors
+    stay put for all its blocks); ``t`` counts seconds from that programming.
     ``stop_after`` ends after that many newly measured blocks (for tests of resuming).
     """
     plan = store.plan
@@ -168,15 +168,15 @@ def measure(chip: Chip, store: CalibrationStore, progress: Callable[[int, int], 
     if not store.attrs.get("started"):
         store.set_attrs(started=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     t_bench = 0.0
-    for act in dict.fromkeys(p.activation for p in todo):
+    for key in dict.fromkeys(p.layer_key for p in todo):
         session = int(store.attrs.get("sessions", 0))
         store.set_attrs(sessions=session + 1)   # counted before use: a kill never reuses a session number
-        chip.device.program(plan.layer(act), seed=plan.seed)
+        chip.device.program(plan.layer(*key), seed=plan.seed)
         t0 = time.monotonic()
-        for p in (q for q in todo if q.activation == act):
+        for p in (q for q in todo if q.layer_key == key):
             if stop_after is not None and measured >= stop_after:
                 return store.measurements()
-            x = plan.inputs(p.levels)
+            x = plan.inputs(p.levels, p.commons)
             ts = time.monotonic()
             reprograms = _reprograms(chip.device)
             y = chip.device.run(x, repeats=p.repeats, key=(plan.seed, p.index))

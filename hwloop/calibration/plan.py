@@ -16,6 +16,9 @@ range.  Probes:
   across neurons) and give gain/offset; the blocks, spread over the
   calibration, are the reference points of the drift fit (against time and
   temperature);
+- ``norm``: pre-activation 0 with one value on every input, at full-scale and
+  half-scale weights: weight read noise (variance ~ ||x||^2) and whether it
+  scales with the weights' full scale;
 - ``act``: every other activation of ``ACT:CAT?``, the pre-activation swept
   into saturation (or to the top level for unbounded ones), to identify
   the transfer function (which, slope, saturation).
@@ -35,8 +38,8 @@ from ..layer import AnalogLayer
 
 #: default total number of analog evaluations (repeat x sample) of a calibration
 DEFAULT_BUDGET = 200_000
-#: shares of the budget: noise/gain/drift levels, activation sweeps
-SHARE_LEVEL, SHARE_ACT = 0.85, 0.15
+#: shares of the budget: noise/gain/drift levels, activation sweeps, input-norm (read noise) probes
+SHARE_LEVEL, SHARE_ACT, SHARE_NORM = 0.75, 0.15, 0.10
 #: most floats fetched in one block (keeps each stored block, and each transfer, modest)
 MAX_BLOCK_VALUES = 2_000_000
 
@@ -73,14 +76,26 @@ class Probe:
     """One measurement block: ``samples`` inputs (one per level), each evaluated ``repeats`` times."""
 
     index: int
-    kind: str                 # "level" | "act"
+    kind: str                 # "level" | "act" | "norm"
     activation: str
     levels: tuple[float, ...]  # nominal pre-activation of every neuron, one per sample
     repeats: int
+    commons: tuple[float, ...] = ()   # "norm": the value on every input, one per sample (pre-activation 0)
+    weight: float = 0.0               # |w| of this probe's pattern (0: the plan's)
+
+    @property
+    def samples(self) -> tuple:
+        """What tells this probe's samples apart: their levels, or for "norm" their common inputs."""
+        return self.commons or self.levels
 
     @property
     def evaluations(self) -> int:
         return len(self.levels) * self.repeats
+
+    @property
+    def layer_key(self) -> tuple[str, float]:
+        """Probes with the same key share one programming of the chip."""
+        return self.activation, self.weight
 
 
 @dataclass
@@ -99,17 +114,28 @@ class Plan:
     def n_half(self) -> int:
         return max(1, self.n_in // 2)
 
-    def layer(self, activation: str) -> AnalogLayer:
+    def layer(self, activation: str, weight: float = 0.0) -> AnalogLayer:
         """The probe layer: first half of the inputs weighted +w, second half -w, no bias."""
-        w = np.full((self.n_out, self.n_in), self.weight, np.float32)
+        wv = weight or self.weight
+        w = np.full((self.n_out, self.n_in), wv, np.float32)
         if self.n_in > 1:
-            w[:, self.n_half:] = -self.weight
+            w[:, self.n_half:] = -wv
         return AnalogLayer(index=0, name=f"calibration-{activation}", op="Gemm", weight=w,
                            bias=np.zeros(self.n_out, np.float32), activation=activation)
 
-    def inputs(self, levels) -> np.ndarray:
-        """Inputs (1, B, n_in) that give pre-activation ``levels`` (B,) on every neuron."""
+    def probe_layer(self, probe: Probe) -> AnalogLayer:
+        return self.layer(probe.activation, probe.weight)
+
+    def inputs(self, levels, commons=()) -> np.ndarray:
+        """Inputs (1, B, n_in) that give pre-activation ``levels`` (B,) on every neuron.
+
+        With ``commons`` (the "norm" probes), every input of sample b is commons[b]: the +w and -w
+        halves cancel (pre-activation 0) while the input norm grows, which shows weight read noise.
+        """
         lo, hi = self.chip.input_range
+        if len(commons):
+            x = np.repeat(np.asarray(commons, np.float64)[:, None], self.n_in, axis=1)
+            return np.clip(x, lo, hi).astype(np.float32)[None]
         mid = 0.5 * (lo + hi) if self.n_in > 1 else 0.0
         d = np.asarray(levels, np.float64) / (self.weight * self.n_half)
         x = np.empty((len(d), self.n_in), np.float64)
@@ -120,6 +146,11 @@ class Plan:
             x[:, 0] = d
         return np.clip(x, lo, hi).astype(np.float32)[None]
 
+    def input_norm2(self, probe: Probe) -> np.ndarray:
+        """||x||^2 of each sample of ``probe`` (weight read noise grows with it)."""
+        x = self.inputs(probe.levels, probe.commons)[0].astype(np.float64)
+        return np.sum(x * x, axis=1)
+
     def summary(self) -> dict:
         """The plan in a few numbers, for the profile's provenance."""
         kinds: dict[str, int] = {}
@@ -128,6 +159,7 @@ class Plan:
         return {"budget": self.budget, "seed": self.seed, "n_in": self.n_in, "n_out": self.n_out,
                 "weight": self.weight, "probes": len(self.probes), "evaluations": kinds,
                 "level_values": sorted({v for p in self.probes if p.kind == "level" for v in p.levels}),
+                "norm_inputs": sorted({c for p in self.probes if p.kind == "norm" for c in p.commons}),
                 "activations": sorted({p.activation for p in self.probes})}
 
 
@@ -152,8 +184,10 @@ def design_plan(chip: ChipInfo, budget: int = DEFAULT_BUDGET, seed: int = 0,
     # Signal levels for LIN: 70% of the ADC range, so gain/offset spread and noise stay off the rails.
     lev_lo, lev_hi = lo_out + 0.15 * span_out, hi_out - 0.15 * span_out
     act_reach = 8.0  # pre-activation for the transfer sweeps: deep into saturation of a unit-slope sigmoid/tanh
-    need = max(abs(lev_lo), abs(lev_hi), act_reach)
-    weight = min(chip.weight_max, need / (n_half * span_in))
+    # Full-scale weights: they sit exactly on any programming grid, make a static programming error the
+    # smallest share of each neuron's sum, and need the smallest inputs for a given signal, which keeps
+    # weight read noise (variance ~ ||x||^2) small in the level probes.
+    weight = chip.weight_max
     reach = weight * n_half * span_in if n_in > 1 else weight * span_in
     lev_lo, lev_hi = max(lev_lo, -reach), min(lev_hi, reach)
     if n_in == 1 and lo_in >= 0:
@@ -165,23 +199,32 @@ def design_plan(chip: ChipInfo, budget: int = DEFAULT_BUDGET, seed: int = 0,
         levels[np.argmin(np.abs(levels))] = 0.0
     probes: list[Probe] = []
 
-    def add(kind, act, lv, n_eval):
+    def add(kind, act, lv, n_eval, commons=(), w=0.0):
         """Split ``n_eval`` evaluations of the levels ``lv`` into blocks the chip accepts."""
         per = max(2, int(n_eval // len(lv)))
         per_block = max(2, min(chip.max_repeats, MAX_BLOCK_VALUES // max(1, len(lv) * n_out), per))
         while per > 0:
             k = min(per_block, per)
             if k >= 2:
-                probes.append(Probe(len(probes), kind, act, tuple(float(v) for v in lv), int(k)))
+                probes.append(Probe(len(probes), kind, act, tuple(float(v) for v in lv), int(k),
+                                    tuple(float(c) for c in commons), float(w)))
             per -= k
 
+    # Input-norm probes: pre-activation 0 (the +w and -w halves cancel) with the same value c on every
+    # input, at half and at full-scale weights: read noise grows as c^2 and tells by its ratio whether
+    # it scales with the programmed weights' full scale.  The full-scale ones share the level probes'
+    # programming (same weights), so they come right before them.
+    if n_in > 1:
+        commons = tuple(np.round(np.linspace(lo_in, hi_in, 5), 9))
+        for w in (weight / 2, weight):
+            add("norm", "linear", (0.0,) * len(commons), int(budget * SHARE_NORM) // 2, commons, w)
     # Every level block holds all levels (one sample each): drift then shifts all levels alike (it cannot
     # alias into the level dependence), and every block is its own reference point for the drift fit.
-    add("level", "linear", levels, int(budget * SHARE_LEVEL))
+    add("level", "linear", levels, int(budget * SHARE_LEVEL), w=weight)
     others = [a for a in chip.activations if a != "linear"]
     for act in others:
         a_max = min(reach, act_reach if act != "relu" else lev_hi)
         act_levels = np.round(np.linspace(-a_max, a_max, n_act_levels), 9)
-        add("act", act, act_levels, int(budget * SHARE_ACT) // len(others))
+        add("act", act, act_levels, int(budget * SHARE_ACT) // len(others), w=weight)
     return Plan(chip, n_in, n_out, float(weight), int(budget), int(seed), probes)
 

@@ -91,6 +91,9 @@ def build_profile(fit: CalibrationFit, meas: Measurements, *, name: str | None =
     }
     if adc.step_ > 0 or chip.output_range:
         prof["adc"] = {"bits": int(adc.bits_) if adc.bits_ else None, "range": [float(v) for v in adc.range_]}
+    rd = fit.read
+    if rd.significant_:
+        prof["weights"] = {"read_noise": _r(rd.read_noise_), "range": None if rd.relative_ else chip.weight_max}
     transfer, t_unc = _transfer(fit, z)
     if transfer:
         prof["transfer"] = transfer
@@ -127,6 +130,10 @@ def build_profile(fit: CalibrationFit, meas: Measurements, *, name: str | None =
         "adc": {"step": _r(adc.step_), "step_stderr": _r(adc.step_stderr_), "min_seen": _r(adc.min_seen_),
                 "max_seen": _r(adc.max_seen_), "clip_fraction": _r(adc.clip_fraction_)},
         "transfer": t_unc,
+        "weights": {"read_noise": _r(rd.read_noise_), "read_noise_stderr": _r(rd.read_noise_stderr_),
+                    "significant": bool(rd.significant_), "full_scale": "the layer's max |W|" if rd.relative_
+                    else "the chip's WEIG:RANG?",
+                    "D_R_per_weight": {str(w): {"value": _r(v[0]), "stderr": _r(v[1])} for w, v in rd.slopes_.items()}},
         "drift": {k: _r(getattr(dr, k + "_")) for k in
                   ("offset_per_s", "offset_per_s_stderr", "gain_per_s", "gain_per_s_stderr",
                    "offset_per_K", "offset_per_K_stderr", "gain_per_K", "gain_per_K_stderr")}

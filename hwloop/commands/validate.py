@@ -43,7 +43,7 @@ def main(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile)
     model = load_model(args.model)
     tol = Tolerances(args.tol_variance, args.tol_accuracy, args.tol_snr_db, args.tol_cm)
-    first = VisaDevice(args.resource)
+    first = VisaDevice(args.resource, on_clip="warn")   # clipping is part of what the twin must reproduce
     devices = {L.index: (first if i == 0 else first.sibling()) for i, L in enumerate(model.layers)}
     try:
         v = validate(profile, devices, model, args.data, repeats=args.repeats, seed=args.seed, tolerances=tol)

@@ -82,11 +82,13 @@ def sweep_sections(ds: xr.Dataset) -> list[Section]:
         else:
             lines = [(k, layer, f"noise at {int(ds.site.values[k])}: layer {ds.layer.values[layer]}")
                      for k, layer in enumerate(layer_before(ds)) if layer is not None]
+        clean_wm = ds.clean_weight_mag.mean("repeat")
         for k, layer, label in lines:
-            ax.plot(ds.sigma.values, wm.isel(site=k, layer=layer).values, marker=".", label=label)
-        ax.axhline(float(ds.clean_weight_mag.mean().values), color="grey", lw=0.5, ls="--")
+            (line,) = ax.plot(ds.sigma.values, wm.isel(site=k, layer=layer).values, marker=".", label=label)
+            ax.axhline(float(clean_wm.values[layer]), color=line.get_color(), lw=0.7, ls="--")
         ax.set_xscale("log" if np.all(ds.sigma.values > 0) else "linear")
-        ax.set(xlabel="training sigma", ylabel="mean |W| of the layer before the noise")
+        ax.set(xlabel="training sigma", ylabel="mean |W| of the layer before the noise",
+               title="dashed: the same layer of the clean model")
         ax.legend(fontsize=6)
         sections.append(Section("Weight magnitude versus training noise", figure_html(fig, "weight magnitude")))
         binar = ds.binarization.mean(("repeat", "probe"))
@@ -113,5 +115,6 @@ def midpoint_lines(ds: xr.Dataset) -> list[str]:
     variants = ["accuracy_eval_only", "accuracy"] if "accuracy_eval_only" in ds else ["accuracy"]
     mids = {v: sweep_midpoints(ds, v) for v in variants}
     head = f"clean accuracy {clean_accuracy(ds):.4f}; midpoint sigma per site ({', '.join(variants)}):"
-    return [head] + [f"{int(ds.site.values[k]):>3}  {names[k]:<32} " + "  ".join(f"{str(mids[v][k]):<28}" for v in variants)
-                     for k in range(len(names))]
+    ops = {s["name"]: s["op"] for s in ds.attrs["sites"]}
+    return [head] + [f"{int(ds.site.values[k]):>3}  {ops.get(names[k], 'all sites'):<18} {names[k]:<30} "
+                     + "  ".join(f"{str(mids[v][k]):<28}" for v in variants) for k in range(len(names))]
