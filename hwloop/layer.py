@@ -58,7 +58,11 @@ class AnalogLayer:
 
 
 def activate(name: str, a: np.ndarray) -> np.ndarray:
-    """The model's activation on a numpy array (float32 in, float32 out)."""
+    """The model's activation on a numpy array (float32 in, float32 out).
+
+    relu and sigmoid work in place when ``a`` is writable (no second large
+    array); pass a copy to keep ``a``.
+    """
     if name == "linear":
         return a
     if name == "relu":
@@ -69,7 +73,7 @@ def activate(name: str, a: np.ndarray) -> np.ndarray:
         # torch's kernel: stable for large |a| and ~20x faster than sign-split numpy (no masked copies)
         import torch
 
-        return torch.sigmoid(torch.from_numpy(a if a.flags.writeable else a.copy())).numpy()
+        return torch.from_numpy(a if a.flags.writeable else a.copy()).sigmoid_().numpy()
     raise ValueError(f"unknown activation {name!r}")
 
 

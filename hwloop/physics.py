@@ -80,6 +80,13 @@ def static_rng(*key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(_entropy(key)))
 
 
+def affine(x: np.ndarray, wt: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+    """x (rows, n_in) @ wt (n_in, n_out) [+ bias] in float32, through torch: the noise draws run in
+    torch's thread pool, and switching to numpy's BLAS pool and back costs more than the product."""
+    tx, tw = _tensor(x), _tensor(wt)
+    return (tx @ tw if bias is None else torch.addmm(_tensor(bias), tx, tw)).numpy()
+
+
 # ---------------------------------------------------------------------------
 # Converters (DAC / ADC) and weight programming
 # ---------------------------------------------------------------------------

@@ -129,6 +129,22 @@ def test_same_key_same_draws_other_key_independent():
     assert abs(r) < Z / np.sqrt(a.size)
 
 
+def test_chunked_parallel_normals_do_not_depend_on_the_worker_count(monkeypatch):
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    shape = (3, physics._CHUNK // 2 + 5, 2)  # several chunks, the last one partial
+    many = physics.normal(shape, physics.generator((9,))).numpy()
+    monkeypatch.setattr(physics, "_pool", (os.getpid(), ThreadPoolExecutor(max_workers=1)))
+    one = physics.normal(shape, physics.generator((9,))).numpy()
+    assert np.array_equal(many, one)
+    flat = many.ravel().astype(np.float64)
+    assert abs(flat.mean()) < Z / np.sqrt(flat.size) and abs(flat.var() - 1) < _var_tol(1.0, n=flat.size)
+    # neighbouring chunks are independent streams: no correlation across a chunk boundary
+    c = physics._CHUNK
+    assert abs(np.corrcoef(flat[:c], flat[c:2 * c])[0, 1]) < Z / np.sqrt(c)
+
+
 def test_quantisation_steps_and_clipping_are_exact():
     x = np.array([-0.5, 0.0, 0.07, 0.08, 0.49, 1.0, 1.5, 3 / 7], np.float32)
     n = physics.quantize(x, 3, 0.0, 1.0)  # 8 levels k/7

@@ -20,7 +20,6 @@ from dataclasses import replace
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from .. import physics
 from ..layer import AnalogLayer, activate
@@ -105,8 +104,7 @@ class Emulator(Device):
 
     def _exact(self, x: np.ndarray, repeats: int) -> np.ndarray:
         r_in, b, n_in = x.shape
-        a = x.reshape(r_in * b, n_in) @ self._wt
-        a += self._b
+        a = physics.affine(x.reshape(r_in * b, n_in), self._wt, self._b)
         y = activate(self.layer.activation, a).reshape(r_in, b, -1)
         if r_in != repeats:
             y = np.broadcast_to(y, (repeats, b, y.shape[2]))
@@ -121,9 +119,7 @@ class Emulator(Device):
         """
         s, tiled = self.settings, bias is None
         r_in, b, n_in = x.shape
-        x2, w = torch.from_numpy(x.reshape(r_in * b, n_in)), torch.from_numpy(wt)
-        # torch, not numpy, for the product: mixing BLAS thread pools with torch's costs more than the product
-        y = (x2 @ w if tiled else torch.addmm(torch.from_numpy(bias), x2, w)).numpy().reshape(r_in, b, -1)
+        y = physics.affine(x.reshape(r_in * b, n_in), wt, bias).reshape(r_in, b, -1)
         if self._read_std:
             y = physics.apply_read_noise(y, x, self._read_std, gen, repeats)
         if self._pre_noise is not None and not tiled:
