@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 import numpy as np
+import torch
 
 from .data import Dataset, load_data
 from .devices import Device, Emulator
@@ -113,7 +114,7 @@ def run_model(model: Model | str | Path, data: Dataset | str, *,
 def model_input(model: Model, ds: Dataset) -> np.ndarray:
     """``ds.x`` shaped as the model's input; reshapes flat data when the element count matches."""
     x = ds.x
-    if not np.isfinite(x.sum(dtype=np.float32)) and not np.isfinite(x).all():  # one cheap pass first
+    if not _all_finite(x):
         raise HwloopError(f"data {ds.name}: input contains NaN or infinity")
     want = model.input_shape
     have = x.shape[1:]
@@ -125,6 +126,12 @@ def model_input(model: Model, ds: Dataset) -> np.ndarray:
     n_want = "?" if None in want else str(int(np.prod(want)))
     raise HwloopError(f"data {ds.name} has {int(np.prod(have))} values per sample ({fmt(have)}) but model "
                       f"{model.path.name} input {model.input_name!r} takes {n_want} ({fmt(want)})")
+
+
+def _all_finite(x: np.ndarray) -> bool:
+    """NaN/inf check in one multithreaded pass (a sum is non-finite when any element is); exact check only then."""
+    total = torch.from_numpy(x).sum() if x.dtype == np.float32 and x.flags.c_contiguous else x.sum()
+    return bool(np.isfinite(float(total))) or bool(np.isfinite(x).all())
 
 
 def resolve_devices(model: Model, devices: Device | Mapping[int, Device] | None) -> list[Device]:
