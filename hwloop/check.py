@@ -21,6 +21,7 @@ import numpy as np
 from .data import Dataset, load_data
 from .devices import Emulator
 from .errors import HwloopError
+from .files import atomic_path
 from .graph import Model, load_model
 from .profiles import Profile, load_profile
 from .runner import run_model
@@ -98,9 +99,8 @@ class CheckResult:
             ET.SubElement(case, "failure", message=f"mean accuracy {self.mean:.4f} < {self.min_accuracy:.4f}",
                           type="AccuracyBelowThreshold").text = self.summary()
         ET.SubElement(case, "system-out").text = self.summary()
-        tmp = Path(str(path) + ".tmp")
-        ET.ElementTree(suite).write(tmp, encoding="utf-8", xml_declaration=True)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            ET.ElementTree(suite).write(tmp, encoding="utf-8", xml_declaration=True)
 
 
 def _db(v: float) -> str:

@@ -1,17 +1,33 @@
 """The ``hwloop`` command: one subcommand per file in ``hwloop/commands``.
 
 Each command module has ``HELP`` (one line), ``add_arguments(parser)`` and
-``main(args) -> int``; this file only dispatches.  A ``HwloopError`` becomes
-one line on stderr and exit status 2, with no traceback.
+``main(args) -> int``; this file only dispatches.  A command module's
+docstring is its ``--help`` description (paragraphs kept as written), so it
+is user text; command modules import their heavy dependencies inside
+``main`` so that building the parser (``hwloop --help``) stays fast.  A
+``HwloopError`` becomes one line on stderr and exit status 2, with no
+traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
+import textwrap
 
 from .errors import HwloopError
+
+DESCRIPTION = """\
+hwloop: run neural networks on analog accelerator chips, real or emulated,
+and measure what their noise does to every layer."""
+
+EPILOG = """\
+flow: import an ONNX model (export, inspect) -> run its analog layers on emulated
+or real devices (run, check, bench, calibrate, validate) -> record every layer's
+outputs in a run store -> analyse the noise (analyze, predict, walk).
+Try `hwloop demo` for the whole flow; `hwloop COMMAND --help` for each command."""
 
 #: subcommand -> module under hwloop.commands (kept in the order of the flow)
 COMMANDS = {
@@ -31,7 +47,8 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hwloop", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="hwloop", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"hwloop {__version__}")
@@ -44,10 +61,29 @@ def build_parser() -> argparse.ArgumentParser:
             if e.name == f"hwloop.commands.{module}":
                 continue  # command not part of this build
             raise
-        p = sub.add_parser(name, help=mod.HELP, description=(mod.__doc__ or mod.HELP))
+        p = sub.add_parser(name, help=mod.HELP, description=help_text(mod.__doc__ or mod.HELP),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.add_arguments(p)
         p.set_defaults(_main=mod.main)
     return parser
+
+
+def help_text(doc: str, width: int = 79) -> str:
+    """A docstring as ``--help`` shows it (with ``RawDescriptionHelpFormatter``).
+
+    reST double backquotes are dropped; prose paragraphs are re-wrapped to
+    ``width``; paragraphs with indented, numbered or bulleted lines (usage
+    examples, lists) are kept as written.
+    """
+    paragraphs = []
+    for para in textwrap.dedent(doc.strip("\n")).strip().replace("``", "").split("\n\n"):
+        lines = para.splitlines()
+        if any(re.match(r"\s|\d+\.\s|[-*]\s", line) for line in lines):
+            paragraphs.append(para)
+        else:
+            paragraphs.append(textwrap.fill(" ".join(l.strip() for l in lines), width,
+                                            break_long_words=False, break_on_hyphens=False))
+    return "\n\n".join(paragraphs)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -34,6 +33,8 @@ from typing import Any, Iterator
 import yaml
 
 from .errors import HwloopError
+from .files import atomic_path
+from .yamlio import line_of, load_yaml
 
 #: version of the profile format (the schema), not of an individual profile
 FORMAT = 1
@@ -396,54 +397,10 @@ def _plain(obj: Any) -> Any:
 # ---------------------------------------------------------------------------
 
 
-class _Map(dict):
-    """A mapping that remembers the line (1-based) of itself and of each key."""
-
-    line: int = 0
-    lines: dict
-
-
-class _LineLoader(yaml.SafeLoader):
-    """SafeLoader that records line numbers of mapping keys and refuses duplicate keys."""
-
-    def construct_mapping(self, node, deep=False):
-        out = _Map()
-        out.line = node.start_mark.line + 1
-        out.lines = {}
-        for knode, vnode in node.value:
-            key = self.construct_object(knode, deep=True)
-            if key in out:
-                raise HwloopError(f"{self.name}:{knode.start_mark.line + 1}: duplicate key {key!r}")
-            out[key] = self.construct_object(vnode, deep=True)
-            out.lines[key] = knode.start_mark.line + 1
-        return out
-
-
-_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _LineLoader.construct_mapping)
-# YAML 1.1 reads ``1e-3`` (no dot) as a string; profiles are full of such numbers, so read them as floats.
-# Dates stay strings (``date: 2026-01-31`` is text in a profile, not a datetime object).
-_LineLoader.yaml_implicit_resolvers = {
-    k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:timestamp"]
-    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-_LineLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"))
-
-
 def parse_profile(text: str, path: Path | str | None = None) -> Profile:
     """Parse and validate profile text; raise ``HwloopError`` ('file:line: key: problem') on the first problem."""
     label = str(path) if path else "<profile>"
-    loader = _LineLoader(text)
-    loader.name = label
-    try:
-        data = loader.get_single_data()
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = mark.line + 1 if mark else "?"
-        raise HwloopError(f"{label}:{line}: not valid YAML: {getattr(e, 'problem', None) or e}") from None
-    finally:
-        loader.dispose()
+    data = load_yaml(text, label)
     if not isinstance(data, dict):
         raise HwloopError(f"{label}:1: a profile must be a mapping of keys (got {type(data).__name__})")
     _validate(data, label)
@@ -495,10 +452,8 @@ def dump_profile(profile: "Profile | dict", path: str | os.PathLike, header: str
         comment = "".join(f"# {l}\n" if l else "#\n" for l in header.splitlines())
         text = comment + yaml.safe_dump(data, sort_keys=False, default_flow_style=None, allow_unicode=True)
     prof = parse_profile(text, path)  # raises before anything is written
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     return prof
 
 
@@ -526,20 +481,6 @@ def _validate(data: dict, label: str) -> None:
         raise HwloopError(f"{label}:{line}: {key}: {msg}" if key else f"{label}:{line}: {msg}")
 
 
-def _line_of(data: Any, path: list) -> int | str:
-    """Line of the last key in ``path`` (falls back to the innermost mapping's line)."""
-    node, line = data, getattr(data, "line", 1)
-    for part in path:
-        if isinstance(node, _Map):
-            line = node.lines.get(part, node.line)
-            node = node.get(part)
-        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
-            node = node[part]
-        else:
-            break
-    return line
-
-
 def _dotted(path: list) -> str:
     return ".".join(str(p) for p in path)
 
@@ -553,7 +494,7 @@ def _explain(err, data) -> Iterator[tuple]:
         for k in inst:
             if k not in known:
                 hint = f" (known: {', '.join(known)})" if known else ""
-                yield _line_of(data, path + [k]), _dotted(path + [k]), f"unknown key{hint}"
+                yield line_of(data, path + [k]), _dotted(path + [k]), f"unknown key{hint}"
         return
     if v == "required":
         missing = [k for k in err.validator_value if k not in inst]
@@ -569,7 +510,7 @@ def _explain(err, data) -> Iterator[tuple]:
         "minItems": lambda: f"must have exactly 2 items [min, max] (got {_show(inst)})",
         "maxItems": lambda: f"must have exactly 2 items [min, max] (got {_show(inst)})",
     }.get(v, lambda: err.message)()
-    yield _line_of(data, path), _dotted(path), msg
+    yield line_of(data, path), _dotted(path), msg
 
 
 def _node(data, path):
@@ -599,7 +540,7 @@ def _extra_checks(data: dict) -> Iterator[tuple]:
             for i, v in enumerate(node):
                 yield from walk(v, path + [i])
         elif isinstance(node, float) and not math.isfinite(node):
-            yield _line_of(data, [p for p in path if not isinstance(p, int)]), _dotted(path), \
+            yield line_of(data, [p for p in path if not isinstance(p, int)]), _dotted(path), \
                 f"must be a finite number (got {node})"
 
     yield from walk(data, [])
@@ -613,20 +554,20 @@ def _extra_checks(data: dict) -> Iterator[tuple]:
                 if isinstance(r, list) and len(r) == 2 and all(isinstance(x, (int, float)) for x in r) \
                         and not r[0] < r[1]:
                     path = prefix + [conv, "range"]
-                    yield _line_of(data, path), _dotted(path), f"min must be below max (got {r})"
+                    yield line_of(data, path), _dotted(path), f"min must be below max (got {r})"
                 top = data.get(conv) if prefix and isinstance(data.get(conv), dict) else {}
                 if sec.get("bits") is not None and sec.get("range", top.get("range")) is None:
                     path = prefix + [conv, "bits"]
-                    yield _line_of(data, path), _dotted(path), "quantising needs a range [min, max] as well"
+                    yield line_of(data, path), _dotted(path), "quantising needs a range [min, max] as well"
         w = scope.get("weights")
         if isinstance(w, dict) and isinstance(w.get("range"), (int, float)) and not isinstance(w.get("range"), bool) \
                 and w["range"] <= 0:
             path = prefix + ["weights", "range"]
-            yield _line_of(data, path), _dotted(path), f"must be > 0 (got {w['range']})"
+            yield line_of(data, path), _dotted(path), f"must be > 0 (got {w['range']})"
         t = scope.get("transfer")
         if isinstance(t, dict) and t.get("slope") == 0:
             path = prefix + ["transfer", "slope"]
-            yield _line_of(data, path), _dotted(path), "must not be 0"
+            yield line_of(data, path), _dotted(path), "must not be 0"
 
 
 def ideal_profile() -> Profile:

@@ -20,7 +20,6 @@ import html
 import io
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -29,6 +28,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: no display is ever needed to write a report
 import matplotlib.pyplot as plt  # noqa: E402
+
+from .files import atomic_path  # noqa: E402
 
 
 @dataclass
@@ -112,15 +113,8 @@ def write_report(path: str | os.PathLike, title: str, sections: Sequence[Section
     """Write the page atomically (temporary file, then rename), so no half-written report is left."""
     path = Path(path)
     text = render_html(title, sections, provenance)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     return path
 
 

@@ -23,8 +23,6 @@ unfinished and is simply written again on ``--resume``.
 from __future__ import annotations
 
 import json
-import shutil
-import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +32,7 @@ import xarray as xr
 import zarr
 
 from .errors import HwloopError
+from .files import atomic_dir
 
 FORMAT = "hwloop-run/1"
 
@@ -82,9 +81,7 @@ class RunWriter:
             attrs = json.loads(json.dumps(attrs))
         except TypeError as e:
             raise HwloopError(f"{path}: provenance is not JSON-serialisable: {e}") from None
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
+        with atomic_dir(path) as tmp:  # --overwrite: the old store goes only once the new one is complete
             root = zarr.open_group(str(tmp), mode="w")
             root.attrs["hwloop"] = attrs
             R, N, B = repeats, n_samples, batch_size
@@ -110,12 +107,6 @@ class RunWriter:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # "consolidated metadata is not in the v3 spec"
                 zarr.consolidate_metadata(str(tmp))
-            if path.exists():  # --overwrite: replace only once the new store is complete
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
-            tmp.rename(path)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
         return cls(path)
 
     @classmethod

@@ -9,7 +9,6 @@ Datasets can be compared variable by variable.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -17,6 +16,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import HwloopError
+from ..files import atomic_path
 
 #: values (repeats x samples x neurons) handled at once, to bound memory on large runs
 _CHUNK = 1 << 23
@@ -198,6 +198,9 @@ def analyze_run(run, shot: bool = False) -> xr.Dataset:
     names, layer, clean = _read_api(run)
     if not names:
         raise HwloopError("the run has no analog layers recorded")
+    if layer(0).shape[1] == 0:
+        raise HwloopError(f"{getattr(run, 'path', 'the run')}: no completed batch to analyse yet "
+                          "(an interrupted run: continue it with hwloop run ... --resume)")
     stats = [analyze_layer(layer(k), clean(k), shot) for k in range(len(names))]
     ds = build_dataset(names, stats, "measured", {"repeats": int(layer(0).shape[0])})
     acc = _maybe(lambda: np.asarray(run.accuracy, dtype=np.float64))
@@ -237,16 +240,10 @@ def _maybe(get):
 def save_analysis(ds: xr.Dataset, path: str | os.PathLike) -> Path:
     """Write ``ds`` as NetCDF (``RUN.analysis.nc`` beside the run), atomically."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        clean = ds.copy()
-        clean.attrs = {k: (v if isinstance(v, (int, float, str)) else str(v)) for k, v in ds.attrs.items()}
+    clean = ds.copy()
+    clean.attrs = {k: (v if isinstance(v, (int, float, str)) else str(v)) for k, v in ds.attrs.items()}
+    with atomic_path(path) as tmp:
         clean.to_netcdf(tmp, engine="scipy")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -17,7 +17,7 @@ Conventions and limits: docs/analysis.md.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -85,79 +85,144 @@ def not_modelled(settings: Any) -> list[str]:
     return names
 
 
-class _Block:
-    """One factor block: ``U = diag(a) base diag(cs)`` (per sample) contributing ``coef * U^T U``.
+#: elements of one per-sample product evaluated at once: the chunk stays in cache and reuses its buffer
+_CHUNK = 1 << 19
+#: largest K = A (x) B (elements) for which A diag(c) B is evaluated as one product c @ K
+_KMAX = 1 << 22
 
-    ``base`` is (r, N) shared by all samples or (B, r, N); ``a`` (B, r) and
-    ``cs`` (B, N) are per-sample scalings kept apart (None: ones), because a
-    scaling applied lazily costs nothing where applying it would write a
-    (B, r, N) array.  Blocks are never modified; their diagonal and total
-    are cached.
+
+def _shared(t: torch.Tensor) -> torch.Tensor:
+    """A (1, p, q) product as the shared (p, q) matrix; per-sample products unchanged."""
+    return t[0] if t.dim() == 3 and t.shape[0] == 1 else t
+
+
+def _adb(a: torch.Tensor, c: torch.Tensor | None, b: torch.Tensor,
+         chunk: bool = False) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield (first sample, A diag(c) B) as (S or 1, p, q), over chunks of samples when ``chunk``.
+
+    A (p, m) or (S, p, m), c (S, m) or None, B (m, q) or (S, m, q).  Shared
+    A and B take one GEMM c @ K with K[j, (i, o)] = A_ij B_jo, so no per-sample
+    copy of A is written; chunks keep the (S, p, q) result in cache, which is
+    what makes the one N^3-per-sample step of a network cheap (see _Block).
+    """
+    p, q = a.shape[-2], b.shape[-1]
+    if c is None and a.dim() == 2 and b.dim() == 2:
+        yield 0, torch.matmul(a, b)[None]
+        return
+    s = c.shape[0] if c is not None else (a if a.dim() == 3 else b).shape[0]
+    rows = max(1, _CHUNK // (p * q)) if chunk else s
+    k = buf = None
+    if c is not None and a.dim() == 2 and b.dim() == 2 and a.shape[1] * p * q <= _KMAX:
+        k = (a.T[:, :, None] * b[:, None, :]).reshape(a.shape[1], p * q)
+        buf = torch.empty(min(rows, s), p * q, dtype=k.dtype) if rows < s else None
+    for lo in range(0, s, rows):
+        hi = min(lo + rows, s)
+        ai = a if a.dim() == 2 else a[lo:hi]
+        bi = b if b.dim() == 2 else b[lo:hi]
+        ci = None if c is None else c[lo:hi]
+        if k is not None:
+            out = torch.matmul(ci, k) if buf is None else torch.mm(ci, k, out=buf[:hi - lo])
+            yield lo, out.view(-1, p, q)
+        else:
+            if ci is not None:   # scale the smaller operand
+                ai, bi = (ai, ci[:, :, None] * bi) if ai.dim() == 2 or (bi.dim() == 2 and q < p) else \
+                    (ai * ci[:, None, :], bi)
+            if ai.dim() == 2 and bi.dim() == 3:   # (S, q, m) @ A^T: one GEMM, not S small ones on a copy of A
+                yield lo, torch.matmul(bi.transpose(1, 2), ai.T).transpose(1, 2)
+            else:
+                yield lo, torch.matmul(ai, bi)
+
+
+def _adb_all(a: torch.Tensor, c: torch.Tensor | None, b: torch.Tensor) -> torch.Tensor:
+    """A diag(c) B for all samples at once: (p, q) when shared, else (S, p, q)."""
+    return _shared(next(_adb(a, c, b))[1])
+
+
+class _Block:
+    """One factor block ``U = diag(a) base diag(cs) right diag(s)`` (per sample), contributing ``coef * U^T U``.
+
+    ``base`` (r, M) and ``right`` (M, N) are shared by all samples or
+    per-sample (a leading B axis); ``a`` (B, r), ``cs`` (B, M), ``s`` (B, N)
+    are per-sample scalings kept apart (None: ones; without ``right``, ``cs``
+    is None and ``s`` scales the columns of base).  A layer J = diag(s') W is
+    applied lazily (``right`` = W^T) and composed on the narrow side, so a
+    readout of 10 neurons costs 10/N of a hidden layer, and only the diagonal
+    is ever formed, chunk by chunk (``_adb``).  Blocks are never modified;
+    their diagonal and total are cached.
     """
 
-    def __init__(self, base: torch.Tensor, a: torch.Tensor | None = None, cs: torch.Tensor | None = None,
-                 coef: float = 1.0):
-        self.base, self.a, self.cs, self.coef = base, a, cs, coef
+    def __init__(self, base: torch.Tensor, a: torch.Tensor | None = None, s: torch.Tensor | None = None,
+                 coef: float = 1.0, cs: torch.Tensor | None = None, right: torch.Tensor | None = None):
+        self.base, self.a, self.s, self.coef, self.cs, self.right = base, a, s, coef, cs, right
         self._diag = self._tot = None
 
     @property
     def rank(self) -> int:
         return int(self.base.shape[-2])
 
+    def _products(self, chunk: bool) -> Iterator[tuple[int, torch.Tensor]]:
+        """base diag(cs) right, as (B or 1, r, N) pieces."""
+        if self.right is None:
+            yield 0, self.base if self.base.dim() == 3 else self.base[None]
+        else:
+            yield from _adb(self.base, self.cs, self.right, chunk)
+
     def diag(self) -> torch.Tensor:
-        """diag(U^T U) (B, N), times coef."""
+        """diag(U^T U) (B or 1, N), without coef: sum_r a_r^2 P_ri^2 per chunk of samples."""
         if self._diag is None:
-            sq = self.base * self.base
-            if self.base.dim() == 3:
-                d = sq.sum(1) if self.a is None else torch.bmm((self.a * self.a)[:, None, :], sq)[:, 0]
-            elif self.a is not None:
-                d = torch.matmul(self.a * self.a, sq)
-            else:
-                d = sq.sum(0)[None]
-            self._diag = d if self.cs is None else d * self.cs * self.cs
-        return self.coef * self._diag
+            parts = []
+            for lo, p in self._products(chunk=True):
+                sq = p * p if self.right is None else p.mul_(p)   # a product is a fresh tensor (or buffer)
+                if self.a is None:
+                    parts.append(sq.sum(1))
+                elif sq.shape[0] == 1:
+                    parts.append(torch.matmul(self.a * self.a, sq[0]))
+                else:
+                    a = self.a[lo:lo + sq.shape[0]]
+                    parts.append(torch.bmm((a * a)[:, None, :], sq)[:, 0])
+            d = parts[0] if len(parts) == 1 else torch.cat(parts)
+            self._diag = d if self.s is None else d * self.s * self.s
+        return self._diag
 
     def total(self) -> torch.Tensor:
-        """sum_ij (U^T U)_ij = sum_r (sum_i U_ri)^2 per sample, times coef."""
+        """sum_ij (U^T U)_ij = |diag(a) base diag(cs) right s|^2 per sample, without coef: mat-vec products only."""
         if self._tot is None:
-            if self.cs is None:
-                t = self.base.sum(-1)
-            elif self.base.dim() == 2:
-                t = torch.matmul(self.cs, self.base.T)
-            else:
-                t = torch.bmm(self.base, self.cs[:, :, None])[..., 0]
-            t = t * t
+            v = self.s
+            for m, scale in ((self.right, self.cs), (self.base, None)):
+                if m is None:
+                    continue
+                if v is None:
+                    v = m.sum(-1) if m.dim() == 3 else m.sum(-1)[None]
+                elif m.dim() == 2:
+                    v = torch.matmul(v, m.T)
+                else:
+                    v = torch.matmul(m, v[..., None])[..., 0]
+                if scale is not None:
+                    v = v * scale
+            t = v * v
             self._tot = (t if self.a is None else t * self.a * self.a).sum(-1)
-        return self.coef * self._tot
+        return self._tot
 
     def matrix(self) -> torch.Tensor:
         """U times sqrt(coef), materialised as (B or 1, r, N)."""
-        u = self.base if self.base.dim() == 3 else self.base[None]
+        u = next(self._products(chunk=False))[1]
         if self.a is not None:
             u = u * self.a[:, :, None]
-        if self.cs is not None:
-            u = u * self.cs[:, None, :]
+        if self.s is not None:
+            u = u * self.s[:, None, :]
         return u * self.coef ** 0.5
 
     def through(self, w: torch.Tensor, s: torch.Tensor | None) -> "_Block":
-        """The block after J = diag(s) W: U J^T = diag(a) (base diag(cs) W^T) diag(s)."""
-        base = self.base
-        if self.cs is None:
-            out = torch.matmul(base, w.T)
-        elif base.dim() == 2 and base.shape[1] <= self.cs.shape[0]:
-            # out[b, i, o] = sum_j base_ij cs_bj W_oj: one product cs @ K, K[j, (i, o)] = base_ij W_oj,
-            # instead of writing base * cs for every sample first (K is no larger than the output)
-            k = (base.T[:, :, None] * w.T[:, None, :]).reshape(base.shape[1], -1)
-            out = torch.matmul(self.cs, k).reshape(-1, base.shape[0], w.shape[0])
-        elif base.dim() == 3 and w.shape[0] < base.shape[1]:   # scale the smaller operand: diag(cs) W^T
-            out = torch.bmm(base, self.cs[:, :, None] * w.T)
-        else:
-            out = torch.matmul(((base if base.dim() == 3 else base[None]) * self.cs[:, None, :]), w.T)
-        return _Block(out, self.a, s, self.coef)
+        """The block after J = diag(s) W: ``right`` gains W^T (lazily, or composed on its narrow side)."""
+        if self.right is None:
+            return _Block(self.base, self.a, s, self.coef, self.s, w.T)
+        if self.rank < self.right.shape[-2]:   # low rank: collapse base diag(cs) right, cheaper than composing
+            return _Block(_adb_all(self.base, self.cs, self.right), self.a, s, self.coef, self.s, w.T)
+        return _Block(self.base, self.a, s, self.coef, self.cs, _adb_all(self.right, self.s, w.T))
 
     def scale_cols(self, s: torch.Tensor) -> "_Block":
         """The block after diag(s) on both sides of the covariance."""
-        return _Block(self.base, self.a, s if self.cs is None else self.cs * s, self.coef)
+        return _Block(self.base, self.a, s if self.s is None else self.s * s, self.coef, self.cs, self.right)
 
 
 class _Cov:
@@ -187,7 +252,7 @@ class _Cov:
         if self.full is not None:
             v += torch.diagonal(self.full, dim1=1, dim2=2)
         for b in self.blocks:
-            v += b.diag()
+            v.add_(b.diag(), alpha=b.coef)
         return v
 
     def total(self) -> torch.Tensor:
@@ -196,7 +261,7 @@ class _Cov:
         if self.full is not None:
             t = t + self.full.sum((1, 2))
         for b in self.blocks:
-            t = t + b.total()
+            t = t + b.coef * b.total()
         return t
 
     def fold_(self) -> None:
@@ -243,7 +308,7 @@ class _Cov:
             full = torch.matmul(torch.matmul(self.full, w.T).transpose(1, 2).contiguous(), w.T)
             if s is not None:
                 full.mul_(s[:, :, None]).mul_(s[:, None, :])
-        blocks = [_Block(w.T.contiguous(), self.d.sqrt(), s)]        # diag(sqrt d) W^T diag(s)
+        blocks = [_Block(w.T.contiguous(), self.d.sqrt(), s)] if bool(self.d.any()) else []  # diag(sqrt d) W^T diag(s)
         blocks += [blk.through(w, s) for blk in self.blocks]
         return _Cov(full, torch.zeros(b, n_out, dtype=self.d.dtype), blocks)
 
@@ -276,11 +341,13 @@ def _add_noise(p: _Cov | None, z: torch.Tensor, nz: LayerNoise) -> _Cov:
         else:
             p.scale_(1.0 + nz.D_MC)
     p.d = p.d + d
-    if nz.D_AC:
-        p.blocks.append(_Block(tiles.T.contiguous(), torch.ones(b, tiles.shape[1], dtype=z.dtype),
-                               coef=nz.D_AC))
-    if nz.D_MC:
-        p.blocks.append(_Block(tiles.T.contiguous(), None, z, coef=nz.D_MC))
+    t = tiles.T.contiguous()
+    if nz.D_AC and nz.D_MC:   # one block of rank 2T (fewer blocks: fewer small products downstream)
+        p.blocks.append(_Block(torch.cat([(nz.D_AC ** 0.5 * t).expand(b, -1, -1), nz.D_MC ** 0.5 * t * z[:, None, :]], 1)))
+    elif nz.D_AC:             # shared by all samples: its diagonal and total are computed once
+        p.blocks.append(_Block(t, coef=nz.D_AC))
+    elif nz.D_MC:
+        p.blocks.append(_Block(t, None, z, coef=nz.D_MC))
     return p
 
 

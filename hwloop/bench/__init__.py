@@ -4,11 +4,15 @@
 - ``VisaDevice`` (``driver``): a ``Device`` that runs a layer on a chip through pyvisa
 - ``SimulatedBench`` / ``ChipSpec`` (``server``): the simulated controller; ``Faults`` (``faults``)
 - ``load_bench`` / ``Bench`` (``benchfile``): which device runs which layer
+
+The names are imported on first use (the server and the bench files pull in
+the emulator, and with it torch), so ``hwloop.bench.faults`` alone stays cheap.
 """
 
-from .benchfile import Bench, load_bench
-from .driver import ScpiError, VisaDevice
-from .faults import Faults
-from .server import ChipSpec, SimulatedBench
+from ..lazy import lazy_attributes
 
 __all__ = ["VisaDevice", "ScpiError", "SimulatedBench", "ChipSpec", "Faults", "load_bench", "Bench"]
+
+__getattr__, __dir__ = lazy_attributes(__name__, globals(), {
+    "Bench": "benchfile", "load_bench": "benchfile", "ScpiError": "driver", "VisaDevice": "driver",
+    "Faults": "faults", "ChipSpec": "server", "SimulatedBench": "server"})

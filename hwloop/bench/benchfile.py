@@ -24,11 +24,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from ..devices import Device, Emulator
 from ..errors import HwloopError
-from ..profiles import _LineLoader, _Map, load_profile
+from ..profiles import load_profile
+from ..yamlio import LineMap, load_yaml_file
 from .driver import ROUND_TRIPS_PER_MEASUREMENT, ROUND_TRIPS_PER_PROGRAMMING, VisaDevice, chunks_for, tiles_for
 from .server import ChipSpec
 
@@ -160,38 +159,25 @@ class Bench:
 def load_bench(path: str | Path) -> Bench:
     """Read and check a bench file; raise HwloopError ``FILE:LINE: key: problem`` on the first problem."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise HwloopError(f"{path}: cannot read bench file: {e}") from None
-    loader = _LineLoader(text)
-    loader.name = str(path)
-    try:
-        data = loader.get_single_data()
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise HwloopError(f"{path}:{mark.line + 1 if mark else '?'}: not valid YAML: "
-                          f"{getattr(e, 'problem', None) or e}") from None
-    finally:
-        loader.dispose()
-    if not isinstance(data, _Map):
+    data = load_yaml_file(path, "bench file")
+    if not isinstance(data, LineMap):
         raise HwloopError(f"{path}:1: a bench file is a mapping with devices:, layers: and default:")
 
-    def fail(m: _Map, key, msg: str):
-        raise HwloopError(f"{path}:{m.lines.get(key, m.line)}: {key}: {msg}")
+    def fail(m: LineMap, key, msg: str):
+        raise HwloopError(f"{path}:{m.line_of(key)}: {key}: {msg}")
 
     for key in data:
         if key not in ("devices", "layers", "default"):
             fail(data, key, "unknown key (known: devices, layers, default)")
     devs = data.get("devices")
-    if not isinstance(devs, _Map) or not devs:
+    if not isinstance(devs, LineMap) or not devs:
         raise HwloopError(f"{path}:{data.lines.get('devices', 1)}: devices: a mapping of device names is required")
     specs = {str(name): _device(path, devs, name) for name in devs}
     default = data.get("default")
     if default is not None and default not in specs:
         fail(data, "default", f"unknown device {default!r} (devices: {', '.join(specs)})")
-    layers = data.get("layers") or _Map()
-    if not isinstance(layers, _Map):
+    layers = data.get("layers") or LineMap()
+    if not isinstance(layers, LineMap):
         fail(data, "layers", "a mapping of layer index or name -> device name")
     mapping: dict[int | str, tuple[str, int]] = {}
     for key, dev in layers.items():
@@ -203,16 +189,16 @@ def load_bench(path: str | Path) -> Bench:
     return Bench(path, specs, mapping, default)
 
 
-def _device(path: Path, devs: _Map, name) -> DeviceSpec:
+def _device(path: Path, devs: LineMap, name) -> DeviceSpec:
     d = devs[name]
     line = devs.lines[name]
     where = f"{path}:{line}: devices: {name}"
-    if not isinstance(d, _Map):
+    if not isinstance(d, LineMap):
         raise HwloopError(f"{where}: a device is a mapping (resource: ... for a chip, profile: ... for an emulator)")
     spec = DeviceSpec(str(name), line)
 
     def bad(key, msg):
-        raise HwloopError(f"{path}:{d.lines.get(key, d.line)}: devices: {name}: {key}: {msg}")
+        raise HwloopError(f"{path}:{d.line_of(key)}: devices: {name}: {key}: {msg}")
 
     if "resource" in d and "profile" in d:
         bad("profile", "a device is a chip (resource:) or an emulator (profile:), not both")

@@ -59,26 +59,26 @@ class ChipSpec:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "ChipSpec":
-        """A chip description file (safe YAML, keys as the fields above)."""
-        import yaml
+        """A chip description file (safe YAML, keys as the fields above); errors name file and line."""
+        from ..yamlio import LineMap, load_yaml_file
 
         path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise HwloopError(f"{path}: cannot read chip description: {e}") from None
-        if not isinstance(data, dict):
-            raise HwloopError(f"{path}: a chip description is a mapping of settings")
+        data = load_yaml_file(path, "chip description")
+        if data is None:
+            data = LineMap()
+        if not isinstance(data, LineMap):
+            raise HwloopError(f"{path}:1: a chip description is a mapping of settings")
         defaults = cls()
         out = {}
         for k, v in data.items():
+            where = f"{path}:{data.line_of(k)}"
             if not hasattr(defaults, k):
-                raise HwloopError(f"{path}: unknown key {k!r} (known: {', '.join(f.name for f in fields(cls))})")
+                raise HwloopError(f"{where}: unknown key {k!r} (known: {', '.join(f.name for f in fields(cls))})")
             want = getattr(defaults, k)
             v = tuple(v) if isinstance(v, list) else v
             ok = isinstance(v, type(want)) or (isinstance(want, float) and isinstance(v, int))
             if not ok or isinstance(v, bool) or (isinstance(want, tuple) and len(v) != len(want) and k != "activations"):
-                raise HwloopError(f"{path}: {k}: expected {type(want).__name__} like {want!r}, got {v!r}")
+                raise HwloopError(f"{where}: {k}: expected {type(want).__name__} like {want!r}, got {v!r}")
             out[k] = v
         return cls(**out)
 

@@ -14,17 +14,22 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import HwloopError
-from .fit import CalibrationFit, fit_all
-from .measure import CalibrationStore, Chip, Measurements, measure
+from ..lazy import lazy_attributes
 from .plan import DEFAULT_BUDGET, ChipInfo, Plan, design_plan
 
 __all__ = ["calibrate", "refit", "open_chip", "chip_from_visa", "fit_all", "design_plan", "ChipInfo", "Plan",
            "Chip", "Measurements", "CalibrationStore", "CalibrationFit", "DEFAULT_BUDGET"]
 
+# imported on first use: ``measure`` pulls in zarr, and the command line needs only ``plan``
+__getattr__, __dir__ = lazy_attributes(__name__, globals(), {
+    "CalibrationFit": "fit", "fit_all": "fit", "CalibrationStore": "measure", "Chip": "measure",
+    "Measurements": "measure"})
+
 
 def chip_from_visa(device) -> Chip:
     """Wrap a connected ``hwloop.bench.VisaDevice``: its reported capacity and ranges, its thermometer."""
     from ..bench import scpi
+    from .measure import Chip
 
     lim = device.limits
     names = {scpi.short(k).upper(): v for k, v in scpi.ACTIVATIONS.items()}
@@ -66,6 +71,8 @@ def calibrate(chip: Chip, out: str | Path, *, store: str | Path, budget: int = D
     Returns ``(profile, fit, measurements)``; with ``stop_after`` (tests) it may
     return before the plan is complete, writing no profile: ``(None, None, measurements)``.
     """
+    from .measure import CalibrationStore, measure
+
     plan = design_plan(chip.info, budget, seed)
     if resume and Path(store).exists():
         cal = CalibrationStore.resume(store, plan)
@@ -81,6 +88,8 @@ def calibrate(chip: Chip, out: str | Path, *, store: str | Path, budget: int = D
 
 def refit(store: str | Path, out: str | Path, name: str | None = None):
     """Fit a completed calibration store again (no chip needed); returns ``(profile, fit)``."""
+    from .measure import CalibrationStore
+
     cal = CalibrationStore(store)
     if not cal.complete:
         raise HwloopError(f"{store}: calibration incomplete ({int(cal.done.sum())} of {len(cal.done)} blocks); "
@@ -89,6 +98,7 @@ def refit(store: str | Path, out: str | Path, name: str | None = None):
 
 
 def _fit_and_write(meas: Measurements, out, store, name):
+    from .fit import fit_all
     from .profile_out import write_profile
 
     fit = fit_all(meas)

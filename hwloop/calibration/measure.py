@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import shutil
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -32,6 +30,7 @@ import zarr
 
 from ..devices.base import Device
 from ..errors import HwloopError
+from ..files import atomic_dir
 from .plan import ChipInfo, Plan, Probe, design_plan
 
 FORMAT = "hwloop-calibration/1"
@@ -96,19 +95,16 @@ class CalibrationStore:
         path = Path(path)
         if path.exists() and not overwrite:
             raise HwloopError(f"{path}: exists (use --resume to continue that calibration or --overwrite)")
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-        root = zarr.open_group(str(tmp), mode="w")
-        meta = dict(attrs, format=FORMAT, plan=_plan_attrs(plan), probes=len(plan.probes))
-        root.attrs["hwloop_calibration"] = json.loads(json.dumps(meta))
-        n = len(plan.probes)
-        root.create_array("done", shape=(n,), chunks=(1,), dtype="int8", fill_value=0)
-        root.create_array("t", shape=(n,), chunks=(1,), dtype="float64", fill_value=float("nan"))
-        root.create_array("temperature", shape=(n,), chunks=(1,), dtype="float64", fill_value=float("nan"))
-        root.create_array("session", shape=(n,), chunks=(1,), dtype="int32", fill_value=-1)
-        root.create_group("blocks")
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
+        with atomic_dir(path) as tmp:
+            root = zarr.open_group(str(tmp), mode="w")
+            meta = dict(attrs, format=FORMAT, plan=_plan_attrs(plan), probes=len(plan.probes))
+            root.attrs["hwloop_calibration"] = json.loads(json.dumps(meta))
+            n = len(plan.probes)
+            root.create_array("done", shape=(n,), chunks=(1,), dtype="int8", fill_value=0)
+            root.create_array("t", shape=(n,), chunks=(1,), dtype="float64", fill_value=float("nan"))
+            root.create_array("temperature", shape=(n,), chunks=(1,), dtype="float64", fill_value=float("nan"))
+            root.create_array("session", shape=(n,), chunks=(1,), dtype="int32", fill_value=-1)
+            root.create_group("blocks")
         return cls(path)
 
     @classmethod

@@ -16,7 +16,7 @@ from typing import Mapping
 
 import numpy as np
 
-from ..devices import Device, Emulator
+from ..devices.base import Device
 from ..profiles import Profile
 
 
@@ -92,6 +92,7 @@ def validate(profile: Profile, chip_devices: Mapping[int, Device], model, data, 
              seed: int = 0, tolerances: Tolerances = Tolerances(), batch_size: int | None = None) -> Validation:
     """Run ``model`` on the chip's devices and on the twin ``Emulator(profile)``; compare (see ``compare``)."""
     from ..data import Dataset, load_data
+    from ..devices import Emulator
     from ..graph import Model, load_model
     from ..runner import run_model
 

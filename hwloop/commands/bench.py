@@ -15,10 +15,12 @@ HELP = "lab bench: serve a simulated bench controller (hwloop bench serve --port
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..bench.faults import Faults
+    from ..cli import help_text
 
     sub = p.add_subparsers(dest="bench_command", metavar="ACTION")
     sub.required = True
-    s = sub.add_parser("serve", help="serve a simulated bench controller", description=__doc__)
+    s = sub.add_parser("serve", help="serve a simulated bench controller", description=help_text(__doc__),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("--port", type=int, default=5025, help="TCP port (default 5025; 0 picks a free one)")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     s.add_argument("--profile", help="device profile of the simulated chip (default: ideal)")

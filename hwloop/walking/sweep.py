@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ import numpy as np
 
 from ..data import Dataset, load_data
 from ..errors import HwloopError
+from ..files import atomic_dir
 from .sites import KINDS, Noise, Site
 
 MODES = ("walk", "global")
@@ -302,14 +302,8 @@ class SweepStore:
                     "clean_weight_mag": {"chunks": (1, L)}, "clean_binarization": {"chunks": (1, P)},
                     "clean_state": {"chunks": (1, int(attrs["n_state"]))}}
         ds = xr.Dataset(data, coords=coords, attrs={**attrs, "settings": _settings_json(s), "complete": False})
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
+        with atomic_dir(path, overwrite=False) as tmp:
             ds.to_zarr(str(tmp), mode="w", encoding=enc, consolidated=False)
-            os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return cls(path)
 
     def check(self, settings: SweepSettings, sha256: str | None) -> None:
