@@ -127,8 +127,8 @@ def _adb(a: torch.Tensor, c: torch.Tensor | None, b: torch.Tensor,
             if ci is not None:   # scale the smaller operand
                 ai, bi = (ai, ci[:, :, None] * bi) if ai.dim() == 2 or (bi.dim() == 2 and q < p) else \
                     (ai * ci[:, None, :], bi)
-            if ai.dim() == 2 and bi.dim() == 3:   # (S, q, m) @ A^T: one GEMM, not S small ones on a copy of A
-                yield lo, torch.matmul(bi.transpose(1, 2), ai.T).transpose(1, 2)
+            if ai.dim() == 2 and bi.dim() == 3:   # (S q, m) @ A^T: one GEMM, not S small ones on a copy of A
+                yield lo, torch.matmul(bi.transpose(1, 2).reshape(-1, bi.shape[1]), ai.T).view(-1, q, p).transpose(1, 2)
             else:
                 yield lo, torch.matmul(ai, bi)
 
@@ -154,7 +154,7 @@ class _Block:
     def __init__(self, base: torch.Tensor, a: torch.Tensor | None = None, s: torch.Tensor | None = None,
                  coef: float = 1.0, cs: torch.Tensor | None = None, right: torch.Tensor | None = None):
         self.base, self.a, self.s, self.coef, self.cs, self.right = base, a, s, coef, cs, right
-        self._diag = self._tot = None
+        self._diag = self._tot = self._prod = None
 
     @property
     def rank(self) -> int:
@@ -171,8 +171,10 @@ class _Block:
         """diag(U^T U) (B or 1, N), without coef: sum_r a_r^2 P_ri^2 per chunk of samples."""
         if self._diag is None:
             parts = []
-            for lo, p in self._products(chunk=True):
-                sq = p * p if self.right is None else p.mul_(p)   # a product is a fresh tensor (or buffer)
+            for lo, p in self._products(chunk=not self._low_rank):
+                if self._low_rank:              # small: kept for ``through``, which collapses a low-rank block
+                    self._prod = p
+                sq = p * p if self.right is None or self._low_rank else p.mul_(p)   # a fresh tensor or buffer
                 if self.a is None:
                     parts.append(sq.sum(1))
                 elif sq.shape[0] == 1:
@@ -212,17 +214,25 @@ class _Block:
             u = u * self.s[:, None, :]
         return u * self.coef ** 0.5
 
+    @property
+    def _low_rank(self) -> bool:
+        """Collapsing base diag(cs) right costs less than composing ``right`` with the next layer."""
+        return self.right is not None and self.rank < self.right.shape[-2]
+
     def through(self, w: torch.Tensor, s: torch.Tensor | None) -> "_Block":
         """The block after J = diag(s) W: ``right`` gains W^T (lazily, or composed on its narrow side)."""
         if self.right is None:
             return _Block(self.base, self.a, s, self.coef, self.s, w.T)
-        if self.rank < self.right.shape[-2]:   # low rank: collapse base diag(cs) right, cheaper than composing
-            return _Block(_adb_all(self.base, self.cs, self.right), self.a, s, self.coef, self.s, w.T)
+        if self._low_rank:
+            prod = _adb_all(self.base, self.cs, self.right) if self._prod is None else _shared(self._prod)
+            return _Block(prod, self.a, s, self.coef, self.s, w.T)
         return _Block(self.base, self.a, s, self.coef, self.cs, _adb_all(self.right, self.s, w.T))
 
     def scale_cols(self, s: torch.Tensor) -> "_Block":
         """The block after diag(s) on both sides of the covariance."""
-        return _Block(self.base, self.a, s if self.s is None else self.s * s, self.coef, self.cs, self.right)
+        out = _Block(self.base, self.a, s if self.s is None else self.s * s, self.coef, self.cs, self.right)
+        out._prod = self._prod              # base diag(cs) right is unchanged
+        return out
 
 
 class _Cov:

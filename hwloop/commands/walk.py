@@ -12,6 +12,7 @@ A sweep resumes where it stopped when run again with the same --out and settings
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 HELP = "Walking Noise sweeps: per-site robustness, noisy training, repetition planning"
@@ -38,7 +39,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--clamp", type=float, help="clamp weights to [-C, C] after every optimiser step")
     p.add_argument("--scheduler", help="existing Dask scheduler tcp://HOST:PORT")
-    p.add_argument("--workers", type=int, help="run on a local Dask cluster of N single-threaded workers")
+    p.add_argument("--workers", type=int,
+                   help="local Dask cluster of N single-threaded workers (0: in this process); default: one "
+                        "per core for --train-noise sweeps, in this process for evaluation-only sweeps, "
+                        "whose points are too short to pay for a cluster")
     p.add_argument("--report", type=Path, help="write the sweep's HTML report here")
     p.add_argument("--budget", type=int, help="plan: total executions to share among the sites")
     p.add_argument("--sigma", type=float, help="plan: global noise level to evaluate the allocations at")
@@ -72,7 +76,10 @@ def main(args: argparse.Namespace) -> int:
         repeats=args.repeats, seed=args.seed, ratio=args.ratio, correlated=args.correlated,
         train_noise=args.train_noise, model_def=args.model_def, train_data=args.train_data,
         epochs=args.epochs, clamp=args.clamp, sites=_sites(args.sites))
-    run_sweep(settings, args.out, model, scheduler=args.scheduler, workers=args.workers,
+    workers = args.workers
+    if workers is None and args.train_noise and not args.scheduler:
+        workers = os.cpu_count() or 1
+    run_sweep(settings, args.out, model, scheduler=args.scheduler, workers=workers or None,
               progress=_progress())
     print("\n".join(midpoint_lines(open_sweep(args.out))))
     print(f"sweep written to {args.out}")
