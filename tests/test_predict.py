@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-from hwloop.analysis import analyze_run, average_repeats, predict
+from hwloop.analysis import LayerNoise, analyze_run, average_repeats, predict, propagate
 from hwloop.analysis.networks import dense_onnx, random_weights, symmetric_weights
 from hwloop.data import Dataset, load_data
 from hwloop.devices import Emulator
 from hwloop.errors import HwloopError
 from hwloop.graph import load_model
+from hwloop.layer import activate, activation_slope
 from hwloop.profiles import load_profile, parse_profile
 from hwloop.runner import run_model
 
@@ -274,6 +276,44 @@ def test_float32_covariance_agrees_with_float64(tmp_path):
     np.testing.assert_allclose(p32["cm_var"], p64["cm_var"], rtol=1e-3)
     with pytest.raises(HwloopError, match="float16"):
         predict(model, prof, x, dtype="float16")
+
+
+def dense_reference(layers, nz: LayerNoise, x: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The recursion of docs/analysis.md (post placement) with an explicit N x N covariance per sample."""
+    c, out = None, []
+    for layer in layers:
+        w = layer.weight.astype(np.float64)
+        a = x @ w.T + layer.bias
+        y = activate(layer.activation, a.copy())
+        j = activation_slope(layer.activation, a)[:, :, None] * w
+        p = np.zeros((len(x), len(w), len(w))) if c is None else j @ c @ j.transpose(0, 2, 1)
+        d = nz.D_A + nz.D_M * (y ** 2 + np.einsum("bii->bi", p)) + nz.shot * np.abs(y) + nz.extra
+        c = (1 + nz.D_MC) * p + nz.D_AC + nz.D_MC * y[:, :, None] * y[:, None, :]
+        c[:, np.arange(len(w)), np.arange(len(w))] += d
+        var = np.einsum("bii->bi", c).copy()
+        out.append((var, (c.sum((1, 2)) - var.sum(1)) / (len(w) * (len(w) - 1))))
+        x = y
+    return out
+
+
+@pytest.mark.parametrize("sizes", [[30, 100, 100, 100, 7], [30, 100, 100, 100, 100, 7]])
+def test_factored_propagation_equals_the_dense_covariance_recursion(tmp_path, sizes):
+    # The fast path (factor blocks with lazy right factors composed on the narrow side, diagonals in chunks
+    # of samples, the samples shared out to threads; with 5 layers also the fold into a dense part) must be
+    # exact: equal to explicit N x N matrices up to rounding.  150 samples of width 100 take those paths.
+    acts = ["sigmoid", "tanh"] * 2
+    model = load_model(dense_onnx(tmp_path / "m.onnx", random_weights(sizes, seed=5),
+                                  activations=acts[:len(sizes) - 2] + ["linear"]))
+    nz = LayerNoise(D_A=1e-3, D_M=1e-3, D_AC=1e-4, D_MC=1e-4, shot=1e-4, extra=1e-6)
+    x = inputs(150, n=sizes[0], lo=-1.0).astype(np.float64)
+    threads = torch.get_num_threads()
+    ref = dense_reference(model.layers, nz, x)
+    for dtype, rtol in (("float64", 1e-9), ("float32", 1e-4)):
+        got = propagate(model.layers, [nz] * len(model.layers), x, dtype=dtype)
+        for (var, cm), r in zip(ref, got):
+            np.testing.assert_allclose(r["var"], var, rtol=rtol)
+            np.testing.assert_allclose(r["cm"], cm, rtol=rtol, atol=rtol * var.max())
+    assert torch.get_num_threads() == threads     # the caller's thread setting is restored
 
 
 def test_conv_layers_are_refused_with_the_layer_name(cnn_onnx):

@@ -8,14 +8,17 @@ layer's output obeys
 
 with E[x x^T] = x x^T + P (P: the covariance arriving at the noise stage), which
 makes the multiplicative terms exact for a noisy input (the plain first-order
-form uses x x^T alone).  The full N x N covariance is carried for every
-sample (as ``full + diag + low-rank factors``, see ``_Cov``; float64 by
-default), because W mixes independent noise into common-mode noise.
-Conventions and limits: docs/analysis.md.
+form uses x x^T alone).  The full N x N covariance of every sample is
+carried exactly, because W mixes independent noise into common-mode noise,
+but in factored form (``diag + lazily multiplied factor blocks``, a dense
+part only after a fold, see ``_Cov``): only what is reported (per-neuron
+variances and the sum of all elements) is ever evaluated.  float64 by
+default.  Conventions, limits and cost: docs/analysis.md.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -85,6 +88,9 @@ def not_modelled(settings: Any) -> list[str]:
     return names
 
 
+#: fewest samples worth a thread of their own in ``propagate``
+_MIN_SHARE = 64
+
 #: elements of one per-sample product evaluated at once: the chunk stays in cache and reuses its buffer
 _CHUNK = 1 << 19
 #: largest K = A (x) B (elements) for which A diag(c) B is evaluated as one product c @ K
@@ -123,14 +129,14 @@ def _adb(a: torch.Tensor, c: torch.Tensor | None, b: torch.Tensor,
         if k is not None:
             out = torch.matmul(ci, k) if buf is None else torch.mm(ci, k, out=buf[:hi - lo])
             yield lo, out.view(-1, p, q)
+        elif ai.dim() == 2 and bi.dim() == 3:   # (S q, m) @ A^T: one GEMM, not S small ones on copies of A
+            bt = torch.empty(hi - lo, q, bi.shape[1], dtype=bi.dtype)   # B^T diag(c), written in one pass
+            torch.mul(bi.transpose(1, 2), 1.0 if ci is None else ci[:, None, :], out=bt)
+            yield lo, torch.matmul(bt.view(-1, bt.shape[-1]), ai.T).view(-1, q, p).transpose(1, 2)
         else:
             if ci is not None:   # scale the smaller operand
-                ai, bi = (ai, ci[:, :, None] * bi) if ai.dim() == 2 or (bi.dim() == 2 and q < p) else \
-                    (ai * ci[:, None, :], bi)
-            if ai.dim() == 2 and bi.dim() == 3:   # (S q, m) @ A^T: one GEMM, not S small ones on a copy of A
-                yield lo, torch.matmul(bi.transpose(1, 2).reshape(-1, bi.shape[1]), ai.T).view(-1, q, p).transpose(1, 2)
-            else:
-                yield lo, torch.matmul(ai, bi)
+                ai, bi = (ai, ci[:, :, None] * bi) if bi.dim() == 2 and q < p else (ai * ci[:, None, :], bi)
+            yield lo, torch.matmul(ai, bi)
 
 
 def _adb_all(a: torch.Tensor, c: torch.Tensor | None, b: torch.Tensor) -> torch.Tensor:
@@ -190,7 +196,8 @@ class _Block:
         """sum_ij (U^T U)_ij = |diag(a) base diag(cs) right s|^2 per sample, without coef: mat-vec products only."""
         if self._tot is None:
             v = self.s
-            for m, scale in ((self.right, self.cs), (self.base, None)):
+            chain = ((self._prod, None),) if self._prod is not None else ((self.right, self.cs), (self.base, None))
+            for m, scale in chain:
                 if m is None:
                     continue
                 if v is None:
@@ -236,7 +243,7 @@ class _Block:
 
 
 class _Cov:
-    """A batch of covariances ``full + diag(d) + sum_k c_k U_k^T U_k`` (B samples, N neurons), float64 torch.
+    """A batch of covariances ``full + diag(d) + sum_k c_k U_k^T U_k`` (B samples, N neurons), torch.
 
     Why the parts: fresh noise is diagonal plus low rank (a correlated term is
     rank one per tile), and a linear map J = diag(s) W turns ``diag(d)`` into
@@ -248,6 +255,7 @@ class _Cov:
 
     def __init__(self, full: torch.Tensor | None, d: torch.Tensor, blocks: list[_Block] | None = None):
         self.full, self.d, self.blocks = full, d, blocks or []
+        self._diag: torch.Tensor | None = None   # cached diag C, kept current by the updates below
 
     @classmethod
     def zero(cls, like: torch.Tensor) -> "_Cov":
@@ -258,12 +266,24 @@ class _Cov:
         return sum(b.rank for b in self.blocks)
 
     def diagonal(self) -> torch.Tensor:
-        v = self.d.clone()
-        if self.full is not None:
-            v += torch.diagonal(self.full, dim1=1, dim2=2)
-        for b in self.blocks:
-            v.add_(b.diag(), alpha=b.coef)
-        return v
+        """diag C (B, N), read-only: computed once, then updated with C (a noise stage needs it twice)."""
+        if self._diag is None:
+            v = self.d.clone()
+            if self.full is not None:
+                v += torch.diagonal(self.full, dim1=1, dim2=2)
+            for b in self.blocks:
+                v.add_(b.diag(), alpha=b.coef)
+            self._diag = v
+        return self._diag
+
+    def add_(self, d: torch.Tensor | None = None, block: _Block | None = None) -> None:
+        """C <- C + diag(d) + coef U^T U (of ``block``)."""
+        if d is not None:
+            self.d = self.d + d
+        if block is not None:
+            self.blocks.append(block)
+        if self._diag is not None:
+            self._diag = self._diag + (0 if d is None else d) + (0 if block is None else block.coef * block.diag())
 
     def total(self) -> torch.Tensor:
         """sum_ij C_ij per sample, without forming the matrix."""
@@ -300,6 +320,8 @@ class _Cov:
         self.d = self.d * alpha
         for b in self.blocks:
             b.coef *= alpha
+        if self._diag is not None:
+            self._diag = self._diag * alpha
 
     def scale_rows_(self, s: torch.Tensor) -> None:
         """C <- diag(s) C diag(s), per sample."""
@@ -307,6 +329,8 @@ class _Cov:
             self.full = self.full * s[:, :, None] * s[:, None, :]
         self.d = self.d * s * s
         self.blocks = [b.scale_cols(s) for b in self.blocks]
+        if self._diag is not None:
+            self._diag = self._diag * s * s
 
     def sandwich(self, w: torch.Tensor, s: torch.Tensor | None, fold: bool) -> "_Cov":
         """J C J^T for J = diag(s) W (W shared, s per sample or None); ``fold``: fold a large factor first."""
@@ -318,7 +342,8 @@ class _Cov:
             full = torch.matmul(torch.matmul(self.full, w.T).transpose(1, 2).contiguous(), w.T)
             if s is not None:
                 full.mul_(s[:, :, None]).mul_(s[:, None, :])
-        blocks = [_Block(w.T.contiguous(), self.d.sqrt(), s)] if bool(self.d.any()) else []  # diag(sqrt d) W^T diag(s)
+        # diag(sqrt d) W^T diag(s), left out where d = 0 (correlated noise only)
+        blocks = [_Block(w.T.contiguous(), self.d.sqrt(), s)] if bool(self.d.any()) else []
         blocks += [blk.through(w, s) for blk in self.blocks]
         return _Cov(full, torch.zeros(b, n_out, dtype=self.d.dtype), blocks)
 
@@ -342,22 +367,28 @@ def _add_noise(p: _Cov | None, z: torch.Tensor, nz: LayerNoise) -> _Cov:
     """The covariance after a noise stage with signal z (B, N), given the incoming covariance P (consumed)."""
     b, n = z.shape
     p = p or _Cov.zero(z)
-    d = nz.D_A + nz.D_M * (z * z + p.diagonal()) + nz.shot * z.abs() + nz.extra   # E[x^2] = z^2 + P_ii
+    d = torch.full_like(z, nz.D_A + nz.extra)
+    if nz.D_M:
+        d.add_(z * z + p.diagonal(), alpha=nz.D_M)   # E[x^2] = z^2 + P_ii
+    if nz.shot:
+        d.add_(z.abs(), alpha=nz.shot)
     tiles = _tiles(n, nz.cols, z.dtype)
     if nz.D_MC:  # D_MC E[x x^T] = D_MC (z z^T + P): the incoming covariance grows too (within a tile)
         if tiles.shape[1] > 1:
             full = p.dense_()
             full += nz.D_MC * full * (tiles @ tiles.T)
+            p._diag = None
         else:
             p.scale_(1.0 + nz.D_MC)
-    p.d = p.d + d
     t = tiles.T.contiguous()
+    block = None
     if nz.D_AC and nz.D_MC:   # one block of rank 2T (fewer blocks: fewer small products downstream)
-        p.blocks.append(_Block(torch.cat([(nz.D_AC ** 0.5 * t).expand(b, -1, -1), nz.D_MC ** 0.5 * t * z[:, None, :]], 1)))
+        block = _Block(torch.cat([(nz.D_AC ** 0.5 * t).expand(b, -1, -1), nz.D_MC ** 0.5 * t * z[:, None, :]], 1))
     elif nz.D_AC:             # shared by all samples: its diagonal and total are computed once
-        p.blocks.append(_Block(t, coef=nz.D_AC))
+        block = _Block(t, coef=nz.D_AC)
     elif nz.D_MC:
-        p.blocks.append(_Block(t, None, z, coef=nz.D_MC))
+        block = _Block(t, None, z, coef=nz.D_MC)
+    p.add_(d, block)
     return p
 
 
@@ -375,8 +406,35 @@ def propagate(layers: Sequence[AnalogLayer], noises: Sequence[LayerNoise], x: np
         raise ValueError("one LayerNoise per layer")
     if dtype not in ("float64", "float32"):
         raise HwloopError(f"prediction dtype must be float64 or float32, not {dtype!r}")
-    tdt = getattr(torch, dtype)
+    # Samples are independent: each of torch's threads propagates its own share of them on one intra-op
+    # thread.  About a hundred small steps per layer: splitting each across threads (torch's default) costs
+    # more in synchronisation than it saves (2x slower on the bench, far more on a shared CPU).
     x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    threads = torch.get_num_threads()
+    shares = max(1, min(threads, len(x) // _MIN_SHARE))
+    bounds = np.linspace(0, len(x), shares + 1).astype(int)
+    tdt = getattr(torch, dtype)
+
+    def run(k: int) -> list[dict[str, np.ndarray]]:
+        torch.set_num_threads(1)
+        return _propagate(layers, noises, x[bounds[k]:bounds[k + 1]], average, tdt)
+
+    try:
+        if shares == 1:
+            res = [run(0)]
+        else:
+            with ThreadPoolExecutor(shares) as pool:
+                res = list(pool.map(run, range(shares)))
+    finally:
+        torch.set_num_threads(threads)
+    if shares == 1:
+        return res[0]
+    return [{key: np.concatenate([r[k][key] for r in res]) for key in res[0][k]} for k in range(len(layers))]
+
+
+def _propagate(layers: Sequence[AnalogLayer], noises: Sequence[LayerNoise], x: np.ndarray,
+               average: Mapping[int, int] | None, tdt: torch.dtype) -> list[dict[str, np.ndarray]]:
+    """``propagate`` for one share of the samples (arguments checked by it)."""
     c: _Cov | None = None
     out = []
     for n, (layer, nz) in enumerate(zip(layers, noises)):
@@ -388,7 +446,8 @@ def propagate(layers: Sequence[AnalogLayer], noises: Sequence[LayerNoise], x: np
         if k != 1:
             nz = nz.scaled(1.0 / k)
         w = np.asarray(layer.weight, dtype=np.float64)
-        a = x @ w.T + np.asarray(layer.bias, dtype=np.float64)
+        bias = torch.from_numpy(np.asarray(layer.bias, dtype=np.float64))
+        a = torch.addmm(bias, torch.from_numpy(x), torch.from_numpy(w).T).numpy()  # not numpy: no 2nd BLAS pool
         y = activate(layer.activation, a.copy())
         s, wt, at, yt = (torch.from_numpy(v).to(tdt) for v in (activation_slope(layer.activation, a), w, a, y))
         pre = nz.placement in ("pre", "both")
@@ -403,7 +462,7 @@ def propagate(layers: Sequence[AnalogLayer], noises: Sequence[LayerNoise], x: np
             p = c.sandwich(wt, None if pre else s, fold=n < len(layers) - 1)
         if read is not None:
             p = p or _Cov.zero(at)
-            p.d = p.d + (read if pre else read * s * s)
+            p.add_(read if pre else read * s * s)
         if pre:
             p = _add_noise(p, at, LayerNoise(nz.D_A, nz.D_M, nz.D_AC, nz.D_MC, cols=nz.cols))
             p.scale_rows_(s)
@@ -472,7 +531,7 @@ def predict(model, profile, data, *, average: Mapping[int, int] | None = None,
     ``hwloop.data.Dataset``, a spec string, or an input array (samples first).
     The Dataset has the variable names of ``analyze_run`` (``var_mean``,
     ``cm_var``, ``snr_db_median``, ``mean_k``, ``var_k``, ...).  ``dtype``
-    float32 trades ~1e-6 relative precision of the covariance for speed.
+    float32 trades ~1e-6 relative precision of the covariance for ~1.5x speed.
     """
     if isinstance(data, str):
         data = load_data(data)
