@@ -23,6 +23,7 @@ only the unfinished measurement.  When retries run out: ``DeviceError``.
 from __future__ import annotations
 
 import math
+import select
 import signal
 import socket
 import threading
@@ -81,6 +82,9 @@ def chunks_for(rows: int, k: int, n_out: int, max_batch: int, max_repeats: int,
             for b in range(0, rows, b_step) for r in range(0, k, k_step)]
 
 
+#: values per piece of a block read (1 MB): each is checked while the next arrives
+_PIECE = 1 << 18
+
 #: round trips (waits for a reply) per measurement (its five queries go out together) and per tile
 #: programming (LAY:SHAP, WEIG + *OPC?, WEIG, WEIG:CHEC?, ACT and BIAS each followed by a check)
 ROUND_TRIPS_PER_MEASUREMENT = 1
@@ -124,6 +128,7 @@ class Link:
         self._rm = pyvisa.ResourceManager("@py")
         self._res = None
         self._sock = None
+        self._session = None
         self.loaded: tuple | None = None       # (shape, weights CRC, activation) on the chip
         self.bias: str | None = None           # CRC of the bias on the chip
         self.verified = False                  # loaded confirmed since the last fault
@@ -140,10 +145,12 @@ class Link:
         # Small program messages back to back must not wait for Nagle + delayed ACK (~40 ms each).
         # pyvisa-py cannot set VI_ATTR_TCPIP_NODELAY (UnknownAttribute), so set it on its socket.
         # Its writes go out in 4 kB pieces with a select() each; large blocks go to the socket directly.
-        # Its reads take 4 kB per recv() (max_recv_size); blocks are megabytes.
+        # Its reads take 4 kB per recv() (max_recv_size) and copy each byte about five times, so
+        # block payloads are read straight off its socket, after what it has buffered (_read_exact).
         session = getattr(self._rm.visalib, "sessions", {}).get(self._res.session)
         sock = getattr(session, "interface", None)
         self._sock = sock if isinstance(sock, socket.socket) else None
+        self._session = session if isinstance(getattr(session, "_pending_buffer", None), bytearray) else None
         if self._sock is not None:
             self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if hasattr(session, "max_recv_size"):
@@ -269,44 +276,92 @@ class Link:
             if timeout_ms is not None and self._res is not None:
                 self._res.timeout = self.timeout_ms
 
-    def query_block(self, name: str, n_values: int | None = None) -> np.ndarray:
+    def query_block(self, name: str, n_values: int | None = None, out: np.ndarray | None = None,
+                    check=None) -> np.ndarray:
         """A query answered with a definite-length block; an empty reply raises ScpiError."""
         self.send(name)
-        value = self.block_reply(name, n_values)
+        value = self.block_reply(name, n_values, out, check)
         if value is None:
             raise ScpiError(scpi.COMMANDS[name].short_header, self.drain())
         return value
 
-    def block_reply(self, name: str, n_values: int | None = None) -> np.ndarray | None:
-        """Read a definite-length block: the header, then exactly its byte count (0x0A inside is data)."""
+    def block_reply(self, name: str, n_values: int | None = None, out: np.ndarray | None = None,
+                    check=None) -> np.ndarray | None:
+        """Read a definite-length block: the header, then exactly its byte count (0x0A inside is data).
+
+        The values land in ``out`` (C-contiguous float32, flat view returned) when given, so a
+        measurement is written once, straight into the caller's result array.  ``check(part)``
+        runs on each piece as it arrives, while the controller is still sending the rest.
+        """
         cmd = scpi.COMMANDS[name]
-        res = self._res
+        if out is not None:
+            n_values = out.size
         try:
-            first = res.read_bytes(1)
+            first = self._read_exact(1)
             if first == b"\n":
                 return None
-            n = res.read_bytes(1)
+            n = self._read_exact(1)
             if first != b"#" or not n.isdigit() or n == b"0":
                 raise _Retry(f"{cmd.short_header}: reply is not a definite-length block ({first + n!r})")
-            digits = res.read_bytes(int(n))
+            digits = self._read_exact(int(n))
             if not digits.isdigit():
                 raise _Retry(f"{cmd.short_header}: bad block header {first + n + digits!r}")
             count = int(digits)
-            if n_values is not None and count != 4 * n_values:
-                raise _Retry(f"{cmd.short_header}: block of {count} bytes, expected {4 * n_values}")
-            res.read_termination = None
-            try:
-                data = res.read_bytes(count) if count else b""
-                end = res.read_bytes(1)
-            finally:
-                res.read_termination = "\n"
+            if (n_values is not None and count != 4 * n_values) or count % 4:
+                raise _Retry(f"{cmd.short_header}: block of {count} bytes, expected "
+                             f"{'a multiple of 4' if n_values is None else 4 * n_values}")
+            y = np.empty(count // 4, np.float32) if out is None else out.reshape(-1)
+            swap = scpi.block_dtype(self.order) != y.dtype
+            for i in range(0, y.size, _PIECE):
+                part = y[i:i + _PIECE]
+                self._read_exact(part.nbytes, into=part)
+                if swap:
+                    part.byteswap(inplace=True)       # the payload's bytes are in the other order
+                if check is not None:
+                    check(part)
+            end = self._read_exact(1)
         except _Retry:
             raise
         except Exception as e:
             raise _Retry(f"{cmd.short_header}: {e}") from None
         if end != b"\n":
             raise _Retry(f"{cmd.short_header}: block not followed by LF")
-        return scpi.decode_floats(data, self.order)
+        return y
+
+    def _read_exact(self, n: int, into: np.ndarray | None = None) -> bytes | None:
+        """Exactly ``n`` reply bytes, LF included as data: into ``into``'s memory when given.
+
+        With a pyvisa-py socket session: what it has read ahead, then ``recv_into`` on its
+        socket (no copies); a timeout or a closed peer raises, and the caller reconnects.
+        Otherwise: pyvisa's ``read_bytes`` with the termination character off.
+        """
+        if self._sock is None or self._session is None:
+            res = self._res
+            res.read_termination = None
+            try:
+                data = res.read_bytes(n) if n else b""
+            finally:
+                res.read_termination = "\n"
+            if into is None:
+                return data
+            memoryview(into).cast("B")[:] = data
+            return None
+        buf = bytearray(n) if into is None else into
+        view = memoryview(buf).cast("B")
+        pending = self._session._pending_buffer
+        have = min(n, len(pending))
+        view[:have] = pending[:have]
+        del pending[:have]
+        t_ms = self._res.timeout
+        wait_s = None if t_ms is None or math.isinf(t_ms) else t_ms / 1000
+        while have < n:
+            if not select.select([self._sock], [], [], wait_s)[0]:
+                raise _Retry(f"timeout after {wait_s} s with {have} of {n} bytes read")
+            got = self._sock.recv_into(view[have:])
+            if not got:
+                raise _Retry(f"connection closed with {have} of {n} bytes read")
+            have += got
+        return bytes(buf) if into is None else None
 
     def drain(self) -> list[tuple[int, str]]:
         """Read the error queue until ``0,"No error"``."""
@@ -459,7 +514,8 @@ class VisaDevice(Device):
         r_in, b, n_in = x.shape
         rows = x[0] if r_in == 1 else x.reshape(r_in * b, n_in)
         k = repeats if r_in == 1 else 1
-        out = np.zeros((k, len(rows), self.layer.n_out), np.float32)
+        # host: tiles' partial sums add up in ``out``; else one tile's measurements fill all of it
+        out = (np.zeros if self._host else np.empty)((k, len(rows), self.layer.n_out), np.float32)
         lim = self.limits
         for tile in self._tiles:
             t = tile[0]
@@ -467,13 +523,18 @@ class VisaDevice(Device):
             for rs, ks in chunks_for(len(rows), k, n_out_t, lim["max_batch"], lim["max_repeats"],
                                      self.max_block_bytes):
                 xs, s_x = self._scaled_inputs(rows[rs, t.cols])
-                y = self._retrying(lambda: self._measure(tile, xs, ks.stop - ks.start, s_x),
+                slot = out[ks, rs, t.rows]
+                into = slot if not self._host and slot.flags.c_contiguous else None
+                y = self._retrying(lambda: self._measure(tile, xs, ks.stop - ks.start, s_x, into),
                                    f"measurement of layer {self.layer.name!r}")
                 scale = np.float32(s_x * self._s_w)
-                if self._host:
-                    out[ks, rs, t.rows] += y * scale if scale != 1 else y
+                if into is not None:
+                    if scale != 1:
+                        slot *= scale
+                elif self._host:
+                    slot += y * scale if scale != 1 else y
                 else:
-                    out[ks, rs, t.rows] = y * scale if scale != 1 else y
+                    slot[...] = y * scale if scale != 1 else y
         if self._host:
             out += self._bias
             out = activate(self.layer.activation, out)
@@ -493,8 +554,10 @@ class VisaDevice(Device):
         s = _pow2_at_least(need)
         return np.ascontiguousarray(xs / np.float32(s)), s
 
-    def _measure(self, tile, xs: np.ndarray, k: int, s_x: float) -> np.ndarray:
+    def _measure(self, tile, xs: np.ndarray, k: int, s_x: float, into: np.ndarray | None = None) -> np.ndarray:
         """One measurement: INP, SAMP:COUN, INIT, then *OPC?, FETC:SHAP?, FETC?, STAT:QUES:COND?, SYST:ERR?.
+
+        The fetched block is read into ``into`` (shape (k, len(xs), n_out)) when given.
 
         Normally the five queries go out in one write and their replies are read in order (one
         round trip).  After a failure (``self._careful``) every command is followed by its own
@@ -513,7 +576,8 @@ class VisaDevice(Device):
                     link.check(scpi.COMMANDS[name].short_header)
                 link.query("opc", timeout_ms=opc_ms)
                 shape = link.query("fetch_shape")
-                y = link.query_block("fetch", k * len(xs) * n_out) if tuple(shape) == want else None
+                y = (link.query_block("fetch", k * len(xs) * n_out, into, self._check_values)
+                     if tuple(shape) == want else None)
                 ques = link.query("questionable")
                 err = (0, "")
             else:
@@ -523,7 +587,8 @@ class VisaDevice(Device):
                 link.send_queries(("opc", "fetch_shape", "fetch", "questionable", "error"))
                 opc = link.reply("opc", opc_ms)            # every reply is read, in order, whatever
                 shape = link.reply("fetch_shape")          # came before: the stream stays in step
-                y = link.block_reply("fetch")
+                y = link.block_reply("fetch", out=into if tuple(shape or ()) == want else None,
+                                     check=self._check_values)
                 ques = link.reply("questionable")
                 err = link.reply("error")
                 if err is None or err[0]:
@@ -535,7 +600,6 @@ class VisaDevice(Device):
                 raise _Retry(f"FETC:SHAP? {shape} != expected {want}")
             if y is None or y.size != k * len(xs) * n_out or ques is None:
                 raise _Retry(f"FETC?: {None if y is None else y.size} values, expected {k * len(xs) * n_out}")
-        self._check_values(y)
         st = self.stats
         st["measurements"] += 1
         st["bytes_sent"] += xs.nbytes

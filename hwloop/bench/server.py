@@ -481,7 +481,8 @@ class _Reader:
         """``n`` payload bytes, received straight into their own buffer (no re-copying of large blocks)."""
         out = bytearray(n)
         have = min(n, len(self.buf))
-        out[:have] = self.buf[:have]
+        with memoryview(self.buf) as buffered:       # released before the buffer shrinks
+            out[:have] = buffered[:have]
         del self.buf[:have]
         view = memoryview(out)
         while have < n:
