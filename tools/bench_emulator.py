@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +35,7 @@ from hwloop.devices import Emulator  # noqa: E402
 from hwloop.graph import load_model  # noqa: E402
 from hwloop.profiles import parse_profile  # noqa: E402
 from hwloop.runner import run_model  # noqa: E402
+from timing import best  # noqa: E402  (tools/timing.py: python puts the script's folder on the path)
 
 SIZES = (784, 100, 100, 100, 10)
 ACTS = ("sigmoid", "sigmoid", "sigmoid", "linear")
@@ -46,20 +46,6 @@ noise: {D_A: 1.0e-3, D_M: 1.0e-3, D_MC: 1.0e-4, placement: post}
 layers:
   3: {noise: {D_A: 0, D_M: 0, D_MC: 0}}   # the readout is noise-free: noise after every hidden layer
 """
-
-
-def timed(fns: dict, trials: int) -> dict:
-    """Best (minimum) wall time per function over ``trials``: the least disturbed by other processes.
-    Calls are interleaved (after one warm-up each), so load on the machine hits every contender alike."""
-    for fn in fns.values():
-        fn()
-    times: dict = {k: [] for k in fns}
-    for _ in range(trials):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t)
-    return {k: min(v) for k, v in times.items()}
 
 
 def main() -> None:
@@ -121,7 +107,7 @@ def main() -> None:
                 h = h * (1 + xi_m + xi_mc) + xi_a
         return h
 
-    t = timed({"ort": lambda: sess.run(None, {name: x_rows}), "devices": chained, "runner": runner,
+    t = best({"ort": lambda: sess.run(None, {name: x_rows}), "devices": chained, "runner": runner,
                "naive": naive}, args.trials)
     y = chained()
     assert y.shape == (R, B, 10) and np.isfinite(y).all()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 from hwloop.data import Dataset
 from hwloop.graph import load_model
 from hwloop.runner import run_model
+from timing import best  # tools/timing.py (python puts the script's folder on the path)
 
 SIZES = (784, 100, 100, 100, 10)
 ACTS = ("Sigmoid", "Relu", "Sigmoid", None)
@@ -47,26 +47,6 @@ def build_mlp(path: Path, seed: int = 0) -> Path:
     model.ir_version = 8
     onnx.save(model, path)
     return path
-
-
-def best(fns: dict, reps: int, block: int = 5) -> dict:
-    """Fastest of ``reps`` calls of each function, in seconds, after one warm-up call each.
-
-    The functions take turns in blocks of ``block`` calls, so a burst of load on this (shared)
-    machine hits all of them alike, while onnxruntime's spinning worker threads (they spin for a
-    while after each run) have calmed down before torch's threads take the cores.
-    """
-    for fn in fns.values():
-        fn()
-    times = {name: [] for name in fns}
-    for _ in range(max(1, reps // block)):
-        for name, fn in fns.items():
-            time.sleep(0.05)
-            for _ in range(block):
-                t = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t)
-    return {name: min(ts) for name, ts in times.items()}
 
 
 def main() -> None:
