@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import Dataset, load_data
-from .devices import Emulator
+from .devices.emulator import emulators
 from .errors import HwloopError
 from .files import atomic_path
 from .graph import Model, load_model
@@ -117,9 +117,8 @@ def check_model(model: Model | str | os.PathLike, *, profile: Profile | str | os
         raise HwloopError(f"repeats must be at least 1, got {repeats}")
     m = model if isinstance(model, Model) else load_model(model)
     prof = profile if isinstance(profile, Profile) else load_profile(profile)
-    prof.check_layers(m.layers)
+    devices = emulators(prof, m.layers)
     ds = data if isinstance(data, Dataset) else load_data(data)
-    devices = {L.index: Emulator(prof) for L in m.layers}
     res = run_model(m, ds, devices=devices, repeats=repeats, seed=seed, batch_size=batch_size)
     clean_acc = float((res.clean_output.argmax(axis=1) == res.labels).mean())
     layers = [LayerSNR(L.index, L.name, layer_snr_db(y, c), _clipped(devices[L.index].stats))

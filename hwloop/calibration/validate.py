@@ -92,15 +92,15 @@ def validate(profile: Profile, chip_devices: Mapping[int, Device], model, data, 
              seed: int = 0, tolerances: Tolerances = Tolerances(), batch_size: int | None = None) -> Validation:
     """Run ``model`` on the chip's devices and on the twin ``Emulator(profile)``; compare (see ``compare``)."""
     from ..data import Dataset, load_data
-    from ..devices import Emulator
+    from ..devices.emulator import emulators
     from ..graph import Model, load_model
     from ..runner import run_model
 
     model = model if isinstance(model, Model) else load_model(model)
     ds = data if isinstance(data, Dataset) else load_data(data)
-    profile.check_layers(model.layers)
+    twin_devices = emulators(profile, model.layers, name="twin")
     chip = run_model(model, ds, devices=dict(chip_devices), repeats=repeats, seed=seed, batch_size=batch_size)
-    twin = run_model(model, ds, devices={L.index: Emulator(profile, name="twin") for L in model.layers},
+    twin = run_model(model, ds, devices=twin_devices,
                      repeats=repeats, seed=seed, batch_size=batch_size)
     v = compare(chip, twin, tolerances)
     v.provenance = {"profile": profile.describe() | {"text": None}, "repeats": repeats, "seed": seed,

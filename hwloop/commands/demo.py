@@ -34,7 +34,7 @@ def main(args: argparse.Namespace) -> int:
     from ..analysis.measured import analyze_run, layer_table, save_analysis
     from ..analysis.predict import predict_for_run
     from ..bench import ChipSpec, SimulatedBench, VisaDevice
-    from ..devices import Emulator
+    from ..devices.emulator import emulators
     from ..graph import format_table, load_model
     from ..profiles import load_profile
     from ..report import Section, analysis_sections, text_html, write_report
@@ -56,7 +56,7 @@ def main(args: argparse.Namespace) -> int:
     provenance = {"profile": profile.describe(), "profile_sha256": profile.sha256}
     step(f"3. execute + record on the emulator under profile '{profile.name}' ({args.repeats} repeats)")
     emu_store = out / "emulator.zarr"
-    res = run_model(model, "digits", devices={L.index: Emulator(profile) for L in model.layers},
+    res = run_model(model, "digits", devices=emulators(profile, model.layers),
                     repeats=args.repeats, seed=args.seed, out=emu_store, overwrite=True, progress=True,
                     provenance=provenance)
     print(f"accuracy {res.accuracy.mean():.4f} +- {res.accuracy.std():.4f} over {args.repeats} repeats -> {emu_store}")
@@ -67,7 +67,7 @@ def main(args: argparse.Namespace) -> int:
     # (scaled weights would need a linear tile and the activation on the host).
     chip_spec = ChipSpec(weight_range=4.0)
     with SimulatedBench(profile, seed=args.seed, spec=chip_spec) as bench, VisaDevice(bench.resource) as chip:
-        devices = {L.index: Emulator(profile) for L in model.layers}
+        devices = emulators(profile, model.layers)
         devices[0] = chip
         res_b = run_model(model, "digits", devices=devices, repeats=args.repeats, seed=args.seed,
                           out=bench_store, overwrite=True, progress=True, provenance=provenance)

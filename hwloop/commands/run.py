@@ -50,12 +50,11 @@ def main(args: argparse.Namespace) -> int:
     ds = load_data(args.data)
     devices, provenance = None, {}
     if args.profile:
-        from ..devices import Emulator
+        from ..devices.emulator import emulators
         from ..profiles import load_profile
 
         profile = load_profile(args.profile)
-        profile.check_layers(model.layers)
-        devices = {layer.index: Emulator(profile) for layer in model.layers}
+        devices = emulators(profile, model.layers)
         provenance = {"profile": profile.describe(), "profile_sha256": profile.sha256}
     bench = None
     if args.bench:

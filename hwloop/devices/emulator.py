@@ -174,3 +174,13 @@ def _tiles(n: int, size: int | None) -> list[slice]:
     if size is None or n <= size:
         return [slice(0, n)]
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def emulators(profile: Profile, layers: Sequence[AnalogLayer], name: str = "emulator") -> dict[int, Emulator]:
+    """One ``Emulator(profile)`` per analog layer, for ``run_model(devices=...)``.
+
+    The profile's per-layer overrides are checked against the layers first, so a
+    misspelt layer name fails here instead of being silently ignored.
+    """
+    profile.check_layers(layers)
+    return {layer.index: Emulator(profile, name=name) for layer in layers}
