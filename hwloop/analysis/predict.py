@@ -29,7 +29,7 @@ import xarray as xr
 from ..data import load_data
 from ..errors import HwloopError
 from ..layer import AnalogLayer, activate, activation_slope
-from ..physics import quantization_variance, weight_full_scale
+from ..physics import affine, quantization_variance, weight_full_scale
 from ..profiles import ideal_profile, load_profile, parse_profile
 from .measured import build_dataset, layer_summary, snr_db
 
@@ -446,8 +446,7 @@ def _propagate(layers: Sequence[AnalogLayer], noises: Sequence[LayerNoise], x: n
         if k != 1:
             nz = nz.scaled(1.0 / k)
         w = np.asarray(layer.weight, dtype=np.float64)
-        bias = torch.from_numpy(np.asarray(layer.bias, dtype=np.float64))
-        a = torch.addmm(bias, torch.from_numpy(x), torch.from_numpy(w).T).numpy()  # not numpy: no 2nd BLAS pool
+        a = affine(x, w.T, np.asarray(layer.bias, dtype=np.float64))
         y = activate(layer.activation, a.copy())
         s, wt, at, yt = (torch.from_numpy(v).to(tdt) for v in (activation_slope(layer.activation, a), w, a, y))
         pre = nz.placement in ("pre", "both")
@@ -600,8 +599,8 @@ def predict_for_run(run, model=None, profile=None, data=None, quantisation: bool
             raise HwloopError(f"data {data!r} has {len(x)} samples, the run {len(clean0)}")
         x = x[np.asarray(sample.values, dtype=np.int64)]
     first = model.layers[0]
-    ref = activate(first.activation, _first_input(model, x).astype(np.float64) @ first.weight.T.astype(np.float64)
-                   + first.bias)
+    ref = activate(first.activation, affine(_first_input(model, x).astype(np.float64),
+                                                    first.weight.T.astype(np.float64), first.bias.astype(np.float64)))
     err = np.max(np.abs(ref - clean0)) if clean0.size and ref.shape == clean0.shape else np.inf
     if err > 1e-3 * max(1.0, float(np.max(np.abs(clean0)))):
         raise HwloopError(f"data {data!r} does not reproduce the run's noise-free outputs of layer 0 "
