@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 ACTIVATIONS = ("linear", "sigmoid", "tanh", "relu")
+#: what a chip's neurons may really do (``f`` in ``scale * f(slope * a)``): the activations, plus
+#: sin^2 (an optical modulator) and 1 - exp(-a) (a saturating detector)
+TRANSFER_FUNCTIONS = ACTIVATIONS + ("sin2", "exp_sat")
 
 
 @dataclass
@@ -75,6 +78,17 @@ def activate(name: str, a: np.ndarray) -> np.ndarray:
 
         return torch.from_numpy(a if a.flags.writeable else a.copy()).sigmoid_().numpy()
     raise ValueError(f"unknown activation {name!r}")
+
+
+def response(name: str, a: np.ndarray) -> np.ndarray:
+    """``f(a)`` for any of ``TRANSFER_FUNCTIONS``, in ``a``'s dtype (may reuse ``a``'s memory, like ``activate``)."""
+    if name == "sin2":
+        y = np.sin(a)
+        y *= y
+        return y
+    if name == "exp_sat":
+        return -np.expm1(-np.maximum(a, 0))
+    return activate(name, a)
 
 
 def activation_slope(name: str, a: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .layer import activate
+from .layer import response
 from .profiles import Converter, NoiseSettings, WeightSettings
 
 # ---------------------------------------------------------------------------
@@ -171,14 +171,7 @@ def transfer(a: np.ndarray, function: str, slope: float = 1.0, scale: float = 1.
     """
     if slope != 1.0:
         a = a * np.float32(slope)
-    name = model_activation if function == "model" else function
-    if name == "sin2":
-        y = np.sin(a)
-        y *= y
-    elif name == "exp_sat":
-        y = -np.expm1(-np.maximum(a, 0))
-    else:
-        y = activate(name, a)
+    y = response(model_activation if function == "model" else function, a)
     if scale != 1.0:
         y = y * np.float32(scale)
     return y.astype(np.float32, copy=False)

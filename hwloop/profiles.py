@@ -34,6 +34,7 @@ import yaml
 
 from .errors import HwloopError
 from .files import atomic_path
+from .layer import TRANSFER_FUNCTIONS
 from .yamlio import line_of, load_yaml
 
 #: version of the profile format (the schema), not of an individual profile
@@ -105,7 +106,7 @@ _SECTIONS: dict[str, dict] = {
          "offset": _num("std of the per-neuron output offset")}),
     "transfer": _section(
         "The neuron's physical transfer function y = scale * f(slope * a), when it differs from the model's activation.",
-        {"function": {"enum": ["model", "linear", "sigmoid", "tanh", "relu", "sin2", "exp_sat"], "default": "model",
+        {"function": {"enum": ["model", *TRANSFER_FUNCTIONS], "default": "model",
                       "description": "model: the ONNX model's activation; sin2: sin^2 (optical modulator); "
                                      "exp_sat: 1 - exp(-max(a, 0)) (saturating detector)"},
          "slope": _num("slope factor applied to the pre-activation", default=1.0, minimum=None),

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import HwloopError
-from ..layer import activate
+from ..layer import response
 
 #: ADC codes within this many steps of a rail count as clipped
 _RAIL = 0.5
@@ -487,22 +487,9 @@ class ReadNoiseFit:
 
 
 # -- transfer function ----------------------------------------------------------------
-def _sin2(a):
-    return np.sin(a) ** 2
-
-
-def _exp_sat(a):
-    return 1.0 - np.exp(-np.maximum(a, 0.0))
-
-
-FAMILIES = {
-    "sigmoid": lambda a: activate("sigmoid", a.astype(np.float64)),
-    "tanh": np.tanh,
-    "relu": lambda a: np.maximum(a, 0.0),
-    "linear": lambda a: a,
-    "sin2": _sin2,
-    "exp_sat": _exp_sat,
-}
+#: candidate families, tried in this order (the first wins a tie), each f(a) in float64 on a copy
+FAMILIES = {name: (lambda a, name=name: response(name, np.array(a, dtype=np.float64)))
+            for name in ("sigmoid", "tanh", "relu", "linear", "sin2", "exp_sat")}
 
 
 class TransferFit:
