@@ -5,6 +5,13 @@ later step (glue and analog) then works on R x B rows, so layer k+1 sees every
 repetition of layer k and noise accumulates as on hardware.  A noise-free
 reference pass (ideal arithmetic, no repetitions) runs beside it, because the
 analysis compares every layer against it.
+
+When a layer runs on a remote device (a chip behind a bench controller), the
+batches go through as a pipeline: each analog layer and the glue after it is a
+stage, and while layer k's chip measures batch b, layer k+1's chip works on
+batch b-1 and the host records batch b-2.  The numbers do not depend on the
+schedule (randomness is keyed by layer and batch), and batches are still
+recorded in order, each once.
 """
 
 from __future__ import annotations
@@ -13,6 +20,8 @@ import functools
 import hashlib
 import shlex
 import sys
+import queue
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -51,8 +60,13 @@ class RunResult:
 def run_model(model: Model | str | Path, data: Dataset | str, *,
               devices: Device | Mapping[int, Device] | None = None, repeats: int = 1, seed: int = 0,
               batch_size: int | None = None, out: str | Path | None = None, resume: bool = False,
-              overwrite: bool = False, progress: bool = False, provenance: dict | None = None) -> RunResult:
-    """Run ``model`` on ``data`` with ``repeats`` repetitions; record into ``out`` (a run store) if given."""
+              overwrite: bool = False, progress: bool = False, provenance: dict | None = None,
+              pipeline: bool | None = None) -> RunResult:
+    """Run ``model`` on ``data`` with ``repeats`` repetitions; record into ``out`` (a run store) if given.
+
+    ``pipeline``: overlap the layers' devices across batches (see the module docstring); by
+    default on when a device is remote and no two layers share one.  Same numbers either way.
+    """
     model = model if isinstance(model, Model) else load_model(model)
     ds = data if isinstance(data, Dataset) else load_data(data)
     if repeats < 1:
@@ -69,6 +83,7 @@ def run_model(model: Model | str | Path, data: Dataset | str, *,
     _, probe = _forward(model, x[:2], ideal.run, repeats=1)  # a bad shape (or fixed batch) fails here, storeless
     noisy = _Devices(model, per_layer, seed)   # programmed first: describe() then reports tiling etc.
     attrs = _provenance(model, ds, x, per_layer, seed, repeats, bs, provenance, hash_data=out is not None)
+    attrs["pipelined"] = bool(_can_overlap(per_layer) if pipeline is None else pipeline)
 
     writer = None
     if out is not None:
@@ -81,26 +96,39 @@ def run_model(model: Model | str | Path, data: Dataset | str, *,
     todo = [b for b, done in enumerate(writer.done() if writer else np.zeros(n_batches, bool)) if not done]
     mem = None if writer else _Memory()
     all_ideal = all(getattr(d, "ideal", False) for d in per_layer)
+    stages = _stages(model)
+    flights: dict[int, _Flight] = {}
 
     from tqdm import tqdm
     bar = tqdm(total=n_batches, initial=n_batches - len(todo), disable=not progress, file=sys.stderr,
                unit="batch", desc="hwloop run")
-    try:
-        for b in todo:
+
+    def work(stage: int, item: int) -> None:
+        """Stage ``stage`` of batch ``todo[item]``: an analog layer and its glue, or (last) the record."""
+        b = todo[item]
+        if stage == 0:
             sl = slice(b * bs, min(n, (b + 1) * bs))
-            xb = x[sl]
-            layers, output = _forward(model, xb, lambda L, v, r: noisy.run(L, v, r, b), repeats=repeats)
-            if all_ideal:  # ideal devices: the reference pass is repetition 0 of the run itself
-                clean, clean_out = [a[0] for a in layers], output[0]
-            else:
-                c_layers, c_out = _forward(model, xb, ideal.run, repeats=1)
-                clean, clean_out = [a[0] for a in c_layers], c_out[0]
-            if writer:
-                writer.write_batch(b, layers=layers, clean=clean, output=output, clean_output=clean_out,
-                                   labels=ds.y[sl])
-            else:
-                mem.put(layers, clean, output, clean_out)
-            bar.update(1)
+            flights[item] = _Flight(sl, {model.input_name: (x[sl], 1)})
+        f = flights[item]
+        if stage < len(stages):
+            _run_steps(model, stages[stage], f.env, f.recorded, lambda L, v, r: noisy.run(L, v, r, b), repeats)
+            return
+        del flights[item]
+        layers, output = f.recorded, _output(model, f.env, repeats)
+        if all_ideal:  # ideal devices: the reference pass is repetition 0 of the run itself
+            clean, clean_out = [a[0] for a in layers], output[0]
+        else:
+            c_layers, c_out = _forward(model, x[f.rows], ideal.run, repeats=1)
+            clean, clean_out = [a[0] for a in c_layers], c_out[0]
+        if writer:
+            writer.write_batch(b, layers=layers, clean=clean, output=output, clean_output=clean_out,
+                               labels=ds.y[f.rows])
+        else:
+            mem.put(layers, clean, output, clean_out)
+        bar.update(1)
+
+    try:
+        _pipeline(len(todo), len(stages) + 1, work, overlap=attrs["pipelined"])
     finally:
         bar.close()
     if writer:
@@ -145,6 +173,13 @@ def resolve_devices(model: Model, devices: Device | Mapping[int, Device] | None)
         raise HwloopError(f"devices given for layer(s) {extra}, but {model.path.name} has analog layers "
                           f"0..{len(model.layers) - 1}")
     return [devices.get(k) or Emulator() for k in range(len(model.layers))]
+
+
+def _can_overlap(per_layer: list[Device]) -> bool:
+    """Pipeline the batches when a device is remote (the host would otherwise wait on it) and
+    no two layers share hardware (which would then have to switch between them)."""
+    units = [d.hardware for d in per_layer]
+    return any(d.remote for d in per_layer) and len(set(map(id, units))) == len(units)
 
 
 def default_batch_size(model: Model, repeats: int, n: int) -> int:
@@ -224,13 +259,118 @@ class _Memory:
         return layers, clean, join([b[2] for b in self.batches], 1), join([b[3] for b in self.batches], 0)
 
 
+@dataclass
+class _Flight:
+    """A batch on its way through the stages: its rows, tensors so far, recorded layer outputs."""
+
+    rows: slice
+    env: dict
+    recorded: list = field(default_factory=list)
+
+
+def _stages(model: Model) -> list[list]:
+    """The steps grouped per analog layer: stage k is layer k and the glue up to layer k+1
+    (stage 0 also takes the glue before the first layer)."""
+    stages: list[list] = [[]]
+    for step in model.steps:
+        if isinstance(step, AnalogLayer) and any(isinstance(s, AnalogLayer) for s in stages[-1]):
+            stages.append([])
+        stages[-1].append(step)
+    return stages
+
+
+def _pipeline(n_items: int, n_stages: int, work: Callable[[int, int], None], overlap: bool) -> None:
+    """Call ``work(stage, item)`` for every stage of every item, an item's stages in order.
+
+    Without ``overlap``: item by item.  With it, a software pipeline: one thread per stage,
+    each taking items in order from the stage before (at most one waiting between two stages),
+    so the stages work on successive items at once.  When a stage fails, the stages after it
+    finish the items they already have and the run stops with its error; Ctrl-C stops every
+    stage after its current step.
+    """
+    if not overlap:
+        for i in range(n_items):
+            for s in range(n_stages):
+                work(s, i)
+        return
+    queues = [queue.Queue(maxsize=1) for _ in range(n_stages)]
+    halted = [threading.Event() for _ in range(n_stages)]      # stage s must not start another item
+    errors: list[tuple[int, BaseException]] = []
+
+    def hand_on(s: int, item: int | None) -> bool:
+        """Pass ``item`` (None: no more) to stage s; False when stage s was halted meanwhile."""
+        while not halted[s].is_set():
+            try:
+                queues[s].put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def taken(s: int):
+        """The items stage s gets, until the stage before says there are no more or s is halted."""
+        if s == 0:
+            yield from range(n_items)
+            return
+        while not halted[s].is_set():
+            try:
+                item = queues[s].get(timeout=0.05)
+            except queue.Empty:
+                continue
+            if item is None:
+                return
+            yield item
+
+    def stage(s: int) -> None:
+        try:
+            for i in taken(s):
+                if halted[s].is_set():
+                    return
+                work(s, i)
+                if s + 1 < n_stages and not hand_on(s + 1, i):
+                    return
+        except BaseException as e:      # noqa: B036 -- reported by the caller's thread
+            errors.append((s, e))
+            for t in range(s + 1):
+                halted[t].set()
+        finally:
+            if s + 1 < n_stages:
+                hand_on(s + 1, None)
+            finished[s].set()
+
+    # Waiting on events, not Thread.join: a Ctrl-C inside join() makes Python 3.11 think the
+    # thread ended (bpo-45274's fix releases its lock), and the run would go on without it.
+    finished = [threading.Event() for _ in range(n_stages)]
+    for s in range(n_stages):
+        threading.Thread(target=stage, args=(s,), name=f"hwloop-stage-{s}", daemon=True).start()
+    interrupted = False
+    for ev in finished:
+        while not ev.is_set():
+            try:
+                ev.wait(0.1)              # a timeout: Python runs signal handlers between waits
+            except KeyboardInterrupt:     # every stage stops after its current step
+                interrupted = True
+                for h in halted:
+                    h.set()
+    if interrupted:
+        raise KeyboardInterrupt
+    if errors:
+        raise min(errors, key=lambda e: e[0])[1]
+
+
 def _forward(model: Model, xb: np.ndarray, run_layer: Callable, repeats: int):
     """One batch through every step.  Tensors are kept as (rows, ...) arrays with rows = r x B
     (repetition-major) and their r; returns each layer's (R, B, neurons) and the output (R, B, C)."""
-    B = len(xb)
     env: dict[str, tuple[np.ndarray, int]] = {model.input_name: (xb, 1)}
-    recorded = []
-    for step in model.steps:
+    recorded: list[np.ndarray] = []
+    _run_steps(model, model.steps, env, recorded, run_layer, repeats)
+    return recorded, _output(model, env, repeats)
+
+
+def _run_steps(model: Model, steps: list, env: dict, recorded: list, run_layer: Callable, repeats: int) -> None:
+    """Run ``steps`` on one batch's tensors ``env`` (name -> (rows array, r)); layer outputs go to ``recorded``."""
+    B = len(env[model.input_name][0])
+    for step in steps:
         if isinstance(step, Glue):
             _run_glue(model, step, env, B)
             continue
@@ -238,11 +378,16 @@ def _forward(model: Model, xb: np.ndarray, run_layer: Callable, repeats: int):
         y, rec = _run_layer(step, arr, r, B, repeats, run_layer)
         recorded.append(rec)
         env[step.output] = (y, repeats)
+
+
+def _output(model: Model, env: dict, repeats: int) -> np.ndarray:
+    """The model's output as (R, B, C) float32."""
+    B = len(env[model.input_name][0])
     out, r = env[model.output_name]
     out = np.asarray(out, dtype=np.float32).reshape(r, B, -1)
     if r != repeats:
         out = np.broadcast_to(out, (repeats,) + out.shape[1:])
-    return recorded, out
+    return out
 
 
 def _run_glue(model: Model, glue: Glue, env: dict, B: int) -> None:

@@ -25,7 +25,7 @@ from hwloop.store import open_run
 pytest_plugins = ["tests.bench_fixtures"]
 
 DATA, REPEATS, BATCH = "digits@60", 3, 20
-FAST = dict(timeout_ms=300, backoff_s=0.01, max_backoff_s=0.1)
+FAST = dict(timeout_ms=300, backoff_s=0.02, max_backoff_s=0.2)   # 5 retries: 0.5 s of back-off
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +37,12 @@ def chip_devices(bench, model, **opts) -> dict:
     """Every analog layer on one chip (siblings share the connection; the chip is reprogrammed per layer)."""
     first = VisaDevice(bench.resource, **{**FAST, **opts})
     return {L.index: first if L.index == 0 else first.sibling() for L in model.layers}
+
+
+def three_chips(make_bench, model, faulty: Faults | None = None, **opts) -> tuple[dict, list]:
+    """Layer k on chip k (three controllers, so the runner pipelines them); the middle one gets ``faulty``."""
+    benches = [make_bench(faults=faulty if k == 1 else None, seed=k) for k in range(len(model.layers))]
+    return {L.index: VisaDevice(benches[L.index].resource, **{**FAST, **opts}) for L in model.layers}, benches
 
 
 def assert_same_as_reference(path, reference):
@@ -60,7 +66,8 @@ def assert_same_as_reference(path, reference):
 def test_run_survives_fault(make_bench, mlp_onnx, reference, tmp_path, faults, kind):
     bench = make_bench(faults=faults)
     model = load_model(mlp_onnx)
-    devices = chip_devices(bench, model)
+    # the back-off must outlast the 0.5 s refusal: 10 retries wait 1.5 s in all, 5 only 0.5 s
+    devices = chip_devices(bench, model, retries=10 if faults.refuse_s else 5)
     run_model(model, DATA, devices=devices, repeats=REPEATS, seed=0, batch_size=BATCH, out=tmp_path / "run.zarr")
     assert bench.clock.fired[kind] == 1
     assert sum(d.stats["retries"] for d in devices.values()) >= 1
@@ -69,6 +76,42 @@ def test_run_survives_fault(make_bench, mlp_onnx, reference, tmp_path, faults, k
         assert sum(d.stats["reprograms"] for d in devices.values()) >= 1 or devices[0].link.reconnects >= 1
     if kind in ("drop", "delay"):
         assert devices[0].link.reconnects >= 1
+
+
+@pytest.mark.parametrize("faults, kind", [
+    (Faults(drop_after=50), "drop"),
+    (Faults(delay_after=50, delay_s=0.6), "delay"),
+    (Faults(corrupt_after=50, corrupt_mode="bytes"), "corrupt"),
+    (Faults(error_after=50, error_code=-221), "error"),
+    (Faults(glitch_after=50), "glitch"),
+], ids=["drop", "delay", "corrupt-bytes", "error", "glitch"])
+def test_pipelined_run_survives_fault_on_one_chip(make_bench, mlp_onnx, reference, tmp_path, faults, kind):
+    """Three chips working on successive batches at once; the middle one fails mid-run and recovers."""
+    model = load_model(mlp_onnx)
+    devices, benches = three_chips(make_bench, model, faults)
+    res = run_model(model, DATA, devices=devices, repeats=REPEATS, seed=0, batch_size=BATCH // 2,
+                    out=tmp_path / "run.zarr")
+    assert res.attrs["pipelined"]
+    assert benches[1].clock.fired[kind] == 1 and devices[1].stats["retries"] >= 1
+    assert devices[0].stats["retries"] == devices[2].stats["retries"] == 0
+    assert_same_as_reference(tmp_path / "run.zarr", reference)
+
+
+def test_pipelined_run_stops_cleanly_when_a_chip_is_gone_and_resumes(make_bench, mlp_onnx, reference, tmp_path):
+    """The middle chip's controller goes away for good: the batches that got past it are recorded,
+    the run stops with its error, and a resume on a fresh controller completes the store."""
+    model = load_model(mlp_onnx)
+    devices, benches = three_chips(make_bench, model, Faults(drop_after=50, refuse_s=600), retries=2)
+    out = tmp_path / "run.zarr"
+    with pytest.raises(DeviceError, match=rf"{benches[1].resource}.*(failed after 2 retries|cannot reach)"):
+        run_model(model, DATA, devices=devices, repeats=REPEATS, seed=0, batch_size=BATCH // 2, out=out)
+    partial = open_run(out)
+    assert not partial.complete and 0 < len(partial.labels) < 60
+    for d in devices.values():
+        d.close()
+    devices, _ = three_chips(make_bench, model)
+    run_model(model, DATA, devices=devices, repeats=REPEATS, seed=0, batch_size=BATCH // 2, out=out, resume=True)
+    assert_same_as_reference(out, reference)
 
 
 def test_random_faults_of_every_kind(make_bench, mlp_onnx, reference, tmp_path):
@@ -97,24 +140,39 @@ def test_retries_exhausted_stop_cleanly_and_resume(make_bench, mlp_onnx, referen
     assert_same_as_reference(out, reference)
 
 
-def _bench_file(tmp_path, bench) -> str:
+def _bench_file(tmp_path, benches) -> str:
+    """One chip for every layer, or (several benches) layer k on chip k: the runner then pipelines them."""
     path = tmp_path / "bench.yaml"
-    path.write_text(f"devices:\n  chip:\n    resource: \"{bench.resource}\"\n    timeout_ms: 2000\n"
-                    f"default: chip\n")
+    text = "devices:\n" + "".join(f"  chip{k}:\n    resource: \"{b.resource}\"\n    timeout_ms: 2000\n"
+                                  for k, b in enumerate(benches))
+    text += "default: chip0\n" if len(benches) == 1 else \
+        "layers:\n" + "".join(f"  {k}: chip{k}\n" for k in range(len(benches)))
+    path.write_text(text)
     return str(path)
 
 
+def _make_benches(make_bench, n: int) -> list:
+    """n controllers taking about a second for the run (the programming time of a layer switch, or
+    the measurements of every layer at once)."""
+    return [make_bench(time_scale=0.2 if n == 1 else 1.0, seed=k) for k in range(n)]
+
+
+CHIPS = pytest.mark.parametrize("n_chips", [1, 4], ids=["one-chip", "four-chips-pipelined"])
+
+
 @pytest.mark.slow
-def test_sigkill_client_mid_run_then_resume(make_bench, mlp_onnx, reference, tmp_path):
+@CHIPS
+def test_sigkill_client_mid_run_then_resume(make_bench, mlp_onnx, reference, tmp_path, n_chips):
     """SIGKILL of a real ``hwloop run --bench`` subprocess, then ``--resume``: nothing lost or duplicated."""
-    bench = make_bench(time_scale=0.2)              # ~10 ms programming per layer switch: a run of ~1 s
-    bf = _bench_file(tmp_path, bench)
+    benches = _make_benches(make_bench, n_chips)
+    bench = benches[-1]
+    bf = _bench_file(tmp_path, benches)
     out = tmp_path / "run.zarr"
     cmd = [sys.executable, "-m", "hwloop", "run", str(mlp_onnx), "--bench", bf, "--data", DATA,
            "--repeats", str(REPEATS), "--batch-size", "5", "--seed", "0", "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     t0 = time.monotonic()
-    while bench.clock.count < 400 and time.monotonic() - t0 < 60 and proc.poll() is None:
+    while bench.clock.count < 400 // n_chips and time.monotonic() - t0 < 60 and proc.poll() is None:
         time.sleep(0.005)
     assert proc.poll() is None, proc.communicate()
     os.kill(proc.pid, signal.SIGKILL)
@@ -124,7 +182,7 @@ def test_sigkill_client_mid_run_then_resume(make_bench, mlp_onnx, reference, tmp
     done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert_same_as_reference(out, reference)
-    assert open_run(out).attrs  # provenance kept
+    assert open_run(out).attrs["pipelined"] == (n_chips > 1)  # provenance kept, and says how it ran
 
 
 def test_bad_bench_file_errors_through_cli(tmp_path, mlp_onnx):
@@ -155,21 +213,23 @@ def test_persistent_error_names_the_command(make_bench):
 
 
 @pytest.mark.slow
-def test_ctrl_c_ends_between_transfers_and_resumes(make_bench, mlp_onnx, reference, tmp_path):
+@CHIPS
+def test_ctrl_c_ends_between_transfers_and_resumes(make_bench, mlp_onnx, reference, tmp_path, n_chips):
     """SIGINT during a run: exit 130 after the transfer in flight, store intact, --resume completes it."""
-    bench = make_bench(time_scale=0.2)
+    benches = _make_benches(make_bench, n_chips)
+    bench = benches[-1]
     out = tmp_path / "run.zarr"
-    cmd = [sys.executable, "-m", "hwloop", "run", str(mlp_onnx), "--bench", _bench_file(tmp_path, bench),
+    cmd = [sys.executable, "-m", "hwloop", "run", str(mlp_onnx), "--bench", _bench_file(tmp_path, benches),
            "--data", DATA, "--repeats", str(REPEATS), "--batch-size", "5", "--seed", "0", "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     t0 = time.monotonic()
-    while bench.clock.count < 300 and time.monotonic() - t0 < 60 and proc.poll() is None:
+    while bench.clock.count < 300 // n_chips and time.monotonic() - t0 < 60 and proc.poll() is None:
         time.sleep(0.005)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
-    assert not open_run(out).complete
+    assert not open_run(out).complete and open_run(out).attrs["pipelined"] == (n_chips > 1)
     done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert_same_as_reference(out, reference)

@@ -85,7 +85,17 @@ default: chip
     assert "360 samples in 3 batches of 120, 10 repeats" in lines[0]
     # layer 0: 32 outputs x 64 inputs on a 32x16 array -> 2x2 tiles; 120 rows > max_batch 100 -> 2 chunks each
     assert "4 tile(s) (2x2)" in lines[1] and "8 measurement(s) per batch" in lines[1]
-    assert "round trips to chips" in lines[-1]
+    assert "round trips to chips" in lines[-2]
+    assert lines[-1] == "  schedule: one batch at a time through every layer (chip chip serves several layers)"
+    (tmp_path / "two").mkdir()
+    two = write(tmp_path / "two", f"""\
+devices:
+  a: {{resource: "{CLOSED}"}}
+  b: {{resource: "{CLOSED}"}}
+layers: {{0: a, 1: b}}
+""")
+    assert load_bench(two).plan(model, n_samples=360, batch_size=120, repeats=10).splitlines()[-1] \
+        .startswith("  schedule: pipelined")
     r = subprocess.run([sys.executable, "-m", "hwloop", "run", str(mlp_onnx), "--bench", str(p), "--dry-run",
                         "--data", "digits@360", "--batch-size", "120", "--repeats", "10"],
                        capture_output=True, text=True, timeout=120)

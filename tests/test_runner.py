@@ -10,6 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from hwloop.data import Dataset
 from hwloop.devices import Emulator
+from hwloop.devices.emulator import emulators
 from hwloop.errors import HwloopError
 from hwloop.graph import load_model
 from hwloop.profiles import load_profile
@@ -307,3 +308,104 @@ def test_bias_add_after_conv_is_absorbed_only_when_per_channel(shape, absorbed, 
     ds = Dataset("random", rng.standard_normal((6, 2, 5, 5)).astype(np.float32), rng.integers(0, 4, 6), 4)
     res = run_model(model, ds, batch_size=4)
     np.testing.assert_allclose(res.output[0], reference(model, ds.x)["y"], atol=TOL)
+
+
+# -- pipelined runs: same numbers, same order, clean stops --------------------------------------
+@pytest.mark.parametrize("fixture", ["mlp_onnx", "cnn_onnx", "skl_mlp_onnx"])
+def test_pipelined_run_equals_sequential_run(fixture, request, digits, tmp_path):
+    """Overlapping the layers across batches changes the schedule, not one number (keyed noise)."""
+    model = load_model(request.getfixturevalue(fixture))
+    profile = load_profile("semenova")
+    data = digits.head(45)
+    kw = dict(repeats=3, seed=5, batch_size=8)                     # 6 batches, the last one short
+    runs = [run_model(model, data, devices=emulators(profile, model.layers), pipeline=p, **kw)
+            for p in (False, True)]
+    assert [r.attrs["pipelined"] for r in runs] == [False, True]
+    for a, b in zip(runs[0].layers + runs[0].clean_layers + [runs[0].output],
+                    runs[1].layers + runs[1].clean_layers + [runs[1].output]):
+        np.testing.assert_array_equal(a, b)
+    stored = run_model(model, data, devices=emulators(profile, model.layers), pipeline=True,
+                       out=tmp_path / "r.zarr", **kw)
+    run = open_run(stored.path)
+    assert run.complete
+    np.testing.assert_array_equal(run.output.values, runs[0].output)
+    for k in range(len(model.layers)):
+        np.testing.assert_array_equal(run.layer(k).values, runs[0].layers[k])
+
+
+def test_pipeline_is_automatic_only_for_remote_devices_on_separate_hardware(handbuilt_onnx, digits):
+    model = load_model(handbuilt_onnx)
+    assert not run_model(model, digits.head(10)).attrs["pipelined"]       # emulators: nothing to wait on
+
+    class Remote(Emulator):          # an emulator declared remote: the runner may overlap it
+        remote = True
+
+    assert run_model(model, digits.head(10), devices={0: Remote()}).attrs["pipelined"]
+    assert not run_model(model, digits.head(10), devices=Remote()).attrs["pipelined"]   # one unit, every layer
+
+
+def _trace_pipeline(fail_at=None, interrupt_at=None, n_items=7, n_stages=4):
+    """Run ``_pipeline`` with a work function that logs (event, stage, item) in the order things happen."""
+    import os
+    import signal
+    import time
+
+    log = []
+
+    def work(stage, item):
+        log.append(("start", stage, item))
+        if (stage, item) == interrupt_at:
+            os.kill(os.getpid(), signal.SIGINT)       # as Ctrl-C: to the process, handled by the main thread
+            time.sleep(0.05)
+        if (stage, item) == fail_at:
+            raise ValueError(f"stage {stage} failed on item {item}")
+        time.sleep(0.001 * (1 + (stage * 3 + item) % 4))   # uneven stages: the order must still hold
+        log.append(("end", stage, item))
+
+    return work, log
+
+
+def _check_order(log, n_stages):
+    ends = [(s, i) for e, s, i in log if e == "end"]
+    for s in range(n_stages):          # each stage takes items in order
+        items = [i for t, i in ends if t == s]
+        assert items == sorted(items)
+    pos = {(s, i): n for n, (e, s, i) in enumerate(log) if e == "start"}
+    for (s, i), n in pos.items():      # an item enters a stage only after leaving the one before
+        if s:
+            assert log.index(("end", s - 1, i)) < n
+    return ends
+
+
+def test_pipeline_keeps_order_and_overlaps():
+    from hwloop.runner import _pipeline
+
+    work, log = _trace_pipeline()
+    _pipeline(7, 4, work, overlap=True)
+    ends = _check_order(log, 4)
+    assert sorted(ends) == [(s, i) for s in range(4) for i in range(7)]
+    assert log.index(("start", 3, 0)) < log.index(("end", 0, 6))    # the stages overlapped
+
+
+def test_pipeline_failure_finishes_what_is_downstream_and_stops_upstream():
+    from hwloop.runner import _pipeline
+
+    work, log = _trace_pipeline(fail_at=(1, 4))
+    with pytest.raises(ValueError, match="stage 1 failed on item 4"):
+        _pipeline(7, 4, work, overlap=True)
+    ends = _check_order(log, 4)
+    done = {i for s, i in ends if s == 3}
+    assert done == {0, 1, 2, 3}                   # every item that passed the failed stage is finished
+    assert not any(s == 1 and i > 4 for _, s, i in log)     # the failed stage took nothing more
+    assert all(("end", s, i) in log for e, s, i in log if e == "start" and (s, i) != (1, 4))   # no half steps
+
+
+def test_pipeline_ctrl_c_stops_every_stage_after_its_step():
+    from hwloop.runner import _pipeline
+
+    work, log = _trace_pipeline(interrupt_at=(0, 3))
+    with pytest.raises(KeyboardInterrupt):
+        _pipeline(7, 4, work, overlap=True)
+    _check_order(log, 4)
+    assert all(("end", s, i) in log for e, s, i in log if e == "start")   # every step begun was finished
+    assert not any(e == "start" and i >= 5 for e, s, i in log)           # nothing much started after it

@@ -146,6 +146,13 @@ class Bench:
                 + (", bias+activation on the host" if len(tiles) > 1 else "")
                 + f", {meas} measurement(s) per batch, {per_batch} round trips per batch, {layer_total} in all")
         lines.append(f"  round trips to chips: {total}")
+        shared = sorted({n for n in chips_used if chips_used.count(n) > 1})
+        if chips_used and not shared:      # the runner's rule: a remote device, no hardware shared
+            lines.append("  schedule: pipelined (each layer's device works on the next batch while the "
+                         "following layer's takes this one)")
+        else:
+            lines.append("  schedule: one batch at a time through every layer"
+                         + (f" (chip {', '.join(shared)} serves several layers)" if shared else ""))
         return "\n".join(lines)
 
     def describe(self) -> dict:

@@ -225,24 +225,30 @@ class Link:
             raise HwloopError(f"{self.resource}: {cmd.short_header}: {e}") from None
         try:
             if block is None:
-                self._res.write_raw(text + b"\n")
+                self._write(text + b"\n")
                 return
             payload = scpi.block_array(block, self.order)
             head = text + b" " + scpi.block_header(payload.nbytes)
             if self._sock is not None and payload.nbytes > 65536:
-                self._sock.sendall(head)
-                self._sock.sendall(memoryview(payload).cast("B"))
-                self._sock.sendall(b"\n")
+                self._write(head, memoryview(payload).cast("B"), b"\n")   # no copy of the payload
             else:
-                self._res.write_raw(head + payload.tobytes() + b"\n")
+                self._write(head + payload.tobytes() + b"\n")
         except Exception as e:
             raise _Retry(f"{cmd.short_header}: {e}") from None
+
+    def _write(self, *parts) -> None:
+        """Send bytes: on pyvisa-py's socket directly when reachable, else through pyvisa."""
+        if self._sock is not None:
+            for part in parts:
+                self._sock.sendall(part)
+        else:
+            self._res.write_raw(b"".join(parts))
 
     def send_queries(self, names: Sequence[str]) -> None:
         """Several queries in one write (each its own message); read their replies in order."""
         data = b"".join(scpi.COMMANDS[n].message((), self.limits).encode() + b"\n" for n in names)
         try:
-            self._res.write_raw(data)
+            self._write(data)
         except Exception as e:
             raise _Retry(f"{', '.join(scpi.COMMANDS[n].short_header for n in names)}: {e}") from None
 
@@ -266,6 +272,17 @@ class Link:
             raise _Retry(f"{cmd.short_header}: unreadable reply {line[:40]!r}") from None
 
     def _read_line(self, cmd: scpi.Command, timeout_ms: int | None) -> str:
+        """One LF-terminated reply line (stripped); straight off the socket when it is reachable."""
+        if self._sock is not None and self._session is not None:
+            pending = self._session._pending_buffer
+            wait_s = self._wait_s(self.timeout_ms if timeout_ms is None else timeout_ms)
+            start = 0
+            while (lf := pending.find(b"\n", start)) < 0:
+                start = len(pending)
+                self._recv_some(pending, wait_s, f"{cmd.short_header}: reply line")
+            line = bytes(pending[:lf])
+            del pending[:lf + 1]
+            return line.decode("ascii", "replace").strip()
         try:
             if timeout_ms is not None:
                 self._res.timeout = timeout_ms
@@ -275,6 +292,22 @@ class Link:
         finally:
             if timeout_ms is not None and self._res is not None:
                 self._res.timeout = self.timeout_ms
+
+    @staticmethod
+    def _wait_s(timeout_ms: float | None) -> float | None:
+        return None if timeout_ms is None or math.isinf(timeout_ms) else timeout_ms / 1000
+
+    def _recv_some(self, into: bytearray, wait_s: float | None, what: str) -> None:
+        """Append what the socket has (waiting up to ``wait_s``) to ``into``; _Retry on timeout or close."""
+        if not select.select([self._sock], [], [], wait_s)[0]:
+            raise _Retry(f"{what}: timeout after {wait_s} s")
+        try:
+            data = self._sock.recv(1 << 16)
+        except OSError as e:
+            raise _Retry(f"{what}: {e}") from None
+        if not data:
+            raise _Retry(f"{what}: connection closed")
+        into += data
 
     def query_block(self, name: str, n_values: int | None = None, out: np.ndarray | None = None,
                     check=None) -> np.ndarray:
@@ -352,8 +385,7 @@ class Link:
         have = min(n, len(pending))
         view[:have] = pending[:have]
         del pending[:have]
-        t_ms = self._res.timeout
-        wait_s = None if t_ms is None or math.isinf(t_ms) else t_ms / 1000
+        wait_s = self._wait_s(self._res.timeout)
         while have < n:
             if not select.select([self._sock], [], [], wait_s)[0]:
                 raise _Retry(f"timeout after {wait_s} s with {have} of {n} bytes read")
@@ -419,6 +451,7 @@ class VisaDevice(Device):
         self.stats = {"measurements": 0, "retries": 0, "reprograms": 0, "clipped": 0,
                       "bytes_sent": 0, "bytes_fetched": 0, "io_s": 0.0}
         self._faults: list[str] = []
+        self._scratch = (np.empty(1 << 16, np.float32), np.empty(1 << 16, np.float32))   # for _check_values
         self._careful = False                 # after a failure: SYST:ERR? after every command
         self._temperature: float | None = None
         self._closed = False
@@ -426,6 +459,13 @@ class VisaDevice(Device):
     def sibling(self) -> "VisaDevice":
         """Another device on the same controller (same connection), e.g. for a second layer."""
         return VisaDevice(self.resource, link=self.link, **self.options)
+
+    remote = True
+
+    @property
+    def hardware(self) -> object:
+        """The controller's connection: sibling devices on one chip share it."""
+        return self.link
 
     @property
     def limits(self) -> dict:
@@ -617,20 +657,26 @@ class VisaDevice(Device):
     def _check_values(self, y: np.ndarray) -> None:
         """Detect a garbled block: non-finite, outside the ADC range, or off the ADC grid.
 
-        Checked on cache-sized pieces (several passes over each while it is in cache).
+        Each cache-sized piece is mapped to ADC codes q = (y - lo) / step in scratch memory;
+        the nearest integers must lie in [0, 2^bits - 1] (NaN fails too) and q within 0.05 of them.
         """
         lo, hi = self.limits["output_range"]
         bits = self.limits["output_bits"]
-        grid = self.verify_grid and bits <= 20
-        f_lo, inv = np.float32(lo), np.float32((2 ** bits - 1) / (hi - lo))
-        for i in range(0, y.size, 1 << 16):
-            p = y[i:i + (1 << 16)]
-            if not (p.min() >= lo and p.max() <= hi):   # NaN fails too
+        top = 2 ** bits - 1
+        inv = np.float32(top / (hi - lo))
+        shift = np.float32(-lo) * inv
+        q_buf, r_buf = self._scratch
+        for i in range(0, y.size, q_buf.size):
+            p = y[i:i + q_buf.size]
+            with np.errstate(over="ignore", invalid="ignore"):   # garbage may overflow: it fails below
+                q = np.multiply(p, inv, out=q_buf[:p.size])
+                q += shift
+                r = np.rint(q, out=r_buf[:p.size])
+            if not (r.min() >= 0 and r.max() <= top):
                 raise _Retry(f"FETC?: values outside the ADC range [{lo:g}, {hi:g}] (garbled block)")
-            if grid:
-                q = (p - f_lo) * inv
-                q -= np.rint(q)
-                if float(np.abs(q).max()) > 0.05:
+            if self.verify_grid and bits <= 20:
+                q -= r
+                if float(np.abs(q, out=q).max()) > 0.05:
                     raise _Retry("FETC?: values off the ADC grid (garbled block)")
 
     def _retrying(self, attempt, what: str):

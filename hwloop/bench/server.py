@@ -465,7 +465,8 @@ class _Reader:
         self.buf = bytearray()
 
     def _fill(self) -> None:
-        data = self.conn.recv(1 << 20)
+        # small reads: a block's payload should reach _take_block's recv_into, not three copies here
+        data = self.conn.recv(1 << 14)
         if not data:
             raise _Closed()
         self.buf += data

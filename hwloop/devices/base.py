@@ -28,6 +28,14 @@ class Device(ABC):
 
     #: the layer currently programmed, or None
     layer: AnalogLayer | None = None
+    #: True when the work happens outside this process (a chip): the runner then overlaps
+    #: the layers' devices across batches instead of waiting on each in turn
+    remote: bool = False
+
+    @property
+    def hardware(self) -> object:
+        """The unit that does the work; devices sharing one cannot run at the same time."""
+        return self
 
     @abstractmethod
     def program(self, layer: AnalogLayer, *, seed: int = 0) -> None:
