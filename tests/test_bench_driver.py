@@ -162,6 +162,22 @@ def test_clipping_is_never_silent(sim_bench):
         assert np.all(y == 16.0) and dev.describe()["stats"]["clipped"] == 1
 
 
+def test_failure_mid_stream_leaves_no_reply_to_be_misread(make_bench):
+    """The 3rd of 5 streamed measurements clips (DeviceError, not retried) while the 4th is already
+    written: its replies must not be taken for anyone's; the device measures correctly afterwards."""
+    bench = make_bench(max_batch=4)
+    L = AnalogLayer(0, "sum", "Gemm", np.ones((2, 64), np.float32), np.zeros(2, np.float32), "linear")
+    x = np.zeros((1, 20, 64), np.float32)
+    x[0, 9] = 1.0                                          # row 9 (3rd measurement) sums to 64 > 16
+    with VisaDevice(bench.resource) as dev:
+        dev.program(L)
+        with pytest.raises(DeviceError, match="clipped"):
+            dev.run(x, repeats=1)
+        assert dev.stats["measurements"] == 3 and dev.stats["written_behind"] == 3
+        y = dev.run(np.full((1, 20, 64), 0.1, np.float32), repeats=2)
+    np.testing.assert_allclose(y, 6.4, atol=STEP / 2 * 1.01)
+
+
 def test_describe_is_provenance(sim_bench):
     with VisaDevice(sim_bench.resource) as dev:
         dev.program(layer(8, 16))
@@ -195,6 +211,7 @@ def test_batches_and_repeats_split_at_the_chips_limits(make_bench):
         before = bench.clock.count
         y = dev.run(x, repeats=10)                         # 3 row chunks x 3 repeat chunks (4, 4, 2)
         assert dev.stats["measurements"] == 9 and bench.clock.count - before == 9 * 8
+        assert dev.stats["written_behind"] == 8            # each one's commands sent while the last was read
         np.testing.assert_allclose(y, ideal(L, x, 10), atol=STEP / 2 * 1.01)
         x3 = inputs(5, 10, r=10)                           # 50 rows with SAMP:COUN 1 -> 8 chunks of <= 7
         np.testing.assert_allclose(dev.run(x3, repeats=10), ideal(L, x3, 10), atol=STEP / 2 * 1.01)

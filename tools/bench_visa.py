@@ -222,8 +222,8 @@ def main() -> None:
     print(f"  transfer rate       : {mb / t_bench:7.1f} MB/s over the whole pipelined run; {mb / extra:.1f} MB/s over "
           f"the sequential run's time beyond the chips' compute ({extra:.3f} s: transport, SCPI, checks, runner)")
     print(f"  raw socket, same blocks: {mb / t_raw:7.1f} MB/s ({t_raw:.3f} s)")
-    print(f"  (best of {a.trials} interleaved trials; the simulated chips run with --time-scale 0 and one torch "
-          "thread each)")
+    print(f"  (best of {a.trials} interleaved trials; the simulated chips run with --time-scale {a.time_scale:g} "
+          "and one torch thread each)")
     print(f"  retries {sum(s['retries'] for s in stats)}, clipped {sum(s['clipped'] for s in stats)}")
 
 

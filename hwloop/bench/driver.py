@@ -29,7 +29,8 @@ import socket
 import threading
 import time
 import warnings
-from contextlib import contextmanager
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -82,6 +83,22 @@ def chunks_for(rows: int, k: int, n_out: int, max_batch: int, max_repeats: int,
             for b in range(0, rows, b_step) for r in range(0, k, k_step)]
 
 
+@dataclass
+class _Job:
+    """One measurement of a run: a tile of the layer on a block of rows and repetitions."""
+
+    tile: tuple               # an entry of VisaDevice._tiles: (Tile, weights, bias, programming key)
+    xs: np.ndarray            # the inputs as sent (divided by s_x)
+    s_x: float                # the input scale (power of two, 1 when none was needed)
+    k: int                    # repetitions
+    slot: np.ndarray          # where the results go in the run's output array
+    into: np.ndarray | None   # ``slot`` itself when the block can be read straight into it
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.k, len(self.xs), self.tile[1].shape[0]
+
+
 #: values per piece of a block read (1 MB): each is checked while the next arrives
 _PIECE = 1 << 18
 
@@ -98,15 +115,18 @@ def _pow2_at_least(x: float) -> float:
 
 @contextmanager
 def _no_interrupt():
-    """Defer Ctrl-C until the transfer inside has finished, so no reply is left half-read."""
+    """Defer Ctrl-C until the transfers inside have finished, so no reply is left half-read.
+
+    Yields a list that is non-empty once Ctrl-C was pressed, so a long stream can stop early.
+    """
+    hit: list[int] = []
     if threading.current_thread() is not threading.main_thread() \
             or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield
+        yield hit
         return
-    hit = []
     old = signal.signal(signal.SIGINT, lambda *a: hit.append(1))
     try:
-        yield
+        yield hit
     finally:
         signal.signal(signal.SIGINT, old)
     if hit:
@@ -132,6 +152,7 @@ class Link:
         self.loaded: tuple | None = None       # (shape, weights CRC, activation) on the chip
         self.bias: str | None = None           # CRC of the bias on the chip
         self.verified = False                  # loaded confirmed since the last fault
+        self._writer: ThreadPoolExecutor | None = None
         self.users = 0
         self.reconnects = 0
         self.idn = ""
@@ -207,6 +228,42 @@ class Link:
         self.verified = False
         self._connect(retries)
 
+    @property
+    def can_write_behind(self) -> bool:
+        """Whether messages can be sent while replies are read: only on pyvisa-py's socket, which
+        this class drives itself (pyvisa's own read and write are not made for two threads)."""
+        return self._sock is not None
+
+    def write_behind(self, send) -> Future:
+        """Run ``send()`` (program messages) in the link's writer thread, while this one reads replies.
+
+        Two threads, because both directions carry large blocks: written from here, a block could
+        fill the socket buffers while the controller, which handles messages in order, is still
+        sending the previous reply, and neither side would read.  Settle with ``end_write``.
+        """
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="hwloop-visa-write")
+        return self._writer.submit(send)
+
+    def end_write(self, pending: Future, abort: bool) -> None:
+        """Wait for a write from ``write_behind``; raises what the write raised.
+
+        ``abort``: its replies will not be read, so cut the connection first: a writer blocked on
+        a full socket wakes up, and the next exchange fails and reconnects instead of reading them.
+        """
+        if abort:
+            self._cut()
+        try:
+            pending.result()
+        except BaseException:
+            self._cut()                     # a write that failed half-way: the stream is out of step
+            raise
+
+    def _cut(self) -> None:
+        if self._sock is not None:
+            with suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+
     def close_session(self) -> None:
         if self._res is not None:
             try:
@@ -237,12 +294,23 @@ class Link:
             raise _Retry(f"{cmd.short_header}: {e}") from None
 
     def _write(self, *parts) -> None:
-        """Send bytes: on pyvisa-py's socket directly when reachable, else through pyvisa."""
-        if self._sock is not None:
+        """Send bytes: on pyvisa-py's socket directly when reachable, else through pyvisa.
+
+        On the socket with a deadline (the timeout plus 100 ms per MB), so a controller that stops
+        reading ends in a retry, not a hang.
+        """
+        if self._sock is None:
+            self._res.write_raw(b"".join(parts))
+            return
+        wait_s = self._wait_s(self.timeout_ms)
+        if wait_s is not None:
+            wait_s += sum(memoryview(p).nbytes for p in parts) / 10e6
+        self._sock.settimeout(wait_s)
+        try:
             for part in parts:
                 self._sock.sendall(part)
-        else:
-            self._res.write_raw(b"".join(parts))
+        finally:
+            self._sock.settimeout(None)
 
     def send_queries(self, names: Sequence[str]) -> None:
         """Several queries in one write (each its own message); read their replies in order."""
@@ -401,7 +469,10 @@ class Link:
         for _ in range(scpi.ERROR_QUEUE_MAX + 1):
             self.send("error")
             line = self._read_line(scpi.COMMANDS["error"], None)
-            code, text = scpi.COMMANDS["error"].parse(line)
+            try:
+                code, text = scpi.COMMANDS["error"].parse(line)
+            except (ValueError, TypeError):
+                raise _Retry(f"SYST:ERR?: unreadable reply {line[:40]!r}") from None
             if code == 0:
                 break
             errors.append((code, text))
@@ -417,6 +488,9 @@ class Link:
         self.users -= 1
         if self.users <= 0:
             self.close_session()
+            if self._writer is not None:
+                self._writer.shutdown()
+                self._writer = None
 
 
 # -- the device ----------------------------------------------------------------------
@@ -449,7 +523,7 @@ class VisaDevice(Device):
         self.link.users += 1
         self.layer = None
         self.stats = {"measurements": 0, "retries": 0, "reprograms": 0, "clipped": 0,
-                      "bytes_sent": 0, "bytes_fetched": 0, "io_s": 0.0}
+                      "bytes_sent": 0, "bytes_fetched": 0, "io_s": 0.0, "written_behind": 0}
         self._faults: list[str] = []
         self._scratch = (np.empty(1 << 16, np.float32), np.empty(1 << 16, np.float32))   # for _check_values
         self._careful = False                 # after a failure: SYST:ERR? after every command
@@ -557,24 +631,18 @@ class VisaDevice(Device):
         # host: tiles' partial sums add up in ``out``; else one tile's measurements fill all of it
         out = (np.zeros if self._host else np.empty)((k, len(rows), self.layer.n_out), np.float32)
         lim = self.limits
+        jobs = []
         for tile in self._tiles:
             t = tile[0]
-            n_out_t = t.rows.stop - t.rows.start
-            for rs, ks in chunks_for(len(rows), k, n_out_t, lim["max_batch"], lim["max_repeats"],
-                                     self.max_block_bytes):
+            for rs, ks in chunks_for(len(rows), k, t.rows.stop - t.rows.start, lim["max_batch"],
+                                     lim["max_repeats"], self.max_block_bytes):
                 xs, s_x = self._scaled_inputs(rows[rs, t.cols])
                 slot = out[ks, rs, t.rows]
-                into = slot if not self._host and slot.flags.c_contiguous else None
-                y = self._retrying(lambda: self._measure(tile, xs, ks.stop - ks.start, s_x, into),
-                                   f"measurement of layer {self.layer.name!r}")
-                scale = np.float32(s_x * self._s_w)
-                if into is not None:
-                    if scale != 1:
-                        slot *= scale
-                elif self._host:
-                    slot += y * scale if scale != 1 else y
-                else:
-                    slot[...] = y * scale if scale != 1 else y
+                jobs.append(_Job(tile, xs, s_x, ks.stop - ks.start, slot,
+                                 slot if not self._host and slot.flags.c_contiguous else None))
+        done = [0]
+        self._retrying(lambda: self._measure_jobs(jobs, done), f"measurement of layer {self.layer.name!r}",
+                       progress=lambda: done[0])
         if self._host:
             out += self._bias
             out = activate(self.layer.activation, out)
@@ -594,65 +662,128 @@ class VisaDevice(Device):
         s = _pow2_at_least(need)
         return np.ascontiguousarray(xs / np.float32(s)), s
 
-    def _measure(self, tile, xs: np.ndarray, k: int, s_x: float, into: np.ndarray | None = None) -> np.ndarray:
-        """One measurement: INP, SAMP:COUN, INIT, then *OPC?, FETC:SHAP?, FETC?, STAT:QUES:COND?, SYST:ERR?.
+    def _measure_jobs(self, jobs: list[_Job], done: list[int]) -> None:
+        """Measure ``jobs[done[0]:]`` in order, storing each result and advancing ``done[0]``.
 
-        The fetched block is read into ``into`` (shape (k, len(xs), n_out)) when given.
-
-        Normally the five queries go out in one write and their replies are read in order (one
-        round trip).  After a failure (``self._careful``) every command is followed by its own
-        ``SYST:ERR?``, so an error that persists is reported with the command that caused it.
+        A measurement is INP, SAMP:COUN, INIT, then the queries *OPC?, FETC:SHAP?, FETC?,
+        STAT:QUES:COND? and SYST:ERR? written together, their replies read in order: one round
+        trip.  Measurements of the same tile are streamed: the next one's messages are written
+        (from the link's writer thread) while this one's replies are read, so the controller,
+        which handles messages in order, finds its next input waiting as soon as it has sent this
+        result; ``INPut`` clears a measurement only after its ``FETCh?`` was answered.  Programming
+        a tile waits until nothing is in flight.  After a failure (``_careful``) the first
+        measurement is made command by command instead, each followed by ``SYST:ERR?``, so an
+        error that persists is reported with the command that caused it.
         """
+        with _no_interrupt() as interrupted:
+            while done[0] < len(jobs) and not interrupted:
+                job = jobs[done[0]]
+                if self._careful:
+                    self._store(job, self._measure_carefully(job))
+                    done[0] += 1
+                    self._careful = False
+                    continue
+                self._ensure(job.tile, 1.0 if self._host else job.s_x)
+                self._write_measurement(job)
+                while job is not None:
+                    i = done[0]
+                    nxt = jobs[i + 1] if i + 1 < len(jobs) and not interrupted else None
+                    if nxt is not None and not (self.link.can_write_behind and nxt.tile is job.tile
+                                                and (self._host or nxt.s_x == job.s_x)):
+                        nxt = None                     # a different tile or bias: program first
+                    pending = None
+                    if nxt is not None:
+                        pending = self.link.write_behind(lambda j=nxt: self._write_measurement(j))
+                        self.stats["written_behind"] += 1
+                    try:
+                        self._store(job, self._read_measurement(job, more_in_flight=pending is not None))
+                    except BaseException:
+                        if pending is not None:       # its replies must never be read as others'
+                            with suppress(Exception):
+                                self.link.end_write(pending, abort=True)
+                        raise
+                    done[0] = i + 1
+                    if pending is not None:
+                        try:
+                            self.link.end_write(pending, abort=False)
+                        except (_Retry, HwloopError):
+                            raise
+                        except Exception as e:
+                            raise _Retry(f"writing the next measurement: {e}") from None
+                    job = nxt
+
+    def _write_measurement(self, job: _Job) -> None:
         link = self.link
-        self._ensure(tile, 1.0 if self._host else s_x)
-        n_out = tile[1].shape[0]
-        want = (k, len(xs), n_out)
-        opc_ms = self._timeout(20e-6 * k * len(xs))
+        link.send("input", block=job.xs)
+        link.send("count", job.k)
+        link.send("initiate")
+        link.send_queries(("opc", "fetch_shape", "fetch", "questionable", "error"))
+
+    def _read_measurement(self, job: _Job, more_in_flight: bool) -> np.ndarray:
+        """The replies of a measurement written by ``_write_measurement``, every one read, in order.
+
+        ``more_in_flight``: the next measurement's replies follow on the stream, so the error queue
+        is not drained here (the reconnect before the retry clears it)."""
+        link, want = self.link, job.shape
         t0 = time.perf_counter()
-        with _no_interrupt():
-            if self._careful:
-                for name, args, block in (("input", (), xs), ("count", (k,), None), ("initiate", (), None)):
-                    link.send(name, *args, block=block)
-                    link.check(scpi.COMMANDS[name].short_header)
-                link.query("opc", timeout_ms=opc_ms)
-                shape = link.query("fetch_shape")
-                y = (link.query_block("fetch", k * len(xs) * n_out, into, self._check_values)
-                     if tuple(shape) == want else None)
-                ques = link.query("questionable")
-                err = (0, "")
-            else:
-                link.send("input", block=xs)
-                link.send("count", k)
-                link.send("initiate")
-                link.send_queries(("opc", "fetch_shape", "fetch", "questionable", "error"))
-                opc = link.reply("opc", opc_ms)            # every reply is read, in order, whatever
-                shape = link.reply("fetch_shape")          # came before: the stream stays in step
-                y = link.block_reply("fetch", out=into if tuple(shape or ()) == want else None,
-                                     check=self._check_values)
-                ques = link.reply("questionable")
-                err = link.reply("error")
-                if err is None or err[0]:
-                    errors = [err] + link.drain() if err else []
-                    raise ScpiError("measurement (INP, SAMP:COUN, INIT, *OPC?, FETC?)", errors)
-                if opc is None:
-                    raise _Retry("*OPC?: empty reply and no error queued")
-            if shape is None or tuple(shape) != want:
-                raise _Retry(f"FETC:SHAP? {shape} != expected {want}")
-            if y is None or y.size != k * len(xs) * n_out or ques is None:
-                raise _Retry(f"FETC?: {None if y is None else y.size} values, expected {k * len(xs) * n_out}")
+        opc = link.reply("opc", self._timeout(20e-6 * job.k * len(job.xs)))
+        shape = link.reply("fetch_shape")
+        y = link.block_reply("fetch", out=job.into if tuple(shape or ()) == want else None,
+                             check=self._check_values)
+        ques = link.reply("questionable")
+        err = link.reply("error")
+        if err is None or err[0]:
+            errors = [err] + ([] if more_in_flight else link.drain()) if err else []
+            raise ScpiError("measurement (INP, SAMP:COUN, INIT, *OPC?, FETC?)", errors)
+        if opc is None:
+            raise _Retry("*OPC?: empty reply and no error queued")
+        return self._accept(job, shape, y, ques, t0)
+
+    def _measure_carefully(self, job: _Job) -> np.ndarray:
+        """One measurement with every command checked on its own (after a failure)."""
+        link, want = self.link, job.shape
+        self._ensure(job.tile, 1.0 if self._host else job.s_x)
+        t0 = time.perf_counter()
+        for name, args, block in (("input", (), job.xs), ("count", (job.k,), None), ("initiate", (), None)):
+            link.send(name, *args, block=block)
+            link.check(scpi.COMMANDS[name].short_header)
+        link.query("opc", timeout_ms=self._timeout(20e-6 * job.k * len(job.xs)))
+        shape = link.query("fetch_shape")
+        y = link.query_block("fetch", int(np.prod(want)), job.into, self._check_values) \
+            if tuple(shape) == want else None
+        return self._accept(job, shape, y, link.query("questionable"), t0)
+
+    def _accept(self, job: _Job, shape, y: np.ndarray | None, ques: int | None, t0: float) -> np.ndarray:
+        """Check a measurement's replies, count it, and act on the clip flag."""
+        want = job.shape
+        if shape is None or tuple(shape) != want:
+            raise _Retry(f"FETC:SHAP? {shape} != expected {want}")
+        if y is None or y.size != int(np.prod(want)) or ques is None:
+            raise _Retry(f"FETC?: {None if y is None else y.size} values, expected {int(np.prod(want))}")
         st = self.stats
         st["measurements"] += 1
-        st["bytes_sent"] += xs.nbytes
+        st["bytes_sent"] += job.xs.nbytes
         st["bytes_fetched"] += y.nbytes
         st["io_s"] += time.perf_counter() - t0
         if ques & scpi.QUES_CLIPPED:
-            self.stats["clipped"] += 1
+            st["clipped"] += 1
             msg = (f"layer {self.layer.name!r}: the chip's ADC clipped at {self.limits['output_range']} "
                    "(STAT:QUES:COND? bit 0)")
             if self.on_clip == "error":
                 raise DeviceError(msg + "; scale the layer down, or pass on_clip='warn' to record and go on")
-            warnings.warn(msg, stacklevel=3)
-        return y.reshape(k, len(xs), n_out)
+            warnings.warn(msg, stacklevel=4)
+        return y.reshape(want)
+
+    def _store(self, job: _Job, y: np.ndarray) -> None:
+        """Undo the scaling and put a measurement in its place (tiles' partial sums add up)."""
+        scale = np.float32(job.s_x * self._s_w)
+        if job.into is not None:
+            if scale != 1:
+                job.slot *= scale
+        elif self._host:
+            job.slot += y * scale if scale != 1 else y
+        else:
+            job.slot[...] = y * scale if scale != 1 else y
 
     def _check_values(self, y: np.ndarray) -> None:
         """Detect a garbled block: non-finite, outside the ADC range, or off the ADC grid.
@@ -679,10 +810,15 @@ class VisaDevice(Device):
                 if float(np.abs(q, out=q).max()) > 0.05:
                     raise _Retry("FETC?: values off the ADC grid (garbled block)")
 
-    def _retrying(self, attempt, what: str):
-        """Run ``attempt`` until it succeeds; on failure back off, reconnect or resync, try again."""
-        delay, last = self.backoff_s, None
-        for n in range(self.retries + 1):
+    def _retrying(self, attempt, what: str, progress=None):
+        """Run ``attempt`` until it succeeds; on failure back off, reconnect or resync, try again.
+
+        ``progress()``, when given, counts the work done so far: each step forward between two
+        failures earns a fresh set of retries (the budget is per measurement, not per run).
+        """
+        delay, last, n = self.backoff_s, None, 0
+        seen = progress() if progress else None
+        while True:
             try:
                 out = attempt()
                 self._careful = False
@@ -691,8 +827,11 @@ class VisaDevice(Device):
                 last = e
                 self._careful = True
                 self._faults.append(f"{what}: {e}")
+            if progress is not None and progress() != seen:
+                seen, n, delay = progress(), 0, self.backoff_s
             if n == self.retries:
                 break
+            n += 1
             self.stats["retries"] += 1
             time.sleep(delay)
             delay = min(2 * delay, self.max_backoff_s)
