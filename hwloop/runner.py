@@ -127,10 +127,19 @@ def run_model(model: Model | str | Path, data: Dataset | str, *,
             mem.put(layers, clean, output, clean_out)
         bar.update(1)
 
+    finished = False
     try:
         _pipeline(len(todo), len(stages) + 1, work, overlap=attrs["pipelined"])
+        finished = True
     finally:
         bar.close()
+        try:   # the devices' counters (measurements, retries, faults survived) as this session leaves them
+            attrs["devices"] = _describe_devices(model, per_layer)
+            if writer:
+                writer.update_attrs(devices=attrs["devices"])
+        except Exception:
+            if finished:
+                raise                  # after a failure, its own error is the one to report
     if writer:
         return RunResult(accuracy=writer.finish(), path=writer.path, labels=ds.y, attrs=attrs)
     layers, clean, output, clean_out = mem.arrays()
@@ -458,13 +467,17 @@ def _versions() -> dict:
     return out
 
 
+def _describe_devices(model: Model, per_layer: list[Device]) -> list[dict]:
+    return [{"layer": L.index, "name": L.name, **dev.describe()} for L, dev in zip(model.layers, per_layer)]
+
+
 def _provenance(model: Model, ds: Dataset, x: np.ndarray, per_layer: list[Device], seed: int, repeats: int,
                 batch_size: int, extra: dict | None, hash_data: bool) -> dict:
     """Everything needed to say where a run's numbers came from (and to check a resume)."""
     attrs = {
         "model_path": str(model.path.resolve()), "model_sha256": model.sha256, "data": ds.name, "n_samples": len(ds),
         "seed": int(seed), "repeats": int(repeats), "batch_size": int(batch_size),
-        "devices": [{"layer": L.index, "name": L.name, **dev.describe()} for L, dev in zip(model.layers, per_layer)],
+        "devices": _describe_devices(model, per_layer),
         "versions": dict(_versions()), "start_time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command_line": shlex.join(sys.argv),
     }

@@ -138,6 +138,18 @@ class RunWriter:
             self._a[name][sel] = value
         self._done[index] = 1   # last: the batch counts only once all its chunks are on disk
 
+    def update_attrs(self, **changes) -> None:
+        """Replace provenance keys (e.g. the devices' counters at the end of a session).
+
+        Each metadata file is replaced atomically; the consolidated copy is rewritten after.
+        """
+        attrs = json.loads(json.dumps(dict(self.attrs, **changes)))
+        self.root.attrs["hwloop"] = attrs
+        self.attrs = attrs
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "consolidated metadata is not in the v3 spec"
+            zarr.consolidate_metadata(str(self.path))
+
     def finish(self) -> np.ndarray:
         """Once every batch is done: write the per-repeat accuracy and return it."""
         acc = self._a["correct"][:].mean(axis=1)

@@ -79,6 +79,9 @@ def test_run_survives_fault(make_bench, mlp_onnx, reference, tmp_path, faults, k
     assert bench.clock.fired[kind] == 1
     assert sum(d.stats["retries"] for d in devices.values()) >= 1
     assert_same_as_reference(tmp_path / "run.zarr", reference)
+    recorded = open_run(tmp_path / "run.zarr").attrs["devices"]     # the counters as the run left them
+    assert [d["stats"] for d in recorded] == [dict(d.stats, reconnects=d.link.reconnects) for d in devices.values()]
+    assert sum(len(d.get("faults_survived", [])) for d in recorded) >= 1
     if kind == "glitch":
         assert sum(d.stats["reprograms"] for d in devices.values()) >= 1 or devices[0].link.reconnects >= 1
     if kind in ("drop", "delay"):
