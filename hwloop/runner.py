@@ -83,7 +83,7 @@ def run_model(model: Model | str | Path, data: Dataset | str, *,
     _, probe = _forward(model, x[:2], ideal.run, repeats=1)  # a bad shape (or fixed batch) fails here, storeless
     noisy = _Devices(model, per_layer, seed)   # programmed first: describe() then reports tiling etc.
     attrs = _provenance(model, ds, x, per_layer, seed, repeats, bs, provenance, hash_data=out is not None)
-    attrs["pipelined"] = bool(_can_overlap(per_layer) if pipeline is None else pipeline)
+    attrs["pipelined"] = _pipelined(per_layer, pipeline)
 
     writer = None
     if out is not None:
@@ -184,11 +184,18 @@ def resolve_devices(model: Model, devices: Device | Mapping[int, Device] | None)
     return [devices.get(k) or Emulator() for k in range(len(model.layers))]
 
 
-def _can_overlap(per_layer: list[Device]) -> bool:
-    """Pipeline the batches when a device is remote (the host would otherwise wait on it) and
-    no two layers share hardware (which would then have to switch between them)."""
-    units = [d.hardware for d in per_layer]
-    return any(d.remote for d in per_layer) and len(set(map(id, units))) == len(units)
+def _pipelined(per_layer: list[Device], asked: bool | None) -> bool:
+    """Whether to pipeline: by default when a device is remote (the host would otherwise wait on
+    it) and no two layers share hardware, which cannot work on two batches at once."""
+    first: dict[int, int] = {}
+    for k, d in enumerate(per_layer):
+        j = first.setdefault(id(d.hardware), k)
+        if j != k:
+            if asked:
+                raise HwloopError(f"cannot pipeline: layers {j} and {k} run on the same device "
+                                  f"({type(d).__name__}); give each layer its own, or pipeline=False")
+            return False
+    return any(d.remote for d in per_layer) if asked is None else asked
 
 
 def default_batch_size(model: Model, repeats: int, n: int) -> int:

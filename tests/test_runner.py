@@ -342,6 +342,8 @@ def test_pipeline_is_automatic_only_for_remote_devices_on_separate_hardware(hand
 
     assert run_model(model, digits.head(10), devices={0: Remote()}).attrs["pipelined"]
     assert not run_model(model, digits.head(10), devices=Remote()).attrs["pipelined"]   # one unit, every layer
+    with pytest.raises(HwloopError, match="cannot pipeline: layers 0 and 1 run on the same device"):
+        run_model(model, digits.head(10), devices=Remote(), pipeline=True)
 
 
 def _trace_pipeline(fail_at=None, interrupt_at=None, n_items=7, n_stages=4):
