@@ -129,7 +129,8 @@ def run_model(model: Model | str | Path, data: Dataset | str, *,
 
     finished = False
     try:
-        _pipeline(len(todo), len(stages) + 1, work, overlap=attrs["pipelined"])
+        _pipeline(len(todo), len(stages) + 1, work, overlap=attrs["pipelined"],
+                  on_interrupt=lambda: [d.interrupt() for d in per_layer])
         finished = True
     finally:
         bar.close()
@@ -295,14 +296,15 @@ def _stages(model: Model) -> list[list]:
     return stages
 
 
-def _pipeline(n_items: int, n_stages: int, work: Callable[[int, int], None], overlap: bool) -> None:
+def _pipeline(n_items: int, n_stages: int, work: Callable[[int, int], None], overlap: bool,
+              on_interrupt: Callable[[], object] = lambda: None) -> None:
     """Call ``work(stage, item)`` for every stage of every item, an item's stages in order.
 
     Without ``overlap``: item by item.  With it, a software pipeline: one thread per stage,
     each taking items in order from the stage before (at most one waiting between two stages),
     so the stages work on successive items at once.  When a stage fails, the stages after it
     finish the items they already have and the run stops with its error; Ctrl-C stops every
-    stage after its current step.
+    stage after its current step, which ``on_interrupt`` can cut short (the devices' ``interrupt``).
     """
     if not overlap:
         for i in range(n_items):
@@ -368,6 +370,7 @@ def _pipeline(n_items: int, n_stages: int, work: Callable[[int, int], None], ove
                 interrupted = True
                 for h in halted:
                     h.set()
+                on_interrupt()
     if interrupted:
         raise KeyboardInterrupt
     if errors:

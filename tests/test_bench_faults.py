@@ -157,6 +157,35 @@ def test_ctrl_c_mid_stream_ends_after_the_measurement_in_flight(make_bench):
     dev.close()
 
 
+def test_ctrl_c_cuts_a_pipelined_run_short_mid_batch(make_bench, mlp_onnx, tmp_path):
+    """Ctrl-C during a pipelined run: each chip stops after the measurement in flight, not at the
+    end of its batch (its run() is in a stage thread, so the runner tells it); the store resumes."""
+    import threading
+
+    model = load_model(mlp_onnx)
+    benches = [make_bench(max_batch=2, time_scale=5.0, seed=k) for k in range(len(model.layers))]
+    devices = {L.index: VisaDevice(benches[L.index].resource, **FAST) for L in model.layers}
+    out = tmp_path / "run.zarr"
+
+    def press_ctrl_c():       # once chip 2 is well into its first batch (about 20 commands to program)
+        while benches[2].clock.count < 20 + 8 * 12:
+            time.sleep(0.001)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    timer = threading.Thread(target=press_ctrl_c, daemon=True)
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):     # batches of 20 x 3 repeats: 30 measurements per layer
+        run_model(model, DATA, devices=devices, repeats=REPEATS, seed=0, batch_size=BATCH, out=out)
+    timer.join()
+    per_batch = [10] + [30] * (len(model.layers) - 1)
+    counts = [d.stats["measurements"] for d in devices.values()]
+    assert any(c % m for c, m in zip(counts, per_batch)), counts        # someone stopped mid-batch
+    assert all(d.stats["retries"] == 0 for d in devices.values())
+    assert not open_run(out).complete
+    run_model(model, DATA, devices=devices, repeats=REPEATS, seed=0, batch_size=BATCH, out=out, resume=True)
+    assert open_run(out).complete
+
+
 def test_random_faults_of_every_kind(make_bench, mlp_onnx, reference, tmp_path):
     faults = Faults(drop_prob=0.004, corrupt_prob=0.05, error_prob=0.004, glitch_prob=0.004)
     bench = make_bench(faults=faults, seed=3)

@@ -526,6 +526,7 @@ class VisaDevice(Device):
                       "bytes_sent": 0, "bytes_fetched": 0, "io_s": 0.0, "written_behind": 0}
         self._faults: list[str] = []
         self._scratch = (np.empty(1 << 16, np.float32), np.empty(1 << 16, np.float32))   # for _check_values
+        self._interrupted = threading.Event()     # Ctrl-C seen by the runner while run() streams
         self._careful = False                 # after a failure: SYST:ERR? after every command
         self._temperature: float | None = None
         self._closed = False
@@ -641,6 +642,7 @@ class VisaDevice(Device):
                 jobs.append(_Job(tile, xs, s_x, ks.stop - ks.start, slot,
                                  slot if not self._host and slot.flags.c_contiguous else None))
         done = [0]
+        self._interrupted.clear()
         self._retrying(lambda: self._measure_jobs(jobs, done), f"measurement of layer {self.layer.name!r}",
                        progress=lambda: done[0])
         if self._host:
@@ -675,8 +677,9 @@ class VisaDevice(Device):
         measurement is made command by command instead, each followed by ``SYST:ERR?``, so an
         error that persists is reported with the command that caused it.
         """
-        with _no_interrupt() as interrupted:
-            while done[0] < len(jobs) and not interrupted:
+        with _no_interrupt() as hit:
+            interrupted = lambda: bool(hit) or self._interrupted.is_set()   # noqa: E731
+            while done[0] < len(jobs) and not interrupted():
                 job = jobs[done[0]]
                 if self._careful:
                     self._store(job, self._measure_carefully(job))
@@ -687,7 +690,7 @@ class VisaDevice(Device):
                 self._write_measurement(job)
                 while job is not None:
                     i = done[0]
-                    nxt = jobs[i + 1] if i + 1 < len(jobs) and not interrupted else None
+                    nxt = jobs[i + 1] if i + 1 < len(jobs) and not interrupted() else None
                     if nxt is not None and not (self.link.can_write_behind and nxt.tile is job.tile
                                                 and (self._host or nxt.s_x == job.s_x)):
                         nxt = None                     # a different tile or bias: program first
@@ -711,6 +714,12 @@ class VisaDevice(Device):
                         except Exception as e:
                             raise _Retry(f"writing the next measurement: {e}") from None
                     job = nxt
+        if self._interrupted.is_set():
+            self._interrupted.clear()
+            raise KeyboardInterrupt
+
+    def interrupt(self) -> None:
+        self._interrupted.set()
 
     def _write_measurement(self, job: _Job) -> None:
         link = self.link

@@ -45,6 +45,10 @@ class Device(ABC):
     def run(self, x: np.ndarray, *, repeats: int, key: Sequence[int] = ()) -> np.ndarray:
         """Evaluate the programmed layer: x (R_in, B, n_in) -> (repeats, B, n_out) float32."""
 
+    def interrupt(self) -> None:
+        """Ctrl-C while ``run`` works in another thread (a pipelined run): end it after the
+        transfer in flight, raising KeyboardInterrupt there.  By default a run finishes first."""
+
     def describe(self) -> dict:
         """Provenance: what this device is and how it is set up (JSON-serialisable)."""
         return {"type": type(self).__name__}
