@@ -132,26 +132,38 @@ def test_streamed_measurements_survive_fault(make_bench, mlp_onnx, reference, tm
     assert_same_as_reference(tmp_path / "run.zarr", reference)
 
 
+def ctrl_c_at(bench, commands: int):
+    """Press Ctrl-C (SIGINT to this process) once ``bench`` has handled ``commands`` commands."""
+    import threading
+
+    def wait_then_press():
+        deadline = time.monotonic() + 60
+        while bench.clock.count < commands and time.monotonic() < deadline:
+            time.sleep(0.001)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    thread = threading.Thread(target=wait_then_press, daemon=True)
+    thread.start()
+    return thread
+
+
 def test_ctrl_c_mid_stream_ends_after_the_measurement_in_flight(make_bench):
     """SIGINT while a layer's measurements are streamed: KeyboardInterrupt once the measurement in
     flight is read; nothing is left half-read, so the same connection measures correctly after it."""
-    import threading
-
     from hwloop.layer import AnalogLayer
 
-    bench = make_bench(max_batch=10, time_scale=1.0)    # 20 us per evaluation: 200 us per measurement
+    bench = make_bench(max_batch=10, time_scale=5.0)    # 100 us per evaluation: 1 ms per measurement
     rng = np.random.default_rng(0)
     L = AnalogLayer(0, "fc", "Gemm", rng.normal(0, 0.3, (8, 16)).astype(np.float32),
                     np.zeros(8, np.float32), "tanh")
-    x = rng.uniform(-1, 1, (1, 4000, 16)).astype(np.float32)       # 400 measurements, about 0.5 s
+    x = rng.uniform(-1, 1, (1, 4000, 16)).astype(np.float32)       # 400 measurements of 8 commands
     dev = VisaDevice(bench.resource, **FAST)
     dev.program(L)
-    timer = threading.Timer(0.15, os.kill, (os.getpid(), signal.SIGINT))
-    timer.start()
+    presser = ctrl_c_at(bench, bench.clock.count + 8 * 50)
     with pytest.raises(KeyboardInterrupt):
         dev.run(x, repeats=1)
-    timer.join()
-    assert 0 < dev.stats["measurements"] < 400 and dev.stats["retries"] == 0
+    presser.join()
+    assert 50 <= dev.stats["measurements"] < 400 and dev.stats["retries"] == 0
     ideal = np.tanh(x[0, :50] @ L.weight.T)
     np.testing.assert_allclose(dev.run(x[:, :50], repeats=2), np.broadcast_to(ideal, (2, 50, 8)), atol=1e-3)
     dev.close()
@@ -160,23 +172,15 @@ def test_ctrl_c_mid_stream_ends_after_the_measurement_in_flight(make_bench):
 def test_ctrl_c_cuts_a_pipelined_run_short_mid_batch(make_bench, mlp_onnx, tmp_path):
     """Ctrl-C during a pipelined run: each chip stops after the measurement in flight, not at the
     end of its batch (its run() is in a stage thread, so the runner tells it); the store resumes."""
-    import threading
-
     model = load_model(mlp_onnx)
     benches = [make_bench(max_batch=2, time_scale=5.0, seed=k) for k in range(len(model.layers))]
     devices = {L.index: VisaDevice(benches[L.index].resource, **FAST) for L in model.layers}
     out = tmp_path / "run.zarr"
 
-    def press_ctrl_c():       # once chip 2 is well into its first batch (about 20 commands to program)
-        while benches[2].clock.count < 20 + 8 * 12:
-            time.sleep(0.001)
-        os.kill(os.getpid(), signal.SIGINT)
-
-    timer = threading.Thread(target=press_ctrl_c, daemon=True)
-    timer.start()
+    presser = ctrl_c_at(benches[2], 20 + 8 * 12)   # well into chip 2's first batch (~20 commands to program)
     with pytest.raises(KeyboardInterrupt):     # batches of 20 x 3 repeats: 30 measurements per layer
         run_model(model, DATA, devices=devices, repeats=REPEATS, seed=0, batch_size=BATCH, out=out)
-    timer.join()
+    presser.join()
     per_batch = [10] + [30] * (len(model.layers) - 1)
     counts = [d.stats["measurements"] for d in devices.values()]
     assert any(c % m for c, m in zip(counts, per_batch)), counts        # someone stopped mid-batch

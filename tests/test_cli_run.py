@@ -162,7 +162,8 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path, demo_onnx, capsy
     markers = killed / "batch_done" / "c"
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline and proc.poll() is None:
-        if markers.is_dir() and len(os.listdir(markers)) >= 10:
+        # finished markers only: zarr writes each as <name>.<uuid>.partial, then renames it
+        if markers.is_dir() and sum(n.isdigit() for n in os.listdir(markers)) >= 10:
             break
         time.sleep(0.005)
     os.kill(proc.pid, signal.SIGKILL)
