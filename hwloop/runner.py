@@ -41,6 +41,8 @@ from .store import LayerInfo, RunWriter
 #: default batch: the largest whose widest step (repeat x batch x values) stays under this many float32
 _BATCH_BUDGET = 2 ** 24
 _MAX_DEFAULT_BATCH = 1000
+#: a pipelined run's default batch gives each stage (analog layers + recording) at least this many
+_BATCHES_PER_STAGE = 4
 
 
 @dataclass
@@ -73,8 +75,9 @@ def run_model(model: Model | str | Path, data: Dataset | str, *,
         raise HwloopError(f"repeats must be at least 1, got {repeats}")
     x = model_input(model, ds)
     per_layer = resolve_devices(model, devices)
+    pipelined = _pipelined(per_layer, pipeline)
     n = len(ds)
-    bs = int(batch_size) if batch_size else default_batch_size(model, repeats, n)
+    bs = int(batch_size) if batch_size else default_batch_size(model, repeats, n, pipelined)
     if bs < 1:
         raise HwloopError(f"batch size must be at least 1, got {batch_size}")
     bs = min(bs, n)
@@ -83,7 +86,7 @@ def run_model(model: Model | str | Path, data: Dataset | str, *,
     _, probe = _forward(model, x[:2], ideal.run, repeats=1)  # a bad shape (or fixed batch) fails here, storeless
     noisy = _Devices(model, per_layer, seed)   # programmed first: describe() then reports tiling etc.
     attrs = _provenance(model, ds, x, per_layer, seed, repeats, bs, provenance, hash_data=out is not None)
-    attrs["pipelined"] = _pipelined(per_layer, pipeline)
+    attrs["pipelined"] = pipelined
 
     writer = None
     if out is not None:
@@ -199,10 +202,15 @@ def _pipelined(per_layer: list[Device], asked: bool | None) -> bool:
     return any(d.remote for d in per_layer) if asked is None else asked
 
 
-def default_batch_size(model: Model, repeats: int, n: int) -> int:
-    """Largest batch keeping repeat x batch x (widest step per sample) under ~64 MB of float32."""
+def default_batch_size(model: Model, repeats: int, n: int, pipelined: bool = False) -> int:
+    """Largest batch keeping repeat x batch x (widest step per sample) under ~64 MB of float32;
+    pipelined, also small enough for 4 batches per stage, so the devices spend little time
+    waiting for the pipeline to fill and drain."""
     widest = max(max(L.n_in, L.n_out) * _positions(L) for L in model.layers)
-    return max(1, min(n, _MAX_DEFAULT_BATCH, _BATCH_BUDGET // (repeats * widest)))
+    bs = min(n, _MAX_DEFAULT_BATCH, _BATCH_BUDGET // (repeats * widest))
+    if pipelined:
+        bs = min(bs, -(-n // (_BATCHES_PER_STAGE * (len(model.layers) + 1))))
+    return max(1, bs)
 
 
 def derive_seed(seed: int, index: int) -> int:

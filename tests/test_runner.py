@@ -340,7 +340,10 @@ def test_pipeline_is_automatic_only_for_remote_devices_on_separate_hardware(hand
     class Remote(Emulator):          # an emulator declared remote: the runner may overlap it
         remote = True
 
-    assert run_model(model, digits.head(10), devices={0: Remote()}).attrs["pipelined"]
+    piped = run_model(model, digits, devices={0: Remote()})
+    assert piped.attrs["pipelined"]      # and batches small enough to keep every stage busy: 4 per stage
+    stages = len(model.layers) + 1
+    assert piped.attrs["batch_size"] == -(-len(digits) // (4 * stages)) < run_model(model, digits).attrs["batch_size"]
     assert not run_model(model, digits.head(10), devices=Remote()).attrs["pipelined"]   # one unit, every layer
     with pytest.raises(HwloopError, match="cannot pipeline: layers 0 and 1 run on the same device"):
         run_model(model, digits.head(10), devices=Remote(), pipeline=True)

@@ -118,7 +118,7 @@ class Bench:
         """What a run would do (layers, devices, tiles, batches, round trips), touching no hardware."""
         n_batches = -(-n_samples // batch_size)
         assigned = self.assignment(model)
-        chips_used = [d for d in assigned.values() if d and self.devices_spec[d].kind == "chip"]
+        shared = self.shared_chips(model)
         lines = [f"bench {self.path}: {len(model.layers)} analog layers, {n_samples} samples in {n_batches} "
                  f"batches of {batch_size}, {repeats} repeats"]
         total = 0
@@ -135,7 +135,7 @@ class Bench:
             meas = sum(len(chunks_for(rows, k, t.rows.stop - t.rows.start, cap[2], cap[3],
                                       spec.options.get("max_block_bytes", VISA_OPTIONS["max_block_bytes"])))
                        for t in tiles)
-            reprogram = len(tiles) > 1 or chips_used.count(name) > 1
+            reprogram = len(tiles) > 1 or name in shared
             per_batch = meas * ROUND_TRIPS_PER_MEASUREMENT + (len(tiles) * ROUND_TRIPS_PER_PROGRAMMING if reprogram else 0)
             layer_total = per_batch * n_batches + (0 if reprogram else ROUND_TRIPS_PER_PROGRAMMING)
             total += layer_total
@@ -146,14 +146,23 @@ class Bench:
                 + (", bias+activation on the host" if len(tiles) > 1 else "")
                 + f", {meas} measurement(s) per batch, {per_batch} round trips per batch, {layer_total} in all")
         lines.append(f"  round trips to chips: {total}")
-        shared = sorted({n for n in chips_used if chips_used.count(n) > 1})
-        if chips_used and not shared:      # the runner's rule: a remote device, no hardware shared
+        if self.pipelined(model):
             lines.append("  schedule: pipelined (each layer's device works on the next batch while the "
                          "following layer's takes this one)")
         else:
             lines.append("  schedule: one batch at a time through every layer"
                          + (f" (chip {', '.join(shared)} serves several layers)" if shared else ""))
         return "\n".join(lines)
+
+    def shared_chips(self, model) -> list[str]:
+        """Chips that serve more than one layer (reprogrammed as the batches go through)."""
+        chips = [d for d in self.assignment(model).values() if d and self.devices_spec[d].kind == "chip"]
+        return sorted({d for d in chips if chips.count(d) > 1})
+
+    def pipelined(self, model) -> bool:
+        """Whether ``run_model`` will pipeline these devices: a chip is used, and none is shared."""
+        uses_chip = any(d and self.devices_spec[d].kind == "chip" for d in self.assignment(model).values())
+        return uses_chip and not self.shared_chips(model)
 
     def describe(self) -> dict:
         """Provenance: the devices and the mapping as written."""

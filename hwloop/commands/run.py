@@ -61,7 +61,8 @@ def main(args: argparse.Namespace) -> int:
         from ..bench import load_bench
 
         bench = load_bench(args.bench)
-    batch = args.batch_size or default_batch_size(model, args.repeats, len(ds))
+    batch = args.batch_size or default_batch_size(model, args.repeats, len(ds),
+                                                  pipelined=bench is not None and bench.pipelined(model))
     if args.resume and args.batch_size is None and args.out is not None and args.out.exists():
         from ..store import read_attrs
 
