@@ -273,8 +273,12 @@ class Link:
             self._res = None
 
     # -- messages ---------------------------------------------------------------
-    def send(self, name: str, *args, block: np.ndarray | None = None) -> None:
-        """A program message (no reply); ``block`` for commands that carry an array."""
+    def send(self, name: str, *args, block: np.ndarray | None = None, deadline: bool = True) -> None:
+        """A program message (no reply); ``block`` for commands that carry an array.
+
+        ``deadline=False`` for a write behind a measurement in flight: the controller reads it
+        only once that is done, however long it takes (the reader's timeout watches over it).
+        """
         cmd = scpi.COMMANDS[name]
         try:
             text = cmd.message(args if block is None else args + (None,), self.limits).encode()
@@ -282,18 +286,18 @@ class Link:
             raise HwloopError(f"{self.resource}: {cmd.short_header}: {e}") from None
         try:
             if block is None:
-                self._write(text + b"\n")
+                self._write(text + b"\n", deadline=deadline)
                 return
             payload = scpi.block_array(block, self.order)
             head = text + b" " + scpi.block_header(payload.nbytes)
             if self._sock is not None and payload.nbytes > 65536:
-                self._write(head, memoryview(payload).cast("B"), b"\n")   # no copy of the payload
+                self._write(head, memoryview(payload).cast("B"), b"\n", deadline=deadline)   # no copy
             else:
-                self._write(head + payload.tobytes() + b"\n")
+                self._write(head + payload.tobytes() + b"\n", deadline=deadline)
         except Exception as e:
             raise _Retry(f"{cmd.short_header}: {e}") from None
 
-    def _write(self, *parts) -> None:
+    def _write(self, *parts, deadline: bool = True) -> None:
         """Send bytes: on pyvisa-py's socket directly when reachable, else through pyvisa.
 
         On the socket with a deadline (the timeout plus 100 ms per MB), so a controller that stops
@@ -302,7 +306,7 @@ class Link:
         if self._sock is None:
             self._res.write_raw(b"".join(parts))
             return
-        wait_s = self._wait_s(self.timeout_ms)
+        wait_s = self._wait_s(self.timeout_ms) if deadline else None
         if wait_s is not None:
             wait_s += sum(memoryview(p).nbytes for p in parts) / 10e6
         self._sock.settimeout(wait_s)
@@ -312,11 +316,11 @@ class Link:
         finally:
             self._sock.settimeout(None)
 
-    def send_queries(self, names: Sequence[str]) -> None:
+    def send_queries(self, names: Sequence[str], deadline: bool = True) -> None:
         """Several queries in one write (each its own message); read their replies in order."""
         data = b"".join(scpi.COMMANDS[n].message((), self.limits).encode() + b"\n" for n in names)
         try:
-            self._write(data)
+            self._write(data, deadline=deadline)
         except Exception as e:
             raise _Retry(f"{', '.join(scpi.COMMANDS[n].short_header for n in names)}: {e}") from None
 
@@ -696,7 +700,7 @@ class VisaDevice(Device):
                         nxt = None                     # a different tile or bias: program first
                     pending = None
                     if nxt is not None:
-                        pending = self.link.write_behind(lambda j=nxt: self._write_measurement(j))
+                        pending = self.link.write_behind(lambda j=nxt: self._write_measurement(j, behind=True))
                         self.stats["written_behind"] += 1
                     try:
                         self._store(job, self._read_measurement(job, more_in_flight=pending is not None))
@@ -721,12 +725,12 @@ class VisaDevice(Device):
     def interrupt(self) -> None:
         self._interrupted.set()
 
-    def _write_measurement(self, job: _Job) -> None:
-        link = self.link
-        link.send("input", block=job.xs)
-        link.send("count", job.k)
-        link.send("initiate")
-        link.send_queries(("opc", "fetch_shape", "fetch", "questionable", "error"))
+    def _write_measurement(self, job: _Job, behind: bool = False) -> None:
+        link, deadline = self.link, not behind
+        link.send("input", block=job.xs, deadline=deadline)
+        link.send("count", job.k, deadline=deadline)
+        link.send("initiate", deadline=deadline)
+        link.send_queries(("opc", "fetch_shape", "fetch", "questionable", "error"), deadline=deadline)
 
     def _read_measurement(self, job: _Job, more_in_flight: bool) -> np.ndarray:
         """The replies of a measurement written by ``_write_measurement``, every one read, in order.
