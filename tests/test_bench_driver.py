@@ -46,6 +46,30 @@ def test_noise_free_chip_equals_ideal_emulator(sim_bench, act):
         assert dev.describe()["tiling"]["tiles"] == 1
 
 
+def test_plain_pyvisa_path_gives_the_same_numbers(make_bench):
+    """raw_socket=False: only pyvisa's read/write calls, the path of any non-socket VISA resource;
+    several measurements, both byte orders, blocks holding 0x0A bytes, and a dropped connection."""
+    from hwloop.bench import Faults
+
+    bench = make_bench(max_batch=7, faults=Faults(drop_after=60))
+    L = layer(6, 10, "tanh")
+    for order in ("SWAP", "NORM"):
+        with VisaDevice(bench.resource, raw_socket=False, byte_order=order, backoff_s=0.02, timeout_ms=500) as dev:
+            dev.program(L)
+            x = inputs(20, 10, seed=3)
+            np.testing.assert_allclose(dev.run(x, repeats=5), ideal(L, x, 5), atol=STEP / 2 * 1.01)
+            assert dev.stats["written_behind"] == 0 and dev.stats["measurements"] == 3
+            # a result whose float32 bytes hold 0x0A: the block's byte count, not LF, must delimit it
+            codes = np.arange(32768, 65535)
+            grid = (np.float32(-16) + codes * np.float32(STEP)).astype(np.float32)
+            value = next(v for v in grid if b"\n" in v.tobytes() and abs(v) < 0.9)
+            dev.program(AnalogLayer(1, "bias", "Gemm", np.zeros((6, 10), np.float32), np.full(6, value, np.float32),
+                                    "linear"))
+            np.testing.assert_allclose(dev.run(np.zeros((1, 3, 10), np.float32), repeats=2), value,
+                                       atol=STEP / 2 * 1.01)
+    assert bench.clock.fired["drop"] == 1
+
+
 def test_round_trips_per_batch_do_not_grow_with_batch(sim_bench):
     L = layer(16, 32)
     with VisaDevice(sim_bench.resource) as dev:

@@ -138,11 +138,13 @@ class Link:
     """A VISA session with one bench controller: message I/O, error checks, reconnects."""
 
     def __init__(self, resource: str, *, timeout_ms: int, byte_order: str = "SWAP",
-                 connect_retries: int = 5, backoff_s: float = 0.05, max_backoff_s: float = 2.0):
+                 connect_retries: int = 5, backoff_s: float = 0.05, max_backoff_s: float = 2.0,
+                 raw_socket: bool = True):
         import pyvisa
 
         self.resource = resource
         self.timeout_ms = timeout_ms
+        self.raw_socket = raw_socket
         self.order = byte_order
         self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
         self._rm = pyvisa.ResourceManager("@py")
@@ -176,6 +178,8 @@ class Link:
             self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if hasattr(session, "max_recv_size"):
                 session.max_recv_size = 1 << 20
+        if not self.raw_socket:             # pyvisa's own reads and writes, as for any other resource
+            self._sock = self._session = None
         self._res.chunk_size = 1 << 20
 
     def _connect(self, retries: int, first: bool = False) -> None:
@@ -504,12 +508,16 @@ class VisaDevice(Device):
     ``retries``: attempts after the first for each measurement and each
     (re)connection; back-off doubles from ``backoff_s`` up to ``max_backoff_s``.
     ``on_clip``: ``"error"`` (default) or ``"warn"`` when the ADC clipped.
+    ``raw_socket``: on a pyvisa-py TCP socket, move blocks on the socket itself (about ten times
+    pyvisa's read rate) and stream measurements; False: pyvisa's own calls only, as for any
+    other VISA resource (USB, GPIB, another backend), which also get that path by themselves.
     """
 
     def __init__(self, resource: str, *, timeout_ms: int = 5000, scale_inputs: bool = False,
                  scale_weights: bool = False, retries: int = 5, backoff_s: float = 0.05,
                  max_backoff_s: float = 2.0, on_clip: str = "error", byte_order: str = "SWAP",
-                 max_block_bytes: int = 32 << 20, verify_grid: bool = True, link: Link | None = None):
+                 max_block_bytes: int = 32 << 20, verify_grid: bool = True, raw_socket: bool = True,
+                 link: Link | None = None):
         if on_clip not in ("error", "warn"):
             raise HwloopError(f"VisaDevice {resource}: on_clip must be 'error' or 'warn', not {on_clip!r}")
         if byte_order not in ("SWAP", "NORM"):
@@ -518,12 +526,13 @@ class VisaDevice(Device):
         self.options = dict(timeout_ms=timeout_ms, scale_inputs=scale_inputs, scale_weights=scale_weights,
                             retries=retries, backoff_s=backoff_s, max_backoff_s=max_backoff_s,
                             on_clip=on_clip, byte_order=byte_order, max_block_bytes=max_block_bytes,
-                            verify_grid=verify_grid)
+                            verify_grid=verify_grid, raw_socket=raw_socket)
         self.retries, self.backoff_s, self.max_backoff_s = retries, backoff_s, max_backoff_s
         self.scale_inputs, self.scale_weights = scale_inputs, scale_weights
         self.on_clip, self.max_block_bytes, self.verify_grid = on_clip, max_block_bytes, verify_grid
         self.link = link or Link(resource, timeout_ms=timeout_ms, byte_order=byte_order,
-                                 connect_retries=retries, backoff_s=backoff_s, max_backoff_s=max_backoff_s)
+                                 connect_retries=retries, backoff_s=backoff_s, max_backoff_s=max_backoff_s,
+                                 raw_socket=raw_socket)
         self.link.users += 1
         self.layer = None
         self.stats = {"measurements": 0, "retries": 0, "reprograms": 0, "clipped": 0,
