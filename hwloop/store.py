@@ -104,9 +104,7 @@ class RunWriter:
                 n = info.neurons
                 arr(g, "output", (R, N, n), (R, B, n), "f4", ("repeat", "sample", "neuron"), np.nan)
                 arr(g, "clean", (N, n), (B, n), "f4", ("sample", "neuron"), np.nan)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "consolidated metadata is not in the v3 spec"
-                zarr.consolidate_metadata(str(tmp))
+            _consolidate(tmp)
         return cls(path)
 
     @classmethod
@@ -146,15 +144,20 @@ class RunWriter:
         attrs = json.loads(json.dumps(dict(self.attrs, **changes)))
         self.root.attrs["hwloop"] = attrs
         self.attrs = attrs
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "consolidated metadata is not in the v3 spec"
-            zarr.consolidate_metadata(str(self.path))
+        _consolidate(self.path)
 
     def finish(self) -> np.ndarray:
         """Once every batch is done: write the per-repeat accuracy and return it."""
         acc = self._a["correct"][:].mean(axis=1)
         self._a["accuracy"][:] = acc
         return acc
+
+
+def _consolidate(path: Path) -> None:
+    """Rewrite the store's consolidated metadata (one read for xarray and open_run)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "consolidated metadata is not in the v3 spec"
+        zarr.consolidate_metadata(str(path))
 
 
 def read_attrs(path: str | Path) -> dict:
