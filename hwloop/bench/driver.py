@@ -98,6 +98,15 @@ class _Job:
     def shape(self) -> tuple[int, int, int]:
         return self.k, len(self.xs), self.tile[1].shape[0]
 
+    @property
+    def commands(self) -> tuple:
+        """Its program messages as (name, args, block): load the inputs, set the count, start."""
+        return ("input", (), self.xs), ("count", (self.k,), None), ("initiate", (), None)
+
+
+#: the queries that end a measurement, their replies read in this order
+_MEASUREMENT_QUERIES = ("opc", "fetch_shape", "fetch", "questionable", "error")
+
 
 #: values per piece of a block read (1 MB): each is checked while the next arrives
 _PIECE = 1 << 18
@@ -735,11 +744,13 @@ class VisaDevice(Device):
         self._interrupted.set()
 
     def _write_measurement(self, job: _Job, behind: bool = False) -> None:
-        link, deadline = self.link, not behind
-        link.send("input", block=job.xs, deadline=deadline)
-        link.send("count", job.k, deadline=deadline)
-        link.send("initiate", deadline=deadline)
-        link.send_queries(("opc", "fetch_shape", "fetch", "questionable", "error"), deadline=deadline)
+        for name, args, block in job.commands:
+            self.link.send(name, *args, block=block, deadline=not behind)
+        self.link.send_queries(_MEASUREMENT_QUERIES, deadline=not behind)
+
+    def _opc_timeout(self, job: _Job) -> int:
+        """``*OPC?`` waits for the whole measurement: 20 us per evaluation at the manual's timing."""
+        return self._timeout(20e-6 * job.k * len(job.xs))
 
     def _read_measurement(self, job: _Job, more_in_flight: bool) -> np.ndarray:
         """The replies of a measurement written by ``_write_measurement``, every one read, in order.
@@ -748,7 +759,7 @@ class VisaDevice(Device):
         is not drained here (the reconnect before the retry clears it)."""
         link, want = self.link, job.shape
         t0 = time.perf_counter()
-        opc = link.reply("opc", self._timeout(20e-6 * job.k * len(job.xs)))
+        opc = link.reply("opc", self._opc_timeout(job))
         shape = link.reply("fetch_shape")
         y = link.block_reply("fetch", out=job.into if tuple(shape or ()) == want else None,
                              check=self._check_values)
@@ -766,10 +777,10 @@ class VisaDevice(Device):
         link, want = self.link, job.shape
         self._ensure(job.tile, 1.0 if self._host else job.s_x)
         t0 = time.perf_counter()
-        for name, args, block in (("input", (), job.xs), ("count", (job.k,), None), ("initiate", (), None)):
+        for name, args, block in job.commands:
             link.send(name, *args, block=block)
             link.check(scpi.COMMANDS[name].short_header)
-        link.query("opc", timeout_ms=self._timeout(20e-6 * job.k * len(job.xs)))
+        link.query("opc", timeout_ms=self._opc_timeout(job))
         shape = link.query("fetch_shape")
         y = link.query_block("fetch", int(np.prod(want)), job.into, self._check_values) \
             if tuple(shape) == want else None
