@@ -1,6 +1,7 @@
 """The neurons' transfer function per activation mode, and where the noise sits (before or after it).
 
-See ``TransferFit`` and ``PlacementFit`` and docs/calibration.md.
+See ``TransferFit`` and ``PlacementFit`` and docs/calibration.md; the choice among
+transfer-function families is ``hwloop.calibration.families``.
 """
 
 from __future__ import annotations
@@ -9,28 +10,25 @@ import numpy as np
 
 from typing import TYPE_CHECKING
 
-from ..layer import response
+from .families import FAMILIES, HOMOGENEOUS, fit_family, select_family
 from .groups import _clipped, _quiet, groups
 
 if TYPE_CHECKING:
     from .noise import NoiseFit
 
 # -- transfer function ----------------------------------------------------------------
-#: candidate families, tried in this order (the first wins a tie), each f(a) in float64 on a copy
-FAMILIES = {name: (lambda a, name=name: response(name, np.array(a, dtype=np.float64)))
-            for name in ("sigmoid", "tanh", "relu", "linear", "sin2", "exp_sat")}
-
-
 class TransferFit:
     """Which transfer function each activation mode really has, its slope and its saturation.
 
     The mean curve over neurons, less the mean offset and divided by the mean
     gain's static part (``gain``: 1 unless the linear mode showed otherwise),
-    is compared with
-    ``scale * f(slope * a)`` for every family in ``FAMILIES`` (least squares);
-    the best family wins.  Learned per mode: ``results_[mode] = {function,
-    slope, scale, slope_stderr, scale_stderr, rms}``; ``saturation`` is the
-    largest output the fitted curve reaches (``scale`` for sigmoid/tanh).
+    is fitted with ``scale * f(slope * a)`` for every family in ``FAMILIES``;
+    ``hwloop.calibration.families.select_family`` chooses among them with a
+    criterion that penalises flexibility and flags degenerate fits.  Learned
+    per mode: ``results_[mode] = {function, slope, scale, slope_stderr,
+    scale_stderr, offset, rms, chi2, saturation, note, candidates}``;
+    ``saturation`` is the largest output the fitted curve reaches (``scale``
+    for sigmoid/tanh); ``candidates`` every family's fit quality and status.
 
     ``pre_var(a)``: when the noise sits before the transfer function, the
     variance of the noisy pre-activation at ``a``; the mean curve is then
@@ -52,69 +50,38 @@ class TransferFit:
         self.results_, self.curves_ = {}, {}
         modes = sorted({b.probe.activation for b in measurements.blocks if b.probe.kind == "act"})
         for mode in modes:
-            gs = [g for g in groups(measurements, kinds=("act",), activation=mode)
-                  if not _clipped(g.y, self.output_range, self.step)]
-            if len(gs) < 4:
+            curve = self._curve(measurements, mode)
+            if curve is None:
                 continue
-            a = np.array([g.level for g in gs])
-            h = np.array([(np.mean(g.y) - self.offset) / self.gain for g in gs])
-            # error of the neuron-averaged mean: the common-mode noise does not average out over neurons
-            err = np.array([np.sqrt(np.var(g.y.mean(1), ddof=1) / len(g.y)) for g in gs])
-            # a (nearly) noiseless level reads one ADC code: its mean is off by up to half a step
-            quiet = _quiet([np.mean(g.y.var(0)) for g in gs], self.step)
-            err = np.maximum(np.where(quiet, np.maximum(err, self.step / np.sqrt(12)), err), 1e-9)
-            best = None
-            for fam, f in FAMILIES.items():
-                sd = np.sqrt(np.maximum(self.pre_var(a), 0.0)) if self.pre_var is not None else np.zeros_like(a)
-                r = _fit_family(f, fam in ("relu", "linear"), a, h, err, self.offset_sem, sd)
-                if r is not None and (best is None or r["rms"] < best["rms"]):
-                    best = dict(r, function=fam)
-                    best["scale_stderr"] = float(np.hypot(r["scale_stderr"], self.gain_sem * r["scale"]))
-                    if fam in ("relu", "linear"):
-                        best["slope_stderr"] = float(np.hypot(r["slope_stderr"], self.gain_sem * r["slope"]))
-            if best is not None:
-                self.curves_[mode] = (a, h, err)
-                best["saturation"] = float(best["scale"] * np.max(np.abs(FAMILIES[best["function"]](best["slope"] * a))))
-                self.results_[mode] = best
+            a, h, err = curve
+            sd = np.sqrt(np.maximum(self.pre_var(a), 0.0)) if self.pre_var is not None else None
+            fits = {fam: r for fam in FAMILIES if (r := fit_family(fam, a, h, err, self.offset_sem, sd)) is not None}
+            if not fits:
+                continue
+            fam, candidates, note = select_family(mode, fits)
+            best = dict(fits[fam], function=fam, note=note, candidates=candidates)
+            best["scale_stderr"] = float(np.hypot(best["scale_stderr"], self.gain_sem * best["scale"]))
+            if fam in HOMOGENEOUS:
+                best["slope_stderr"] = float(np.hypot(best["slope_stderr"], self.gain_sem * best["slope"]))
+            best["saturation"] = float(best["scale"] * np.max(np.abs(FAMILIES[fam](best["slope"] * a))))
+            self.curves_[mode] = (a, h, err)
+            self.results_[mode] = best
         return self
 
-
-def _fit_family(f, one_param: bool, a, h, err, offset_sem: float, sd=None) -> dict | None:
-    """Least squares of ``scale * f(slope * a) + c`` to the curve ``h`` (averaged over ``a + sd * z`` when sd).
-
-    ``c`` absorbs the difference between this programming's mean offset and the
-    linear mode's (chips may draw offsets anew at each programming); it is held
-    near 0 by a Gaussian prior of width ``offset_sem``, without which tanh and
-    a shifted sigmoid could not be told apart.  relu/linear: ``scale * slope``
-    is one parameter (reported as the slope).
-    """
-    from scipy.optimize import least_squares
-
-    z, wz = np.polynomial.hermite_e.hermegauss(15)
-    wz = wz / wz.sum()
-    pts = a[:, None] + (np.zeros_like(a) if sd is None else sd)[:, None] * z[None, :]   # (levels, nodes)
-
-    def model(p):
-        if one_param:
-            return p[0] * (f(pts) @ wz) + p[1]
-        return p[0] * (f(p[1] * pts) @ wz) + p[2]
-
-    def resid(p):
-        return np.append((model(p) - h) / err, p[-1] / offset_sem)
-
-    p0 = [1.0, 0.0] if one_param else [1.0, 1.0, 0.0]
-    try:
-        r = least_squares(resid, p0, method="lm", max_nfev=400)
-        cov = np.linalg.inv(r.jac.T @ r.jac)
-    except (ValueError, np.linalg.LinAlgError):
-        return None
-    se = np.sqrt(np.clip(np.diag(cov), 0, None))
-    rms = float(np.sqrt(np.mean(((model(r.x) - h) / err) ** 2)))
-    if one_param:
-        return dict(slope=float(r.x[0]), scale=1.0, slope_stderr=float(se[0]), scale_stderr=0.0,
-                    offset=float(r.x[1]), rms=rms)
-    return dict(slope=float(r.x[1]), scale=float(r.x[0]), slope_stderr=float(se[1]), scale_stderr=float(se[0]),
-                offset=float(r.x[2]), rms=rms)
+    def _curve(self, measurements, mode: str):
+        """Levels, neuron-averaged outputs (offset removed, per unit gain) and their errors; None if < 4 levels."""
+        gs = [g for g in groups(measurements, kinds=("act",), activation=mode)
+              if not _clipped(g.y, self.output_range, self.step)]
+        if len(gs) < 4:
+            return None
+        a = np.array([g.level for g in gs])
+        h = np.array([(np.mean(g.y) - self.offset) / self.gain for g in gs])
+        # error of the neuron-averaged mean: the common-mode noise does not average out over neurons
+        err = np.array([np.sqrt(np.var(g.y.mean(1), ddof=1) / len(g.y)) for g in gs])
+        # a (nearly) noiseless level reads one ADC code: its mean is off by up to half a step
+        quiet = _quiet([np.mean(g.y.var(0)) for g in gs], self.step)
+        err = np.maximum(np.where(quiet, np.maximum(err, self.step / np.sqrt(12)), err), 1e-9)
+        return a, h, err
 
 
 # -- placement ------------------------------------------------------------------------

@@ -85,7 +85,11 @@ def _summary(prof, fit, out: Path, report: Path | None) -> None:
           f"clipped {100 * adc.clip_fraction_:.3g}%")
     for mode, r in fit.transfer.results_.items():
         print(f"  {mode}: behaves as {r['function']} slope {r['slope']:.4g} +- {r['slope_stderr']:.2g}, "
-              f"scale {r['scale']:.4g} +- {r['scale_stderr']:.2g}")
+              f"scale {r['scale']:.4g} +- {r['scale_stderr']:.2g}  ({r['note']})")
+        others = sorted((c["delta_qaic"], fam) for fam, c in r["candidates"].items() if fam != r["function"])
+        print("    competing families (quasi-AIC above the chosen): "
+              + ", ".join(f"{fam} +{d:.3g}" + ("" if r["candidates"][fam]["status"] == "fits worse"
+                                                 else f" [{r['candidates'][fam]['status']}]") for d, fam in others))
     print(f"  noise placement: {fit.placement.placement_}"
           + ("" if fit.placement.identified_ else " (default: no saturating activation to tell)"))
     if fit.drift.significant_:
