@@ -30,9 +30,18 @@ import numpy as np
 
 from ..layer import response
 
+
+
+def _family(name: str):
+    if name == "sigmoid":   # scipy's: the model's (torch) pays a call overhead the many small fits notice
+        from scipy.special import expit
+
+        return lambda a: expit(np.asarray(a, dtype=np.float64))
+    return lambda a: response(name, np.array(a, dtype=np.float64))
+
+
 #: candidate families, each f(a) in float64 on a copy
-FAMILIES = {name: (lambda a, name=name: response(name, np.array(a, dtype=np.float64)))
-            for name in ("sigmoid", "tanh", "relu", "linear", "sin2", "exp_sat")}
+FAMILIES = {name: _family(name) for name in ("sigmoid", "tanh", "relu", "linear", "sin2", "exp_sat")}
 #: families whose scale and slope are one parameter (f(c a) = c f(a)): fitted as slope and offset only
 HOMOGENEOUS = ("relu", "linear")
 #: a family that becomes another at a parameter limit (slope -> 0 with scale * slope fixed)

@@ -6,6 +6,10 @@ calibration store (--store, default: next to --out) that survives a kill:
 continue it with --resume; fit it again without the chip with --refit CAL.zarr.
 The profile written to --out is a normal device profile: run a model on the
 chip's twin with `hwloop run MODEL --profile PROFILE.yaml`.
+
+`hwloop calibrate diff OLD.yaml NEW.yaml` compares two calibrations of one chip
+term by term with their standard errors and says which changes are
+significant (exit 0: none, 1: some changed, 2: bad input).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--refit", type=Path, metavar="CAL.zarr", help="fit a finished calibration store again, "
                                                                      "without the chip")
     p.add_argument("--device", help="the chip's device name in --bench")
-    p.add_argument("--out", type=Path, required=True, help="profile to write (PROFILE.yaml)")
+    p.add_argument("--out", type=Path, help="profile to write (PROFILE.yaml; required unless 'diff')")
     p.add_argument("--budget", type=int, default=DEFAULT_BUDGET,
                    help=f"analog evaluations (repeat x sample) to spend (default: {DEFAULT_BUDGET})")
     p.add_argument("--seed", type=int, default=0, help="seed (keys an emulated chip's draws; default: 0)")
@@ -35,6 +39,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue an interrupted calibration in --store")
     mode.add_argument("--overwrite", action="store_true", help="replace an existing --store")
+    _add_diff(p)
+
+
+def _add_diff(p: argparse.ArgumentParser) -> None:
+    from ..calibration.diff import ALPHA
+
+    sub = p.add_subparsers(dest="action", metavar="diff")
+    d = sub.add_parser("diff", help="compare two calibrations of one chip term by term",
+                       description="Compare two calibrated profiles of one chip term by term, with their standard "
+                                   "errors; exit 0 when no term changed significantly, 1 when some did.")
+    d.add_argument("old", type=Path, help="earlier calibrated profile (YAML)")
+    d.add_argument("new", type=Path, help="later calibrated profile (YAML)")
+    d.add_argument("--alpha", type=float, default=ALPHA,
+                   help=f"family-wise false-alarm rate over all terms (default: {ALPHA})")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -43,6 +61,14 @@ def main(args: argparse.Namespace) -> int:
     from ..calibration import calibrate, open_chip, refit
     from ..errors import HwloopError
 
+    if getattr(args, "action", None) == "diff":
+        from ..calibration.diff import diff_files
+
+        d = diff_files(args.old, args.new, args.alpha)
+        print(d.table())
+        return 1 if d.changed else 0
+    if args.out is None:
+        raise HwloopError("calibrate: --out PROFILE.yaml is required")
     if args.out.exists() and not (args.overwrite or args.resume):
         raise HwloopError(f"{args.out}: exists (use --overwrite to replace it)")
     if args.refit:
