@@ -50,15 +50,17 @@ class ProfileDiff:
         return [r for r in self.rows if r.significant]
 
     def table(self) -> str:
-        lines = [f"{'term':<24} {'old':>12} {'+-':>9} {'new':>12} {'+-':>9} {'z':>7}  changed"]
+        lines = [f"{'term':<24} {'old':>12} {'+-':>9} {'new':>12} {'+-':>9} {'z':>7}  changed  check"]
         for r in self.rows:
             lines.append(f"{r.name:<24} {r.old:>12.5g} {r.old_se:>9.2g} {r.new:>12.5g} {r.new_se:>9.2g} "
-                         f"{r.z:>+7.2f}  {'YES' if r.significant else 'no'}{'  ' + r.note if r.note else ''}")
+                         f"{r.z:>+7.2f}  {'YES' if r.significant else 'no ':<7}  {'FAIL' if r.significant else 'pass'}"
+                         f"{'  ' + r.note if r.note else ''}")
         lines += self.notes
         n = len(self.changed)
         lines.append(f"significant: |z| > {self.threshold:.2f} (family-wise false-alarm rate {self.alpha:g} over "
                      f"{len(self.rows)} terms); {n} term{'s' if n != 1 else ''} changed"
-                     + (f": {', '.join(r.name for r in self.changed)}" if n else ""))
+                     + (f": {', '.join(r.name for r in self.changed)}" if n else "")
+                     + f"; verdict: {'FAIL' if n else 'PASS'}")
         return "\n".join(lines)
 
 
