@@ -22,6 +22,7 @@ HELP = "measure a chip and write the device profile that makes the emulator its 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..calibration.plan import DEFAULT_BUDGET
+    from ..calibration.precision import PRECISION_BUDGET
 
     src = p.add_mutually_exclusive_group()
     src.add_argument("--resource", help="VISA resource of the chip's bench controller")
@@ -30,8 +31,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                                      "without the chip")
     p.add_argument("--device", help="the chip's device name in --bench")
     p.add_argument("--out", type=Path, help="profile to write (PROFILE.yaml; required unless 'diff')")
-    p.add_argument("--budget", type=int, default=DEFAULT_BUDGET,
-                   help=f"analog evaluations (repeat x sample) to spend (default: {DEFAULT_BUDGET})")
+    p.add_argument("--budget", type=int, default=None,
+                   help=f"analog evaluations (repeat x sample) to spend (default: {DEFAULT_BUDGET}); with "
+                        f"--target-precision the most to spend (default: {PRECISION_BUDGET:,})")
+    p.add_argument("--target-precision", metavar="P", help="measure until every noise intensity's relative "
+                   "standard error is at most P (0.01 = 1%%), or per term: D_A=0.01,D_MC=0.05; the plan is "
+                   "extended sequentially, designed from the Fisher information of the current estimates")
+    p.add_argument("--max-time", type=float, metavar="SECONDS", help="--target-precision: stop extending after "
+                                                                     "this much wall time")
+    p.add_argument("--dry-run", action="store_true", help="say what would be measured and how long it takes at "
+                                                          "the chip's timing, without measuring")
     p.add_argument("--seed", type=int, default=0, help="seed (keys an emulated chip's draws; default: 0)")
     p.add_argument("--store", type=Path, help="calibration store (default: OUT with suffix .cal.zarr)")
     p.add_argument("--name", help="name written into the profile (default: calibrated-<serial>)")
@@ -58,7 +67,7 @@ def _add_diff(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..calibration import calibrate, open_chip, refit
+    from ..calibration import DEFAULT_BUDGET, calibrate, open_chip, refit
     from ..errors import HwloopError
 
     if getattr(args, "action", None) == "diff":
@@ -67,6 +76,8 @@ def main(args: argparse.Namespace) -> int:
         d = diff_files(args.old, args.new, args.alpha)
         print(d.table())
         return 1 if d.changed else 0
+    if args.dry_run:
+        return _dry_run(args, open_chip)
     if args.out is None:
         raise HwloopError("calibrate: --out PROFILE.yaml is required")
     if args.out.exists() and not (args.overwrite or args.resume):
@@ -87,12 +98,45 @@ def main(args: argparse.Namespace) -> int:
                 bar.total = total
                 bar.n = done
                 bar.refresh()
-            prof, fit, meas = calibrate(chip, args.out, store=store, budget=args.budget, seed=args.seed,
-                                        resume=args.resume, overwrite=args.overwrite, name=args.name,
+            if args.target_precision:
+                return _to_precision(args, chip, store, progress)
+            prof, fit, meas = calibrate(chip, args.out, store=store, budget=args.budget or DEFAULT_BUDGET,
+                                        seed=args.seed, resume=args.resume, overwrite=args.overwrite, name=args.name,
                                         progress=progress)
     finally:
         chip.device.close()
     _summary(prof, fit, args.out, args.report)
+    return 0
+
+
+def _to_precision(args: argparse.Namespace, chip, store: Path, progress) -> int:
+    """``--target-precision``: pilot, then designed extensions; exit 1 when a limit stopped it first."""
+    from ..calibration.precision import PRECISION_BUDGET, calibrate_to_precision
+    from ..errors import HwloopError
+
+    if args.resume:
+        raise HwloopError("calibrate: --resume is not available with --target-precision (start it again; "
+                          "the stages measured so far stay in --store)")
+    r = calibrate_to_precision(chip, args.out, store=store, targets=args.target_precision,
+                               budget=args.budget or PRECISION_BUDGET, max_seconds=args.max_time, seed=args.seed,
+                               overwrite=args.overwrite, name=args.name, progress=progress)
+    _summary(r.profile, r.fit, args.out, args.report)
+    for st in r.stages:
+        print(f"  stage {st['stage']}: {st['design']}{'' if st['levels'] is None else ' ' + str(st['levels'])}, "
+              f"{st['evaluations']:,} evaluations, {st['bench_s']:.3g} s at the chip's timing")
+    print(r.message)
+    return 0 if r.reached else 1
+
+
+def _dry_run(args: argparse.Namespace, open_chip) -> int:
+    """``--dry-run``: the plan and its bench time at the chip's timing, from what the chip reports."""
+    from ..calibration.precision import dry_run
+
+    chip = open_chip(args.resource, str(args.bench) if args.bench else None, args.device)
+    try:
+        print(dry_run(chip.info, args.target_precision, args.budget, args.seed))
+    finally:
+        chip.device.close()
     return 0
 
 
