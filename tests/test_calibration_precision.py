@@ -127,3 +127,25 @@ def test_targets_are_checked():
                      ("D_A", "D_A needs a number")):
         with pytest.raises(HwloopError, match=msg):
             parse_targets(bad)
+
+
+def test_dry_run_with_a_prior_calibration_predicts_the_cost(make_bench, tmp_path, capsys):
+    """An earlier calibration of the chip lets the dry run predict the extensions; the real run agrees."""
+    import re
+
+    from hwloop.cli import main
+
+    bench = make_bench(parse_profile(HIDDEN), seed=3, **CHIP)
+    prior = tmp_path / "prior.yaml"
+    assert main(["calibrate", "--resource", bench.resource, "--out", str(prior), "--budget", "40000"]) == 0
+    capsys.readouterr()
+    assert main(["calibrate", "--resource", bench.resource, "--dry-run", "--target-precision", "0.01",
+                 "--prior", str(prior)]) == 0
+    text = capsys.readouterr().out
+    predicted = int(re.search(r"prior calibration says: ([\d,]+) evaluations", text).group(1).replace(",", ""))
+    chip = open_chip(bench.resource)
+    try:
+        r = calibrate_to_precision(chip, tmp_path / "p.yaml", store=tmp_path / "p.zarr", targets=0.01)
+    finally:
+        chip.device.close()
+    assert r.reached and 0.67 <= r.evaluations / predicted <= 1.5, (r.evaluations, predicted)

@@ -15,7 +15,8 @@ the Fisher information of the current estimates and measured:
   it: the ends and zero of the level range, the designed plan's levels, ...)
   are scored by the evaluations needed until every requested term's predicted
   standard error ``sqrt([(I_now + n i_design)^-1]_kk)`` meets its target;
-  the cheapest is measured (10% margin), capped by the budget and time left;
+  the cheapest is measured (``MARGIN``, at least ``MIN_SHARE`` of what was spent: an error estimated
+  from the data scatters, and every extension costs a programming), capped by the budget and time left;
 - everything is refitted and checked again (the estimates move).
 
 A term the data cannot tell from zero (estimate below 2 standard errors) has
@@ -44,6 +45,8 @@ from .plan import Plan, design_plan, extension_plan
 TERMS = ("D_A", "D_M", "D_AC", "D_MC", "shot")
 _KIND = {"D_A": ("D_A", "D_AC"), "D_AC": ("D_A", "D_AC"), "D_M": ("D_M", "D_MC"), "D_MC": ("D_M", "D_MC"),
          "shot": ("shot",)}
+#: an extension measures this much more than predicted, and at least this share of what was spent so far
+MARGIN, MIN_SHARE = 1.2, 0.1
 #: the pilot's size (evaluations), unless the budget is smaller
 PILOT = 20_000
 #: the most a calibration to a stated precision spends unless told (evaluations)
@@ -166,19 +169,61 @@ def candidate_designs(base: Plan) -> dict[str, tuple[float, ...]]:
 def design_extension(fit, base: Plan, targets: dict[str, float]) -> tuple[str, tuple[float, ...], float]:
     """The cheapest candidate design and the evaluations it needs to meet every unmet target."""
     nf, go = fit.noise, fit.gain_offset
-    status = precision_status(nf, targets)
     cols = [i for i, k in enumerate(TERMS) if k != "shot" or nf.shot_fitted_]
-    cov = nf.covariance_[np.ix_(cols, cols)]
-    info_now = np.linalg.inv(cov + 1e-300 * np.eye(len(cols)))
-    need = np.array([status[TERMS[c]]["need_stderr"] if TERMS[c] in status else np.inf for c in cols])
-    q = fit.adc.quantisation_variance_
+    info_now = np.linalg.inv(nf.covariance_[np.ix_(cols, cols)] + 1e-300 * np.eye(len(cols)))
+    return _cheapest(base, info_now, _needed(nf, targets, cols), go.gain_, go.offset_, nf.intensities_,
+                     fit.adc.quantisation_variance_, cols)
+
+
+def _needed(noise, targets: dict[str, float], cols: list[int]) -> np.ndarray:
+    status = precision_status(noise, targets)
+    return np.array([status[TERMS[c]]["need_stderr"] if TERMS[c] in status else np.inf for c in cols])
+
+
+def _cheapest(base: Plan, info_now, need, gains, offsets, D: dict, q: float, cols: list[int]):
     best = ("", (), math.inf)
     for name, levels in candidate_designs(base).items():
-        info = np.mean([level_information(a, go.gain_, go.offset_, nf.intensities_, q, cols) for a in levels], 0)
+        info = np.mean([level_information(a, gains, offsets, D, q, cols) for a in levels], 0)
         n = evaluations_needed(info_now, info, need)
         if n < best[2]:
             best = (name, levels, n)
     return best
+
+
+def predict_from_prior(info, targets, prior: dict, pilot_plan: Plan, timing: Timing) -> str:
+    """The evaluations and bench time a calibration to ``targets`` will take if the chip is as ``prior`` says.
+
+    ``prior``: an earlier calibrated profile of the chip (its mapping); the pilot's information is computed
+    from its intensities, gains and ADC step, then the cheapest extension as during the calibration.
+    """
+    from types import SimpleNamespace
+
+    unc = prior.get("uncertainty") or {}
+    if "noise" not in unc:
+        raise HwloopError("--prior: not a calibrated profile (no 'uncertainty' section)")
+    shot = bool(unc.get("noise_fit", {}).get("shot_fitted"))
+    cols = [i for i, k in enumerate(TERMS) if k != "shot" or shot]
+    D = {k: float(unc["noise"].get(k, {}).get("estimate", 0.0)) for k in TERMS}
+    n = pilot_plan.n_out
+    per = prior.get("provenance", {}).get("per_neuron", {})
+    g = np.array(per["gain"], float) if len(per.get("gain", [])) == n else np.full(n, unc["gain_offset"]["mean_gain"])
+    o = np.array(per["offset"], float) if len(per.get("offset", [])) == n else np.zeros(n)
+    q = float(unc.get("adc", {}).get("step") or 0.0) ** 2 / 12
+    info_now = sum(p.repeats * level_information(a, g, o, D, q, cols)
+                   for p in pilot_plan.probes if p.kind == "level" for a in p.levels)
+    se = np.sqrt(np.diag(np.linalg.inv(info_now)))
+    noise = SimpleNamespace(intensities_=D, shot_fitted_=shot,
+                            stderr_={**dict.fromkeys(TERMS, 0.0), **{TERMS[c]: float(v) for c, v in zip(cols, se)}})
+    name, _, more = _cheapest(pilot_plan, info_now, _needed(noise, targets, cols), g, o, D, q, cols)
+    if not math.isfinite(more):
+        return "as the prior calibration says, no design reaches that precision"
+    n0 = sum(p.evaluations for p in pilot_plan.probes)
+    more = 0 if more == 0 else max(1000, math.ceil(MARGIN * more), int(MIN_SHARE * n0))
+    seconds = timing.seconds(pilot_plan) + more * timing.eval_s + (
+        timing.program_s + timing.per_weight_s * pilot_plan.n_in * pilot_plan.n_out if more else 0.0)
+    return (f"if the chip is as the prior calibration says: {n0 + more:,} evaluations (pilot {n0:,}"
+            + (f", one extension of {more:,} at the {name} levels" if more else "") + f"): {seconds:.3g} s at the "
+            "chip's timing")
 
 
 # -- the sequential calibration --------------------------------------------------------------
@@ -222,7 +267,7 @@ def calibrate_to_precision(chip, out: str | Path, *, store: str | Path, targets,
             break
         design, levels, n = design_extension(fit, base, targets)
         spent = sum(s["evaluations"] for s in stages)
-        n = max(1000, int(math.ceil(1.1 * n))) if math.isfinite(n) else budget - spent
+        n = max(1000, math.ceil(MARGIN * n), int(MIN_SHARE * spent)) if math.isfinite(n) else budget - spent
         rate = (time.monotonic() - t0) / max(1, spent)      # this bench's wall seconds per evaluation so far
         left_t = math.inf if max_seconds is None else max_seconds - (time.monotonic() - t0)
         cap = min(budget - spent, int(left_t / rate) if math.isfinite(left_t) else budget)
@@ -286,7 +331,7 @@ def _message(status, reached, why, stages, budget, max_seconds, fit, base, targe
 
 
 def dry_run(info, targets=None, budget: int | None = None, seed: int = 0, pilot: int = PILOT,
-            timing: Timing = Timing()) -> str:
+            timing: Timing = Timing(), prior: dict | None = None) -> str:
     """What a calibration will measure and how long it takes at the chip's timing, without measuring."""
     from .plan import DEFAULT_BUDGET
 
@@ -304,6 +349,7 @@ def dry_run(info, targets=None, budget: int | None = None, seed: int = 0, pilot:
     t_cap = timing.seconds(plan) + (cap - n0) * timing.eval_s + MAX_STAGES * (
         timing.program_s + timing.per_weight_s * plan.n_in * plan.n_out)
     asked = ", ".join(f"{k} {100 * v:g}%" for k, v in targets.items())
-    return (f"target precision {asked}: pilot of {n0:,} evaluations ({timing.seconds(plan):.3g} s at the chip's "
+    text = (f"target precision {asked}: pilot of {n0:,} evaluations ({timing.seconds(plan):.3g} s at the chip's "
             f"timing), then extensions designed from its estimates (their size depends on the chip's noise), "
             f"at most {cap:,} evaluations in all: at most {t_cap:.3g} s at the chip's timing")
+    return text + ("\n" + predict_from_prior(info, targets, prior, plan, timing) if prior is not None else "")

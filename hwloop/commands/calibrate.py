@@ -41,6 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                                      "this much wall time")
     p.add_argument("--dry-run", action="store_true", help="say what would be measured and how long it takes at "
                                                           "the chip's timing, without measuring")
+    p.add_argument("--prior", type=Path, metavar="PROFILE.yaml", help="--dry-run --target-precision: an earlier "
+                   "calibration of the chip, to predict the extensions too")
     p.add_argument("--seed", type=int, default=0, help="seed (keys an emulated chip's draws; default: 0)")
     p.add_argument("--store", type=Path, help="calibration store (default: OUT with suffix .cal.zarr)")
     p.add_argument("--name", help="name written into the profile (default: calibrated-<serial>)")
@@ -131,10 +133,12 @@ def _to_precision(args: argparse.Namespace, chip, store: Path, progress) -> int:
 def _dry_run(args: argparse.Namespace, open_chip) -> int:
     """``--dry-run``: the plan and its bench time at the chip's timing, from what the chip reports."""
     from ..calibration.precision import dry_run
+    from ..profiles import load_profile
 
     chip = open_chip(args.resource, str(args.bench) if args.bench else None, args.device)
     try:
-        print(dry_run(chip.info, args.target_precision, args.budget, args.seed))
+        prior = load_profile(args.prior).data if args.prior else None
+        print(dry_run(chip.info, args.target_precision, args.budget, args.seed, prior=prior))
     finally:
         chip.device.close()
     return 0
