@@ -68,6 +68,9 @@ def test_impossible_request_stops_at_the_budget_with_a_clear_message(make_bench,
     assert r.message.startswith("target precision NOT reached for ")
     assert "stopped at the budget of 40,000 evaluations" in r.message and "more evaluations" in r.message
     assert (tmp_path / "tight.yaml").exists()   # what was measured is still fitted and written
+    late = run(make_bench, tmp_path, 0.001, "late", max_seconds=0.01)   # the pilot alone takes longer
+    assert not late.reached and len(late.stages) == 1
+    assert "stopped at the time limit of 0.01 s" in late.message
 
 
 def test_fisher_information_predicts_the_fitted_errors(make_bench, tmp_path):

@@ -348,7 +348,7 @@ def dry_run(info, targets=None, budget: int | None = None, seed: int = 0, pilot:
     n0 = sum(p.evaluations for p in plan.probes)
     t_cap = timing.seconds(plan) + (cap - n0) * timing.eval_s + MAX_STAGES * (
         timing.program_s + timing.per_weight_s * plan.n_in * plan.n_out)
-    asked = ", ".join(f"{k} {100 * v:g}%" for k, v in targets.items())
+    asked = ", ".join(f"{k} {100 * v:g}%" + (" (when found)" if k == "shot" else "") for k, v in targets.items())
     text = (f"target precision {asked}: pilot of {n0:,} evaluations ({timing.seconds(plan):.3g} s at the chip's "
             f"timing), then extensions designed from its estimates (their size depends on the chip's noise), "
             f"at most {cap:,} evaluations in all: at most {t_cap:.3g} s at the chip's timing")
