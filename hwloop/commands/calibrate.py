@@ -56,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _add_diff(p: argparse.ArgumentParser) -> None:
     from ..calibration.diff import ALPHA
 
-    sub = p.add_subparsers(dest="action", metavar="diff")
+    sub = p.add_subparsers(dest="action", title="subcommand", metavar="diff OLD.yaml NEW.yaml")
     d = sub.add_parser("diff", help="compare two calibrations of one chip term by term",
                        description="Compare two calibrated profiles of one chip term by term, with their standard "
                                    "errors; exit 0 when no term changed significantly, 1 when some did.")
