@@ -43,8 +43,13 @@ def test_one_percent_on_every_intensity_is_reached(make_bench, tmp_path):
         assert nf.stderr_[k] / nf.intensities_[k] <= 0.01, (k, nf.stderr_[k] / nf.intensities_[k])
         assert abs(nf.intensities_[k] - t) <= 4 * nf.stderr_[k], (k, nf.intensities_[k], nf.stderr_[k])
     assert r.evaluations == r.measurements.evaluations
-    # the extension stages are in the store, each complete
+    # the extension stages are in the store; a refit (no chip) reads them too and gives the same profile
     assert (tmp_path / "p1.zarr" / "stages" / "1").is_dir()
+    from hwloop.calibration import refit
+
+    again, _ = refit(tmp_path / "p1.zarr", tmp_path / "again.yaml")
+    assert again.data["noise"] == r.profile.data["noise"]
+    assert again.provenance["measurements"] == r.profile.provenance["measurements"]
 
 
 def test_loose_request_costs_fewer_evaluations_than_the_fixed_plan(make_bench, tmp_path):

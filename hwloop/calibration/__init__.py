@@ -133,14 +133,16 @@ def calibrate(chip: Chip, out: str | Path, *, store: str | Path, budget: int = D
 
 
 def refit(store: str | Path, out: str | Path, name: str | None = None):
-    """Fit a completed calibration store again (no chip needed); returns ``(profile, fit)``."""
+    """Fit a completed calibration store again (no chip needed), with its ``--target-precision`` extension
+    stages (their completed blocks); returns ``(profile, fit)``."""
     from .measure import CalibrationStore
+    from .precision import with_stages
 
     cal = CalibrationStore(store)
     if not cal.complete:
         raise HwloopError(f"{store}: calibration incomplete ({int(cal.done.sum())} of {len(cal.done)} blocks); "
                           "finish it with --resume first")
-    return _fit_and_write(cal.measurements(), out, store, name)
+    return _fit_and_write(with_stages(cal.measurements(), store), out, store, name)
 
 
 def _fit_and_write(meas: Measurements, out, store, name):

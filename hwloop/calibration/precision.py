@@ -294,9 +294,12 @@ def calibrate_to_precision(chip, out: str | Path, *, store: str | Path, targets,
 
 def _measured(chip, cal, measure, progress, stage: int):
     """Measure a stage's store; its sessions are numbered apart from the other stages'."""
+    return _staged(measure(chip, cal, progress=progress), stage)
+
+
+def _staged(m, stage: int):
     from dataclasses import replace
 
-    m = measure(chip, cal, progress=progress)
     return replace(m, blocks=[replace(b, session=b.session + 1000 * stage) for b in m.blocks])
 
 
@@ -304,6 +307,16 @@ def _combined(a, b):
     from dataclasses import replace
 
     return replace(a, blocks=a.blocks + b.blocks, attrs=dict(a.attrs, stages=a.attrs.get("stages", 1) + 1))
+
+
+def with_stages(meas, store: str | Path):
+    """The measurements of a store plus those of its extension stages (``STORE/stages/<k>``), as fitted."""
+    from .measure import CalibrationStore
+
+    root = Path(store) / "stages"
+    for k in sorted(int(d.name) for d in root.iterdir() if d.name.isdigit()) if root.is_dir() else ():
+        meas = _combined(meas, _staged(CalibrationStore(root / str(k)).measurements(), k))
+    return meas
 
 
 def _stage_row(k: int, design: str, plan: Plan, meas, timing: Timing) -> dict:
