@@ -113,3 +113,13 @@ def test_cli_validate_terms(make_bench, tmp_path, capsys):
     assert "verdict: PASS" in text and "D_MC" in text
     assert main(["validate", str(out), "--resource", bench.resource]) == 2
     assert "--model is required" in capsys.readouterr().err
+
+
+def test_a_visa_chip_reports_its_capabilities_and_arguments_override_them(make_bench):
+    from hwloop.bench import VisaDevice
+
+    bench = make_bench(parse_profile(HIDDEN), max_inputs=16, max_outputs=12)
+    with VisaDevice(bench.resource) as dev:
+        assert chip_from_device(dev).info.max_outputs == 12              # from SYST:CAP?
+        chip = chip_from_device(dev, {"max_outputs": 8})
+        assert chip.info.max_outputs == 8 and chip.info.max_inputs == 16 and chip.info.idn.startswith("Lumen")

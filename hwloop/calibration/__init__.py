@@ -64,10 +64,14 @@ def chip_from_device(device, capabilities: Mapping | None = None) -> Chip:
     """
     from .measure import Chip
 
-    if hasattr(device, "limits") and hasattr(device, "link") and not capabilities:
-        return chip_from_visa(device)
-    reported = getattr(device, "capabilities", None)
-    reported = reported() if callable(reported) else reported
+    if hasattr(device, "limits") and hasattr(device, "link"):   # a VisaDevice: SCPI says it all
+        visa = chip_from_visa(device)
+        if not capabilities:
+            return visa
+        reported = visa.info.to_dict()
+    else:
+        reported = getattr(device, "capabilities", None)
+        reported = reported() if callable(reported) else reported
     where = getattr(device, "origin", None) or type(device).__name__
     merged = {**CAPABILITY_DEFAULTS, **dict(reported or {}), **dict(capabilities or {})}
     known = set(ChipInfo.__dataclass_fields__)
