@@ -77,7 +77,8 @@ def _terms(args: argparse.Namespace, profile) -> int:
     from ..calibration import open_chip
     from ..calibration.validate import validate_terms
 
-    chip = open_chip(args.resource)
+    bench = getattr(args, "bench", None)   # --bench/--device, where the command offers them
+    chip = open_chip(args.resource, str(bench) if bench else None, getattr(args, "device", None))
     try:
         d = validate_terms(profile, chip, budget=args.budget, seed=args.seed, alpha=args.alpha)
     finally:
