@@ -42,6 +42,7 @@ class CheckResult:
     clean_accuracy: float = math.nan
     layers: list[LayerSNR] = field(default_factory=list)
     method: str = "sampling"        # or "analytic"
+    not_modelled: str = ""          # analytic: profile effects the prediction leaves out
     cached: bool = False
 
     @property
@@ -91,6 +92,8 @@ class CheckResult:
         clipped = [f"{l.index}:{100 * l.clipped:.2f}%" for l in self.layers if l.clipped]
         if clipped:
             lines.append("clipped at DAC/ADC range: " + ", ".join(clipped))
+        if self.not_modelled:
+            lines.append(f"not modelled by the analytic screen: {self.not_modelled}")
         if self.cached:
             lines.append("(cached result: same model, profile, data, seed and settings)")
         return "\n".join(lines)
