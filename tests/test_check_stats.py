@@ -98,7 +98,7 @@ def test_a_wide_margin_stops_early_and_a_narrow_one_uses_more_repeats():
     wide, used_wide = gate_rates(0.80, "dataset", max_repeats=64, fixed_q=True)
     narrow, used_narrow = gate_rates(population(np.random.default_rng(999)).mean() - 0.004, "dataset",
                                      max_repeats=64, fixed_q=True)
-    assert wide["pass"] == TRIALS and used_wide == 2          # decided at the first look
+    assert wide["pass"] == TRIALS and used_wide == 4          # decided at the first look
     assert used_narrow > 2 * used_wide and narrow["fail"] <= MAX_WRONG
 
 
@@ -111,7 +111,7 @@ def test_several_bars_fail_when_any_fails_and_pass_only_when_all_pass():
     draw, obs = synthetic(population(rng), rng)
     out = run_gate(draw, obs, Bars(min_accuracy=0.99, max_flip_rate=0.9), scope="population", confidence=0.95,
                    schedule=looks(16))
-    assert out.decision == "fail" and out.bars[0].decision == "fail" and out.repeats == 2
+    assert out.decision == "fail" and out.bars[0].decision == "fail" and out.repeats == 4
 
 
 def test_variance_parts_and_floor():
@@ -124,4 +124,4 @@ def test_variance_parts_and_floor():
     flat = estimate(np.ones((3, 50)), "population", z=2.0)           # nothing moved: not claimed exact
     assert flat.se == pytest.approx(2.0 / 50)
     assert estimate(np.ones((1, 5)), "dataset").se == np.inf        # one repeat says nothing about noise
-    assert isinstance(pop, Estimate) and looks(100) == (2, 4, 8, 16, 32, 64, 100) and looks(5, sequential=False) == (5,)
+    assert isinstance(pop, Estimate) and looks(100) == (4, 8, 16, 32, 64, 100) and looks(5, sequential=False) == (5,)

@@ -157,7 +157,7 @@ def check_model(model: Model | str | os.PathLike, *, profile, data: Dataset | st
     """Check ``model`` under ``profile`` (or another target) against the bars, sequentially.
 
     ``repeats``: a fixed design, one look at exactly that many repeats;
-    otherwise looks at 2, 4, 8, ... up to ``max_repeats``, stopping at the
+    otherwise looks at 4, 8, 16, ... up to ``max_repeats``, stopping at the
     first decision.  The result's ``decision`` is pass, fail or undecided.
     """
     bars = bars or Bars(min_accuracy, max_drop, max_flip_rate, tuple(class_min), metric, max_increase)

@@ -1,7 +1,7 @@
 """CI gate: do MODELs survive the device PROFILEs?  Exit 0 pass, 1 fail, 3 undecided (2: bad input).
 
 Each model is run on the emulator under each profile, a few repeats at a
-time (2, 4, 8, ... up to --max-repeats), until every bar is decided at the
+time (4, 8, 16, ... up to --max-repeats), until every bar is decided at the
 chosen --confidence: pass when the confidence bound on the passing side
 clears the bar, fail when the other bound is beyond it, undecided when
 --max-repeats is reached first.  The bounds account for repeated noisy
