@@ -1,8 +1,10 @@
-"""The CI gate: every shipped profile runs the demo model; exit codes, JUnit XML, pytest fixture."""
+"""The CI gate end to end: every shipped profile runs the demo model; exit codes, JUnit XML, matrices on Dask,
+the analytic screen against sampling, the result cache, GitHub annotations."""
 
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 
 from hwloop.check import check_model, layer_snr_db
+from hwloop.cli import main as cli_main
 from hwloop.errors import HwloopError
 from hwloop.profiles import available_profiles
 
@@ -19,8 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted(p.stem for p in (ROOT / "device_profiles").glob("*.yaml"))
 
 
-def _cli(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "hwloop", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+def _cli(*args, cwd=ROOT, cache=None):
+    env = {**os.environ, "HWLOOP_CACHE_DIR": str(cache or Path(cwd) / ".no-cache")}
+    env.pop("GITHUB_ACTIONS", None)
+    return subprocess.run([sys.executable, "-m", "hwloop", *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          env=env)
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -61,7 +67,7 @@ def test_layer_snr_db():
 @pytest.mark.slow
 def test_cli_exit_codes_summary_and_junit(demo_onnx, tmp_path):
     ok = _cli("check", demo_onnx, "--profile", "semenova", "--data", "digits@200", "--repeats", "3",
-              "--min-accuracy", "0.5", "--junit", tmp_path / "ok.xml")
+              "--min-accuracy", "0.5", "--junit", tmp_path / "ok.xml", "--no-cache")
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.startswith("PASS") and "accuracy mean" in ok.stdout and "noisiest layer:" in ok.stdout
     suite = ET.parse(tmp_path / "ok.xml").getroot()
@@ -70,10 +76,12 @@ def test_cli_exit_codes_summary_and_junit(demo_onnx, tmp_path):
     assert props["profile"] == "semenova" and 0.5 <= float(props["accuracy_mean"]) <= 1
 
     bad = _cli("check", demo_onnx, "--profile", "semenova", "--data", "digits@200", "--repeats", "3",
-               "--min-accuracy", "0.999", "--junit", tmp_path / "bad.xml")
+               "--min-accuracy", "0.999", "--junit", tmp_path / "bad.xml", "--no-cache")
     assert bad.returncode == 1 and bad.stdout.startswith("FAIL")
     suite = ET.parse(tmp_path / "bad.xml").getroot()
-    assert suite.get("failures") == "1" and "< 0.9990" in suite.find("testcase/failure").get("message")
+    msg = suite.find("testcase/failure").get("message")
+    assert suite.get("failures") == "1" and msg.startswith("fail: accuracy 0.") and "bar >= 0.9990" in msg
+
 
     (tmp_path / "p.yaml").write_text("version: 1\nprovenance: {source: hand-written}\nnoise: {D_A: -1}\n")
     err = _cli("check", demo_onnx, "--profile", tmp_path / "p.yaml", "--min-accuracy", "0.5",
@@ -82,6 +90,27 @@ def test_cli_exit_codes_summary_and_junit(demo_onnx, tmp_path):
     assert err.stderr.strip().splitlines() == [f"hwloop check: error: {tmp_path / 'p.yaml'}:3: noise.D_A: "
                                                "must be >= 0.0 (got -1)"]
     assert not (tmp_path / "none.xml").exists()
+
+
+
+def test_cli_undecided_and_one_line_errors(demo_onnx, tmp_path, capsys):
+    """In-process (the same ``hwloop.cli.main`` as the command): exit 3 for undecided; bad names: one line, 2."""
+    # a bar that more repeats would decide, but not 4: undecided, its own exit status
+    assert cli_main(["check", str(demo_onnx), "--profile", "crossbar", "--data", "digits@200", "--max-repeats", "4",
+                     "--max-drop", "0.01", "--no-cache"]) == 3
+    out = capsys.readouterr().out
+    assert out.startswith("UNDECIDED") and "4 of at most 4 repeats" in out and "drop 0." in out
+    for args, line in [(["--profile", "semenovaa", "--max-drop", "0.1"],
+                        "hwloop check: error: profile 'semenovaa': no such file, and no profile of that name (known: "),
+                       (["--profile", "semenova"], "hwloop check: error: no bar given: use --min-accuracy"),
+                       (["--profile", "semenova", "--min-accuracy", "90"], "hwloop check: error: --min-accuracy 90.0: "
+                                                                         "must lie in [0, 1]"),
+                       (["--profile", "semenova", "--class-min", "3:0.8"], "hwloop check: error: --class-min '3:0.8'")]:
+        assert cli_main(["check", str(demo_onnx), "--no-cache", *args]) == 2
+        err = capsys.readouterr()
+        assert err.out == "" and len(err.err.splitlines()) == 1 and err.err.startswith(line), err.err
+    assert cli_main(["check", str(tmp_path / "missing.onnx"), "--profile", "semenova", "--max-drop", "0.1"]) == 2
+    assert capsys.readouterr().err == f"hwloop check: error: {tmp_path / 'missing.onnx'}: no such model file\n"
 
 
 def test_profile_override_for_a_missing_layer_is_refused(demo_onnx, tmp_path):
