@@ -16,7 +16,6 @@ import pytest
 from hwloop.check import check_model, layer_snr_db
 from hwloop.cli import main as cli_main
 from hwloop.errors import HwloopError
-from hwloop.profiles import available_profiles
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted(p.stem for p in (ROOT / "device_profiles").glob("*.yaml"))
