@@ -151,21 +151,7 @@ def run_matrix(models: Sequence[str | os.PathLike], targets: Sequence, settings:
 
 
 def _run_dask(jobs: list[Job], workers: int | None, scheduler: str | None) -> list[dict]:
-    from dask.distributed import Client, LocalCluster
+    from ..cluster import dask_client
 
-    cluster = None
-    try:
-        if scheduler:
-            client = Client(scheduler, timeout="10s")
-        else:
-            cluster = LocalCluster(n_workers=workers or 1, threads_per_worker=1, processes=True,
-                                   dashboard_address=None)
-            client = Client(cluster)
-    except Exception as e:
-        raise HwloopError(f"Dask {scheduler or 'local cluster'}: cannot start or connect ({e})") from None
-    try:
+    with dask_client(scheduler, workers) as client:
         return client.gather([client.submit(run_job, j, pure=False) for j in jobs])
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
