@@ -15,6 +15,7 @@ import pytest
 
 from hwloop.check import check_model, layer_snr_db
 from hwloop.cli import main as cli_main
+from hwloop.data import load_data
 from hwloop.errors import HwloopError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,3 +117,18 @@ def test_profile_override_for_a_missing_layer_is_refused(demo_onnx, tmp_path):
     (tmp_path / "p.yaml").write_text("version: 1\nprovenance: {source: hand-written}\nlayers:\n  fc7: {}\n")
     with pytest.raises(HwloopError, match=r"p.yaml:4: layers.fc7: no layer with this index or name"):
         check_model(demo_onnx, profile=tmp_path / "p.yaml", data="digits@20", repeats=1, min_accuracy=0.5)
+
+
+def test_looks_draw_fresh_keyed_noise_and_class_bars_use_their_samples(demo_onnx):
+    """A sequential check's first look is the fixed 4-repeat check; later looks draw other noise."""
+    kw = dict(profile="crossbar", data="digits@200", scope="dataset")
+    fixed = check_model(demo_onnx, repeats=4, max_drop=0.5, **kw)
+    # at its own accuracy, with 200 samples' sampling error: undecided at both looks
+    seq = check_model(demo_onnx, max_repeats=8, min_accuracy=fixed.mean, **{**kw, "scope": "population"})
+    assert seq.repeats == 8 and seq.decision == "undecided"
+    np.testing.assert_array_equal(seq.accuracy[:4], fixed.accuracy)
+    assert not np.array_equal(seq.accuracy[4:], seq.accuracy[:4])
+    r = check_model(demo_onnx, repeats=4, class_min=[(3, 0.5), (1, 0.999)], max_flip_rate=0.5, **kw)
+    assert [b.name for b in r.bars] == ["flip_rate", "accuracy[class 3]", "accuracy[class 1]"]
+    assert r.bars[1].estimate.units == int((load_data("digits@200").y == 3).sum())
+    assert r.decision == "fail" and r.bars[2].decision == "fail" and "accuracy[class 1]" in r.reason()

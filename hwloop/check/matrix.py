@@ -113,9 +113,13 @@ def _cached(cache: Path | None, key: str) -> CheckResult | None:
 def _store(cache: Path | None, key: str, result: CheckResult) -> None:
     if cache is None:
         return
-    cache.mkdir(parents=True, exist_ok=True)
-    with atomic_path(cache / f"{key}.json") as tmp:
-        Path(tmp).write_text(json.dumps(result.to_dict()))
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        with atomic_path(cache / f"{key}.json") as tmp:
+            Path(tmp).write_text(json.dumps(result.to_dict()))
+    except OSError as e:
+        raise HwloopError(f"{cache}: cannot write the result cache ({e.strerror or e}); "
+                          "give --cache DIR or --no-cache") from None
 
 
 def run_matrix(models: Sequence[str | os.PathLike], targets: Sequence, settings: Settings, *,
