@@ -15,9 +15,10 @@ tried from the working directory, then from the test file's folder.
 
 Options: ``--hwloop-profile P`` (repeatable; replaces the profiles of every
 marker and fixture call, e.g. for a CI matrix), ``--hwloop-repeats N`` (the
-most repeats), ``--hwloop-skip`` (skip marked tests).  ini settings:
-``hwloop_profile``, ``hwloop_data``, ``hwloop_repeats``, ``hwloop_confidence``,
-``hwloop_cache`` (a result cache folder), ``hwloop_undecided`` (fail or skip).
+most repeats, and the number of a fixed ``repeats=``), ``--hwloop-skip``
+(skip marked tests).  ini settings: ``hwloop_profile``, ``hwloop_data``,
+``hwloop_repeats``, ``hwloop_confidence``, ``hwloop_cache`` (a result cache
+folder), ``hwloop_undecided`` (fail or skip).
 
 The figures go to the report without warnings under every junit family: as
 test-case properties for xunit1/legacy, as suite properties named
@@ -103,7 +104,12 @@ def _gate(item, *, model, profile=None, **kwargs):
     if isinstance(bars.get("class_min"), dict):
         bars["class_min"] = tuple(bars["class_min"].items())
     kwargs.setdefault("data", config.getini("hwloop_data"))
-    kwargs.setdefault("max_repeats", int(config.getoption("hwloop_repeats") or config.getini("hwloop_repeats")))
+    repeats = config.getoption("hwloop_repeats")
+    if repeats is not None:        # the command line wins, over a fixed number of repeats too
+        kwargs["max_repeats"] = repeats
+        if kwargs.get("repeats") is not None:
+            kwargs["repeats"] = repeats
+    kwargs.setdefault("max_repeats", int(config.getini("hwloop_repeats")))
     kwargs.setdefault("confidence", float(config.getini("hwloop_confidence")))
     cache = config.getini("hwloop_cache") or None
     error = None

@@ -23,7 +23,7 @@ import numpy as np
 from ..data import Dataset, load_data
 from ..errors import HwloopError
 from ..files import atomic_path
-from ..graph import load_model
+from ..graph import Model, load_model
 from .bars import Bars
 from .model import Target, check_model, resolve_target
 from .result import CheckResult
@@ -122,7 +122,7 @@ def _store(cache: Path | None, key: str, result: CheckResult) -> None:
                           "give --cache DIR or --no-cache") from None
 
 
-def run_matrix(models: Sequence[str | os.PathLike], targets: Sequence, settings: Settings, *,
+def run_matrix(models: Sequence[str | os.PathLike | Model], targets: Sequence, settings: Settings, *,
                workers: int | None = None, scheduler: str | None = None,
                cache: str | os.PathLike | None = None) -> list[CheckResult]:
     """Every model on every target (models outer), in that order; ``cache``: a folder, or None for none.
@@ -132,12 +132,13 @@ def run_matrix(models: Sequence[str | os.PathLike], targets: Sequence, settings:
     """
     if not models or not targets:
         raise HwloopError("give at least one model and one --profile")
-    loaded = [load_model(m) for m in models]
+    loaded = [m if isinstance(m, Model) else load_model(m) for m in models]
     tgts = [resolve_target(t) for t in targets]
     data_sha = data_sha256(load_data(settings.data))
     cache = Path(cache) if cache is not None else None
     jobs, keys, results = [], [], []
     for path, m in zip(models, loaded):
+        path = m.path if isinstance(path, Model) else path
         for t in tgts:
             keys.append(cache_key(m.sha256, t, data_sha, settings))
             results.append(_cached(cache, keys[-1]))
