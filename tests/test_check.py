@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -22,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted(p.stem for p in (ROOT / "device_profiles").glob("*.yaml"))
 
 
-def _cli(*args, cwd=ROOT, cache=None):
-    env = {**os.environ, "HWLOOP_CACHE_DIR": str(cache or Path(cwd) / ".no-cache")}
+def _cli(*args, cwd=ROOT):
+    env = {**os.environ, "HWLOOP_CACHE_DIR": tempfile.mkdtemp(prefix="hwloop-cache-")}
     env.pop("GITHUB_ACTIONS", None)
     return subprocess.run([sys.executable, "-m", "hwloop", *map(str, args)], capture_output=True, text=True, cwd=cwd,
                           env=env)
@@ -132,3 +133,25 @@ def test_looks_draw_fresh_keyed_noise_and_class_bars_use_their_samples(demo_onnx
     assert [b.name for b in r.bars] == ["flip_rate", "accuracy[class 3]", "accuracy[class 1]"]
     assert r.bars[1].estimate.units == int((load_data("digits@200").y == 3).sum())
     assert r.decision == "fail" and r.bars[2].decision == "fail" and "accuracy[class 1]" in r.reason()
+
+
+def test_cli_matrix_writes_junit_markdown_and_uses_the_cache(demo_onnx, handbuilt_onnx, tmp_path, capsys,
+                                                              monkeypatch):
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    args = ["check", str(demo_onnx), str(handbuilt_onnx), "--profile", "semenova,optical", "--profile", "crossbar",
+            "--data", "digits@100", "--max-repeats", "4", "--max-drop", "0.3", "--min-accuracy", "0.5",
+            "--junit", str(tmp_path / "j.xml"), "--markdown", str(tmp_path / "s.md"), "--cache", str(tmp_path / "c")]
+    code = cli_main(args)
+    out = capsys.readouterr().out
+    cases = ET.parse(tmp_path / "j.xml").getroot().findall("testcase")
+    assert [c.get("name") for c in cases] == [f"{m}[{p}]" for m in ("demo.onnx", "handbuilt.onnx")
+                                              for p in ("semenova", "optical", "crossbar")]
+    table = (tmp_path / "s.md").read_text().splitlines()
+    assert len(table) == 8 and table[0].startswith("| model | profile | decision | repeats | accuracy | drop |")
+    # the demo model passes everywhere; the untrained handbuilt model (10% accuracy) fails everywhere
+    assert [c.find("failure") is None for c in cases] == [True] * 3 + [False] * 3 and code == 1
+    assert out.count("::error title=hwloop check::handbuilt.onnx[") == 3 and "::warning" not in out
+    assert all(row.split(" | ")[2] == ("✅ pass" if "demo" in row else "❌ fail") for row in table[2:])
+    assert "cached result" not in out
+    assert cli_main(args) == code and capsys.readouterr().out.count("(cached result") == 6
