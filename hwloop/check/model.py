@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -169,15 +168,15 @@ def check_model(model: Model | str | os.PathLike, *, profile, data: Dataset | st
     ds = data if isinstance(data, Dataset) else load_data(data)
     from ..runner import run_model
 
-    snr, first = _SNR(), {}
+    snr, seen = _SNR(), {"acc": []}
 
     def draw(look: int, r: int) -> np.ndarray:
         devices = target.devices(m)
         res = run_model(m, ds, devices={k: _Look(d, look) for k, d in devices.items()}, repeats=r, seed=seed,
                         batch_size=batch_size)
         snr.add(res.layers, res.clean_layers, devices)
-        first.setdefault("clean", res.clean_output)
-        first.setdefault("acc", []).append(np.asarray(res.accuracy, np.float64))
+        seen.setdefault("clean", res.clean_output)
+        seen["acc"].append(np.asarray(res.accuracy, np.float64))
         return res.output
 
     obs = _observations(m, ds, data, bars.metric, seed, batch_size)
@@ -185,8 +184,8 @@ def check_model(model: Model | str | os.PathLike, *, profile, data: Dataset | st
     return CheckResult(model=str(m.path), profile=target.name, profile_sha256=target.sha256,
                        data=data if isinstance(data, str) else ds.name, repeats=outcome.repeats, seed=seed,
                        decision=outcome.decision, bars=outcome.bars, scope=scope, confidence=confidence,
-                       max_repeats=schedule[-1], accuracy=np.concatenate(first["acc"]),
-                       clean_accuracy=float((first["clean"].argmax(axis=1) == ds.y).mean()),
+                       max_repeats=schedule[-1], accuracy=np.concatenate(seen["acc"]),
+                       clean_accuracy=float((seen["clean"].argmax(axis=1) == ds.y).mean()),
                        layers=snr.layers(m))
 
 
@@ -199,7 +198,3 @@ def _observations(m: Model, ds: Dataset, data, metric: str, seed: int, batch_siz
         return classifier_observations(ds.y, clean)
     targets = regression_targets(data, ds)
     return Observations(targets, sample_error(clean, targets, metric))
-
-
-def model_name(path: str) -> str:
-    return Path(path).name
