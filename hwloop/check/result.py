@@ -79,8 +79,10 @@ class CheckResult:
 
     def summary(self) -> str:
         conf = f"{100 * self.confidence:g}% confidence, scope {self.scope}"
+        how = (f"{self.repeats} of at most {self.max_repeats} repeats" if self.method == "sampling"
+               else "analytic screen (no sampling)")
         lines = [f"{self.decision.upper()}: {self.model} on profile {self.profile}, data {self.data}, "
-                 f"{self.repeats} of at most {self.max_repeats} repeats ({self.method}), seed {self.seed}, {conf}"]
+                 f"{how}, seed {self.seed}, {conf}"]
         lines += [f"  {bar_text(b)}: {b.decision}" for b in self.bars]
         if self.accuracy.size:
             lines.append(f"accuracy mean {self.mean:.4f}, std {self.std:.4f}, min {self.accuracy.min():.4f}, "
