@@ -97,7 +97,8 @@ def _gate(item, *, model, profile=None, **kwargs):
     unknown = set(kwargs) - set(_BAR_KEYS) - set(_SETTING_KEYS)
     if unknown:
         pytest.fail(f"hwloop: unknown argument(s) {', '.join(sorted(unknown))}", pytrace=False)
-    profiles = config.getoption("hwloop_profile") or _as_list(profile) or _as_list(config.getini("hwloop_profile"))
+    option = [p for v in config.getoption("hwloop_profile") or [] for p in _as_list(v)]
+    profiles = option or _as_list(profile) or _as_list(config.getini("hwloop_profile"))
     if not profiles:
         pytest.fail("hwloop: no profile (give profile=..., --hwloop-profile or ini hwloop_profile)", pytrace=False)
     bars = {k: kwargs.pop(k) for k in _BAR_KEYS if k in kwargs}

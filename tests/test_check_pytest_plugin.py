@@ -56,10 +56,11 @@ def test_marker_and_fixture_pass_and_fail_with_figures_and_no_warnings(project, 
 
 
 def test_options_override_repeat_and_skip(project):
-    res = project.runpytest("-p", "no:cacheprovider", "--hwloop-profile", "crossbar", "--hwloop-repeats", "4",
+    res = project.runpytest("-p", "no:cacheprovider", "--hwloop-profile", "crossbar,optical", "--hwloop-repeats", "4",
                             "-k", "survives", "-rA")
     res.assert_outcomes(passed=1)
-    assert "on profile crossbar, data digits@150, 4 of at most 4 repeats" in res.stdout.str()
+    for name in ("crossbar", "optical"):
+        assert f"on profile {name}, data digits@150, 4 of at most 4 repeats" in res.stdout.str()
     assert project.runpytest("-p", "no:cacheprovider", "--hwloop-skip", "-k", "not fixture").parseoutcomes() \
         == {"skipped": 2, "deselected": 1}
     res = project.runpytest("-p", "no:cacheprovider", "--hwloop-profile", "nosuchprofile", "-k", "survives")
