@@ -1,0 +1,112 @@
+"""Hardware-in-the-loop fine-tuning on simulated chips reached through real pyvisa over TCP.
+
+The chips hide a strong mismatch (per-neuron gain spread 10%, offsets, transfer functions other
+than the model's activations, a 6-bit ADC, noise).  Accuracies are on the 539 digits test samples;
+comparisons between two models on the same samples use the paired (McNemar) standard error.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import yaml
+
+from hwloop.bench import VisaDevice
+from hwloop.data import load_data
+from hwloop.errors import HwloopError
+from hwloop.finetune import FinetuneConfig, finetune
+from hwloop.graph import load_model
+
+pytest_plugins = ["tests.bench_fixtures"]
+
+#: what each of the demo's three chips really does (the model has sigmoid, tanh, linear)
+HIDDEN = [
+    {"transfer": {"function": "exp_sat"}, "adc": {"bits": 6, "range": [-1.0, 1.0]}},
+    {"transfer": {"function": "relu"}, "adc": {"bits": 6, "range": [-1.0, 1.0]}},
+    {"adc": {"bits": 6, "range": [-8.0, 8.0]}},
+]
+MISMATCH = {"gain_offset": {"gain": 0.1, "offset": 0.1}, "noise": {"D_A": 1.0e-4}}
+
+
+def chip_profile(k: int) -> dict:
+    return {"name": f"chip{k}", "version": 1, "provenance": {"source": "assumption"}, **MISMATCH, **HIDDEN[k]}
+
+
+def write_profile(path, data: dict):
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture
+def chips(make_bench, tmp_path, demo_onnx):
+    """Three simulated chips (one per layer of the demo), their devices, and their true per-neuron gains."""
+    from hwloop.profiles import parse_profile
+
+    model = load_model(demo_onnx)
+    benches, devices, truth = [], {}, []
+    for k, L in enumerate(model.layers):
+        bench = make_bench(parse_profile(yaml.safe_dump(chip_profile(k))), seed=11 + k, weight_range=4.0)
+        devices[k] = VisaDevice(bench.resource, on_clip="warn", timeout_ms=5000)
+        devices[k].program(L)
+        devices[k].run(np.zeros((1, 1, L.n_in), np.float32), repeats=1)   # the chip builds its layer
+        emu = bench.chip.emulator                                         # the hidden truth, for the twin
+        truth.append({"gain": emu._gain[0].tolist(), "offset": emu._offset[0].tolist()})
+        benches.append(bench)
+    yield model, benches, devices, truth
+    for d in devices.values():
+        d.close()
+
+
+def twin_file(tmp_path, truth, calibrated: bool):
+    """A bench file of profiles: the chips' physics with their per-neuron values (calibrated), or with
+    the gain and offset spread left out (mis-calibrated)."""
+    devices = {}
+    for k, t in enumerate(truth):
+        prof = chip_profile(k)
+        if calibrated:
+            prof["provenance"]["per_neuron"] = t
+        else:       # no spread, and layer 1's transfer function taken for the model's activation
+            prof.pop("gain_offset")
+            if k == 1:
+                prof.pop("transfer")
+        devices[f"t{k}"] = {"profile": str(write_profile(tmp_path / f"twin{k}.yaml", prof))}
+    doc = {"devices": devices, "layers": {k: f"t{k}" for k in range(len(truth))}}
+    return write_profile(tmp_path / ("twin.yaml" if calibrated else "bad_twin.yaml"), doc)
+
+
+def paired_se(a: np.ndarray, b: np.ndarray) -> float:
+    """Standard error of mean(a) - mean(b) for per-sample correctness on the same samples."""
+    return math.sqrt(np.sum(a != b)) / len(a)
+
+
+def onnx_correct(path, ds) -> np.ndarray:
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: ds.x})[0].argmax(1) == ds.y
+
+
+@pytest.mark.slow
+def test_hil_recovers_the_chip_and_a_miscalibrated_twin_does_not(chips, tmp_path):
+    model, benches, devices, truth = chips
+    cfg = dict(epochs=4, lr=3e-3, batch_size=64, seed=1)
+    hil = finetune(model, "digits+train", val="digits", devices=devices, twin=twin_file(tmp_path, truth, True),
+                   config=FinetuneConfig(mode="hil", **cfg), out=tmp_path / "hil.onnx").report
+    before, after = hil["accuracy_before"], hil["accuracy_after"]
+    n = hil["n_val"]
+    se = math.sqrt(before["ideal"] * (1 - before["ideal"]) / n)
+    assert before["ideal"] - before["chip"] >= 0.15, before           # the mismatch costs >= 15 points
+    assert after["chip"] >= before["ideal"] - 0.02, (before, after)   # HIL: within 2 points of the software model
+    # the tuned ONNX is a standard model: onnxruntime loads it, the graph is unchanged
+    assert [n_.op_type for n_ in load_model(tmp_path / "hil.onnx").proto.graph.node] == \
+        [n_.op_type for n_ in model.proto.graph.node]
+
+    bad = twin_file(tmp_path, truth, False)
+    twin = finetune(model, "digits+train", val="digits", devices=devices, twin=bad,
+                    config=FinetuneConfig(mode="twin", **cfg), out=tmp_path / "twin.onnx").report["accuracy_after"]
+    hil_bad = finetune(model, "digits+train", val="digits", devices=devices, twin=bad,
+                       config=FinetuneConfig(mode="hil", **cfg)).report["accuracy_after"]
+    assert hil_bad["chip"] >= before["ideal"] - 0.02, hil_bad          # HIL recovers with that twin anyway
+    se_gap = math.sqrt(sum(a * (1 - a) / n for a in (hil_bad["chip"], twin["chip"])))
+    assert hil_bad["chip"] - twin["chip"] > 2 * se_gap, (hil_bad, twin)  # the twin alone recovers less
