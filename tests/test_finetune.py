@@ -83,8 +83,12 @@ def paired_se(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def onnx_correct(path, ds) -> np.ndarray:
+    """Per-sample correctness of the ONNX file run by onnxruntime as a whole."""
+    from hwloop.runner import model_input
+
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return sess.run(None, {sess.get_inputs()[0].name: ds.x})[0].argmax(1) == ds.y
+    x = model_input(load_model(path), ds)
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0].argmax(1) == ds.y
 
 
 @pytest.mark.slow
@@ -110,3 +114,23 @@ def test_hil_recovers_the_chip_and_a_miscalibrated_twin_does_not(chips, tmp_path
     assert hil_bad["chip"] >= before["ideal"] - 0.02, hil_bad          # HIL recovers with that twin anyway
     se_gap = math.sqrt(sum(a * (1 - a) / n for a in (hil_bad["chip"], twin["chip"])))
     assert hil_bad["chip"] - twin["chip"] > 2 * se_gap, (hil_bad, twin)  # the twin alone recovers less
+
+
+def test_cnn_fine_tunes_through_pooling_and_flatten_glue(cnn_onnx, tmp_path):
+    """Only the two Convs train; their gradient has to pass MaxPool, MaxPool + Flatten and the frozen Gemm."""
+    from hwloop.devices.emulator import Emulator
+    from hwloop.profiles import parse_profile
+
+    prof = parse_profile(yaml.safe_dump({"version": 1, "provenance": {"source": "assumption"}, **MISMATCH}))
+    model = load_model(cnn_onnx)
+    assert [type(s).__name__ for s in model.steps] == ["AnalogLayer", "Glue", "AnalogLayer", "Glue", "AnalogLayer"]
+    out = tmp_path / "cnn_tuned.onnx"
+    rep = finetune(model, "digits+train", val="digits", devices={k: Emulator(prof) for k in range(3)},
+                   config=FinetuneConfig(epochs=3, lr=2e-2, layers=(0, 1)), out=out).report
+    before, after, n = rep["accuracy_before"], rep["accuracy_after"], rep["n_val"]
+    assert after["chip"] > before["chip"] + 10 * math.sqrt(0.25 / n), (before, after)
+    tuned = load_model(out)
+    assert np.array_equal(tuned.layers[2].weight, model.layers[2].weight)       # frozen
+    assert not np.allclose(tuned.layers[0].weight, model.layers[0].weight)
+    # the written graph (BatchNorm kept, new Conv weights under it) computes what was trained
+    assert abs(onnx_correct(out, load_data("digits")).mean() - after["ideal"]) <= 1 / n
