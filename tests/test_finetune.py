@@ -134,3 +134,134 @@ def test_cnn_fine_tunes_through_pooling_and_flatten_glue(cnn_onnx, tmp_path):
     assert not np.allclose(tuned.layers[0].weight, model.layers[0].weight)
     # the written graph (BatchNorm kept, new Conv weights under it) computes what was trained
     assert abs(onnx_correct(out, load_data("digits")).mean() - after["ideal"]) <= 1 / n
+
+
+def emulator_bench(tmp_path):
+    """A bench file with one emulated chip (keyed noise: a resumed run must equal an uninterrupted one)."""
+    prof = write_profile(tmp_path / "chip.yaml", chip_profile(2))
+    bench = tmp_path / "bench.yaml"
+    bench.write_text(f"devices:\n  chip: {{profile: {prof}}}\ndefault: chip\n")
+    return bench, prof
+
+
+def initializers(path) -> dict[str, bytes]:
+    import onnx
+
+    return {i.name: i.SerializeToString() for i in onnx.load(str(path)).graph.initializer}
+
+
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path, demo_onnx):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from hwloop.cli import main
+
+    bench, prof = emulator_bench(tmp_path)
+    args = ["finetune", str(demo_onnx), "--bench", str(bench), "--twin", str(prof), "--data", "digits+train@480",
+            "--val", "digits@100", "--epochs", "6", "--batch-size", "32", "--lr", "3e-3", "--seed", "5"]
+    full, killed = tmp_path / "full.onnx", tmp_path / "killed.onnx"
+    assert main([*args, "--out", str(full)]) == 0          # 6 epochs x 15 steps
+    proc = subprocess.Popen([sys.executable, "-m", "hwloop", *args, "--out", str(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "killed.onnx.ckpt.npz"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with np.load(ckpt) as z:
+                if int(z["step"]) >= 10:
+                    break
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not killed.exists()
+    with np.load(ckpt) as z:
+        assert 10 <= int(z["step"]) < 90
+    assert main([*args, "--out", str(killed), "--resume"]) == 0
+    assert initializers(killed) == initializers(full)
+    a = json.loads((tmp_path / "killed.onnx.report.json").read_text())
+    b = json.loads((tmp_path / "full.onnx.report.json").read_text())
+    assert (a["accuracy_before"], a["accuracy_after"], a["epochs"]) == (b["accuracy_before"], b["accuracy_after"],
+                                                                        b["epochs"])
+    # a checkpoint is continued only by the run that wrote it
+    assert main([*args[:-1], "6", "--out", str(killed), "--resume"]) == 2
+
+
+def tiny_model_with_round(tmp_path):
+    """x (N, 4) -> Gemm -> Relu -> Round (glue) -> Gemm -> (N, 3): Round has no useful gradient."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=s).astype(np.float32), n)
+             for n, s in (("w1", (8, 4)), ("b1", (8,)), ("w2", (3, 8)), ("b2", (3,)))]
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc1", transB=1),
+             helper.make_node("Relu", ["h"], ["r"], name="act1"),
+             helper.make_node("Round", ["r"], ["q"], name="round"),
+             helper.make_node("Gemm", ["q", "w2", "b2"], ["y"], name="fc2", transB=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], inits)
+    path = tmp_path / "round.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    np.savez(tmp_path / "d.npz", x=rng.random((30, 4)).astype(np.float32), y=rng.integers(0, 3, 30))
+    return path, f"npz:{tmp_path / 'd.npz'}"
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path, demo_onnx, capsys):
+    from hwloop.cli import main
+
+    _, prof = emulator_bench(tmp_path)
+    short = chip_profile(0)
+    short["provenance"]["per_neuron"] = {"gain": [1.0] * 5, "offset": [0.0] * 5}
+    wrong_size = write_profile(tmp_path / "short.yaml", short)
+    extra = tmp_path / "extra.yaml"
+    extra.write_text(f"devices:\n  t: {{profile: {prof}}}\nlayers:\n  0: t\n  3: t\n")
+    round_model, round_data = tiny_model_with_round(tmp_path)
+    cases = {
+        "size": (["--twin", str(wrong_size), "--mode", "twin"], "per_neuron.gain: 5 value(s), but layer 0"),
+        "count": (["--twin", str(extra), "--mode", "twin"], "no analog layer 3"),
+        "glue": (["--mode", "ideal", "--data", round_data], "node 'round' (Round): digital glue that finetune "
+                                                            "cannot differentiate"),
+        "hil without chips": ([], "mode hil needs the devices"),
+    }
+    for name, (extra_args, msg) in cases.items():
+        model = round_model if name == "glue" else demo_onnx
+        out = tmp_path / f"{name}.onnx"
+        capsys.readouterr()
+        assert main(["finetune", str(model), "--out", str(out), "--epochs", "1", *extra_args]) == 2, name
+        err = capsys.readouterr().err.strip()
+        assert msg in err and len(err.splitlines()) == 1, (name, err)
+        assert not out.exists() and not (tmp_path / f"{name}.onnx.ckpt.npz").exists(), name
+
+
+def test_chip_that_disconnects_stops_with_a_resumable_checkpoint(make_bench, tmp_path, demo_onnx):
+    from hwloop.bench import Faults
+
+    model = load_model(demo_onnx)
+    opts = dict(retries=2, backoff_s=0.01, max_backoff_s=0.02, timeout_ms=2000)
+    bad = make_bench(faults=Faults(drop_after=300, refuse_s=60), weight_range=4.0)
+    cfg = FinetuneConfig(epochs=2, batch_size=64, lr=1e-3)
+    ckpt = tmp_path / "t.ckpt.npz"
+    dev = VisaDevice(bad.resource, **opts)
+    with pytest.raises(HwloopError) as e:
+        finetune(model, "digits+train", val="digits@64", devices={0: dev}, config=cfg, checkpoint_path=ckpt)
+    dev.close()
+    msg = str(e.value)
+    assert "after 2 retries" in msg and "--resume" in msg and str(ckpt) in msg, msg
+    assert dev.stats["retries"] >= 1
+    with np.load(ckpt) as z:
+        stopped = int(z["step"])
+    assert 1 <= stopped < 40
+    good = VisaDevice(make_bench(weight_range=4.0).resource, **opts)
+    try:
+        rep = finetune(model, "digits+train", val="digits@64", devices={0: good}, config=cfg,
+                       checkpoint_path=ckpt, resume=True).report
+    finally:
+        good.close()
+    assert rep["steps"] == 40 and len(rep["epochs"]) == 2

@@ -100,7 +100,7 @@ def finetune(model: Model | str | Path, data: Dataset | str, *, val: Dataset | s
              "val": test.name, "n": len(train)}
     steps_per_epoch = -(-len(train) // config.batch_size)
     total = config.epochs * steps_per_epoch
-    t_start = time.perf_counter()
+    t_start, ckpt_s = time.perf_counter(), 0.0
     with _one_thread():
         if resume and ckpt is not None and ckpt.exists():
             start, history = checkpoint.load(ckpt, params, opt, ident)
@@ -124,7 +124,9 @@ def finetune(model: Model | str | Path, data: Dataset | str, *, val: Dataset | s
                 history["correct"].append(correct)
                 history["chip_s"].append(net.chip_s - chip_s)
                 if ckpt is not None:
+                    t_ck = time.perf_counter()
                     checkpoint.save(ckpt, step + 1, params, opt, history, ident)
+                    ckpt_s += time.perf_counter() - t_ck
                 done = history["correct"][-min(len(history["correct"]), steps_per_epoch):]
                 bar.set_postfix(loss=f"{loss:.3f}", acc=f"{sum(done) / (len(done) * config.batch_size):.3f}",
                                 chip_s=f"{sum(history['chip_s']):.1f}", refresh=False)
@@ -141,6 +143,7 @@ def finetune(model: Model | str | Path, data: Dataset | str, *, val: Dataset | s
         after = _accuracies(net, xv, test.y, devs, _AFTER)
     report = _report(model, train, test, config, trainable, history, after, steps_per_epoch, net,
                      time.perf_counter() - t_start, out)
+    report["checkpoint_s_this_session"] = ckpt_s
     if report_path is not None:
         with atomic_path(report_path) as tmp:
             tmp.write_text(json.dumps(report, indent=2) + "\n")
