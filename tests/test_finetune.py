@@ -2,7 +2,7 @@
 
 The chips hide a strong mismatch (per-neuron gain spread 10%, offsets, transfer functions other
 than the model's activations, a 6-bit ADC, noise).  Accuracies are on the 539 digits test samples;
-comparisons between two models on the same samples use the paired (McNemar) standard error.
+differences are judged against binomial standard errors of these 539 samples.
 """
 
 from __future__ import annotations
@@ -75,11 +75,6 @@ def twin_file(tmp_path, truth, calibrated: bool):
         devices[f"t{k}"] = {"profile": str(write_profile(tmp_path / f"twin{k}.yaml", prof))}
     doc = {"devices": devices, "layers": {k: f"t{k}" for k in range(len(truth))}}
     return write_profile(tmp_path / ("twin.yaml" if calibrated else "bad_twin.yaml"), doc)
-
-
-def paired_se(a: np.ndarray, b: np.ndarray) -> float:
-    """Standard error of mean(a) - mean(b) for per-sample correctness on the same samples."""
-    return math.sqrt(np.sum(a != b)) / len(a)
 
 
 def onnx_correct(path, ds) -> np.ndarray:
@@ -265,3 +260,40 @@ def test_chip_that_disconnects_stops_with_a_resumable_checkpoint(make_bench, tmp
     finally:
         good.close()
     assert rep["steps"] == 40 and len(rep["epochs"]) == 2
+
+
+@pytest.mark.parametrize("fixture", ["mlp_onnx", "mlp_dynamo_onnx", "cnn_dynamo_onnx", "mlp_bn_onnx",
+                                     "skl_mlp_onnx", "handbuilt_onnx"])
+def test_every_model_is_rebuilt_in_torch_and_written_back(fixture, request, tmp_path):
+    """Each exporter's glue in torch equals onnxruntime (checked inside finetune), and a short
+    training writes a graph that imports to the trained layers (checked inside finetune too)."""
+    path = request.getfixturevalue(fixture)
+    out = tmp_path / "tuned.onnx"
+    res = finetune(path, "digits+train@128", val="digits@64", config=FinetuneConfig(mode="ideal", epochs=1, lr=1e-2),
+                   out=out)
+    assert res.report["steps"] == 2
+    model, tuned = load_model(path), load_model(out)
+    assert [n.op_type for n in tuned.proto.graph.node] == [n.op_type for n in model.proto.graph.node]
+    assert any(not np.array_equal(a.weight, b.weight) for a, b in zip(model.layers, tuned.layers))
+
+
+def test_clamp_to_the_chip_range_regularisation_and_frozen_layers(demo_onnx):
+    from hwloop.devices.emulator import Emulator
+    from hwloop.profiles import parse_profile
+
+    prof = parse_profile(yaml.safe_dump({"version": 1, "provenance": {"source": "assumption"},
+                                         "weights": {"range": 1.0}}))
+    model = load_model(demo_onnx)
+    assert max(np.abs(L.weight).max() for L in model.layers) > 1.5
+
+    def run(**kw):
+        cfg = FinetuneConfig(mode="twin", epochs=1, lr=1e-2, **kw)
+        return finetune(model, "digits+train@256", val="digits@64", twin=None, config=cfg,
+                        devices={k: Emulator(prof) for k in range(3)})
+
+    clamped = run(clamp="chip", layers=(0, 2))
+    assert all(np.abs(clamped.weights[k]).max() <= 1.0 for k in (0, 2))
+    assert np.array_equal(clamped.weights[1], model.layers[1].weight)              # not trained
+    free, held = run(), run(reg=1e3)
+    moved = [sum(float(np.abs(w - L.weight).sum()) for w, L in zip(r.weights, model.layers)) for r in (free, held)]
+    assert moved[1] < 0.5 * moved[0], moved
