@@ -26,7 +26,7 @@ pytest_plugins = ["tests.bench_fixtures"]
 HIDDEN = [
     {"transfer": {"function": "exp_sat"}, "adc": {"bits": 6, "range": [-1.0, 1.0]}},
     {"transfer": {"function": "relu"}, "adc": {"bits": 6, "range": [-1.0, 1.0]}},
-    {"adc": {"bits": 6, "range": [-8.0, 8.0]}},
+    {"adc": {"bits": 6, "range": [-4.0, 4.0]}},
 ]
 MISMATCH = {"gain_offset": {"gain": 0.1, "offset": 0.1}, "noise": {"D_A": 1.0e-4}}
 
@@ -72,7 +72,8 @@ def twin_file(tmp_path, truth, calibrated: bool):
             prof.pop("gain_offset")
             if k == 1:
                 prof.pop("transfer")
-        devices[f"t{k}"] = {"profile": str(write_profile(tmp_path / f"twin{k}.yaml", prof))}
+        name = f"{'twin' if calibrated else 'bad_twin'}{k}.yaml"
+        devices[f"t{k}"] = {"profile": str(write_profile(tmp_path / name, prof))}
     doc = {"devices": devices, "layers": {k: f"t{k}" for k in range(len(truth))}}
     return write_profile(tmp_path / ("twin.yaml" if calibrated else "bad_twin.yaml"), doc)
 
@@ -89,13 +90,13 @@ def onnx_correct(path, ds) -> np.ndarray:
 @pytest.mark.slow
 def test_hil_recovers_the_chip_and_a_miscalibrated_twin_does_not(chips, tmp_path):
     model, benches, devices, truth = chips
-    cfg = dict(epochs=4, lr=3e-3, batch_size=64, seed=1)
+    cfg = dict(epochs=8, lr=3e-3, batch_size=64, seed=1)
     hil = finetune(model, "digits+train", val="digits", devices=devices, twin=twin_file(tmp_path, truth, True),
                    config=FinetuneConfig(mode="hil", **cfg), out=tmp_path / "hil.onnx").report
     before, after = hil["accuracy_before"], hil["accuracy_after"]
     n = hil["n_val"]
-    se = math.sqrt(before["ideal"] * (1 - before["ideal"]) / n)
-    assert before["ideal"] - before["chip"] >= 0.15, before           # the mismatch costs >= 15 points
+    se = math.sqrt(sum(a * (1 - a) / n for a in (before["ideal"], before["chip"])))
+    assert before["ideal"] - before["chip"] >= 0.15 + 2 * se, before  # the mismatch costs >= 15 points
     assert after["chip"] >= before["ideal"] - 0.02, (before, after)   # HIL: within 2 points of the software model
     # the tuned ONNX is a standard model: onnxruntime loads it, the graph is unchanged
     assert [n_.op_type for n_ in load_model(tmp_path / "hil.onnx").proto.graph.node] == \
