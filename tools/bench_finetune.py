@@ -57,13 +57,14 @@ def main() -> None:
             first = VisaDevice(bench.resource, on_clip="warn", scale_inputs=True)
             devices = {0: first, 1: first.sibling(), 2: first.sibling()}
             try:
-                t0, c0 = time.perf_counter(), bench.chip.compute_s
+                t0, c0, m0 = time.perf_counter(), bench.chip.compute_s, bench.clock.count
                 hil = finetune(model, "digits+train", val="digits@64", devices=devices,
                                config=FinetuneConfig(mode="hil", **cfg),
                                checkpoint_path=Path(tmp) / "hil.ckpt.npz").report
                 wall = time.perf_counter() - t0
                 chip = bench.chip.compute_s - c0
                 meas = sum(d.stats["measurements"] for d in devices.values())
+                messages = bench.clock.count - m0
             finally:
                 first.close()
         t0 = time.perf_counter()
@@ -89,7 +90,8 @@ def main() -> None:
     print(f"  hil time: chip {chip / total:.0%}, transfers {(in_dev - chip) / total:.0%}, "
           f"host {(total - in_dev - ck) / total:.0%}, checkpoints (atomic, fsynced) {ck / total:.0%}")
     print(f"  round trips per step {per_step:.1f} ({per_step / 3:.1f} per layer: one programming of "
-          f"{ROUND_TRIPS_PER_PROGRAMMING} + one measurement of {ROUND_TRIPS_PER_MEASUREMENT})")
+          f"{ROUND_TRIPS_PER_PROGRAMMING} + one measurement of {ROUND_TRIPS_PER_MEASUREMENT}); "
+          f"SCPI messages received by the controller: {messages / steps:.1f} per step (evaluations included)")
 
 
 def _write(tmp: str, prof) -> Path:

@@ -11,7 +11,8 @@ noise-free model (no adaptation, a control).
 
 A checkpoint (--checkpoint, default OUT.ckpt.npz) is written after every
 step; --resume continues from it.  The result is OUT (the same ONNX graph
-with new weights) and a report (OUT.report.json, printed as text).
+with new weights) and a report (OUT.report.json, and as text in
+OUT.report.txt and on the terminal).
 
 Example:
     hwloop finetune demo.onnx --bench bench.yaml --twin twin.yaml --data digits+train --val digits --out tuned.onnx
@@ -74,5 +75,10 @@ def main(args: argparse.Namespace) -> int:
     finally:
         for dev in ({id(d): d for d in devices.values()}.values() if devices else []):
             dev.close()
-    print(format_report(result.report))
+    text = format_report(result.report)
+    from ..files import atomic_path
+
+    with atomic_path(f"{args.out}.report.txt") as tmp:
+        tmp.write_text(text + "\n")
+    print(text)
     return 0

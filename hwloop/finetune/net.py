@@ -77,10 +77,12 @@ class Network:
                 g = self.glue[i]
                 env.update(g({t: env[t] for t in g.glue.inputs}))
                 continue
-            env[step.output] = self._layer(step, env[step.input], mode, key, gen)
+            env[step.output] = self.run_layer(step, env[step.input], mode, key, gen)
         return env[model.output_name].reshape(len(xb), -1)
 
-    def _layer(self, L: AnalogLayer, x: torch.Tensor, mode: str, key: tuple, gen) -> torch.Tensor:
+    def run_layer(self, L: AnalogLayer, x: torch.Tensor, mode: str, key: tuple,
+                  gen: torch.Generator | None) -> torch.Tensor:
+        """Analog layer ``L`` on its input tensor in ``mode``; ``gen`` draws the twin's noise (None: none)."""
         k = L.index
         B = x.shape[0]
         rows = unfold(x, L) if L.conv is not None else x.reshape(B, -1)

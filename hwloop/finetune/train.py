@@ -97,7 +97,7 @@ def finetune(model: Model | str | Path, data: Dataset | str, *, val: Dataset | s
     limits = _limits(net, devs, config.clamp)
     ckpt = Path(checkpoint_path) if checkpoint_path else (Path(f"{out}.ckpt.npz") if out else None)
     ident = {**asdict(config), "layers": trainable, "model_sha256": model.sha256, "data": train.name,
-             "val": test.name, "n": len(train)}
+             "val": test.name, "n": len(train), "twin": str(twin) if isinstance(twin, (str, Path)) else (twin and "TwinLayer list")}
     steps_per_epoch = -(-len(train) // config.batch_size)
     total = config.epochs * steps_per_epoch
     t_start, ckpt_s = time.perf_counter(), 0.0
@@ -269,7 +269,7 @@ def _check_forward(model: Model, net: Network, xb: np.ndarray) -> None:
                 check_against_onnxruntime(model, g, feeds)
                 env.update({k: v.numpy() for k, v in g({k: torch.from_numpy(v) for k, v in feeds.items()}).items()})
             else:
-                env[step.output] = net._layer(step, torch.from_numpy(env[step.input]), "ideal", (0,), None).numpy()
+                env[step.output] = net.run_layer(step, torch.from_numpy(env[step.input]), "ideal", (0,), None).numpy()
     if model.output_name in {o.name for o in model.proto.graph.output}:
         sess = ort.InferenceSession(model.proto.SerializeToString(), providers=["CPUExecutionProvider"])
         ref = sess.run([model.output_name], {model.input_name: xb})[0]
