@@ -158,7 +158,8 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, demo_onnx):
 
     bench, prof = emulator_bench(tmp_path)
     args = ["finetune", str(demo_onnx), "--bench", str(bench), "--twin", str(prof), "--data", "digits+train@480",
-            "--val", "digits@100", "--epochs", "6", "--batch-size", "32", "--lr", "3e-3", "--seed", "5"]
+            "--val", "digits@100", "--epochs", "6", "--batch-size", "32", "--lr", "3e-3", "--reg", "0.01",
+            "--seed", "5"]
     full, killed = tmp_path / "full.onnx", tmp_path / "killed.onnx"
     assert main([*args, "--out", str(full)]) == 0          # 6 epochs x 15 steps
     proc = subprocess.Popen([sys.executable, "-m", "hwloop", *args, "--out", str(killed)],

@@ -92,62 +92,82 @@ def finetune(model: Model | str | Path, data: Dataset | str, *, val: Dataset | s
             net.biases[k].requires_grad_(False)          # nowhere in the graph to write a new bias
     _check_forward(model, net, x[:64])
     net.attach(devs)
-    params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=config.lr)
-    limits = _limits(net, devs, config.clamp)
     ckpt = Path(checkpoint_path) if checkpoint_path else (Path(f"{out}.ckpt.npz") if out else None)
     ident = {**asdict(config), "layers": trainable, "model_sha256": model.sha256, "data": train.name,
-             "val": test.name, "n": len(train), "twin": str(twin) if isinstance(twin, (str, Path)) else (twin and "TwinLayer list")}
-    steps_per_epoch = -(-len(train) // config.batch_size)
-    total = config.epochs * steps_per_epoch
-    t_start, ckpt_s = time.perf_counter(), 0.0
+             "val": test.name, "n": len(train),
+             "twin": str(twin) if isinstance(twin, (str, Path)) else (twin and "TwinLayer list")}
+    loop = _Loop(net, config, len(train), _limits(net, devs, config.clamp), ckpt, ident)
+    t_start = time.perf_counter()
     with _one_thread():
-        if resume and ckpt is not None and ckpt.exists():
-            start, history = checkpoint.load(ckpt, params, opt, ident)
-            net.updated()
-        else:
-            start, history = 0, {"loss": [], "correct": [], "chip_s": []}
-            history.update({f"before_{k}": [v] for k, v in _accuracies(net, xv, test.y, devs, _BEFORE).items()})
-            if ckpt is not None:
-                checkpoint.save(ckpt, 0, params, opt, history, ident)
-        w0 = [w.detach().clone() for w in net.weights]
-        b0 = [b.detach().clone() for b in net.biases]
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, initial=start, disable=not progress, file=sys.stderr, unit="step",
-                   desc=f"hwloop finetune ({config.mode})")
-        try:
-            for step in range(start, total):
-                chip_s = net.chip_s
-                loss, correct = _step(net, x, train.y, opt, config, step, steps_per_epoch, total, limits, (w0, b0))
-                history["loss"].append(loss)
-                history["correct"].append(correct)
-                history["chip_s"].append(net.chip_s - chip_s)
-                if ckpt is not None:
-                    t_ck = time.perf_counter()
-                    checkpoint.save(ckpt, step + 1, params, opt, history, ident)
-                    ckpt_s += time.perf_counter() - t_ck
-                done = history["correct"][-min(len(history["correct"]), steps_per_epoch):]
-                bar.set_postfix(loss=f"{loss:.3f}", acc=f"{sum(done) / (len(done) * config.batch_size):.3f}",
-                                chip_s=f"{sum(history['chip_s']):.1f}", refresh=False)
-                bar.update(1)
-        except DeviceError as e:
-            where = f"; checkpoint {ckpt}: continue with --resume" if ckpt is not None else ""
-            raise HwloopError(f"{e}; training stopped after step {len(history['loss'])} of {total}{where}") from None
-        finally:
-            bar.close()
+        loop.begin(resume, lambda: _accuracies(net, xv, test.y, devs, _BEFORE))
+        loop.run(x, train.y, progress)
         weights = [w.detach().numpy().copy() for w in net.weights]
         biases = [b.detach().numpy().copy() for b in net.biases]
         if out is not None:
             onnx_out.write_model(model, plans, weights, biases, out)
         after = _accuracies(net, xv, test.y, devs, _AFTER)
-    report = _report(model, train, test, config, trainable, history, after, steps_per_epoch, net,
+    report = _report(model, train, test, config, trainable, loop.history, after, loop.per_epoch, net,
                      time.perf_counter() - t_start, out)
-    report["checkpoint_s_this_session"] = ckpt_s
+    report["checkpoint_s_this_session"] = loop.checkpoint_s
     if report_path is not None:
         with atomic_path(report_path) as tmp:
             tmp.write_text(json.dumps(report, indent=2) + "\n")
     return FinetuneResult(report, Path(out) if out else None, weights, biases)
+
+
+class _Loop:
+    """The optimizer, its schedule, the checkpoint after every step and the progress bar."""
+
+    def __init__(self, net: Network, config: FinetuneConfig, n: int, limits, ckpt: Path | None, ident: dict):
+        self.net, self.config, self.n, self.limits, self.ckpt, self.ident = net, config, n, limits, ckpt, ident
+        self.params = [p for p in net.parameters() if p.requires_grad]
+        self.opt = torch.optim.Adam(self.params, lr=config.lr)
+        self.per_epoch = -(-n // config.batch_size)
+        self.total = config.epochs * self.per_epoch
+        self.start, self.history, self.checkpoint_s = 0, {}, 0.0
+        self.origin = ([w.detach().clone() for w in net.weights], [b.detach().clone() for b in net.biases])
+
+    def begin(self, resume: bool, before) -> None:
+        """Continue from the checkpoint (``resume``), or measure ``before()`` and write step 0."""
+        if resume and self.ckpt is not None and self.ckpt.exists():
+            self.start, self.history = checkpoint.load(self.ckpt, self.params, self.opt, self.ident)
+            self.net.updated()
+            return
+        self.history = {"loss": [], "correct": [], "chip_s": []}
+        self.history.update({f"before_{k}": [v] for k, v in before().items()})
+        self._save(0)
+
+    def _save(self, step: int) -> None:
+        if self.ckpt is not None:
+            t = time.perf_counter()
+            checkpoint.save(self.ckpt, step, self.params, self.opt, self.history, self.ident)
+            self.checkpoint_s += time.perf_counter() - t
+
+    def run(self, x: np.ndarray, y: np.ndarray, progress: bool) -> None:
+        """Steps ``start .. total``; a chip that fails for good stops it with the checkpoint to resume from."""
+        from tqdm import tqdm
+
+        h, net = self.history, self.net
+        bar = tqdm(total=self.total, initial=self.start, disable=not progress, file=sys.stderr, unit="step",
+                   desc=f"hwloop finetune ({self.config.mode})")
+        try:
+            for step in range(self.start, self.total):
+                chip_s = net.chip_s
+                loss, correct = _step(net, x, y, self.opt, self.config, step, self.per_epoch, self.total,
+                                      self.limits, self.origin)
+                h["loss"].append(loss)
+                h["correct"].append(correct)
+                h["chip_s"].append(net.chip_s - chip_s)
+                self._save(step + 1)
+                done = h["correct"][-min(len(h["correct"]), self.per_epoch):]   # the last epoch's batches
+                acc = sum(done) / min(self.n, len(done) * self.config.batch_size)
+                bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", chip_s=f"{sum(h['chip_s']):.1f}", refresh=False)
+                bar.update(1)
+        except DeviceError as e:
+            where = f"; checkpoint {self.ckpt}: continue with --resume" if self.ckpt is not None else ""
+            raise HwloopError(f"{e}; training stopped after step {len(h['loss'])} of {self.total}{where}") from None
+        finally:
+            bar.close()
 
 
 def _devices(model: Model, devices: Mapping[int, Device] | None, mode: str) -> list[Device] | None:

@@ -56,7 +56,8 @@ def response(name: str, a: torch.Tensor) -> torch.Tensor:
 def noise(y: torch.Tensor, s, gen: torch.Generator) -> torch.Tensor:
     """``physics.apply_noise`` on rows ``y`` (N, n), differentiable in ``y``."""
     var = s.D_A + s.D_M * y * y + (s.shot * y.abs() if s.shot else 0.0)
-    out = y + torch.sqrt(torch.as_tensor(var) + 0.0) * torch.randn(y.shape, generator=gen)
+    std = torch.sqrt(torch.as_tensor(var).clamp_min(1e-30))      # finite gradient where the variance is 0
+    out = y + std * torch.randn(y.shape, generator=gen)
     if s.D_MC:
         out = out + y * (s.D_MC ** 0.5) * torch.randn((len(y), 1), generator=gen)
     if s.D_AC:
