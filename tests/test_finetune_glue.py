@@ -115,3 +115,40 @@ def test_hil_rule_value_from_the_chip_gradient_from_the_twin(demo_onnx):
     assert torch.allclose(out_b, out_s, atol=1e-5)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g_b, g_s))
     assert not torch.allclose(g_s[2], g_i[2], atol=1e-4)
+
+
+def test_twin_is_the_emulator_physics_in_torch(demo_onnx, tmp_path):
+    """Noise-free, the twin with the emulator's per-neuron gains and offsets computes what the emulator does
+    (DAC, weight quantisation, transfer function, gain/offset, ADC); its noise has the profile's variance."""
+    import yaml
+
+    from hwloop.physics import noise_variance
+    from hwloop.profiles import parse_profile
+
+    prof = {"version": 1, "provenance": {"source": "assumption"}, "dac": {"bits": 8, "range": [0.0, 1.0]},
+            "weights": {"bits": 6}, "gain_offset": {"gain": 0.1, "offset": 0.05},
+            "transfer": {"function": "exp_sat", "slope": 0.8, "scale": 1.1}, "adc": {"bits": 10, "range": [-2, 2]}}
+    model = load_model(demo_onnx)
+    L = model.layers[0]
+    x = np.random.default_rng(1).random((1, 200, 64)).astype(np.float32)
+    emu = Emulator(parse_profile(yaml.safe_dump(prof)))
+    emu.program(L, seed=3)
+    want = emu.run(x, repeats=1)[0]
+    prof["provenance"]["per_neuron"] = {0: {"gain": emu._gain[0].tolist(), "offset": emu._offset[0].tolist()}}
+    (tmp_path / "twin.yaml").write_text(yaml.safe_dump(prof))
+    twin = load_twin(tmp_path / "twin.yaml", model)[0]
+    got = twin(torch.from_numpy(x[0]), torch.from_numpy(L.weight), torch.from_numpy(L.bias)).numpy()
+    step = 4 / 1023
+    assert np.mean(np.abs(got - want) < 1e-6) > 0.99 and np.abs(got - want).max() <= step * 1.001
+
+    noisy = {"version": 1, "provenance": {"source": "assumption"}, "noise": {"D_A": 1e-3, "D_M": 4e-3}}
+    (tmp_path / "noisy.yaml").write_text(yaml.safe_dump(noisy))
+    twin = load_twin(tmp_path / "noisy.yaml", model)[0]
+    xs = torch.from_numpy(np.repeat(x[0, :1], 4000, axis=0))
+    args = (xs, torch.from_numpy(L.weight), torch.from_numpy(L.bias))
+    clean = twin(*args).numpy()[0]
+    draws = twin(*args, gen=torch.Generator().manual_seed(0)).numpy()
+    var = draws.var(axis=0, ddof=1)
+    want_var = noise_variance(clean, parse_profile(yaml.safe_dump(noisy)).defaults.noise)
+    # sample variance of n normal draws: relative standard error sqrt(2 / (n - 1)); 5 sigma over 32 neurons
+    assert np.all(np.abs(var / want_var - 1) < 5 * np.sqrt(2 / (len(draws) - 1)))
