@@ -109,6 +109,7 @@ def finetune(model: Model | str | Path, data: Dataset | str, *, val: Dataset | s
     report = _report(model, train, test, config, trainable, loop.history, after, loop.per_epoch, net,
                      time.perf_counter() - t_start, out)
     report["checkpoint_s_this_session"] = loop.checkpoint_s
+    report["devices"] = [d.describe() for d in devs] if devs is not None else None
     if report_path is not None:
         with atomic_path(report_path) as tmp:
             tmp.write_text(json.dumps(report, indent=2) + "\n")
@@ -340,6 +341,8 @@ def format_report(report: dict) -> str:
                          f"{report['accuracy_after'][k]:8.4f}  (+- {report['accuracy_stderr'][k]:.4f})")
     for e in report["epochs"]:
         lines.append(f"  epoch {e['epoch']}: loss {e['loss']:.4f}, train accuracy {e['train_accuracy']:.4f}")
+    lines.append(f"this session: {report['programmings_this_session']} programmings, "
+                 f"{report['chip_s_this_session']:.1f} s in the devices, {report['wall_s_this_session']:.1f} s in all")
     if report["out"]:
         lines.append(f"tuned model: {report['out']}")
     return "\n".join(lines)
