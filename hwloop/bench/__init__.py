@@ -3,7 +3,8 @@
 - ``scpi``: the command set, declared once (driver and simulator both read it)
 - ``VisaDevice`` (``driver``): a ``Device`` that runs a layer on a chip through pyvisa
 - ``SimulatedBench`` / ``ChipSpec`` (``server``): the simulated controller; ``Faults`` (``faults``)
-- ``load_bench`` / ``Bench`` (``benchfile``): which device runs which layer
+- ``load_bench`` / ``Bench`` / ``open_device`` (``benchfile``): which device runs which layer; plug-ins
+  (``plugins``: ``type: module:Class`` or an entry point of group ``hwloop.devices``)
 
 The names are imported on first use (the server and the bench files pull in
 the emulator, and with it torch), so ``hwloop.bench.faults`` alone stays cheap.
@@ -11,8 +12,8 @@ the emulator, and with it torch), so ``hwloop.bench.faults`` alone stays cheap.
 
 from ..lazy import lazy_attributes
 
-__all__ = ["VisaDevice", "ScpiError", "SimulatedBench", "ChipSpec", "Faults", "load_bench", "Bench"]
+__all__ = ["VisaDevice", "ScpiError", "SimulatedBench", "ChipSpec", "Faults", "load_bench", "Bench", "open_device"]
 
 __getattr__, __dir__ = lazy_attributes(__name__, globals(), {
-    "Bench": "benchfile", "load_bench": "benchfile", "ScpiError": "driver", "VisaDevice": "driver",
+    "Bench": "benchfile", "load_bench": "benchfile", "open_device": "benchfile", "ScpiError": "driver", "VisaDevice": "driver",
     "Faults": "faults", "ChipSpec": "server", "SimulatedBench": "server"})
