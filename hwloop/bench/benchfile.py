@@ -37,6 +37,7 @@ from ..yamlio import LineMap, load_yaml_file
 from . import plugins
 from .driver import ROUND_TRIPS_PER_MEASUREMENT, ROUND_TRIPS_PER_PROGRAMMING, VisaDevice, chunks_for, tiles_for
 from .server import ChipSpec
+from .visalib import library_spec
 
 #: VisaDevice keyword options a bench file may set, with their defaults (types are checked against them)
 VISA_OPTIONS = {k: p.default for k, p in inspect.signature(VisaDevice.__init__).parameters.items()
@@ -228,12 +229,20 @@ def load_bench(path: str | Path) -> Bench:
         raise HwloopError(f"{path}:{m.line_of(key)}: {key}: {msg}")
 
     for key in data:
-        if key not in ("devices", "layers", "default"):
-            fail(data, key, "unknown key (known: devices, layers, default)")
+        if key not in ("devices", "layers", "default", "visa_library"):
+            fail(data, key, "unknown key (known: devices, layers, default, visa_library)")
     devs = data.get("devices")
     if not isinstance(devs, LineMap) or not devs:
         raise HwloopError(f"{path}:{data.lines.get('devices', 1)}: devices: a mapping of device names is required")
     specs = {str(name): _device(path, devs, name) for name in devs}
+    if "visa_library" in data:
+        if not isinstance(data["visa_library"], str):
+            fail(data, "visa_library", '"@py", "@ivi", "@sim", "FILE.yaml@sim" or the path of a VISA library')
+        for spec in specs.values():     # the file's default, for every device that takes one
+            takes = spec.kind == "chip" or (spec.kind == "plugin" and not plugins.keyword_problems(
+                spec.cls, ["visa_library"]).get("visa_library"))
+            if takes and "visa_library" not in spec.options:
+                spec.options["visa_library"] = library_spec(data["visa_library"], path.parent)
     default = data.get("default")
     if default is not None and default not in specs:
         fail(data, "default", f"unknown device {default!r} (devices: {', '.join(specs)})")
@@ -305,6 +314,8 @@ def _plugin_keys(spec: DeviceSpec, d: LineMap, bad) -> None:
         spec.twin = d["twin"]
     for key, problem in plugins.keyword_problems(spec.cls, kwargs).items():
         bad("type" if key is None else key, problem)
+    if isinstance(kwargs.get("visa_library"), str):
+        kwargs["visa_library"] = library_spec(kwargs["visa_library"], spec.path.parent)
     spec.options = kwargs
 
 
@@ -341,7 +352,7 @@ def _builtin_keys(spec: DeviceSpec, d: LineMap, kind: str, bad) -> None:
                 ok = True
             if not ok:
                 bad(key, f"expected {want.__name__}, got {value!r}")
-            spec.options[key] = value
+            spec.options[key] = library_spec(value, spec.path.parent) if key == "visa_library" else value
         else:
             known = ["resource", "capacity", "twin", *VISA_OPTIONS] if chip else ["profile"]
             bad(key, f"unknown key (known for a{' chip' if chip else 'n emulator'}: {', '.join(known)})")

@@ -148,15 +148,15 @@ class Link:
 
     def __init__(self, resource: str, *, timeout_ms: int, byte_order: str = "SWAP",
                  connect_retries: int = 5, backoff_s: float = 0.05, max_backoff_s: float = 2.0,
-                 raw_socket: bool = True):
-        import pyvisa
+                 raw_socket: bool = True, visa_library: str = "@py"):
+        from .visalib import resource_manager
 
         self.resource = resource
         self.timeout_ms = timeout_ms
         self.raw_socket = raw_socket
         self.order = byte_order
         self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
-        self._rm = pyvisa.ResourceManager("@py")
+        self._rm = resource_manager(visa_library)
         self._res = None
         self._sock = None
         self._session = None
@@ -520,13 +520,15 @@ class VisaDevice(Device):
     ``raw_socket``: on a pyvisa-py TCP socket, move blocks on the socket itself (about ten times
     pyvisa's read rate) and stream measurements; False: pyvisa's own calls only, as for any
     other VISA resource (USB, GPIB, another backend), which also get that path by themselves.
+    ``visa_library``: ``"@py"``, ``"@ivi"``, ``"@sim"``, ``"FILE.yaml@sim"`` or a library path
+    (``hwloop.bench.visalib``).
     """
 
     def __init__(self, resource: str, *, timeout_ms: int = 5000, scale_inputs: bool = False,
                  scale_weights: bool = False, retries: int = 5, backoff_s: float = 0.05,
                  max_backoff_s: float = 2.0, on_clip: str = "error", byte_order: str = "SWAP",
                  max_block_bytes: int = 32 << 20, verify_grid: bool = True, raw_socket: bool = True,
-                 link: Link | None = None):
+                 visa_library: str = "@py", link: Link | None = None):
         if on_clip not in ("error", "warn"):
             raise HwloopError(f"VisaDevice {resource}: on_clip must be 'error' or 'warn', not {on_clip!r}")
         if byte_order not in ("SWAP", "NORM"):
@@ -535,13 +537,13 @@ class VisaDevice(Device):
         self.options = dict(timeout_ms=timeout_ms, scale_inputs=scale_inputs, scale_weights=scale_weights,
                             retries=retries, backoff_s=backoff_s, max_backoff_s=max_backoff_s,
                             on_clip=on_clip, byte_order=byte_order, max_block_bytes=max_block_bytes,
-                            verify_grid=verify_grid, raw_socket=raw_socket)
+                            verify_grid=verify_grid, raw_socket=raw_socket, visa_library=visa_library)
         self.retries, self.backoff_s, self.max_backoff_s = retries, backoff_s, max_backoff_s
         self.scale_inputs, self.scale_weights = scale_inputs, scale_weights
         self.on_clip, self.max_block_bytes, self.verify_grid = on_clip, max_block_bytes, verify_grid
         self.link = link or Link(resource, timeout_ms=timeout_ms, byte_order=byte_order,
                                  connect_retries=retries, backoff_s=backoff_s, max_backoff_s=max_backoff_s,
-                                 raw_socket=raw_socket)
+                                 raw_socket=raw_socket, visa_library=visa_library)
         self.link.users += 1
         self.layer = None
         self.stats = {"measurements": 0, "retries": 0, "reprograms": 0, "clipped": 0,
