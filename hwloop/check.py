@@ -107,23 +107,31 @@ def _db(v: float) -> str:
     return "inf dB (noise-free)" if math.isinf(v) else f"{v:.1f} dB"
 
 
-def check_model(model: Model | str | os.PathLike, *, profile: Profile | str | os.PathLike,
+def check_model(model: Model | str | os.PathLike, *, profile: Profile | str | os.PathLike | None = None,
                 data: Dataset | str = "digits", repeats: int = 10, min_accuracy: float,
-                seed: int = 0, batch_size: int | None = None) -> CheckResult:
-    """Run ``model`` on the emulator under ``profile`` ``repeats`` times and compare mean accuracy with ``min_accuracy``."""
+                seed: int = 0, batch_size: int | None = None, devices: dict | None = None,
+                devices_label: str = "bench") -> CheckResult:
+    """Run ``model`` on the emulator under ``profile`` ``repeats`` times and compare mean accuracy with ``min_accuracy``.
+
+    ``devices`` (layer index -> Device, e.g. from a bench file) replaces the emulator; ``devices_label``
+    names them in the summary."""
     if not 0.0 <= min_accuracy <= 1.0:
         raise HwloopError(f"min accuracy must lie in [0, 1], got {min_accuracy}")
     if repeats < 1:
         raise HwloopError(f"repeats must be at least 1, got {repeats}")
     m = model if isinstance(model, Model) else load_model(model)
-    prof = profile if isinstance(profile, Profile) else load_profile(profile)
-    devices = emulators(prof, m.layers)
+    if devices is None:
+        prof = profile if isinstance(profile, Profile) else load_profile(profile)
+        devices = emulators(prof, m.layers)
+        label, sha = prof.name, prof.sha256
+    else:
+        label, sha = devices_label, ""
     ds = data if isinstance(data, Dataset) else load_data(data)
     res = run_model(m, ds, devices=devices, repeats=repeats, seed=seed, batch_size=batch_size)
     clean_acc = float((res.clean_output.argmax(axis=1) == res.labels).mean())
-    layers = [LayerSNR(L.index, L.name, layer_snr_db(y, c), _clipped(devices[L.index].stats))
+    layers = [LayerSNR(L.index, L.name, layer_snr_db(y, c), _clipped(getattr(devices[L.index], "stats", {})))
               for L, y, c in zip(m.layers, res.layers, res.clean_layers)]
-    return CheckResult(model=str(m.path), profile=prof.name, profile_sha256=prof.sha256,
+    return CheckResult(model=str(m.path), profile=label, profile_sha256=sha,
                        data=data if isinstance(data, str) else ds.name,
                        repeats=repeats, seed=seed, min_accuracy=float(min_accuracy),
                        accuracy=np.asarray(res.accuracy, dtype=np.float64), clean_accuracy=clean_acc, layers=layers)

@@ -121,3 +121,40 @@ def test_the_guide_shows_the_tested_example():
     code = doc.split("```python\n", 1)[1].split("```", 1)[0].strip()
     assert code and code in (root / "examples" / "own_chip.py").read_text()
     assert code.count("\n") <= 40
+
+
+TWIN = """\
+name: optical-twin
+version: 1
+provenance: {source: hand-written}
+noise: {units: variance, D_A: 4.0e-4, placement: post}
+"""
+
+
+def test_own_chip_through_check_and_validate(tmp_path, demo_onnx, capsys):
+    (tmp_path / "optical-twin.yaml").write_text(TWIN)
+    bench = write(tmp_path, f"devices:\n  optical: {{type: {OWN}, noise: 0.02, twin: optical-twin.yaml}}\n")
+    common = ["--data", "digits@200", "--repeats", "20"]
+    assert main(["check", str(demo_onnx), "--bench", str(bench), "--min-accuracy", "0.8", *common]) == 0
+    assert "bench.yaml:optical" in capsys.readouterr().out
+    assert main(["check", str(demo_onnx), "--bench", str(bench), "--min-accuracy", "0.99", *common]) == 1
+    capsys.readouterr()
+    # the twin named in the bench file (twin:) is the default profile
+    assert main(["validate", "--bench", str(bench), "--model", str(demo_onnx), *common]) == 0
+    assert "verdict: PASS" in capsys.readouterr().out
+    # a twin with twice the noise variance fails
+    assert main(["validate", "semenova", "--bench", str(bench), "--model", str(demo_onnx), *common]) == 1
+    assert "verdict: FAIL" in capsys.readouterr().out
+
+
+def test_calibrate_names_what_it_cannot_drive(tmp_path, capsys):
+    bench = write(tmp_path, f"devices:\n  optical: {{type: {OWN}}}\n  twin: {{profile: ideal}}\n")
+    assert main(["calibrate", "--bench", str(bench), "--out", str(tmp_path / "c.yaml")]) == 2
+    assert "declares 2 devices (optical, twin): name one with --device" in capsys.readouterr().err
+    code = main(["calibrate", "--bench", str(bench), "--device", "optical", "--out", str(tmp_path / "c.yaml")])
+    err = capsys.readouterr().err
+    if code == 2:    # until hwloop.calibration drives any Device (chip_from_device)
+        assert "bench.yaml:2: devices: optical: OpticalChip is not a chip on an ANB bench controller" in err
+        assert len(err.strip().splitlines()) == 1
+    else:
+        assert code == 0 and (tmp_path / "c.yaml").exists()

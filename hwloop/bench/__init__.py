@@ -12,8 +12,8 @@ the emulator, and with it torch), so ``hwloop.bench.faults`` alone stays cheap.
 
 from ..lazy import lazy_attributes
 
-__all__ = ["VisaDevice", "ScpiError", "SimulatedBench", "ChipSpec", "Faults", "load_bench", "Bench", "open_device"]
+__all__ = ["VisaDevice", "ScpiError", "SimulatedBench", "ChipSpec", "Faults", "load_bench", "Bench", "open_device", "layer_devices"]
 
 __getattr__, __dir__ = lazy_attributes(__name__, globals(), {
-    "Bench": "benchfile", "load_bench": "benchfile", "open_device": "benchfile", "ScpiError": "driver", "VisaDevice": "driver",
+    "Bench": "benchfile", "load_bench": "benchfile", "open_device": "benchfile", "layer_devices": "benchfile", "ScpiError": "driver", "VisaDevice": "driver",
     "Faults": "faults", "ChipSpec": "server", "SimulatedBench": "server"})

@@ -358,7 +358,41 @@ def _builtin_keys(spec: DeviceSpec, d: LineMap, kind: str, bad) -> None:
             bad(key, f"unknown key (known for a{' chip' if chip else 'n emulator'}: {', '.join(known)})")
 
 
-def open_device(path: str | Path, name: str | None = None) -> Device:
-    """The device ``name`` of bench file ``path`` (the only one when the file declares one), ready to program."""
-    bench = load_bench(path)
-    return bench.open(name or bench.only_device())
+def _select(path: str | Path | None, name: str | None, resource: str | None,
+            overrides: dict) -> tuple[Bench, str]:
+    """A bench file and one device name in it; ``--resource`` is a bench of one chip called 'chip'."""
+    if resource is not None and path is not None:
+        raise HwloopError("give --bench BENCH.yaml (with --device) or --resource, not both")
+    if resource is not None:
+        bench = Bench(Path("--resource"), {"chip": DeviceSpec("chip", 0, resource=resource,
+                                                             path=Path("--resource"))}, {})
+        name = "chip"
+    elif path is not None:
+        bench = load_bench(path)
+        name = name or bench.only_device()
+        if name not in bench.devices_spec:
+            raise HwloopError(f"{path}: no device {name!r} (devices: {', '.join(bench.devices_spec)})")
+    else:
+        raise HwloopError("name the device: --bench BENCH.yaml [--device NAME] or --resource VISA-RESOURCE")
+    spec = bench.devices_spec[name]
+    for key, value in overrides.items():        # e.g. on_clip='warn', where the device takes it
+        if spec.kind == "chip" and key in VISA_OPTIONS or spec.kind == "plugin" and \
+                not plugins.keyword_problems(spec.cls, [key]).get(key):
+            spec.options.setdefault(key, value)
+    return bench, name
+
+
+def open_device(path: str | Path | None = None, name: str | None = None, *, resource: str | None = None,
+                **overrides) -> Device:
+    """The one way commands get a device: ``name`` of bench file ``path`` (the only one when the file
+    declares one), or a chip at VISA ``resource``; ``overrides`` are defaults for keywords it takes."""
+    bench, name = _select(path, name, resource, overrides)
+    return bench.open(name)
+
+
+def layer_devices(model, path: str | Path | None = None, name: str | None = None, *,
+                  resource: str | None = None, **overrides) -> dict[int, Device]:
+    """Every analog layer of ``model`` on one device (selected as by ``open_device``): a chip's layers
+    share its connection (``sibling()``), a plug-in without one serves every layer itself."""
+    bench, name = _select(path, name, resource, overrides)
+    return bench.devices(model, only=name)

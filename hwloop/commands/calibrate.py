@@ -40,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..calibration import calibrate, open_chip, refit
+    from ..calibration import calibrate, refit
     from ..errors import HwloopError
 
     if args.out.exists() and not (args.overwrite or args.resume):
@@ -49,12 +49,10 @@ def main(args: argparse.Namespace) -> int:
         prof, fit = refit(args.refit, args.out, name=args.name)
         _summary(prof, fit, args.out, args.report)
         return 0
-    if args.bench and not args.device:
-        raise HwloopError("calibrate: --bench needs --device NAME (the chip to calibrate)")
     store = args.store or args.out.with_suffix(".cal.zarr")
     if store.exists() and not (args.resume or args.overwrite):   # before touching the chip
         raise HwloopError(f"{store}: exists (use --resume to continue that calibration or --overwrite)")
-    chip = open_chip(args.resource, str(args.bench) if args.bench else None, args.device)
+    chip = _chip(args)
     try:
         with tqdm(desc="calibrating", unit="block", leave=False, disable=None) as bar:  # None: off unless a tty
             def progress(done: int, total: int) -> None:
@@ -94,3 +92,23 @@ def _summary(prof, fit, out: Path, report: Path | None) -> None:
         from ..calibration.report import write_calibration_report
 
         print(f"report: {write_calibration_report(fit, report, provenance=prof.provenance)}")
+
+
+def _chip(args: argparse.Namespace):
+    """The device to calibrate (``hwloop.bench.open_device``), wrapped for the calibration."""
+    from .. import calibration
+    from ..bench import VisaDevice, open_device
+    from ..devices import Emulator
+    from ..errors import HwloopError
+
+    # a clipped level is dropped by the fits, not fatal
+    device = open_device(args.bench, args.device, resource=args.resource, on_clip="warn")
+    wrap = getattr(calibration, "chip_from_device", None)      # any Device (hwloop.calibration, when it has it)
+    if wrap is None and isinstance(device, VisaDevice):
+        wrap = calibration.chip_from_visa
+    if wrap is None:
+        device.close()
+        what = "an emulator, not a chip" if isinstance(device, Emulator) else \
+            f"{type(device).__name__} is not a chip on an ANB bench controller"
+        raise HwloopError(f"{device.origin or args.bench}: {what}; this calibration needs one")
+    return wrap(device)

@@ -1,6 +1,7 @@
 """Validate a calibrated profile: run a model on the chip and on the profile's emulator, compare per layer.
 
-Every analog layer runs on the chip (--resource) and, separately, on the
+Every analog layer runs on the chip (--resource, or --bench BENCH.yaml
+[--device NAME], any device a bench file can name) and, separately, on the
 emulator with PROFILE; per layer the mean noise variance, the median SNR and
 the common-mode share are compared, and the accuracy.  Exit status 0 when
 every check is within its tolerance, 1 when not (2: bad input).
@@ -18,8 +19,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..calibration.validate import Tolerances
 
     t = Tolerances()
-    p.add_argument("profile", help="calibrated device profile (YAML path or name)")
-    p.add_argument("--resource", required=True, help="VISA resource of the chip's bench controller")
+    p.add_argument("profile", nargs="?", help="calibrated device profile (YAML path or name; default: the "
+                                              "bench device's twin:)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--resource", help="VISA resource of the chip's bench controller")
+    src.add_argument("--bench", type=Path, help="bench file (YAML) naming the chip (with --device)")
+    p.add_argument("--device", help="the chip's device name in --bench (default: its only device)")
     p.add_argument("--model", type=Path, required=True, help="ONNX model file")
     p.add_argument("--data", default="digits", help="data spec (default: digits)")
     p.add_argument("--repeats", type=int, default=20, help="repetitions per sample (default: 20)")
@@ -35,22 +40,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..bench import VisaDevice
+    from ..bench import layer_devices, load_bench
     from ..calibration.validate import Tolerances, validate, write_validation_report
     from ..graph import load_model
     from ..profiles import load_profile
 
-    profile = load_profile(args.profile)
+    profile = load_profile(args.profile or _twin(args, load_bench))
     model = load_model(args.model)
     tol = Tolerances(args.tol_variance, args.tol_accuracy, args.tol_snr_db, args.tol_cm)
-    first = VisaDevice(args.resource, on_clip="warn")   # clipping is part of what the twin must reproduce
-    devices = {L.index: (first if i == 0 else first.sibling()) for i, L in enumerate(model.layers)}
+    # clipping is part of what the twin must reproduce: warn, do not stop
+    devices = layer_devices(model, args.bench, args.device, resource=args.resource, on_clip="warn")
     try:
         v = validate(profile, devices, model, args.data, repeats=args.repeats, seed=args.seed, tolerances=tol)
     finally:
-        for d in devices.values():
+        for d in {id(d): d for d in devices.values()}.values():
             d.close()
     print(v.table())
     if args.report:
         print(f"report: {write_validation_report(v, args.report)}")
     return 0 if v.passed else 1
+
+
+def _twin(args: argparse.Namespace, load_bench) -> str:
+    """The calibrated profile a bench file names for the device (``twin:``), when no PROFILE is given."""
+    from ..errors import HwloopError
+
+    if args.bench:
+        bench = load_bench(args.bench)
+        spec = bench.devices_spec.get(args.device or bench.only_device())
+        if spec is not None and spec.twin:
+            return spec.twin
+    raise HwloopError("validate: give the calibrated PROFILE (or a twin: for the device in --bench)")
