@@ -6,12 +6,14 @@ block, ``SAMP:COUN``, ``INIT``, then ``*OPC?``, ``FETC:SHAP?``, ``FETC?``,
 ``STAT:QUES:COND?`` and ``SYST:ERR?`` written together, their replies read in
 order (after a failure, each command is checked on its own instead).
 
-Exact scaling (off by default, ``scale_inputs`` / ``scale_weights``): values
-outside the chip's ranges are divided by a power of two s (exact in float32)
-and the chip's outputs multiplied by s on the host.  That is exact for LINear
-and RELU (act(z/s)*s = act(z)); a SIGMoid/TANH layer that needs it runs LINear
-on the chip with bias and activation applied on the host, as tiles do.  The
-ADC step grows by s; ``describe()`` records every scale used.
+Exact range mapping (``hwloop.bench.plan``; on by default, ``strict_ranges``
+refuses instead): values outside the chip's ranges are divided by a power of
+two s (exact in float32) and the chip's outputs multiplied by s on the host.
+That is exact for LINear and RELU (act(z/s)*s = act(z)); a SIGMoid/TANH layer
+whose weights need it runs LINear on the chip with bias and activation applied
+on the host, as tiles do (``host_activation`` asks for that placement always).
+The ADC step grows by s; the console says so once, and ``describe()`` records
+the placement and every scale used.
 
 Faults (timeouts, dropped connections, garbled blocks, SCPI errors) are
 retried with bounded exponential back-off: the link reconnects (a fresh
@@ -40,9 +42,8 @@ from ..devices.base import Device, check_input
 from ..errors import DeviceError, HwloopError
 from ..layer import AnalogLayer, activate
 from . import scpi
+from .plan import HOMOGENEOUS, Tile, chunks_for, input_scale, plan_layer, tiles_for  # noqa: F401 (re-exported)
 
-#: activations unchanged by a positive scale: act(z / s) * s == act(z)
-_HOMOGENEOUS = ("linear", "relu")
 _SCPI_ACT = {v: scpi.short(k).upper() for k, v in scpi.ACTIVATIONS.items()}
 
 
@@ -57,30 +58,6 @@ class ScpiError(DeviceError):
 
 class _Retry(Exception):
     """A transport or data failure worth another try (timeout, lost connection, garbled block)."""
-
-
-# -- the plan for one layer: tiles and chunks (shared with Bench.plan) ------------------
-@dataclass(frozen=True)
-class Tile:
-    """A part of the weight matrix that fits the array."""
-
-    rows: slice     # output neurons
-    cols: slice     # inputs
-
-
-def tiles_for(n_out: int, n_in: int, max_outputs: int, max_inputs: int) -> list[Tile]:
-    """Split an (n_out, n_in) layer into array-sized tiles, row blocks outer."""
-    return [Tile(slice(o, min(o + max_outputs, n_out)), slice(i, min(i + max_inputs, n_in)))
-            for o in range(0, n_out, max_outputs) for i in range(0, n_in, max_inputs)]
-
-
-def chunks_for(rows: int, k: int, n_out: int, max_batch: int, max_repeats: int,
-               max_block_bytes: int) -> list[tuple[slice, slice]]:
-    """(row slice, repetition slice) of each measurement: within max_batch, max_repeats and block size."""
-    k_step = min(k, max_repeats)
-    b_step = max(1, min(max_batch, max_block_bytes // (4 * k_step * max(n_out, 1))))
-    return [(slice(b, min(b + b_step, rows)), slice(r, min(r + k_step, k)))
-            for b in range(0, rows, b_step) for r in range(0, k, k_step)]
 
 
 @dataclass
@@ -115,11 +92,6 @@ _PIECE = 1 << 18
 #: programming (LAY:SHAP, WEIG + *OPC?, WEIG, WEIG:CHEC?, ACT and BIAS each followed by a check)
 ROUND_TRIPS_PER_MEASUREMENT = 1
 ROUND_TRIPS_PER_PROGRAMMING = 6
-
-
-def _pow2_at_least(x: float) -> float:
-    """Smallest power of two >= x (>= 1): dividing by it is exact in float32."""
-    return 1.0 if x <= 1.0 else float(2.0 ** math.ceil(math.log2(x)))
 
 
 @contextmanager
@@ -524,8 +496,9 @@ class VisaDevice(Device):
     (``hwloop.bench.visalib``).
     """
 
-    def __init__(self, resource: str, *, timeout_ms: int = 5000, scale_inputs: bool = False,
-                 scale_weights: bool = False, retries: int = 5, backoff_s: float = 0.05,
+    def __init__(self, resource: str, *, timeout_ms: int = 5000, scale_inputs: bool = True,
+                 scale_weights: bool = True, strict_ranges: bool = False, host_activation: bool = False,
+                 retries: int = 5, backoff_s: float = 0.05,
                  max_backoff_s: float = 2.0, on_clip: str = "error", byte_order: str = "SWAP",
                  max_block_bytes: int = 32 << 20, verify_grid: bool = True, raw_socket: bool = True,
                  visa_library: str = "@py", link: Link | None = None):
@@ -534,12 +507,19 @@ class VisaDevice(Device):
         if byte_order not in ("SWAP", "NORM"):
             raise HwloopError(f"VisaDevice {resource}: byte_order must be 'SWAP' or 'NORM'")
         self.resource = resource
+        if strict_ranges:
+            scale_inputs = scale_weights = False
         self.options = dict(timeout_ms=timeout_ms, scale_inputs=scale_inputs, scale_weights=scale_weights,
+                            strict_ranges=strict_ranges, host_activation=host_activation,
                             retries=retries, backoff_s=backoff_s, max_backoff_s=max_backoff_s,
                             on_clip=on_clip, byte_order=byte_order, max_block_bytes=max_block_bytes,
                             verify_grid=verify_grid, raw_socket=raw_socket, visa_library=visa_library)
         self.retries, self.backoff_s, self.max_backoff_s = retries, backoff_s, max_backoff_s
         self.scale_inputs, self.scale_weights = scale_inputs, scale_weights
+        self.host_activation = host_activation
+        self.plan = None
+        self.input_scales: dict[float, int] = {}   # power of two -> measurements it was needed for
+        self._noted: set[str] = set()
         self.on_clip, self.max_block_bytes, self.verify_grid = on_clip, max_block_bytes, verify_grid
         self.link = link or Link(resource, timeout_ms=timeout_ms, byte_order=byte_order,
                                  connect_retries=retries, backoff_s=backoff_s, max_backoff_s=max_backoff_s,
@@ -570,42 +550,33 @@ class VisaDevice(Device):
     def limits(self) -> dict:
         return self.link.limits
 
+    def _plan_limits(self) -> dict:
+        """The chip's limits for ``plan_layer``: its activations by hwloop name."""
+        lim = self.limits
+        return {**lim, "activations": {k for k, v in _SCPI_ACT.items() if v in lim["activations"]}}
+
+    def twin(self, profile, name: str = "twin") -> Device:
+        """An emulator under ``profile`` that runs every layer with this chip's plan (``hwloop.bench.twin``)."""
+        from .twin import PlannedTwin
+
+        return PlannedTwin(profile, self._plan_limits(), scale_weights=self.scale_weights,
+                           scale_inputs=self.scale_inputs, host_activation=self.host_activation,
+                           max_block_bytes=self.max_block_bytes, name=name)
+
     # -- programming ----------------------------------------------------------
     def program(self, layer: AnalogLayer, *, seed: int = 0) -> None:
         """Plan tiles and scaling for ``layer``, refuse what the chip cannot do, and load it."""
-        lim = self.limits
-        act = layer.activation
-        tiles = tiles_for(layer.n_out, layer.n_in, lim["max_outputs"], lim["max_inputs"])
-        w = np.ascontiguousarray(layer.weight, dtype=np.float32)
-        b = np.ascontiguousarray(layer.bias, dtype=np.float32)
-        if not (np.all(np.isfinite(w)) and np.all(np.isfinite(b))):
-            raise HwloopError(f"layer {layer.name!r}: weights or bias contain NaN or infinity")
-        wmax, bmax = lim["weight_range"], lim["bias_range"]
-        s_w = _pow2_at_least(float(np.abs(w).max(initial=0)) / wmax)
-        host = len(tiles) > 1 or _SCPI_ACT[act] not in lim["activations"]
-        if not host and s_w > 1 and act not in _HOMOGENEOUS:
-            host = True
-        if not host and self.scale_inputs and act not in _HOMOGENEOUS:
-            host = True
-        if not host:
-            s_w = max(s_w, _pow2_at_least(float(np.abs(b).max(initial=0)) / bmax))
-        if s_w > 1 and not self.scale_weights:
-            what = "weights" if np.abs(w).max() > wmax else "bias"
-            top = float(np.abs(w if what == "weights" else b).max())
-            raise HwloopError(
-                f"layer {layer.name!r}: {what} reach {top:.4g} but chip {self.resource} accepts "
-                f"[-{wmax:g}, {wmax if what == 'weights' else bmax:g}] ({'WEIG' if what == 'weights' else 'BIAS'}:RANG?); "
-                "pass scale_weights=True for exact power-of-two scaling")
-        self.layer = layer
-        self._host = host
-        self._s_w = s_w
-        self._tiles = []
-        for t in tiles:
-            wt = np.ascontiguousarray(w[t.rows, t.cols] / np.float32(s_w))
-            bt = np.zeros(wt.shape[0], np.float32) if host else b[t.rows] / np.float32(s_w)
-            key = (wt.shape, scpi.weights_checksum(wt), "LIN" if host else _SCPI_ACT[act])
-            self._tiles.append((t, wt, bt, key))
-        self._bias = b
+        plan = plan_layer(layer, self._plan_limits(), scale=self.scale_weights,
+                          host_activation=self.host_activation, chip=f"chip {self.resource}")
+        for note in plan.notes:           # on the console once, and in describe() (the run's provenance)
+            if note not in self._noted:
+                self._noted.add(note)
+                warnings.warn(note, stacklevel=3)
+        self.layer, self.plan = layer, plan
+        self._host, self._s_w, self._bias = plan.host, plan.weight_scale, plan.bias
+        self._tiles = [(tp.tile, tp.weights, tp.bias,
+                        (tp.weights.shape, scpi.weights_checksum(tp.weights), _SCPI_ACT[tp.activation]))
+                       for tp in plan.tiles]
         self._retrying(lambda: self._ensure(self._tiles[0]), f"programming layer {layer.name!r}")
         self._temperature = self._retrying(lambda: self.link.query("temperature"), "SYST:TEMP?")
 
@@ -659,8 +630,9 @@ class VisaDevice(Device):
         jobs = []
         for tile in self._tiles:
             t = tile[0]
-            for rs, ks in chunks_for(len(rows), k, t.rows.stop - t.rows.start, lim["max_batch"],
-                                     lim["max_repeats"], self.max_block_bytes):
+            for c in chunks_for(len(rows), k, t.rows.stop - t.rows.start, lim["max_batch"],
+                                lim["max_repeats"], self.max_block_bytes):
+                rs, ks = c.rows, c.repeats
                 xs, s_x = self._scaled_inputs(rows[rs, t.cols])
                 slot = out[ks, rs, t.rows]
                 jobs.append(_Job(tile, xs, s_x, ks.stop - ks.start, slot,
@@ -675,18 +647,12 @@ class VisaDevice(Device):
         return out if r_in == 1 else out.reshape(r_in, b, -1)
 
     def _scaled_inputs(self, xs: np.ndarray) -> tuple[np.ndarray, float]:
-        lo, hi = self.limits["input_range"]
-        x_min, x_max = float(xs.min(initial=0)), float(xs.max(initial=0))
-        if lo <= x_min and x_max <= hi:
-            return np.ascontiguousarray(xs), 1.0
-        need = max(x_max / hi if x_max > hi else 1.0, x_min / lo if (x_min < lo and lo < 0) else 1.0)
-        if not self.scale_inputs or (x_min < lo and lo >= 0) or not np.isfinite(need):
-            raise HwloopError(
-                f"layer {self.layer.name!r}: inputs span [{x_min:.4g}, {x_max:.4g}] but chip {self.resource} "
-                f"accepts [{lo:g}, {hi:g}] (INP:RANG?)"
-                + ("; pass scale_inputs=True for exact power-of-two scaling" if lo < 0 or x_min >= lo else ""))
-        s = _pow2_at_least(need)
-        return np.ascontiguousarray(xs / np.float32(s)), s
+        s = input_scale(xs, self.limits["input_range"], scale=self.scale_inputs,
+                        homogeneous=self._host or self.layer.activation in HOMOGENEOUS, layer=self.layer.name,
+                        chip=f"chip {self.resource}")
+        if s != 1:
+            self.input_scales[s] = self.input_scales.get(s, 0) + 1
+        return np.ascontiguousarray(xs if s == 1 else xs / np.float32(s)), s
 
     def _measure_jobs(self, jobs: list[_Job], done: list[int]) -> None:
         """Measure ``jobs[done[0]:]`` in order, storing each result and advancing ``done[0]``.
@@ -905,7 +871,8 @@ class VisaDevice(Device):
                            "host_bias_and_activation": self._host,
                            "chip_activation": self._tiles[0][3][2]}
             d["scaling"] = {"weights": self._s_w, "inputs": "per measurement, power of two" if self.scale_inputs
-                            else "off"}
+                            else "off", "input_scales": {f"{k:g}": v for k, v in sorted(self.input_scales.items())}}
+            d["placement"] = dict(self.plan.placement, notes=self.plan.notes)
         if self._faults:
             d["faults_survived"] = self._faults[-20:]
         return d
