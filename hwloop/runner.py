@@ -496,7 +496,8 @@ def _versions() -> dict:
 
 
 def _describe_devices(model: Model, per_layer: list[Device]) -> list[dict]:
-    return [{"layer": L.index, "name": L.name, **dev.describe()} for L, dev in zip(model.layers, per_layer)]
+    return [{"layer": L.index, "name": L.name, **dev.describe(), **({"origin": dev.origin} if dev.origin else {})}
+            for L, dev in zip(model.layers, per_layer)]
 
 
 def _provenance(model: Model, ds: Dataset, x: np.ndarray, per_layer: list[Device], seed: int, repeats: int,

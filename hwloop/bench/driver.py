@@ -518,7 +518,7 @@ class VisaDevice(Device):
         self.scale_inputs, self.scale_weights = scale_inputs, scale_weights
         self.host_activation = host_activation
         self.plan = None
-        self.input_scales: dict[float, int] = {}   # power of two -> measurements it was needed for
+        self.input_scales: dict[float, int] = {}   # input scale (power of two, 1: none) -> measurements
         self._noted: set[str] = set()
         self.on_clip, self.max_block_bytes, self.verify_grid = on_clip, max_block_bytes, verify_grid
         self.link = link or Link(resource, timeout_ms=timeout_ms, byte_order=byte_order,
@@ -650,8 +650,7 @@ class VisaDevice(Device):
         s = input_scale(xs, self.limits["input_range"], scale=self.scale_inputs,
                         homogeneous=self._host or self.layer.activation in HOMOGENEOUS, layer=self.layer.name,
                         chip=f"chip {self.resource}")
-        if s != 1:
-            self.input_scales[s] = self.input_scales.get(s, 0) + 1
+        self.input_scales[s] = self.input_scales.get(s, 0) + 1
         return np.ascontiguousarray(xs if s == 1 else xs / np.float32(s)), s
 
     def _measure_jobs(self, jobs: list[_Job], done: list[int]) -> None:
