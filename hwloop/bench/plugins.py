@@ -32,6 +32,7 @@ BUILTIN = {
     "visa": "hwloop.bench.driver:VisaDevice",
     "emulator": "hwloop.devices.emulator:Emulator",
     "fixed-weight": "hwloop.bench.fixedchip:FixedWeightChip",
+    "described": "hwloop.bench.described:DescribedDevice",
 }
 
 

@@ -1,0 +1,205 @@
+"""``DescribedDevice``: one generic driver for any controller dialect described in YAML (``instrument``).
+
+It drives the controller through pyvisa with the description's commands:
+identify and reset, program weights (row or column order), bias and
+activation, then per measurement write the inputs, set the repetitions,
+trigger, wait (poll, ``*OPC?`` or a delay), fetch the ASCII result and reorder
+it to (repeat, sample, neuron), and read the error query.  Tiles, chunks,
+exact range scaling and the placement of bias and activation come from the
+same plan as the ANB driver (``hwloop.bench.plan``).  Transport failures,
+unreadable replies and queued errors are retried with tenacity: reconnect,
+reprogram, and measure only the unfinished chunk again.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Sequence
+
+import numpy as np
+import tenacity
+
+from ..devices.base import Device, check_input
+from ..errors import DeviceError
+from ..layer import AnalogLayer, activate
+from .instrument import Description, load_description
+from .plan import HOMOGENEOUS, chunks_for, input_scale, plan_layer
+from .visalib import resource_manager
+
+
+class _Retry(Exception):
+    """A failure worth another try: the link, an unreadable reply, or an error the controller queued."""
+
+
+class DescribedDevice(Device):
+    """A chip on a controller whose dialect ``description`` names (a shipped name or a YAML file)."""
+
+    remote = True
+
+    def __init__(self, description: str, resource: str, *, visa_library: str = "@py", timeout_ms: int = 5000,
+                 retries: int = 5, backoff_s: float = 0.05, max_backoff_s: float = 1.0,
+                 strict_ranges: bool = False, host_activation: bool = False):
+        self.desc: Description = load_description(description)
+        self.resource, self.timeout_ms = resource, timeout_ms
+        self.retries, self.backoff_s, self.max_backoff_s = retries, backoff_s, max_backoff_s
+        self.strict, self.host_activation = strict_ranges, host_activation
+        self._rm = resource_manager(visa_library)
+        self._res = None
+        self.layer = self.plan = None
+        self.reconnects, self.retried, self._loaded = 0, 0, None
+        self.input_scales: dict[float, int] = {}
+        self._call(self._connect, "connecting")
+        self.limits = self._limits()
+
+    # -- the link -----------------------------------------------------------------------
+    def _connect(self) -> None:
+        if self._res is not None:
+            try:
+                self._res.close()
+            except Exception:
+                pass
+        self._res = self._rm.open_resource(self.resource, read_termination="\n", write_termination="\n",
+                                           timeout=self.timeout_ms)
+        self.idn = self.ask(self.desc.data["identify"])
+        if self.desc.data.get("reset"):
+            self.send(self.desc.data["reset"])
+        for _ in range(64):                                  # clear what an earlier session left queued
+            if self.desc.error(self.ask(self.desc.data["errors"]["query"])) is None:
+                break
+        self._loaded = None
+
+    def send(self, message: str) -> None:
+        self._res.write(message)
+
+    def ask(self, message: str) -> str:
+        return self._res.query(message).strip()
+
+    def check(self, what: str) -> None:
+        """Read the error query; a queued error raises (and is retried)."""
+        err = self.desc.error(self.ask(self.desc.data["errors"]["query"]))
+        if err is not None:
+            raise _Retry(f"{what}: controller error {err[0]}, {err[1]!r}")
+
+    def _call(self, fn, what: str):
+        """``fn()`` with retries: back off, reconnect, try again; DeviceError when they run out."""
+        def again(state: tenacity.RetryCallState) -> None:
+            self.retried += 1
+            try:
+                self._connect()
+                self.reconnects += 1
+            except Exception:
+                pass                                         # the next attempt fails and is counted
+
+        try:
+            for attempt in tenacity.Retrying(
+                    stop=tenacity.stop_after_attempt(self.retries + 1), reraise=True,
+                    wait=tenacity.wait_exponential(multiplier=self.backoff_s, max=self.max_backoff_s),
+                    retry=tenacity.retry_if_not_exception_type((DeviceError, KeyboardInterrupt)),
+                    before_sleep=again):
+                with attempt:
+                    try:
+                        return fn()
+                    except (DeviceError, KeyboardInterrupt, _Retry):
+                        raise
+                    except Exception as e:      # pyvisa I/O errors, closed sockets, unreadable replies
+                        raise _Retry(f"{what}: {type(e).__name__}: {e}") from None
+        except _Retry as e:
+            raise DeviceError(f"{self.desc.name} at {self.resource}: {e} (after {self.retries} retries)") from None
+
+    def _limits(self) -> dict:
+        lim = self.desc.limits()
+        query = self.desc.section("capacity").get("query")
+        if query:
+            values = self._call(lambda: self.desc.parse_values(self.ask(query)), query)
+            lim.update(zip(("max_inputs", "max_outputs", "max_batch", "max_repeats"), (int(v) for v in values)))
+        return lim
+
+    # -- programming ----------------------------------------------------------------------
+    def program(self, layer: AnalogLayer, *, seed: int = 0) -> None:
+        self.plan = plan_layer(layer, self.limits, scale=not self.strict, host_activation=self.host_activation,
+                               chip=f"{self.desc.name} at {self.resource}")
+        for note in self.plan.notes:
+            warnings.warn(note, stacklevel=3)
+        self.layer = layer
+        self._call(lambda: self._load(0, 1.0), f"programming layer {layer.name!r}")
+
+    def _load(self, tile: int, s_x: float) -> None:
+        """Make the controller hold ``tile`` with its bias divided by ``s_x``."""
+        if self._loaded == (tile, s_x):
+            return
+        tp, prog, d = self.plan.tiles[tile], self.desc.section("program"), self.desc
+        w = tp.weights if prog["weights"].get("order", "row") == "row" else tp.weights.T
+        if prog.get("shape"):
+            self.send(d.message(prog["shape"], n_out=tp.weights.shape[0], n_in=tp.weights.shape[1]))
+        self.send(d.message(prog["weights"]["command"], values=w))
+        self.send(d.message(prog["bias"], values=tp.bias / np.float32(s_x)))
+        self.send(d.message(prog["activation"], name=d.data["activations"][tp.activation]))
+        self.check("programming")
+        self._loaded = (tile, s_x)
+
+    # -- measuring ------------------------------------------------------------------------
+    def run(self, x: np.ndarray, *, repeats: int, key: Sequence[int] = ()) -> np.ndarray:
+        x = check_input(self, x, repeats)
+        r_in, b, n_in = x.shape
+        rows = x[0] if r_in == 1 else x.reshape(r_in * b, n_in)
+        k = repeats if r_in == 1 else 1
+        plan, lim = self.plan, self.limits
+        out = np.zeros((k, len(rows), self.layer.n_out), np.float32)
+        exact = plan.host or self.layer.activation in HOMOGENEOUS
+        for t, tp in enumerate(plan.tiles):
+            for ch in chunks_for(len(rows), k, tp.weights.shape[0], lim["max_batch"], lim["max_repeats"], 1 << 30):
+                xs = rows[ch.rows, tp.tile.cols]
+                s_x = input_scale(xs, lim["input_range"], scale=not self.strict, homogeneous=exact,
+                                  layer=self.layer.name, chip=f"{self.desc.name} at {self.resource}")
+                self.input_scales[s_x] = self.input_scales.get(s_x, 0) + 1
+                kk = ch.repeats.stop - ch.repeats.start
+                y = self._call(lambda: self._measure(t, 1.0 if plan.host else s_x, xs / np.float32(s_x), kk),
+                               f"measurement of layer {self.layer.name!r}")
+                out[ch.repeats, ch.rows, tp.tile.rows] += y * np.float32(s_x * plan.weight_scale)
+        if plan.host:
+            out = activate(self.layer.activation, out + plan.bias)
+        return out if r_in == 1 else out.reshape(r_in, b, -1)
+
+    def _measure(self, tile: int, s_x: float, xs: np.ndarray, k: int) -> np.ndarray:
+        """One measurement: (k, len(xs), n_out) as the controller returned it, reordered."""
+        d, meas = self.desc, self.desc.section("measure")
+        self._load(tile, s_x)
+        self.send(d.message(meas["inputs"], values=xs))
+        if meas.get("repeats"):
+            self.send(d.message(meas["repeats"], k=k))
+        self.send(d.message(meas["trigger"]))
+        self._wait(meas["wait"], k * len(xs))
+        raw = d.parse_values(self.ask(meas["fetch"]["query"]))
+        self.check("measurement")
+        order = meas["fetch"].get("order", ["repeat", "sample", "neuron"])
+        sizes = {"repeat": k, "sample": len(xs), "neuron": self.plan.tiles[tile].weights.shape[0]}
+        if raw.size != k * len(xs) * sizes["neuron"]:
+            raise _Retry(f"{meas['fetch']['query']}: {raw.size} values, expected {k * len(xs) * sizes['neuron']}")
+        y = raw.reshape([sizes[a] for a in order])
+        return np.ascontiguousarray(y.transpose([order.index(a) for a in ("repeat", "sample", "neuron")]))
+
+    def _wait(self, wait: dict, evaluations: int) -> None:
+        if "delay_s" in wait:
+            time.sleep(wait["delay_s"])
+        elif "opc" in wait:
+            self.ask(wait["opc"])
+        else:
+            deadline = time.monotonic() + self.timeout_ms / 1000 + 20e-6 * evaluations
+            while self.ask(wait["poll"]) != wait.get("until", "0"):
+                if time.monotonic() > deadline:
+                    raise _Retry(f"{wait['poll']}: still busy after {self.timeout_ms} ms")
+                time.sleep(wait.get("interval_s", 0.001))
+
+    def describe(self) -> dict:
+        d = {"type": "DescribedDevice", "dialect": self.desc.name, "description": str(self.desc.path),
+             "resource": self.resource, "idn": self.idn, "reconnects": self.reconnects, "retries": self.retried,
+             "scaling": {"input_scales": {f"{s:g}": n for s, n in sorted(self.input_scales.items())}}}
+        if self.plan is not None:
+            d["placement"] = dict(self.plan.placement, notes=self.plan.notes)
+        return d
+
+    def close(self) -> None:
+        if self._res is not None:
+            self._res.close()
+            self._res = None
