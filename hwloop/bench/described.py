@@ -13,6 +13,7 @@ reprogram, and measure only the unfinished chunk again.
 
 from __future__ import annotations
 
+import socket
 import time
 import warnings
 from typing import Sequence
@@ -61,6 +62,13 @@ class DescribedDevice(Device):
                 pass
         self._res = self._rm.open_resource(self.resource, read_termination="\n", write_termination="\n",
                                            timeout=self.timeout_ms)
+        self._res.chunk_size = 1 << 20           # ASCII replies run to megabytes: read them in large pieces
+        session = getattr(self._rm.visalib, "sessions", {}).get(self._res.session)
+        if hasattr(session, "max_recv_size"):     # pyvisa-py's socket reads 4 kB per recv() by default
+            session.max_recv_size = 1 << 20
+        sock = getattr(session, "interface", None)
+        if isinstance(sock, socket.socket):       # small messages back to back: no Nagle + delayed ACK waits
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.idn = self.ask(self.desc.data["identify"])
         if self.desc.data.get("reset"):
             self.send(self.desc.data["reset"])

@@ -69,13 +69,21 @@ class Description:
         return template.format(**fields)
 
     def format_values(self, values: np.ndarray) -> str:
-        flat = np.asarray(values, dtype=np.float64).reshape(-1)
-        return self.separator.join(f"{v:.{self.digits}g}" for v in flat)
+        """An ASCII list (``digits`` significant digits, ``separator`` between values)."""
+        flat = np.asarray(values, dtype=np.float64).reshape(-1).tolist()
+        if not flat:
+            return ""
+        return ((f"%.{self.digits}g" + self.separator) * len(flat) % tuple(flat))[:-len(self.separator)]
 
     def parse_values(self, text: str) -> np.ndarray:
-        """An ASCII list as float32; ValueError when it is not one."""
+        """An ASCII list as float32; ValueError when it is not one (numpy parses it in C)."""
         text = text.strip()
-        return np.array([float(v) for v in text.split(self.separator)] if text else [], np.float32)
+        if not text:
+            return np.empty(0, np.float32)
+        values = np.fromstring(text, dtype=np.float64, sep=self.separator)
+        if values.size != text.count(self.separator) + 1:
+            raise ValueError(f"not a list of numbers separated by {self.separator!r}: {text[:40]!r}")
+        return values.astype(np.float32)
 
     @staticmethod
     def pattern(template: str) -> re.Pattern:
