@@ -116,3 +116,42 @@ def test_bad_descriptions_name_file_line_and_key(tmp_path, edit, message):
 
     with pytest.raises(HwloopError, match=r"bench.yaml:2: device 'nc': .*" + message):
         load_bench(bench).open("nc")
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_on_the_described_dialect(controller, tmp_path, mlp_onnx):
+    """Kill -9 a real `hwloop run` on the ACME controller mid-run, --resume, compare with an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import zarr
+
+    c = controller()
+    bench = tmp_path / "bench.yaml"
+    bench.write_text(f'devices:\n  nc: {{type: described, description: acme-nc, resource: "{c.resource}"}}\n'
+                     "layers: {3: nc}\n")
+    args = ["run", str(mlp_onnx), "--bench", str(bench), "--data", "digits@120", "--repeats", "2",
+            "--batch-size", "2", "--seed", "3"]                     # 60 batches
+    full, killed = tmp_path / "full.zarr", tmp_path / "killed.zarr"
+    assert main([*args, "--out", str(full)]) == 0
+    proc = subprocess.Popen([sys.executable, "-m", "hwloop", *args, "--out", str(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    markers = killed / "batch_done" / "c"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and proc.poll() is None:
+        if markers.is_dir() and sum(n.isdigit() for n in os.listdir(markers)) >= 5:
+            break
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    done = zarr.open_group(str(killed), mode="r")["batch_done"][:].astype(bool)
+    assert 5 <= done.sum() < len(done)
+    assert main([*args, "--out", str(killed), "--resume"]) == 0
+    a, b = open_run(full), open_run(killed)
+    assert b.complete
+    for k in range(4):       # the ideal chip is deterministic: the same bytes, every batch once
+        assert np.asarray(a.layer(k)).tobytes() == np.asarray(b.layer(k)).tobytes()
