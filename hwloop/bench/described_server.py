@@ -5,7 +5,11 @@ a parser, every reply is formatted as the description says, errors are
 queued and read back in the dialect's own format.  The chip's physics come
 from a device profile through the emulator (ideal without one), and its ADC
 from the description's ranges.  State survives a dropped connection, as on
-a real controller.  Faults for tests: ``drop_after`` (close the connection
+a real controller.  A source/measure bench is several instruments sharing one
+chip: ``controller.instrument("measure")`` serves the commands of that role
+(prefixed ``measure>`` in the description); triggers must arrive in the
+description's order, and weights may be fixed in the hardware
+(``fixed_weights``).  Faults for tests: ``drop_after`` (close the connection
 after that many messages, once) and ``error_after`` (queue a spurious error
 after that many messages, once).
 """
@@ -31,26 +35,47 @@ class DialectFaults:
 
 
 class _State:
-    """What the controller holds: the layer, the inputs, the last result, the error queue."""
+    """What the chip and its instruments hold: the layer, the inputs, the last result, trigger progress.
+
+    Instruments of one bench (a source and a measure instrument) share it; each keeps its own errors.
+    """
 
     def __init__(self):
         self.shape = (1, 1)
         self.weights = self.bias = self.inputs = self.result = None
-        self.activation, self.repeats, self.busy_polls = "linear", 1, 0
-        self.errors: list[tuple[int, str]] = []
+        self.activation, self.repeats, self.busy_polls, self.armed = "linear", 1, 0, 0
+
+
+class _Chip:
+    """The chip behind a bench's instruments (shared by them), with weights fixed in hardware or not."""
+
+    def __init__(self, fixed: np.ndarray | None):
+        self.fixed = None if fixed is None else np.asarray(fixed, np.float32)
+        self.measurements = 0
+        self.reset()
+
+    def reset(self) -> None:
+        """Power-on state: nothing loaded (weights fixed in hardware stay)."""
+        self.state = _State()
+        if self.fixed is not None:
+            self.state.shape, self.state.weights = self.fixed.shape, self.fixed
 
 
 class DescribedController:
     """``DescribedController(description, profile).start()`` -> serves on ``resource`` until ``stop()``."""
 
     def __init__(self, description: str | Description, profile=None, *, seed: int = 0,
-                 faults: DialectFaults | None = None, idn: str | None = None):
+                 faults: DialectFaults | None = None, idn: str | None = None, role: str | None = None,
+                 shared: "DescribedController | None" = None, fixed_weights: np.ndarray | None = None):
         self.desc = description if isinstance(description, Description) else load_description(description)
+        self.role = role or self.desc.instruments[0]
         self.profile, self.seed, self.faults = profile, seed, faults or DialectFaults()
-        self.idn = idn or f"hwloop sim,{self.desc.name},SIM0001,1.0"
-        self.state, self.count, self.measurements = _State(), 0, 0
-        self._server: socketserver.TCPServer | None = None
+        self.idn = idn or f"hwloop sim,{self.desc.name}:{self.role},SIM0001,1.0"
+        self.errors: list[tuple[int, str]] = []
+        self.count = 0
+        self.chip = shared.chip if shared is not None else _Chip(fixed_weights)
         self._table = self._commands()
+        self._server: socketserver.TCPServer | None = None
 
     # -- serving ------------------------------------------------------------------------
     def start(self) -> "DescribedController":
@@ -63,6 +88,10 @@ class DescribedController:
         self._server = socketserver.TCPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
+
+    def instrument(self, role: str) -> "DescribedController":
+        """Another instrument of the same bench (``role`` of the description), sharing this one's chip."""
+        return DescribedController(self.desc, self.profile, seed=self.seed, role=role, shared=self)
 
     @property
     def resource(self) -> str:
@@ -82,24 +111,34 @@ class DescribedController:
                 return                                       # the connection drops, the state stays
             if f.error_after is not None and self.count >= f.error_after:
                 f.error_after = None
-                self.state.errors.append((-300, "Device-specific error"))
+                self.errors.append((-300, "Device-specific error"))
             reply = self.handle(raw.decode("ascii", "replace").strip())
             if reply is not None:
                 sock.sendall(reply.encode() + b"\n")
 
     # -- the command table, from the description -------------------------------------------
     def _commands(self) -> list:
+        """(pattern, action, is_query) for every command of the description this instrument serves."""
         d, prog, meas = self.desc, self.desc.section("program"), self.desc.section("measure")
         wait, cap = meas["wait"], d.section("capacity")
-        table = [(d.data["identify"], lambda m: self.idn),
-                 (d.data.get("reset"), lambda m: self._reset()),
-                 (cap.get("query"), lambda m: d.separator.join(str(cap_v) for cap_v in self._capacity())),
-                 (prog.get("shape"), self._shape), (prog["weights"]["command"], self._weights),
-                 (prog["bias"], self._bias), (prog["activation"], self._activation),
+        w = prog.get("weights") or {}
+        triggers = meas["trigger"] if isinstance(meas["trigger"], list) else [meas["trigger"]]
+        table = [(d.data["identify"], lambda m: self.idn), (d.data.get("reset"), lambda m: self._reset()),
+                 (cap.get("query"), lambda m: d.separator.join(str(v) for v in self._capacity())),
+                 (prog.get("shape"), self._shape), (w.get("command"), self._weights),
+                 (prog.get("bias"), self._bias), (prog.get("activation"), self._activation),
+                 (prog.get("fixed"), lambda m: d.format_values(self.chip.state.weights)),
                  (meas["inputs"], self._inputs), (meas.get("repeats"), self._repeats),
-                 (meas["trigger"], self._trigger), (wait.get("poll"), self._poll), (wait.get("opc"), lambda m: "1"),
+                 *[(t, lambda m, i=i: self._trigger(i, len(triggers))) for i, t in enumerate(triggers)],
+                 (wait.get("poll"), self._poll), (wait.get("opc"), lambda m: "1"),
                  (meas["fetch"]["query"], self._fetch), (d.data["errors"]["query"], self._error)]
-        return [(Description.pattern(t), fn, t.rstrip().endswith("?")) for t, fn in table if t]
+        out = []
+        for template, fn in table:
+            if template:
+                role, text = d.role(template)
+                if role in (None, self.role):
+                    out.append((Description.pattern(text), fn, text.rstrip().endswith("?")))
+        return out
 
     def handle(self, line: str) -> str | None:
         """The reply to one message (None for a command); a failed query answers an empty line."""
@@ -109,10 +148,10 @@ class DescribedController:
                 try:
                     out = fn(m)
                 except (ValueError, KeyError) as e:
-                    self.state.errors.append(e.args[0] if isinstance(e.args[0], tuple) else (-102, "Syntax error"))
+                    self.errors.append(e.args[0] if isinstance(e.args[0], tuple) else (-102, "Syntax error"))
                     return "" if query else None
                 return out if query else None
-        self.state.errors.append((-113, "Undefined header"))
+        self.errors.append((-113, "Undefined header"))
         return "" if line.endswith("?") else None
 
     def _capacity(self) -> list[int]:
@@ -122,7 +161,7 @@ class DescribedController:
                                               (32, 16, 64, 50))]
 
     def _reset(self) -> None:
-        self.state = self._keep_errors()
+        self.chip.reset()
 
     def _values(self, m, n: int | None = None, top: float | None = None) -> np.ndarray:
         v = self.desc.parse_values(m["values"])
@@ -137,32 +176,27 @@ class DescribedController:
         cap = self._capacity()
         if not (1 <= n_out <= cap[1] and 1 <= n_in <= cap[0]):
             raise ValueError((-222, "Data out of range"))
-        self.state = self._keep_errors()
-        self.state.shape = (n_out, n_in)
-
-    def _keep_errors(self) -> _State:
-        s = _State()
-        s.errors = self.state.errors
-        return s
+        self.chip.state = _State()
+        self.chip.state.shape = (n_out, n_in)
 
     def _weights(self, m) -> None:
-        n_out, n_in = self.state.shape
+        n_out, n_in = self.chip.state.shape
         v = self._values(m, n_out * n_in, self.desc.limits()["weight_range"])
         order = self.desc.section("program")["weights"].get("order", "row")
-        self.state.weights = v.reshape(n_out, n_in) if order == "row" else v.reshape(n_in, n_out).T.copy()
-        self.state.result = None
+        self.chip.state.weights = v.reshape(n_out, n_in) if order == "row" else v.reshape(n_in, n_out).T.copy()
+        self.chip.state.result = None
 
     def _bias(self, m) -> None:
-        self.state.bias = self._values(m, self.state.shape[0], self.desc.limits()["bias_range"])
+        self.chip.state.bias = self._values(m, self.chip.state.shape[0], self.desc.limits()["bias_range"])
 
     def _activation(self, m) -> None:
         names = {v: k for k, v in self.desc.data["activations"].items()}
         if m["name"] not in names:
             raise ValueError((-224, "Illegal parameter value"))
-        self.state.activation = names[m["name"]]
+        self.chip.state.activation = names[m["name"]]
 
     def _inputs(self, m) -> None:
-        s, lim = self.state, self.desc.limits()
+        s, lim = self.chip.state, self.desc.limits()
         v = self._values(m)
         lo, hi = lim["input_range"]
         if v.size == 0 or v.size % s.shape[1] or v.size // s.shape[1] > self._capacity()[2]:
@@ -175,17 +209,28 @@ class DescribedController:
         k = int(m["k"])
         if not 1 <= k <= self._capacity()[3]:
             raise ValueError((-222, "Data out of range"))
-        self.state.repeats = k
+        self.chip.state.repeats = k
 
-    def _trigger(self, m) -> None:
-        s = self.state
+    def _trigger(self, i: int, n: int) -> None:
+        """Trigger ``i`` of ``n`` (the description's order); the chip measures at the last one."""
+        s = self.chip.state
+        if s.armed != i:
+            s.armed = 0
+            raise ValueError((-221, "Settings conflict: trigger out of order"))
+        s.armed = i + 1
+        if s.armed < n:
+            return
+        s.armed = 0
         if s.weights is None or s.inputs is None:
             raise ValueError((-221, "Settings conflict"))
+        self._measure(s)
+
+    def _measure(self, s: _State) -> None:
         bias = s.bias if s.bias is not None else np.zeros(s.shape[0], np.float32)
         emu = Emulator(self.profile)
         emu.program(AnalogLayer(0, "chip", "Gemm", s.weights, bias, s.activation), seed=self.seed)
-        y = emu.run(s.inputs[None], repeats=s.repeats, key=(self.seed, self.measurements))
-        self.measurements += 1
+        y = emu.run(s.inputs[None], repeats=s.repeats, key=(self.seed, self.chip.measurements))
+        self.chip.measurements += 1
         lo, hi = self.desc.limits()["output_range"]
         bits = self.desc.limits()["output_bits"]
         y = np.clip(y, lo, hi)
@@ -195,22 +240,22 @@ class DescribedController:
         s.result, s.busy_polls = y, 1                       # (repeat, sample, neuron); busy for one poll
 
     def _poll(self, m) -> str:
-        s = self.state
+        s = self.chip.state
         if s.busy_polls:
             s.busy_polls -= 1
             return "1"
         return self.desc.section("measure")["wait"].get("until", "0")
 
     def _fetch(self, m) -> str:
-        if self.state.result is None:
+        if self.chip.state.result is None:
             raise ValueError((-230, "Data corrupt or stale"))
         order = self.desc.section("measure")["fetch"].get("order", ["repeat", "sample", "neuron"])
         axes = [("repeat", "sample", "neuron").index(a) for a in order]
-        return self.desc.format_values(self.state.result.transpose(axes))
+        return self.desc.format_values(self.chip.state.result.transpose(axes))
 
     def _error(self, m) -> str:
         e = self.desc.data["errors"]
-        if not self.state.errors:
+        if not self.errors:
             return e["none"]
-        code, text = self.state.errors.pop(0)
+        code, text = self.errors.pop(0)
         return e["format"].format(code=code, text=text)

@@ -61,12 +61,23 @@ class Description:
                 "input_range": tuple(map(float, r["inputs"])), "output_range": tuple(map(float, r["outputs"])),
                 "output_bits": r.get("output_bits"), "activations": set(self.data["activations"])}
 
+    @property
+    def instruments(self) -> list[str]:
+        """The roles of the bench's instruments (one controller, or e.g. source and measure)."""
+        return list(self.data.get("instruments") or ["controller"])
+
+    def role(self, template: str) -> tuple[str | None, str]:
+        """``"measure> ACQ:DATA?"`` -> ("measure", "ACQ:DATA?"); no prefix -> (None, template): every instrument."""
+        head, sep, rest = template.partition("> ")
+        return (head, rest) if sep and head in self.instruments else (None, template)
+
     # -- the command table -----------------------------------------------------------
-    def message(self, template: str, **fields) -> str:
-        """A program message from ``template`` ({values} is an ASCII list, others as given)."""
+    def message(self, template: str, **fields) -> tuple[str | None, str]:
+        """(role, program message) from ``template`` ({values} is an ASCII list, others as given)."""
         if "values" in fields:
             fields["values"] = self.format_values(fields["values"])
-        return template.format(**fields)
+        role, text = self.role(template)
+        return role, text.format(**fields)
 
     def format_values(self, values: np.ndarray) -> str:
         """An ASCII list (``digits`` significant digits, ``separator`` between values)."""
@@ -122,7 +133,42 @@ def load_description(name_or_path: str | Path) -> Description:
     wait = (data.get("measure") or {}).get("wait") if isinstance(data.get("measure"), dict) else None
     if not problems and isinstance(wait, dict) and sum(k in wait for k in ("poll", "opc", "delay_s")) != 1:
         problems.append((getattr(wait, "line", 1), "measure.wait", "exactly one of poll:, opc:, delay_s:"))
+    problems += [] if problems else _consistency(data)
     if problems:
         line, key, msg = min(problems, key=lambda p: (p[0] if isinstance(p[0], int) else 10**9, p[1]))
         raise HwloopError(f"{path}:{line}: {key}: {msg}")
     return Description(path, data)
+
+
+def _consistency(data: dict) -> list[tuple]:
+    """What the schema cannot say: roles that exist, and a program that either loads weights or reads fixed ones."""
+    out = []
+    roles = set(data.get("instruments") or ["controller"])
+
+    def walk(node, path):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, path + [k])
+        elif isinstance(node, list):
+            for v in node:
+                walk(v, path)
+        elif isinstance(node, str) and "> " in node and path and path[0] in ("program", "measure", "errors"):
+            head = node.partition("> ")[0]
+            if head.isidentifier() and head not in roles:
+                out.append((_line(data, path), ".".join(path), f"no instrument {head!r} (instruments: "
+                                                               f"{', '.join(sorted(roles))})"))
+
+    walk(data, [])
+    prog = data.get("program") or {}
+    if "fixed" not in prog and any(k not in prog for k in ("weights", "bias", "activation")):
+        out.append((getattr(prog, "line", 1) or 1, "program", "give weights:, bias: and activation:, or fixed: "
+                                                              "(a query for weights set in the hardware)"))
+    return out
+
+
+def _line(data, path) -> int:
+    node, line = data, getattr(data, "line", 1)
+    for p in path:
+        line = getattr(node, "lines", {}).get(p, line)
+        node = node[p] if isinstance(node, dict) else node
+    return line
