@@ -114,8 +114,8 @@ def test_bad_descriptions_name_file_line_and_key(tmp_path, edit, message):
     bench.write_text(f'devices:\n  nc: {{type: described, description: "{p}", resource: "TCPIP::127.0.0.1::1::SOCKET"}}\n')
     from hwloop.bench import load_bench
 
-    with pytest.raises(HwloopError, match=r"bench.yaml:2: device 'nc': .*" + message):
-        load_bench(bench).open("nc")
+    with pytest.raises(HwloopError, match=r"bench.yaml:2: devices: nc: description: .*" + message):
+        load_bench(bench)
 
 
 @pytest.mark.slow

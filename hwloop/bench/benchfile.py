@@ -314,6 +314,9 @@ def _plugin_keys(spec: DeviceSpec, d: LineMap, bad) -> None:
         spec.twin = d["twin"]
     for key, problem in plugins.keyword_problems(spec.cls, kwargs).items():
         bad("type" if key is None else key, problem)
+    check = getattr(spec.cls, "check_options", None)     # optional: the class checks its arguments early
+    for key, problem in (check(**kwargs) if callable(check) else {}).items():
+        bad(key if key in d else "type", problem)
     if isinstance(kwargs.get("visa_library"), str):
         kwargs["visa_library"] = library_spec(kwargs["visa_library"], spec.path.parent)
     spec.options = kwargs

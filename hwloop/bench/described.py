@@ -58,6 +58,17 @@ class DescribedDevice(Device):
         self._call(self._connect, "connecting")
         self.limits = self._limits()
 
+    @staticmethod
+    def check_options(description: str = "", **_) -> dict[str, str]:
+        """Bench-file hook: a description that does not load is reported at its key when the file is read."""
+        from ..errors import HwloopError
+
+        try:
+            load_description(description)
+        except HwloopError as e:
+            return {"description": str(e)}
+        return {}
+
     # -- the link -----------------------------------------------------------------------
     def _connect(self) -> None:
         for res in self._res.values():

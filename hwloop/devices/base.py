@@ -24,7 +24,9 @@ entry-point group ``hwloop.devices``).  Every hwloop command that takes
   overlaps layers), ``hardware`` (devices sharing one unit are not run at the
   same time), ``interrupt()``, ``sibling()`` (another device on the same
   connection, for a second layer; without it one instance serves every layer
-  mapped to it and is reprogrammed as the batches go through).
+  mapped to it and is reprogrammed as the batches go through), and the static
+  ``check_options(**kwargs) -> {key: problem}``, called when a bench file is
+  read, so a bad argument is reported at its line before anything connects.
 
 Randomness is keyed, never global: ``program`` gets a seed for static effects
 (weight programming noise, gain/offset spread), ``run`` gets a key for that
