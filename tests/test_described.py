@@ -75,6 +75,19 @@ def test_faults_are_survived_and_every_batch_recorded_once(controller, tmp_path,
     assert c.faults.drop_after is None and c.faults.error_after is None        # both fired
 
 
+@pytest.mark.parametrize("fault", [{"garble_after": 21}, {"delay_after": 21, "delay_s": 1.0}])   # 21: a RESULT?
+def test_garbled_and_late_replies_are_survived(controller, fault):
+    c = controller(**fault)
+    L = layer()
+    x = np.random.default_rng(2).uniform(-0.3, 0.3, (1, 200, 20)).astype(np.float32)
+    with DescribedDevice("acme-nc", c.resource, timeout_ms=300, backoff_s=0.001) as dev:
+        dev.program(L)
+        y = dev.run(x, repeats=2)
+        assert dev.retried >= 1 and dev.reconnects >= 1
+    assert np.abs(y - ideal(L, x[0])[None]).max() <= STEP / 2 * 1.01
+    assert all(v is None for k, v in vars(c.faults).items() if k.endswith("_after"))     # it fired
+
+
 def test_controller_errors_are_reported_in_its_own_format(controller, tmp_path):
     from hwloop.bench.instrument import SHIPPED
 

@@ -10,8 +10,9 @@ chip: ``controller.instrument("measure")`` serves the commands of that role
 (prefixed ``measure>`` in the description); triggers must arrive in the
 description's order, and weights may be fixed in the hardware
 (``fixed_weights``).  Faults for tests: ``drop_after`` (close the connection
-after that many messages, once) and ``error_after`` (queue a spurious error
-after that many messages, once).
+after that many messages), ``error_after`` (queue a spurious error),
+``garble_after`` (garbage in a reply) and ``delay_after`` (a reply late by
+``delay_s``), each once.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import socket
 import socketserver
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,8 +32,13 @@ from .instrument import Description, load_description
 
 @dataclass
 class DialectFaults:
-    drop_after: int | None = None
-    error_after: int | None = None
+    """Each fires once, at the first message (or reply) after that many messages."""
+
+    drop_after: int | None = None           # close the connection instead of handling the message
+    error_after: int | None = None          # queue a spurious error
+    garble_after: int | None = None         # answer the next query with garbage
+    delay_after: int | None = None          # answer the next query ``delay_s`` late
+    delay_s: float = 3.0
 
 
 class _State:
@@ -85,7 +92,8 @@ class DescribedController:
             def handle(self):
                 ctl._serve(self.request, self.rfile)
 
-        self._server = socketserver.TCPServer(("127.0.0.1", 0), Handler)
+        socketserver.ThreadingTCPServer.daemon_threads = True
+        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)   # a late reply blocks no one
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 
@@ -113,8 +121,18 @@ class DescribedController:
                 f.error_after = None
                 self.errors.append((-300, "Device-specific error"))
             reply = self.handle(raw.decode("ascii", "replace").strip())
-            if reply is not None:
+            if reply is None:
+                continue
+            if f.garble_after is not None and self.count >= f.garble_after:
+                f.garble_after = None
+                reply = "#@!" + reply[: len(reply) // 2]
+            if f.delay_after is not None and self.count >= f.delay_after:
+                f.delay_after = None
+                time.sleep(f.delay_s)
+            try:
                 sock.sendall(reply.encode() + b"\n")
+            except OSError:
+                return                                       # the client gave up on this connection
 
     # -- the command table, from the description -------------------------------------------
     def _commands(self) -> list:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,7 +92,9 @@ class Description:
         text = text.strip()
         if not text:
             return np.empty(0, np.float32)
-        values = np.fromstring(text, dtype=np.float64, sep=self.separator)
+        with warnings.catch_warnings():           # numpy warns, then stops, at the first non-number
+            warnings.simplefilter("ignore", DeprecationWarning)
+            values = np.fromstring(text, dtype=np.float64, sep=self.separator)
         if values.size != text.count(self.separator) + 1:
             raise ValueError(f"not a list of numbers separated by {self.separator!r}: {text[:40]!r}")
         return values.astype(np.float32)
