@@ -23,9 +23,9 @@ import tenacity
 
 from ..devices.base import Device, check_input
 from ..errors import DeviceError
-from ..layer import AnalogLayer, activate
+from ..layer import AnalogLayer
 from .instrument import Description, load_description
-from .plan import HOMOGENEOUS, LayerPlan, Tile, TilePlan, chunks_for, input_scale, plan_layer
+from .plan import LayerPlan, Tile, TilePlan, plan_layer, run_planned
 from .visalib import resource_manager
 
 
@@ -202,25 +202,14 @@ class DescribedDevice(Device):
     # -- measuring ------------------------------------------------------------------------
     def run(self, x: np.ndarray, *, repeats: int, key: Sequence[int] = ()) -> np.ndarray:
         x = check_input(self, x, repeats)
-        r_in, b, n_in = x.shape
-        rows = x[0] if r_in == 1 else x.reshape(r_in * b, n_in)
-        k = repeats if r_in == 1 else 1
-        plan, lim = self.plan, self.limits
-        out = np.zeros((k, len(rows), self.layer.n_out), np.float32)
-        exact = plan.host or self.layer.activation in HOMOGENEOUS
-        for t, tp in enumerate(plan.tiles):
-            for ch in chunks_for(len(rows), k, tp.weights.shape[0], lim["max_batch"], lim["max_repeats"], 1 << 30):
-                xs = rows[ch.rows, tp.tile.cols]
-                s_x = input_scale(xs, lim["input_range"], scale=not self.strict, homogeneous=exact,
-                                  layer=self.layer.name, chip=f"{self.desc.name} at {self.resource}")
-                self.input_scales[s_x] = self.input_scales.get(s_x, 0) + 1
-                kk = ch.repeats.stop - ch.repeats.start
-                y = self._call(lambda: self._measure(t, 1.0 if plan.host else s_x, xs / np.float32(s_x), kk),
-                               f"measurement of layer {self.layer.name!r}")
-                out[ch.repeats, ch.rows, tp.tile.rows] += y * np.float32(s_x * plan.weight_scale)
-        if plan.host:
-            out = activate(self.layer.activation, out + plan.bias)
-        return out if r_in == 1 else out.reshape(r_in, b, -1)
+
+        def measure(t: int, c: int, xs: np.ndarray, s_x: float, k: int) -> np.ndarray:
+            self.input_scales[s_x] = self.input_scales.get(s_x, 0) + 1
+            return self._call(lambda: self._measure(t, 1.0 if self.plan.host else s_x, xs, k),
+                              f"measurement of layer {self.layer.name!r}")
+
+        return run_planned(self.plan, self.layer, x, repeats, self.limits, measure, scale=not self.strict,
+                           max_block_bytes=1 << 30, chip=f"{self.desc.name} at {self.resource}")
 
     def _measure(self, tile: int, s_x: float, xs: np.ndarray, k: int) -> np.ndarray:
         """One measurement: (k, len(xs), n_out) as the controller returned it, reordered."""

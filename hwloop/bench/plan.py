@@ -23,7 +23,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..errors import HwloopError
-from ..layer import AnalogLayer
+from ..layer import AnalogLayer, activate
 
 #: activations unchanged by a positive scale: act(z / s) * s == act(z)
 HOMOGENEOUS = ("linear", "relu")
@@ -158,3 +158,28 @@ def input_scale(xs: np.ndarray, input_range: tuple[float, float], *, scale: bool
         raise HwloopError(problem + "; its activation runs on the chip, where dividing the inputs is not exact: "
                           "set host_activation: true for this device (bias and activation on the host)")
     return pow2_at_least(need)
+
+
+def run_planned(plan: LayerPlan, layer: AnalogLayer, x: np.ndarray, repeats: int, limits: dict, measure, *,
+                scale: bool = True, max_block_bytes: int = 32 << 20, chip: str = "the chip") -> np.ndarray:
+    """Run checked inputs x (R_in, B, n_in) through ``plan``, one measurement per tile and chunk.
+
+    ``measure(tile_index, chunk_index, xs, s_x, k)`` gets the chunk's inputs as sent (divided by
+    ``s_x``) and returns the chip's (k, rows, tile outputs); the products are scaled back, tiles
+    summed, and bias and activation applied on the host when the plan puts them there.
+    """
+    r_in, b, n_in = x.shape
+    rows = x[0] if r_in == 1 else x.reshape(r_in * b, n_in)
+    k = repeats if r_in == 1 else 1
+    out = np.zeros((k, len(rows), layer.n_out), np.float32)
+    exact = plan.host or layer.activation in HOMOGENEOUS
+    for t, tp in enumerate(plan.tiles):
+        for c, ch in enumerate(chunks_for(len(rows), k, tp.weights.shape[0], limits["max_batch"],
+                                          limits["max_repeats"], max_block_bytes)):
+            xs = rows[ch.rows, tp.tile.cols]
+            s_x = input_scale(xs, limits["input_range"], scale=scale, homogeneous=exact, layer=layer.name, chip=chip)
+            y = measure(t, c, xs / np.float32(s_x), s_x, ch.repeats.stop - ch.repeats.start)
+            out[ch.repeats, ch.rows, tp.tile.rows] += y * np.float32(s_x * plan.weight_scale)
+    if plan.host:
+        out = activate(layer.activation, out + plan.bias)
+    return out if r_in == 1 else out.reshape(r_in, b, -1)

@@ -20,9 +20,9 @@ import numpy as np
 
 from ..devices.base import Device, check_input
 from ..devices.emulator import Emulator
-from ..layer import AnalogLayer, activate
+from ..layer import AnalogLayer
 from ..profiles import Profile
-from .plan import HOMOGENEOUS, chunks_for, input_scale, plan_layer
+from .plan import plan_layer, run_planned
 
 
 class PlannedTwin(Device):
@@ -54,26 +54,13 @@ class PlannedTwin(Device):
 
     def run(self, x: np.ndarray, *, repeats: int, key: Sequence[int] = ()) -> np.ndarray:
         x = check_input(self, x, repeats)
-        r_in, b, n_in = x.shape
-        rows = x[0] if r_in == 1 else x.reshape(r_in * b, n_in)
-        k = repeats if r_in == 1 else 1
-        plan, lim = self.plan, self.limits
-        out = np.zeros((k, len(rows), self.layer.n_out), np.float32)
-        exact = plan.host or self.layer.activation in HOMOGENEOUS
-        for t, tp in enumerate(plan.tiles):
-            n_out = tp.tile.rows.stop - tp.tile.rows.start
-            for c, ch in enumerate(chunks_for(len(rows), k, n_out, lim["max_batch"], lim["max_repeats"],
-                                              self.max_block_bytes)):
-                xs = rows[ch.rows, tp.tile.cols]
-                s_x = input_scale(xs, lim["input_range"], scale=self.scale_inputs, homogeneous=exact,
-                                  layer=self.layer.name)
-                emu = self._emulator(t, 1.0 if plan.host else s_x)
-                y = emu.run((xs / np.float32(s_x))[None], repeats=ch.repeats.stop - ch.repeats.start,
-                            key=(*key, t, c))
-                out[ch.repeats, ch.rows, tp.tile.rows] += y * np.float32(s_x * plan.weight_scale)
-        if plan.host:
-            out = activate(self.layer.activation, out + plan.bias)
-        return out if r_in == 1 else out.reshape(r_in, b, -1)
+
+        def measure(t: int, c: int, xs: np.ndarray, s_x: float, k: int) -> np.ndarray:
+            emu = self._emulator(t, 1.0 if self.plan.host else s_x)
+            return emu.run(xs[None], repeats=k, key=(*key, t, c))
+
+        return run_planned(self.plan, self.layer, x, repeats, self.limits, measure, scale=self.scale_inputs,
+                           max_block_bytes=self.max_block_bytes)
 
     def describe(self) -> dict:
         d = {"type": "PlannedTwin", "name": self.name,
