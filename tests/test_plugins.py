@@ -71,7 +71,8 @@ def test_entry_point_short_name(lab_package, tmp_path, mlp_onnx):
     bench = load_bench(write(tmp_path, "devices:\n  sdk: {type: optical, noise: 0.0}\ndefault: sdk\n"))
     model = load_model(mlp_onnx)
     devs = bench.devices(model)
-    assert type(devs[0]).__name__ == "OpticalChip" and devs[0] is devs[3]   # no sibling(): one instance
+    assert devs[0].inner is devs[3].inner and type(devs[0].inner).__name__ == "OpticalChip"   # no sibling(): one
+    assert devs[0].describe()["type"] == "OpticalChip"                                        # instance, views
     dev = open_device(tmp_path / "bench.yaml")
     assert dev.origin.endswith("bench.yaml:2: devices: sdk")
     L = model.layers[0]
@@ -147,14 +148,24 @@ def test_own_chip_through_check_and_validate(tmp_path, demo_onnx, capsys):
     assert "verdict: FAIL" in capsys.readouterr().out
 
 
-def test_calibrate_names_what_it_cannot_drive(tmp_path, capsys):
-    bench = write(tmp_path, f"devices:\n  optical: {{type: {OWN}}}\n  twin: {{profile: ideal}}\n")
-    assert main(["calibrate", "--bench", str(bench), "--out", str(tmp_path / "c.yaml")]) == 2
+def test_own_chip_calibrates_from_the_command_line(tmp_path, capsys):
+    """calibrate --bench on the plug-in: the bench file says what the calibration must know (capabilities:)."""
+    from hwloop.profiles import load_profile
+
+    bench = write(tmp_path, f"""\
+        devices:
+          optical:
+            type: {OWN}
+            noise: 0.02
+            capabilities: {{max_inputs: 16, max_outputs: 8, input_range: [-1, 1], weight_max: 1.0,
+                            output_range: [-8, 8], activations: [linear, sigmoid]}}
+          twin: {{profile: ideal}}
+        """)
+    out = tmp_path / "c.yaml"
+    assert main(["calibrate", "--bench", str(bench), "--out", str(out)]) == 2
     assert "declares 2 devices (optical, twin): name one with --device" in capsys.readouterr().err
-    code = main(["calibrate", "--bench", str(bench), "--device", "optical", "--out", str(tmp_path / "c.yaml")])
-    err = capsys.readouterr().err
-    if code == 2:    # until hwloop.calibration drives any Device (chip_from_device)
-        assert "bench.yaml:2: devices: optical: OpticalChip is not a chip on an ANB bench controller" in err
-        assert len(err.strip().splitlines()) == 1
-    else:
-        assert code == 0 and (tmp_path / "c.yaml").exists()
+    assert main(["calibrate", "--bench", str(bench), "--device", "optical", "--out", str(out),
+                 "--budget", "20000"]) == 0, capsys.readouterr().err
+    noise = load_profile(out).data["noise"]
+    assert noise["D_A"] == pytest.approx(0.02 ** 2, rel=0.1)       # the board's detector noise, std 0.02
+    assert noise["D_M"] == 0 and noise["D_AC"] == 0

@@ -58,6 +58,7 @@ class DeviceSpec:
     cls: type | None = None                   # a plug-in device class (type: ...)
     type_name: str | None = None
     twin: str | None = None                   # the calibrated profile of a chip or plug-in (twin: ...)
+    capabilities: dict | None = None          # what a plug-in does not report, for calibration (capabilities:)
     path: Path | None = None                  # the bench file
 
     @property
@@ -135,21 +136,31 @@ class Bench:
         """One Device per analog layer, as the file maps them (``only``: every layer on that device).
 
         A device named for several layers is built once; its ``sibling()`` serves the other layers
-        when it has one (a chip's second layer on the same connection), else the instance itself.
+        when it has one (a chip's second layer on the same connection), else each layer gets a
+        ``plugins.SharedDevice`` view of the one instance (reprogrammed as the layers take turns).
         """
         made: dict[str, Device] = {}
         out: dict[int, Device] = {}
         assigned = {L.index: only for L in model.layers} if only else self.assignment(model)
+        serves = {n: list(assigned.values()).count(n) for n in set(assigned.values())}
+        groups: dict[str, dict] = {}
         try:
             for index, name in assigned.items():
                 if name is None:
                     out[index] = Emulator(None, name="emulator")
-                elif name not in made:
-                    made[name] = out[index] = self.open(name)
-                elif self.devices_spec[name].kind == "emulator":
-                    out[index] = self.open(name)
+                    continue
+                first = name not in made
+                if first:
+                    made[name] = self.open(name)
+                dev = made[name]
+                if self.devices_spec[name].kind == "emulator":
+                    out[index] = dev if first else self.open(name)
+                elif hasattr(dev, "sibling"):
+                    out[index] = dev if first else dev.sibling()
+                elif serves[name] > 1:     # one instance, several layers: a view per layer
+                    out[index] = plugins.SharedDevice(dev, groups.setdefault(name, {}))
                 else:
-                    out[index] = getattr(made[name], "sibling", lambda: made[name])()
+                    out[index] = dev
         except BaseException:
             for dev in out.values():
                 dev.close()
@@ -306,12 +317,17 @@ def _device(path: Path, devs: LineMap, name) -> DeviceSpec:
 
 
 def _plugin_keys(spec: DeviceSpec, d: LineMap, bad) -> None:
-    """A plug-in: ``twin:`` is hwloop's, every other key is a keyword argument of the class."""
-    kwargs = {k: v for k, v in d.items() if k not in ("type", "twin")}
+    """A plug-in: ``twin:`` and ``capabilities:`` are hwloop's, every other key is a keyword of the class."""
+    kwargs = {k: v for k, v in d.items() if k not in ("type", "twin", "capabilities")}
     if "twin" in d:
         if not isinstance(d["twin"], str):
             bad("twin", "the calibrated profile of this device (a path or a profile name)")
         spec.twin = d["twin"]
+    if "capabilities" in d:
+        if not isinstance(d["capabilities"], dict):
+            bad("capabilities", "a mapping of what calibration must know (max_inputs, max_outputs, input_range, "
+                                "weight_max, output_range, ...; see hwloop.calibration.ChipInfo)")
+        spec.capabilities = dict(d["capabilities"])
     for key, problem in plugins.keyword_problems(spec.cls, kwargs).items():
         bad("type" if key is None else key, problem)
     check = getattr(spec.cls, "check_options", None)     # optional: the class checks its arguments early

@@ -112,3 +112,45 @@ def instantiate(cls: type[Device], kwargs: dict) -> Device:
     except Exception as e:
         raise PluginError(f"{cls.__name__}(...) failed: {type(e).__name__}: {e}") from None
     return dev
+
+
+class SharedDevice(Device):
+    """One layer's view of a device instance that serves several layers (a plug-in without ``sibling()``).
+
+    The instance holds one layer at a time: a view reprograms it before running when another view
+    programmed it last, so callers (the runner, wrappers of the check gate) may treat each view as a
+    device of its own.  The instance is closed with the last view.
+    """
+
+    def __init__(self, inner: Device, group: dict):
+        self.inner, self._group = inner, group          # group: {"holder": view or None, "open": count}
+        group["open"] = group.get("open", 0) + 1
+        self.remote, self.origin = inner.remote, inner.origin
+        self.layer, self._seed = None, 0
+
+    @property
+    def hardware(self) -> object:
+        return self.inner.hardware
+
+    def program(self, layer, *, seed: int = 0) -> None:
+        self.inner.program(layer, seed=seed)
+        self.layer, self._seed, self._group["holder"] = layer, seed, self
+
+    def run(self, x, *, repeats: int, key=()):
+        if self._group.get("holder") is not self:
+            self.inner.program(self.layer, seed=self._seed)
+            self._group["holder"] = self
+        return self.inner.run(x, repeats=repeats, key=key)
+
+    def interrupt(self) -> None:
+        self.inner.interrupt()
+
+    def describe(self) -> dict:
+        return self.inner.describe()
+
+    def close(self) -> None:
+        if self._group is not None:
+            self._group["open"] -= 1
+            if self._group["open"] == 0:
+                self.inner.close()
+            self._group = None

@@ -31,7 +31,7 @@ import zarr
 from ..devices.base import Device
 from ..errors import HwloopError
 from ..files import atomic_dir
-from .plan import ChipInfo, Plan, Probe, design_plan
+from .plan import ChipInfo, Plan, Probe, plan_attrs, plan_from_attrs
 
 FORMAT = "hwloop-calibration/1"
 
@@ -70,10 +70,6 @@ class Chip:
 
 
 # -- the store ------------------------------------------------------------------------
-def _plan_attrs(plan: Plan) -> dict:
-    return {"chip": plan.chip.to_dict(), "budget": plan.budget, "seed": plan.seed}
-
-
 class CalibrationStore:
     """Crash-safe, resumable record of one calibration (see the module doc)."""
 
@@ -86,8 +82,7 @@ class CalibrationStore:
             raise HwloopError(f"{self.path}: not a calibration store ({e})") from None
         if self.attrs.get("format") != FORMAT:
             raise HwloopError(f"{self.path}: format {self.attrs.get('format')!r}, expected {FORMAT!r}")
-        p = self.attrs["plan"]
-        self.plan = design_plan(ChipInfo.from_dict(p["chip"]), p["budget"], p["seed"])
+        self.plan = plan_from_attrs(self.attrs["plan"])
 
     @classmethod
     def create(cls, path: str | Path, plan: Plan, attrs: dict, overwrite: bool = False) -> "CalibrationStore":
@@ -97,7 +92,7 @@ class CalibrationStore:
             raise HwloopError(f"{path}: exists (use --resume to continue that calibration or --overwrite)")
         with atomic_dir(path) as tmp:
             root = zarr.open_group(str(tmp), mode="w")
-            meta = dict(attrs, format=FORMAT, plan=_plan_attrs(plan), probes=len(plan.probes))
+            meta = dict(attrs, format=FORMAT, plan=plan_attrs(plan), probes=len(plan.probes))
             root.attrs["hwloop_calibration"] = json.loads(json.dumps(meta))
             n = len(plan.probes)
             root.create_array("done", shape=(n,), chunks=(1,), dtype="int8", fill_value=0)
@@ -111,9 +106,9 @@ class CalibrationStore:
     def resume(cls, path: str | Path, plan: Plan) -> "CalibrationStore":
         """Open an existing store for ``plan``; refuse one made for another chip, budget or seed."""
         store = cls(path)
-        if store.attrs["plan"] != json.loads(json.dumps(_plan_attrs(plan))):
+        if store.attrs["plan"] != json.loads(json.dumps(plan_attrs(plan))):
             raise HwloopError(f"{path}: made for another plan (chip, budget or seed differ): "
-                              f"{store.attrs['plan']} vs {_plan_attrs(plan)}")
+                              f"{store.attrs['plan']} vs {plan_attrs(plan)}")
         return store
 
     @property
@@ -175,7 +170,7 @@ def measure(chip: Chip, store: CalibrationStore, progress: Callable[[int, int], 
             x = plan.inputs(p.levels, p.commons)
             ts = time.monotonic()
             reprograms = _reprograms(chip.device)
-            y = chip.device.run(x, repeats=p.repeats, key=(plan.seed, p.index))
+            y = chip.device.run(x, repeats=p.repeats, key=plan.key(p))
             te = time.monotonic()
             if _reprograms(chip.device) != reprograms:  # the driver had to program the chip again (it lost it)
                 session = int(store.attrs.get("sessions", 0))

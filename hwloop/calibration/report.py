@@ -66,7 +66,12 @@ def calibration_sections(fit: CalibrationFit) -> list:
             ax.set(xlabel="pre-activation a", ylabel="output", title=f"ACT {mode}")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
-        sections.append(Section("Transfer functions", figure_html(fig, "transfer curves")))
+        rows = [[mode, fam, c["chi2"], c["dof"], c["delta_qaic"], c["slope"], c["scale"], c["status"]]
+                for mode, r in tf.results_.items() for fam, c in r.get("candidates", {}).items()]
+        notes = "; ".join(f"{mode}: {r['note']}" for mode, r in tf.results_.items() if r.get("note"))
+        sections.append(Section("Transfer functions", figure_html(fig, "transfer curves") + text_html(
+            "Every family's fit (quasi-AIC difference to the chosen one; see docs/calibration.md). " + notes)
+            + table_html(rows, ["mode", "family", "chi^2", "dof", "delta QAIC", "slope", "scale", "status"])))
     return sections
 
 
