@@ -178,13 +178,18 @@ def _chip(args: argparse.Namespace):
     a bench file's ``capabilities:`` tell the calibration what a plug-in does not report."""
     from ..bench import load_bench, open_device
     from ..calibration import chip_from_device
+    from ..errors import HwloopError
 
-    # a clipped level is dropped by the fits, not fatal
-    device = open_device(args.bench, args.device, resource=args.resource, on_clip="warn")
     caps = None
     if args.bench:
         bench = load_bench(args.bench)
-        caps = bench.devices_spec[args.device or bench.only_device()].capabilities
+        name = args.device or bench.only_device()
+        spec = bench.devices_spec.get(name)
+        if spec is not None and spec.kind == "emulator":
+            raise HwloopError(f"{spec.where}: an emulator, not a chip; calibration measures a chip or a plug-in")
+        caps = spec.capabilities if spec is not None else None
+    # a clipped level is dropped by the fits, not fatal
+    device = open_device(args.bench, args.device, resource=args.resource, on_clip="warn")
     try:
         return chip_from_device(device, caps)
     except BaseException:
