@@ -74,3 +74,19 @@ def test_strict_ranges_refuses_and_default_records(make_bench, demo_onnx, tmp_pa
     step = 32 / (2 ** 16 - 1)
     for k, s in enumerate((2.0, 2.0, 4.0)):
         assert np.abs(np.asarray(run.layer(k))[0] - np.asarray(run.clean(k))).max() < 8 * s * step
+
+
+@pytest.mark.slow
+def test_readme_validate_line_passes_against_the_default_bench(make_bench, demo_onnx, tmp_path, capsys):
+    """README: `hwloop calibrate --resource ...` then `hwloop validate chip.yaml --resource ... --model demo.onnx`
+    against `hwloop bench serve` with its defaults (the ideal ANB-64R, weights up to 1: the demo needs scaling)."""
+    from hwloop.cli import main
+
+    bench = make_bench()                       # ChipSpec() defaults, instantaneous timing
+    chip = tmp_path / "chip.yaml"
+    assert main(["calibrate", "--resource", bench.resource, "--out", str(chip)]) == 0
+    capsys.readouterr()
+    with pytest.warns(UserWarning, match="weights scaled exactly"):
+        code = main(["validate", str(chip), "--resource", bench.resource, "--model", str(demo_onnx)])
+    text = capsys.readouterr().out
+    assert code == 0 and "verdict: PASS" in text, text
