@@ -30,12 +30,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from scipy.special import ndtr
 
 from ..analysis.measured import layer_summary
 from ..analysis.predict import LayerNoise
 from ..errors import HwloopError
 from ..layer import AnalogLayer, activate, activation_slope
+from ..physics import affine
 from .plan import Plan
 
 
@@ -59,17 +61,20 @@ def first_input(model, x: np.ndarray) -> np.ndarray:
 
 
 def operating_points(model, x: np.ndarray) -> Operating:
-    """Forward pass of the analog chain in float64 (glue between layers is pass-through, checked by callers)."""
-    h = x0 = first_input(model, x)
+    """Forward pass of the analog chain (float32 products, as the emulator; kept as float64).
+
+    Glue between layers is pass-through (``onnxedit.chain_next``, checked by callers)."""
+    x0 = first_input(model, x)
+    h = x0.astype(np.float32)
     pre, out = [], []
     for layer in model.layers:
         if layer.conv is not None:
             raise HwloopError(f"layer {layer.index} {layer.name!r} (Conv): the mitigation advisor supports "
                               "dense layers only")
-        a = h @ layer.weight.T.astype(np.float64) + layer.bias.astype(np.float64)
+        a = affine(h, np.ascontiguousarray(layer.weight.T), layer.bias)
         h = activate(layer.activation, a.copy())
-        pre.append(a)
-        out.append(h)
+        pre.append(a.astype(np.float64))
+        out.append(h.astype(np.float64))
     return Operating(x0, pre, out)
 
 
@@ -86,27 +91,39 @@ def layer_gains(model, op: Operating) -> np.ndarray:
     return np.array(gains)
 
 
-def _outer(t: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """T diag(w) T^T per sample: t (S, C, N), w (S, N) >= 0 -> (S, C, C)."""
-    m = t * np.sqrt(w)[:, None, :]
-    return m @ m.transpose(0, 2, 1)
+def _rank1(u: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
+    """u u^T reduced to [diag | top row | total] (S, 2C + 1)."""
+    ut = u[torch.arange(u.shape[0]), top][:, None]
+    return torch.cat([u * u, ut * u, u.sum(1, keepdim=True) ** 2], 1)
 
 
-def _vv(v: np.ndarray) -> np.ndarray:
-    return v[:, :, None] * v[:, None, :]
+def _quads(t: torch.Tensor, top: torch.Tensor, ws: list[torch.Tensor], vs: list[torch.Tensor]):
+    """For T (S, C, N): T diag(w) T^T reduced, for every w in ``ws``, and T v for every v in ``vs``.
+
+    Two batched products in all (T^2 times the w's; T times the v's and the top row weighted by the w's).
+    """
+    rows = torch.arange(t.shape[0])
+    trow, col = t[rows, top], t.sum(1)
+    wm = torch.stack(ws, 2)                                          # (S, N, K)
+    diag = torch.bmm(t * t, wm)                                      # (S, C, K)
+    prod = torch.bmm(t, torch.cat([trow[:, :, None] * wm, torch.stack(vs, 2)], 2))
+    k = len(ws)
+    total = ((col * col)[:, :, None] * wm).sum(1)                    # (S, K)
+    quads = [torch.cat([diag[:, :, i], prod[:, :, i], total[:, i:i + 1]], 1) for i in range(k)]
+    return quads, [prod[:, :, k + i] for i in range(len(vs))]
 
 
-@dataclass
 class Terms:
-    """One layer's output-noise terms (S, C, C); ``*_g``: with ghost neurons; ``ghost``: per ghost (/ count)."""
+    """One layer's output-noise terms, each reduced to what the statistics need: per sample
+    [diag C (C values) | row of the noise-free top class (C) | sum of all elements (1)], linear in C.
+    Keys: add, mul (independent additive and signal-dependent), ac, mc (correlated additive and
+    multiplicative), ac_g, mc_g (the same with ghost neurons) and ghost (the ghosts' own noise, per ghost).
+    ``traces``: the sum of each term's diagonal over samples and classes."""
 
-    add: np.ndarray
-    mul: np.ndarray
-    ac: np.ndarray
-    mc: np.ndarray
-    ac_g: np.ndarray
-    mc_g: np.ndarray
-    ghost: np.ndarray
+    def __init__(self, parts: dict[str, np.ndarray]):
+        self.parts = parts
+        m = (next(iter(parts.values())).shape[1] - 1) // 2
+        self.traces = {k: float(v[:, :m].sum()) for k, v in parts.items()}
 
 
 def _stages(layer: AnalogLayer, nz: LayerNoise, a: np.ndarray, y: np.ndarray, x_in: np.ndarray):
@@ -130,49 +147,61 @@ def decompose(model, noises: list[LayerNoise], op: Operating) -> list[Terms]:
     layers = list(model.layers)
     n_cls = layers[-1].n_out
     s_count = op.x0.shape[0]
-    t = np.broadcast_to(np.eye(n_cls), (s_count, n_cls, n_cls))
+    f32 = lambda v: torch.as_tensor(np.asarray(v), dtype=torch.float32)  # noqa: E731
+    t = f32(np.eye(n_cls)).expand(s_count, n_cls, n_cls).contiguous()
+    top = torch.from_numpy(op.out[-1].argmax(axis=1))
     out: list[Terms] = [None] * len(layers)
     for n in range(len(layers) - 1, -1, -1):
         layer, nz = layers[n], noises[n]
         if nz.cols is not None and nz.cols < layer.n_out:
             raise HwloopError(f"layer {n} {layer.name!r}: the profile splits its outputs into column tiles of "
                               f"{nz.cols}; the advisor assumes one correlated draw per layer")
-        one = t.sum(axis=2)                                     # T 1: a unit shift of every neuron
+        one = t.sum(2)                                          # T 1: a unit shift of every neuron
         x_in = op.x0 if n == 0 else op.out[n - 1]
-        acc = {k: np.zeros((s_count, n_cls, n_cls)) for k in ("add", "mul", "ac", "mc", "ac_g", "mc_g", "ghost")}
-        for s, z, q_add, q_mul, d_ac, d_mc, s_g, z_g, q_g in _stages(layer, nz, op.pre[n], op.out[n], x_in):
-            acc["add"] += _outer(t, s * s * q_add)
-            acc["mul"] += _outer(t, s * s * q_mul)
-            u, v = np.einsum("scn,sn->sc", t, s), np.einsum("scn,sn->sc", t, s * z)
-            acc["ac"] += d_ac * _vv(u)
-            acc["mc"] += d_mc * _vv(v)
-            acc["ac_g"] += d_ac * _vv(u - one * s_g)
-            acc["mc_g"] += d_mc * _vv(v - one * s_g * z_g)
-            acc["ghost"] += s_g * s_g * q_g[:, None, None] * _vv(one)
-        out[n] = Terms(**acc)
+        stages = [(f32(s), f32(z), *rest) for s, z, *rest in _stages(layer, nz, op.pre[n], op.out[n], x_in)]
+        ws = [w for s, _, q_add, q_mul, *_ in stages for w in (s * s * f32(q_add), s * s * f32(q_mul))]
+        quads, vecs = _quads(t, top, ws, [v for s, z, *_ in stages for v in (s, s * z)])
+        acc: dict[str, torch.Tensor] = {}
+        for i, (s, z, q_add, q_mul, d_ac, d_mc, s_g, z_g, q_g) in enumerate(stages):
+            u, v = vecs[2 * i], vecs[2 * i + 1]
+            parts = {"add": quads[2 * i], "mul": quads[2 * i + 1],
+                     "ac": d_ac * _rank1(u, top), "mc": d_mc * _rank1(v, top),
+                     "ac_g": d_ac * _rank1(u - one * s_g, top), "mc_g": d_mc * _rank1(v - one * s_g * z_g, top),
+                     "ghost": s_g * s_g * f32(q_g)[:, None] * _rank1(one, top)}
+            acc = {k: acc[k] + p if k in acc else p for k, p in parts.items()}
+        out[n] = Terms({k: v.double().numpy() for k, v in acc.items()})
         if n > 0:   # T_{n-1} = T_n diag(f'(a_n)) W_n
-            t = (t * activation_slope(layer.activation, op.pre[n])[:, None, :]) @ layer.weight.astype(np.float64)
+            slope = f32(activation_slope(layer.activation, op.pre[n]))
+            t = torch.matmul(t * slope[:, None, :], f32(layer.weight))
     return out
+
+
+def _combine(tm: dict, plan: Plan, n: int):
+    """Layer n's contribution under ``plan``, from its terms (arrays or their traces alike: it is linear)."""
+    g, k, e, a2 = int(plan.ghosts[n]), int(plan.copies[n]), int(plan.execs[n]), float(plan.scale[n]) ** 2
+    c = (tm["add"] / a2 + tm["mul"]) / k
+    c = c + (tm["ac_g"] / a2 + tm["mc_g"] + tm["ghost"] / (g * k) if g else tm["ac"] / a2 + tm["mc"])
+    return c / e
 
 
 def layer_covariances(terms: list[Terms], plan: Plan) -> list[np.ndarray]:
-    """Each layer's contribution (S, C, C) to the output covariance under ``plan``."""
-    out = []
-    for n, tm in enumerate(terms):
-        g, k, e, a2 = int(plan.ghosts[n]), int(plan.copies[n]), int(plan.execs[n]), float(plan.scale[n]) ** 2
-        c = (tm.add / a2 + tm.mul) / k
-        c = c + (tm.ac_g / a2 + tm.mc_g + tm.ghost / (g * k) if g else tm.ac / a2 + tm.mc)
-        out.append(c / e)
-    return out
+    """Each layer's contribution to the output covariance under ``plan`` (reduced as ``Terms``)."""
+    return [_combine(tm.parts, plan, n) for n, tm in enumerate(terms)]
 
 
-def flip_rate(mean: np.ndarray, cov: np.ndarray) -> float:
+def output_variance(terms: list[Terms], plan: Plan) -> float:
+    """Sum of the output variances over samples and classes under ``plan``: a quick objective (scalars only)."""
+    return float(sum(_combine(tm.traces, plan, n) for n, tm in enumerate(terms)))
+
+
+def flip_rate(mean: np.ndarray, red: np.ndarray) -> float:
     """Probability that the noisy argmax differs from the noise-free one (Gaussian, pairwise, per sample)."""
+    c = mean.shape[1]
     s_idx = np.arange(len(mean))
     top = mean.argmax(axis=1)
     d = mean[s_idx, top][:, None] - mean
-    diag = np.diagonal(cov, axis1=1, axis2=2)
-    var = diag[s_idx, top][:, None] + diag - 2 * cov[s_idx, top, :]
+    diag, row = red[:, :c], red[:, c:2 * c]
+    var = diag[s_idx, top][:, None] + diag - 2 * row
     with np.errstate(divide="ignore", invalid="ignore"):
         p = np.where(var > 0, ndtr(-d / np.sqrt(np.maximum(var, 1e-300))), 0.0)
     p[s_idx, top] = 0.0
@@ -182,12 +211,19 @@ def flip_rate(mean: np.ndarray, cov: np.ndarray) -> float:
 def evaluate(terms: list[Terms], op: Operating, plan: Plan) -> dict:
     """Predicted output statistics under ``plan``: SNR (dB, median as ``analyze``), flip rate, variance, shares."""
     parts = layer_covariances(terms, plan)
-    cov = sum(parts)
+    red = sum(parts)
     mean = op.out[-1]
-    var = np.diagonal(cov, axis1=1, axis2=2)
-    m = var.shape[1]
-    cm = (cov.sum(axis=(1, 2)) - var.sum(axis=1)) / (m * (m - 1)) if m > 1 else np.full(len(var), np.nan)
+    m = mean.shape[1]
+    var = red[:, :m]
+    cm = (red[:, -1] - var.sum(axis=1)) / (m * (m - 1)) if m > 1 else np.full(len(var), np.nan)
     summary = layer_summary(mean, var, cm)
-    tr = np.array([np.trace(p, axis1=1, axis2=2).sum() for p in parts])
+    tr = np.array([p[:, :m].sum() for p in parts])
     return {"snr_db": summary["snr_db_median"], "var": summary["var_mean"], "cm_var": summary["cm_var"],
-            "flip_rate": flip_rate(mean, cov), "shares": tr / tr.sum() if tr.sum() > 0 else np.zeros(len(tr))}
+            "flip_rate": flip_rate(mean, red), "shares": tr / tr.sum() if tr.sum() > 0 else np.zeros(len(tr))}
+
+
+def class_shares(terms: list[Terms]) -> np.ndarray:
+    """(L, 4): each layer's output variance by noise class (independent additive, independent
+    signal-dependent, correlated additive, correlated multiplicative), as fractions of the total."""
+    v = np.array([[t.traces[k] for k in ("add", "mul", "ac", "mc")] for t in terms])
+    return v / v.sum() if v.sum() > 0 else v
