@@ -90,13 +90,15 @@ def _chain_nodes(g: onnx.GraphProto, src: str, dst: str) -> list[int]:
 
 
 def _layer_nodes(layer: AnalogLayer, dtype: np.dtype) -> tuple[list, list]:
-    """Gemm(transB=1) [+ activation] from ``layer.input`` to ``layer.output``, and its initialisers."""
+    """Gemm(transB=1) [+ activation] from ``layer.input`` to ``layer.output``, and its initialisers.
+
+    The Gemm keeps the layer's name, so the layer imports under the same name (profile overrides by name)."""
     tag = f"hwloop_mitigated_{layer.index}"
     inits = [numpy_helper.from_array(np.asarray(layer.weight, dtype), f"{tag}_W"),
              numpy_helper.from_array(np.asarray(layer.bias, dtype), f"{tag}_b")]
     act = _ONNX_ACT.get(layer.activation)
     pre = f"{tag}_pre" if act else layer.output
-    nodes = [helper.make_node("Gemm", [layer.input, f"{tag}_W", f"{tag}_b"], [pre], name=f"{tag}_gemm", transB=1)]
+    nodes = [helper.make_node("Gemm", [layer.input, f"{tag}_W", f"{tag}_b"], [pre], name=layer.name, transB=1)]
     if act:
         nodes.append(helper.make_node(act, [pre], [layer.output], name=f"{tag}_{layer.activation}"))
     return nodes, inits
