@@ -21,6 +21,7 @@ def mitigate(model: Model | str | Path, profile, data, strategies: Sequence[Stra
     """
     model = model if isinstance(model, Model) else load_model(model)
     specs = [parse_strategy(s) if isinstance(s, str) else s for s in strategies]
+    make_plan(model, [s for s in specs if s.name in ("ghost", "duplicate")])   # structural errors name the strategy
     x = model_inputs(model, data)
     ctx = context(model, profile, x)
     plan = make_plan(model, specs, noises=ctx.noises, op=ctx.op, terms=ctx.terms)
