@@ -20,7 +20,8 @@ from ..analysis.predict import LayerNoise
 from ..errors import HwloopError
 from ..profiles import load_profile
 from ..walking.planner import SCHEMES
-from .decompose import Operating, Terms, class_shares, decompose, evaluate, operating_points, output_variance
+from .decompose import (Operating, Terms, class_shares, decompose, evaluate, layer_shares, operating_points,
+                        output_variance)
 from .onnxedit import chain_next
 from .plan import ADDRESSES, Plan, Strategy
 from .transforms import allocate_execs, make_plan
@@ -97,17 +98,21 @@ def _widest(make, budget: float) -> Plan | None:
 def _fill_execs(ctx: Context, plan: Plan, budget: float) -> Plan | None:
     """``plan`` plus multi-execution: per planner scheme the largest execution budget within the MAC
     budget; the scheme with the least predicted output variance wins.  None when no extra execution fits."""
-    shares = evaluate(ctx.terms, ctx.op, plan)["shares"]
+    shares = layer_shares(ctx.terms, plan)
     n = len(plan.execs)
     best, best_score = None, -np.inf
     for scheme in SCHEMES:
-        last = None
-        for total in range(n + 1, n * _MAX_K + 1):
+        def fits(total: int) -> Plan | None:
             p = plan.copy(execs=allocate_execs(plan, shares, total, scheme))
-            if p.cost()["mac_ratio"] > budget + 1e-9:
-                break
-            last = p
-            last.label = f"multi-exec:{total}:{scheme}"
+            return p if p.cost()["mac_ratio"] <= budget + 1e-9 else None
+
+        lo, hi, last = n, n * _MAX_K + 1, None      # bisection: the largest total execution count that fits
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            p = fits(mid)
+            lo, hi, last = (mid, hi, p) if p is not None else (lo, mid, last)
+        if last is not None:
+            last.label = f"multi-exec:{lo}:{scheme}"
         if last is not None:
             score = -output_variance(ctx.terms, last)
             if score > best_score:

@@ -48,6 +48,7 @@ class Operating:
     x0: np.ndarray
     pre: list[np.ndarray]
     out: list[np.ndarray]
+    slope: list[np.ndarray]          # f'(pre)
 
 
 def first_input(model, x: np.ndarray) -> np.ndarray:
@@ -75,7 +76,7 @@ def operating_points(model, x: np.ndarray) -> Operating:
         h = activate(layer.activation, a.copy())
         pre.append(a.astype(np.float64))
         out.append(h.astype(np.float64))
-    return Operating(x0, pre, out)
+    return Operating(x0, pre, out, [activation_slope(l.activation, a) for l, a in zip(model.layers, pre)])
 
 
 def layer_gains(model, op: Operating) -> np.ndarray:
@@ -83,8 +84,7 @@ def layer_gains(model, op: Operating) -> np.ndarray:
     from ..analysis.meanfield import MeanField
 
     gains = []
-    for layer, a in zip(model.layers, op.pre):
-        s = activation_slope(layer.activation, a)
+    for layer, s in zip(model.layers, op.slope):
         w = layer.weight.astype(np.float64)
         gains.append(MeanField(N=layer.n_in, w_mean=float(w.mean()), w_var=float(w.var()),
                                slope2=float(np.mean(s * s)), slope_mean=float(np.mean(s))).gain)
@@ -126,20 +126,24 @@ class Terms:
         self.traces = {k: float(v[:, :m].sum()) for k, v in parts.items()}
 
 
-def _stages(layer: AnalogLayer, nz: LayerNoise, a: np.ndarray, y: np.ndarray, x_in: np.ndarray):
+def _stages(layer: AnalogLayer, nz: LayerNoise, op: Operating, n: int):
     """(slope, signal, additive var, signal-dependent var, D_AC, D_MC, ghost slope, ghost signal, ghost var) per
-    place where noise enters (before / after the activation), as ``predict`` applies them."""
-    pre = nz.placement in ("pre", "both")
-    post = nz.placement in ("post", "both")
-    s_pre = activation_slope(layer.activation, a)
+    place where noise enters (before / after the activation), as ``predict`` applies them; places with
+    no noise are left out (the one after the activation is kept when there is none at all)."""
+    a, y = op.pre[n], op.out[n]
+    x_in = op.x0 if n == 0 else op.out[n - 1]
     f0 = float(activate(layer.activation, np.zeros(1)).item())
     g0 = float(activation_slope(layer.activation, np.zeros(1)).item())
-    read = nz.read * (x_in ** 2).sum(axis=1, keepdims=True) * np.ones_like(a)
-    d = (nz.D_A, nz.D_M, nz.D_AC, nz.D_MC) if pre else (0.0, 0.0, 0.0, 0.0)
-    yield s_pre, a, np.full_like(a, d[0]), d[1] * a * a + read, d[2], d[3], g0, 0.0, d[0] + read[:, 0]
-    d = (nz.D_A, nz.D_M, nz.D_AC, nz.D_MC) if post else (0.0, 0.0, 0.0, 0.0)
-    yield (np.ones_like(y), y, np.full_like(y, d[0] + nz.extra), d[1] * y * y + nz.shot * np.abs(y), d[2], d[3],
-           1.0, f0, np.full(len(y), d[0] + nz.extra + d[1] * f0 * f0 + nz.shot * abs(f0)))
+    pre = nz.placement in ("pre", "both") and bool(nz.D_A or nz.D_M or nz.D_AC or nz.D_MC)
+    if pre or nz.read:
+        read = nz.read * (x_in ** 2).sum(axis=1, keepdims=True)
+        d = (nz.D_A, nz.D_M, nz.D_AC, nz.D_MC) if pre else (0.0, 0.0, 0.0, 0.0)
+        yield (op.slope[n], a, np.full_like(a, d[0]), d[1] * a * a + read, d[2], d[3], g0, 0.0,
+               d[0] + read[:, 0])
+    d = (nz.D_A, nz.D_M, nz.D_AC, nz.D_MC) if nz.placement in ("post", "both") else (0.0, 0.0, 0.0, 0.0)
+    if any(d) or nz.extra or nz.shot or not (pre or nz.read):
+        yield (np.ones_like(y), y, np.full_like(y, d[0] + nz.extra), d[1] * y * y + nz.shot * np.abs(y), d[2],
+               d[3], 1.0, f0, np.full(len(y), d[0] + nz.extra + d[1] * f0 * f0 + nz.shot * abs(f0)))
 
 
 def decompose(model, noises: list[LayerNoise], op: Operating) -> list[Terms]:
@@ -157,8 +161,7 @@ def decompose(model, noises: list[LayerNoise], op: Operating) -> list[Terms]:
             raise HwloopError(f"layer {n} {layer.name!r}: the profile splits its outputs into column tiles of "
                               f"{nz.cols}; the advisor assumes one correlated draw per layer")
         one = t.sum(2)                                          # T 1: a unit shift of every neuron
-        x_in = op.x0 if n == 0 else op.out[n - 1]
-        stages = [(f32(s), f32(z), *rest) for s, z, *rest in _stages(layer, nz, op.pre[n], op.out[n], x_in)]
+        stages = [(f32(s), f32(z), *rest) for s, z, *rest in _stages(layer, nz, op, n)]
         ws = [w for s, _, q_add, q_mul, *_ in stages for w in (s * s * f32(q_add), s * s * f32(q_mul))]
         quads, vecs = _quads(t, top, ws, [v for s, z, *_ in stages for v in (s, s * z)])
         acc: dict[str, torch.Tensor] = {}
@@ -171,7 +174,7 @@ def decompose(model, noises: list[LayerNoise], op: Operating) -> list[Terms]:
             acc = {k: acc[k] + p if k in acc else p for k, p in parts.items()}
         out[n] = Terms({k: v.double().numpy() for k, v in acc.items()})
         if n > 0:   # T_{n-1} = T_n diag(f'(a_n)) W_n
-            slope = f32(activation_slope(layer.activation, op.pre[n]))
+            slope = f32(op.slope[n])
             t = torch.matmul(t * slope[:, None, :], f32(layer.weight))
     return out
 
@@ -187,6 +190,12 @@ def _combine(tm: dict, plan: Plan, n: int):
 def layer_covariances(terms: list[Terms], plan: Plan) -> list[np.ndarray]:
     """Each layer's contribution to the output covariance under ``plan`` (reduced as ``Terms``)."""
     return [_combine(tm.parts, plan, n) for n, tm in enumerate(terms)]
+
+
+def layer_shares(terms: list[Terms], plan: Plan) -> np.ndarray:
+    """Each layer's share of the output variance (summed over samples and classes) under ``plan``; scalars only."""
+    tr = np.array([_combine(tm.traces, plan, n) for n, tm in enumerate(terms)])
+    return tr / tr.sum() if tr.sum() > 0 else np.zeros(len(tr))
 
 
 def output_variance(terms: list[Terms], plan: Plan) -> float:
@@ -217,9 +226,8 @@ def evaluate(terms: list[Terms], op: Operating, plan: Plan) -> dict:
     var = red[:, :m]
     cm = (red[:, -1] - var.sum(axis=1)) / (m * (m - 1)) if m > 1 else np.full(len(var), np.nan)
     summary = layer_summary(mean, var, cm)
-    tr = np.array([p[:, :m].sum() for p in parts])
     return {"snr_db": summary["snr_db_median"], "var": summary["var_mean"], "cm_var": summary["cm_var"],
-            "flip_rate": flip_rate(mean, red), "shares": tr / tr.sum() if tr.sum() > 0 else np.zeros(len(tr))}
+            "flip_rate": flip_rate(mean, red), "shares": layer_shares(terms, plan)}
 
 
 def class_shares(terms: list[Terms]) -> np.ndarray:

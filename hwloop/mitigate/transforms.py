@@ -104,7 +104,7 @@ def allocate_execs(plan: Plan, shares: np.ndarray, budget: int, scheme: str,
 
 def make_plan(model, strategies: Sequence[Strategy], *, noises=None, op=None, terms=None) -> Plan:
     """The plan for ``strategies`` (combined); slope needs ``op`` (operating points), multi-exec ``terms``."""
-    from .decompose import evaluate, layer_gains
+    from .decompose import layer_gains, layer_shares
 
     plan = Plan.identity([(l.n_in, l.n_out) for l in model.layers])
     order = {"slope": 0, "ghost": 1, "duplicate": 2, "multi-exec": 3}
@@ -124,7 +124,7 @@ def make_plan(model, strategies: Sequence[Strategy], *, noises=None, op=None, te
             if budget < len(model.layers):
                 raise HwloopError(f"strategy {st.label}: a budget of {budget} executions cannot run each of the "
                                   f"{len(model.layers)} layers once")
-            plan.execs = allocate_execs(plan, evaluate(terms, op, plan)["shares"], budget, st.scheme,
+            plan.execs = allocate_execs(plan, layer_shares(terms, plan), budget, st.scheme,
                                         _targets(model, st, readout_ok=True))
             plan.notes.append(f"multi-exec: executions per layer {plan.execs.tolist()} ({st.scheme}, budget {budget})")
     plan.label = "+".join(s.label for s in strategies) or "none"

@@ -1,0 +1,76 @@
+"""Benchmark: the mitigation advisor versus one 100-repeat Monte-Carlo run of the same model, same run.
+
+MLP 784-100-100-100-10 (sigmoid hidden layers, W ~ N(0, 1/n_in), fixed
+seed) under the Semenova-style profile, on 1,000 samples (MNIST test images
+when ../shared/data/mnist.npz or $HWLOOP_MNIST exists, else uniform random
+inputs).  The advisor ranks every strategy and combination at a budget of
+2x MACs analytically; the reference is one ``run_model`` with 100
+repetitions on profiled emulators plus ``analyze_run`` (what a user would
+otherwise do to see the noise of a single variant).  Prints the fastest of
+several calls of each and the ratio (goal: advisor < 1/20).
+
+    .venv/bin/python tools/bench_mitigate.py [--samples 1000] [--repeats 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import best  # noqa: E402
+
+from hwloop.analysis import analyze_run  # noqa: E402
+from hwloop.analysis.networks import dense_onnx, random_weights  # noqa: E402
+from hwloop.data import Dataset, load_data, shared_mnist  # noqa: E402
+from hwloop.devices.emulator import emulators  # noqa: E402
+from hwloop.graph import load_model  # noqa: E402
+from hwloop.mitigate.advise import advise, format_advice  # noqa: E402
+from hwloop.profiles import load_profile  # noqa: E402
+from hwloop.runner import run_model  # noqa: E402
+
+
+def inputs(n: int) -> Dataset:
+    path = shared_mnist()
+    if path is not None:
+        return load_data(f"mnist:{path}@{n}")
+    x = np.random.default_rng(0).uniform(0, 1, (n, 784)).astype(np.float32)
+    return Dataset("uniform", x, np.zeros(n, np.int64), 10)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--samples", type=int, default=1000)
+    ap.add_argument("--repeats", type=int, default=100)
+    ap.add_argument("--reps", type=int, default=5, help="calls of each contender (the fastest counts)")
+    ap.add_argument("--profile", default="semenova")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        w = random_weights([784, 100, 100, 100, 10], seed=0)
+        model = load_model(dense_onnx(Path(tmp) / "mlp.onnx", w, None, ["sigmoid"] * 3 + ["linear"]))
+    prof = load_profile(args.profile)
+    data = inputs(args.samples)
+    out = {}
+
+    def monte_carlo():
+        out["mc"] = analyze_run(run_model(model, data, devices=emulators(prof, model.layers), repeats=args.repeats))
+
+    def advisor():
+        out["advice"] = advise(model, prof, data, budget=2.0)
+
+    t = best({"advisor": advisor, "monte_carlo": monte_carlo}, reps=args.reps, block=1)
+    print(format_advice(out["advice"]).split("\n\nnot applicable")[0].split("\n\nwhat each")[0])
+    none = next(r for r in out["advice"].rows if r["label"] == "none")
+    print(f"\nunmitigated output SNR: advisor {none['snr_db']:.2f} dB, Monte-Carlo "
+          f"{float(out['mc']['snr_db_median'].values[-1]):.2f} dB ({args.repeats} repeats)")
+    print(f"data: {data.name}, {len(data)} samples; profile {args.profile}")
+    print(f"advisor (all strategies ranked) {t['advisor'] * 1e3:.1f} ms, one {args.repeats}-repeat Monte-Carlo run "
+          f"{t['monte_carlo'] * 1e3:.1f} ms: ratio 1/{t['monte_carlo'] / t['advisor']:.1f} (goal: below 1/20)")
+
+
+if __name__ == "__main__":
+    main()
