@@ -52,18 +52,19 @@ def measure(path: Path, plan: Plan, profile, ds: Dataset, repeats: int, seed: in
     return Side(plan.label, plan, analyze_run(res), predict(model, profile, ds, average=plan.average), advisor, path)
 
 
-def prove(model_path: str | Path, profile, data, strategies: Sequence[Strategy], *, repeats: int = 20,
+def prove(model_path: str | Path, profile, data, strategies: Sequence[Strategy] | Plan, *, repeats: int = 20,
           seed: int = 0, out: str | Path | None = None) -> tuple[Side, Side]:
-    """(original, mitigated): ``strategies`` combined into one plan, both models run on emulators of ``profile``.
-
-    The mitigated file is written to ``out`` (default: a temporary folder).
+    """(original, mitigated): ``strategies`` combined into one plan (or a ``Plan``, e.g. an advisor's row),
+    both models run on emulators of ``profile``.  The mitigated file is written to ``out`` (default: a
+    temporary folder).
     """
     prof = load_profile(profile) if isinstance(profile, str) else profile
     ds = data if isinstance(data, Dataset) else load_data(data)
     model = load_model(model_path)
     x = model_input(model, ds)
     ctx = context(model, prof, x)
-    plan = make_plan(model, strategies, noises=ctx.noises, op=ctx.op, terms=ctx.terms)
+    plan = strategies if isinstance(strategies, Plan) else make_plan(model, strategies, noises=ctx.noises,
+                                                                         op=ctx.op, terms=ctx.terms)
     mit = apply_plan(model, plan)
     base = Plan.identity([(l.n_in, l.n_out) for l in model.layers])
     with tempfile.TemporaryDirectory(prefix="hwloop-mitigate-") as tmp:
