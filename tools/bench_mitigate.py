@@ -19,14 +19,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_predict import inputs  # noqa: E402  (the same samples as the prediction benchmark)
 from timing import best  # noqa: E402
 
 from hwloop.analysis import analyze_run  # noqa: E402
 from hwloop.analysis.networks import dense_onnx, random_weights  # noqa: E402
-from hwloop.data import Dataset, load_data, shared_mnist  # noqa: E402
 from hwloop.devices.emulator import emulators  # noqa: E402
 from hwloop.graph import load_model  # noqa: E402
 from hwloop.mitigate.advise import advise, format_advice  # noqa: E402
@@ -34,12 +32,15 @@ from hwloop.profiles import load_profile  # noqa: E402
 from hwloop.runner import run_model  # noqa: E402
 
 
-def inputs(n: int) -> Dataset:
-    path = shared_mnist()
-    if path is not None:
-        return load_data(f"mnist:{path}@{n}")
-    x = np.random.default_rng(0).uniform(0, 1, (n, 784)).astype(np.float32)
-    return Dataset("uniform", x, np.zeros(n, np.int64), 10)
+SIZES = (784, 100, 100, 100, 10)
+
+
+def setup(samples: int, profile: str):
+    """The random sigmoid MLP (seed 0), the profile and the samples of ``bench_predict``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = dense_onnx(Path(tmp) / "mlp.onnx", random_weights(SIZES, seed=0), None, ["sigmoid"] * 3 + ["linear"])
+        model = load_model(path)
+    return model, load_profile(profile), inputs(samples)
 
 
 def main() -> None:
@@ -49,11 +50,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5, help="calls of each contender (the fastest counts)")
     ap.add_argument("--profile", default="semenova")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        w = random_weights([784, 100, 100, 100, 10], seed=0)
-        model = load_model(dense_onnx(Path(tmp) / "mlp.onnx", w, None, ["sigmoid"] * 3 + ["linear"]))
-    prof = load_profile(args.profile)
-    data = inputs(args.samples)
+    model, prof, data = setup(args.samples, args.profile)
     out = {}
 
     def monte_carlo():

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.special import ndtr
 
 from ..analysis.measured import layer_summary
 from ..analysis.predict import LayerNoise
@@ -212,7 +211,8 @@ def flip_rate(mean: np.ndarray, red: np.ndarray) -> float:
     diag, row = red[:, :c], red[:, c:2 * c]
     var = diag[s_idx, top][:, None] + diag - 2 * row
     with np.errstate(divide="ignore", invalid="ignore"):
-        p = np.where(var > 0, ndtr(-d / np.sqrt(np.maximum(var, 1e-300))), 0.0)
+        z = torch.special.ndtr(torch.from_numpy(-d / np.sqrt(np.maximum(var, 1e-300)))).numpy()
+        p = np.where(var > 0, z, 0.0)
     p[s_idx, top] = 0.0
     return float(np.mean(1.0 - np.prod(1.0 - p, axis=1)))
 
