@@ -33,6 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, help="write the mitigated model here (.onnx)")
     p.add_argument("--advise", action="store_true", help="rank every strategy and combination (no sampling)")
     p.add_argument("--budget", type=float, default=2.0, help="chip cost allowed, as a MAC ratio (default: 2)")
+    p.add_argument("--advise-samples", type=int, default=256,
+                   help="samples the advisor looks at, evenly spaced through --data (default: 256; 0: all)")
     p.add_argument("--prove", action="store_true", help="run original and mitigated model and compare")
     p.add_argument("--repeats", type=int, default=20, help="repetitions per sample for --prove (default: 20)")
     p.add_argument("--seed", type=int, default=0, help="seed of the proof's runs (default: 0)")
@@ -56,7 +58,7 @@ def main(args: argparse.Namespace) -> int:
     if args.advise:
         from ..mitigate.advise import advise, format_advice
 
-        print(format_advice(advise(model, args.profile, args.data, args.budget)))
+        print(format_advice(advise(model, args.profile, args.data, args.budget, args.advise_samples or None)))
     if args.prove:
         from ..mitigate.prove import format_proof, prove
 

@@ -19,12 +19,12 @@ import numpy as np
 from ..analysis.predict import LayerNoise
 from ..errors import HwloopError
 from ..profiles import load_profile
-from ..walking.planner import SCHEMES
+from ..walking.planner import SCHEMES, scheme_weights
 from .decompose import (Operating, Terms, class_shares, decompose, evaluate, layer_shares, operating_points,
                         output_variance)
 from .onnxedit import chain_next
 from .plan import ADDRESSES, Plan, Strategy
-from .transforms import allocate_execs, make_plan
+from .transforms import midpoints, allocate_execs, make_plan
 
 #: copies and executions tried at most per layer
 _MAX_K = 16
@@ -101,18 +101,24 @@ def _fill_execs(ctx: Context, plan: Plan, budget: float) -> Plan | None:
     shares = layer_shares(ctx.terms, plan)
     n = len(plan.execs)
     best, best_score = None, -np.inf
+    cells = np.array([i * o for i, o in plan.new_widths()], dtype=np.float64)
+    cap = budget * sum(i * o for i, o in plan.widths) + 1e-9
     for scheme in SCHEMES:
         def fits(total: int) -> Plan | None:
             p = plan.copy(execs=allocate_execs(plan, shares, total, scheme))
-            return p if p.cost()["mac_ratio"] <= budget + 1e-9 else None
+            return p if (cells * p.execs).sum() <= cap else None
 
-        lo, hi, last = n, n * _MAX_K + 1, None      # bisection: the largest total execution count that fits
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            p = fits(mid)
-            lo, hi, last = (mid, hi, p) if p is not None else (lo, mid, last)
+        w = scheme_weights(midpoints(shares), scheme)     # the continuous allocation's total, as a first guess
+        w = w / w.sum() if w.sum() > 0 else np.full(n, 1.0 / n)
+        total = int(np.clip(np.floor(cap / max(float(cells @ w), 1e-300)), n + 1, n * _MAX_K))
+        last = fits(total)
+        while last is None and total > n + 1:             # step down to the first that fits ...
+            total -= 1
+            last = fits(total)
+        while last is not None and total < n * _MAX_K and (p := fits(total + 1)) is not None:
+            total, last = total + 1, p                    # ... or up to the last that does
         if last is not None:
-            last.label = f"multi-exec:{lo}:{scheme}"
+            last.label = f"multi-exec:{total}:{scheme}"
         if last is not None:
             score = -output_variance(ctx.terms, last)
             if score > best_score:
@@ -160,11 +166,22 @@ def candidates(ctx: Context, budget: float, na: list[str]) -> list[Plan]:
     return unique
 
 
-def advise(model, profile, data, budget: float = 2.0) -> Advice:
-    """Rank every strategy and combination at ``budget`` (MAC ratio) by predicted output SNR."""
+#: samples the advisor looks at by default: the ranking needs operating points that represent the data,
+#: not all of them (tools/bench_mitigate.py prints the ranking from all samples beside it)
+ADVISE_SAMPLES = 256
+
+
+def advise(model, profile, data, budget: float = 2.0, samples: int | None = ADVISE_SAMPLES) -> Advice:
+    """Rank every strategy and combination at ``budget`` (MAC ratio) by predicted output SNR.
+
+    ``samples``: at most this many samples, evenly spaced through ``data`` (None: all).
+    """
     if not budget >= 1.0:
         raise HwloopError(f"budget {budget}: a MAC ratio of at least 1 (the original model costs 1)")
-    ctx = context(model, profile, data)
+    x = model_inputs(model, data)
+    if samples is not None and len(x) > samples:
+        x = x[np.linspace(0, len(x) - 1, samples).astype(np.int64)]
+    ctx = context(model, profile, x)
     na: list[str] = []
     plans = candidates(ctx, budget, na)
     base = evaluate(ctx.terms, ctx.op, plans[0])

@@ -95,11 +95,15 @@ def allocate_execs(plan: Plan, shares: np.ndarray, budget: int, scheme: str,
     in proportion to the noise they put on the output.
     """
     sel = list(range(len(plan.execs))) if layers is None else list(layers)
-    with np.errstate(divide="ignore"):
-        mu = 1.0 / np.sqrt(np.maximum(np.asarray(shares, dtype=np.float64)[sel], 0.0))
     execs = np.ones(len(plan.execs), np.int64)
-    execs[sel] = allocate(mu, budget - (len(plan.execs) - len(sel)), scheme)
+    execs[sel] = allocate(midpoints(np.asarray(shares)[sel]), budget - (len(plan.execs) - len(sel)), scheme)
     return execs
+
+
+def midpoints(shares: np.ndarray) -> np.ndarray:
+    """A layer's stand-in for a Walking Noise midpoint: 1/sqrt(its share of the output noise); inf for none."""
+    with np.errstate(divide="ignore"):
+        return 1.0 / np.sqrt(np.maximum(np.asarray(shares, dtype=np.float64), 0.0))
 
 
 def make_plan(model, strategies: Sequence[Strategy], *, noises=None, op=None, terms=None) -> Plan:
