@@ -61,7 +61,8 @@ def relu_chain(tmp_path_factory):
 
 def profile(layer0: str, rest: str = "{D_A: 0.0, D_M: 0.0, D_AC: 0.0, D_MC: 0.0}"):
     """Noise ``layer0`` (a flow mapping of noise keys) on layer 0 only."""
-    return parse_profile(f"version: 1\nprovenance: {{source: hand-written}}\nnoise: {layer0}\nlayers:\n  1: {{noise: {rest}}}\n  2: {{noise: {rest}}}\n")
+    return parse_profile(f"version: 1\nprovenance: {{source: hand-written}}\nnoise: {layer0}\n"
+                         f"layers:\n  1: {{noise: {rest}}}\n  2: {{noise: {rest}}}\n")
 
 
 def ort_output(path, x) -> np.ndarray:

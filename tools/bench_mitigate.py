@@ -78,7 +78,8 @@ def main() -> None:
     rank_all = [r["label"] for r in out["advice_all"].rows]
     gap = max(abs(a["snr_db"] - b["snr_db"]) for a, b in zip(
         sorted(out["advice"].rows, key=lambda r: r["label"]), sorted(out["advice_all"].rows, key=lambda r: r["label"])))
-    print(f"ranking from {ADVISE_SAMPLES} samples {'equals' if rank == rank_all else 'DIFFERS from'} the ranking from all; "
+    same = "equals" if rank == rank_all else "DIFFERS from"
+    print(f"ranking from {ADVISE_SAMPLES} samples {same} the ranking from all; "
           f"largest SNR difference {gap:.2f} dB")
 
 

@@ -24,7 +24,7 @@ from .decompose import (Operating, Terms, class_shares, decompose, evaluate, lay
                         output_variance)
 from .onnxedit import chain_next
 from .plan import ADDRESSES, Plan, Strategy
-from .transforms import midpoints, allocate_execs, make_plan
+from .transforms import allocate_execs, make_plan, midpoints
 
 #: copies and executions tried at most per layer
 _MAX_K = 16
