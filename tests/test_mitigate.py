@@ -173,11 +173,15 @@ def test_multi_exec_device_averages_k_runs(chain):
     assert multi.run(xr, repeats=3, key=(2,)).shape == (3, 50, 32)
 
 
-def test_advisor_agrees_with_the_prediction_of_the_rewritten_model(chain, data):
+@pytest.mark.parametrize("fixture,specs_list", [
+    ("chain", (["ghost"], ["duplicate:3"], ["multi-exec:7"], ["ghost", "duplicate:2", "multi-exec:4"])),
+    ("relu_chain", (["slope"], ["slope", "ghost"])),
+])
+def test_advisor_agrees_with_the_prediction_of_the_rewritten_model(request, data, fixture, specs_list):
     """The closed form (one decomposition, weighted sums) against ``predict`` on the transformed model."""
-    model = load_model(chain)
+    model = load_model(request.getfixturevalue(fixture))
     ctx = context(model, "semenova", data)
-    for specs in (["ghost"], ["duplicate:3"], ["multi-exec:7"], ["ghost", "duplicate:2", "multi-exec:4"]):
+    for specs in specs_list:
         plan = make_plan(model, [parse_strategy(s) for s in specs], noises=ctx.noises, op=ctx.op, terms=ctx.terms)
         mit = apply_plan(model, plan)
         pred = predict(mit.model, "semenova", data, average=plan.average)

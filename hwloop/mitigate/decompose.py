@@ -182,7 +182,8 @@ def _combine(tm: dict, plan: Plan, n: int):
     """Layer n's contribution under ``plan``, from its terms (arrays or their traces alike: it is linear)."""
     g, k, e, a2 = int(plan.ghosts[n]), int(plan.copies[n]), int(plan.execs[n]), float(plan.scale[n]) ** 2
     c = (tm["add"] / a2 + tm["mul"]) / k
-    c = c + (tm["ac_g"] / a2 + tm["mc_g"] + tm["ghost"] / (g * k) if g else tm["ac"] / a2 + tm["mc"])
+    # a scaled layer is linear or relu: f(0) = 0, so its ghosts carry additive noise only (/ a^2 as well)
+    c = c + (tm["ac_g"] / a2 + tm["mc_g"] + tm["ghost"] / (g * k * a2) if g else tm["ac"] / a2 + tm["mc"])
     return c / e
 
 
