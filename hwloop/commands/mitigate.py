@@ -11,8 +11,9 @@ Strategies (combine by repeating --strategy):
 --out writes the mitigated ONNX model (same noise-free function, checked
 with onnxruntime; multi-exec travels as model metadata).  --advise ranks
 every strategy and combination at --budget (a MAC ratio) analytically.
---prove runs the original and the mitigated model on the emulator with
---profile and prints measured against predicted, layer by layer.
+--prove runs the original model, each strategy alone and (when several are
+given) their combination on the emulator with --profile and prints measured
+against predicted, layer by layer; --out then holds the combination.
 """
 
 from __future__ import annotations
@@ -60,12 +61,14 @@ def main(args: argparse.Namespace) -> int:
 
         print(format_advice(advise(model, args.profile, args.data, args.budget, args.advise_samples or None)))
     if args.prove:
-        from ..mitigate.prove import format_proof, prove
+        from ..mitigate.prove import format_proof, prove_each
 
-        original, mitigated = prove(args.model, args.profile, args.data, strategies, repeats=args.repeats,
-                                    seed=args.seed, out=args.out)
-        print("\n".join(mitigated.plan.notes))
-        print(format_proof(original, mitigated))
+        variants = [[s] for s in strategies] + ([strategies] if len(strategies) > 1 else [])
+        original, sides = prove_each(args.model, args.profile, args.data, variants, repeats=args.repeats,
+                                     seed=args.seed, out=args.out)
+        print("\n".join(sides[-1].plan.notes))
+        for side in sides:
+            print("\n" + format_proof(original, side))
     elif strategies and args.out is not None:
         from ..mitigate import api
 

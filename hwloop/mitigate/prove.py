@@ -58,21 +58,31 @@ def prove(model_path: str | Path, profile, data, strategies: Sequence[Strategy] 
     both models run on emulators of ``profile``.  The mitigated file is written to ``out`` (default: a
     temporary folder).
     """
+    original, sides = prove_each(model_path, profile, data, [strategies], repeats=repeats, seed=seed, out=out)
+    return original, sides[0]
+
+
+def prove_each(model_path: str | Path, profile, data, variants: Sequence[Sequence[Strategy] | Plan], *,
+               repeats: int = 20, seed: int = 0, out: str | Path | None = None) -> tuple[Side, list[Side]]:
+    """The original and one mitigated model per variant (strategies combined, or a ``Plan``), all run on
+    emulators of ``profile`` with the same seed.  The last variant's file is written to ``out``."""
     prof = load_profile(profile) if isinstance(profile, str) else profile
     ds = data if isinstance(data, Dataset) else load_data(data)
     model = load_model(model_path)
     x = model_input(model, ds)
     ctx = context(model, prof, x)
-    plan = strategies if isinstance(strategies, Plan) else make_plan(model, strategies, noises=ctx.noises,
-                                                                         op=ctx.op, terms=ctx.terms)
-    mit = apply_plan(model, plan)
+    plans = [v if isinstance(v, Plan) else make_plan(model, v, noises=ctx.noises, op=ctx.op, terms=ctx.terms)
+             for v in variants]
     base = Plan.identity([(l.n_in, l.n_out) for l in model.layers])
+    original = measure(Path(model_path), base, prof, ds, repeats, seed, evaluate(ctx.terms, ctx.op, base))
+    sides = []
     with tempfile.TemporaryDirectory(prefix="hwloop-mitigate-") as tmp:
-        target = Path(out) if out is not None else Path(tmp) / "mitigated.onnx"
-        save(model, mit.proto, x, target)
-        original = measure(Path(model_path), base, prof, ds, repeats, seed, evaluate(ctx.terms, ctx.op, base))
-        mitigated = measure(target, plan, prof, ds, repeats, seed, evaluate(ctx.terms, ctx.op, plan))
-    return original, mitigated
+        for i, plan in enumerate(plans):
+            last = i == len(plans) - 1
+            target = Path(out) if out is not None and last else Path(tmp) / f"mitigated-{i}.onnx"
+            save(model, apply_plan(model, plan).proto, x, target)
+            sides.append(measure(target, plan, prof, ds, repeats, seed, evaluate(ctx.terms, ctx.op, plan)))
+    return original, sides
 
 
 def _out(side: Side, key: str, kind: str = "measured") -> float:
