@@ -243,3 +243,22 @@ def test_cli_advise_and_prove(demo_onnx, tmp_path, capsys):
 
     devices = open_run(store).attrs["devices"]
     assert {k: devices[k]["multi_exec"] for k in plan} == plan
+
+
+def test_ghosts_refused_where_the_profile_tiles_columns(chain, tmp_path, data):
+    tiled = parse_profile("version: 1\nprovenance: {source: hand-written}\nnoise: {D_AC: 1.0e-3}\narray: {cols: 16}\n")
+    with pytest.raises(HwloopError, match=r"layer 0 .*column tiles of 16, each with its own correlated draw; ghost neurons"):
+        mitigate(chain, tiled, data, ["ghost@0"], tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--advise", "--budget", "0.5"], "budget 0.5"),
+    (["--strategy", "ghost", "--prove", "--repeats", "1"], "at least 2 repetitions"),
+    (["--strategy", "ghost", "--out", "m.txt"], "name it *.onnx"),
+    ([], "give --advise, or at least one --strategy"),
+])
+def test_bad_options_are_one_line_exit_2(demo_onnx, capsys, args, message):
+    rc = cli(["mitigate", str(demo_onnx), "--profile", "semenova", "--data", "digits@50", *args])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and message in err and len(err.splitlines()) == 1

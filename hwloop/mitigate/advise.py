@@ -50,13 +50,23 @@ def model_inputs(model, data) -> np.ndarray:
     return model_input(model, data if isinstance(data, Dataset) else load_data(data))
 
 
+def as_profile(profile):
+    """A loaded ``Profile`` from a profile, a name or a path."""
+    return profile if hasattr(profile, "for_layer") else load_profile(profile)
+
+
+def layer_noises(model, profile) -> list[LayerNoise]:
+    """The noise of every analog layer under ``profile`` (as ``predict`` reads it)."""
+    prof = as_profile(profile)
+    return [LayerNoise.from_settings(prof.for_layer(l.index, l.name), l) for l in model.layers]
+
+
 def context(model, profile, data) -> Context:
     """Noise settings per layer, operating points and output-noise terms (the one expensive step)."""
     x = model_inputs(model, data)
-    prof = load_profile(profile) if isinstance(profile, str) else profile
     for k in range(len(model.layers) - 1):
         chain_next(model, k, "the advisor")
-    noises = [LayerNoise.from_settings(prof.for_layer(l.index, l.name), l) for l in model.layers]
+    noises = layer_noises(model, profile)
     op = operating_points(model, x)
     return Context(model, noises, op, decompose(model, noises, op))
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..graph import Model, load_model
-from .advise import context, model_inputs
+from .advise import context, layer_noises, model_inputs
 from .onnxedit import save
 from .plan import Plan, Strategy, parse_strategy
 from .transforms import apply_plan, make_plan
@@ -21,7 +21,8 @@ def mitigate(model: Model | str | Path, profile, data, strategies: Sequence[Stra
     """
     model = model if isinstance(model, Model) else load_model(model)
     specs = [parse_strategy(s) if isinstance(s, str) else s for s in strategies]
-    make_plan(model, [s for s in specs if s.name in ("ghost", "duplicate")])   # structural errors name the strategy
+    structural = [s for s in specs if s.name in ("ghost", "duplicate")]
+    make_plan(model, structural, noises=layer_noises(model, profile))   # errors that name the strategy, first
     x = model_inputs(model, data)
     ctx = context(model, profile, x)
     plan = make_plan(model, specs, noises=ctx.noises, op=ctx.op, terms=ctx.terms)

@@ -22,9 +22,8 @@ from ..analysis.predict import predict
 from ..data import Dataset, load_data
 from ..devices.emulator import emulators
 from ..graph import load_model
-from ..profiles import load_profile
 from ..runner import model_input, run_model
-from .advise import context
+from .advise import as_profile, context
 from .decompose import evaluate
 from .multiexec import wrap_devices
 from .onnxedit import save
@@ -66,7 +65,7 @@ def prove_each(model_path: str | Path, profile, data, variants: Sequence[Sequenc
                repeats: int = 20, seed: int = 0, out: str | Path | None = None) -> tuple[Side, list[Side]]:
     """The original and one mitigated model per variant (strategies combined, or a ``Plan``), all run on
     emulators of ``profile`` with the same seed.  The last variant's file is written to ``out``."""
-    prof = load_profile(profile) if isinstance(profile, str) else profile
+    prof = as_profile(profile)
     ds = data if isinstance(data, Dataset) else load_data(data)
     model = load_model(model_path)
     x = model_input(model, ds)
