@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 
 from hwloop.analysis import analyze_run, predict
 from hwloop.analysis.networks import dense_onnx, random_weights
@@ -59,6 +60,20 @@ def relu_chain(tmp_path_factory):
     return dense_onnx(path, w, None, ["sigmoid", "relu", "linear"])
 
 
+@pytest.fixture(scope="module")
+def conv_dense(tmp_path_factory):
+    """Conv -> Relu -> Flatten -> Linear -> Sigmoid -> Linear on 1x8x8 inputs (legacy exporter)."""
+    from torch import nn
+
+    from exporters.models import seeded
+    from exporters.torch_onnx import export_torch
+
+    with seeded(2):
+        net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 16),
+                            nn.Sigmoid(), nn.Linear(16, 10))
+    return export_torch(net, tmp_path_factory.mktemp("mitigate") / "conv_dense.onnx", torch.zeros(2, 1, 8, 8))
+
+
 def profile(layer0: str, rest: str = "{D_A: 0.0, D_M: 0.0, D_AC: 0.0, D_MC: 0.0}"):
     """Noise ``layer0`` (a flow mapping of noise keys) on layer 0 only."""
     return parse_profile(f"version: 1\nprovenance: {{source: hand-written}}\nnoise: {layer0}\n"
@@ -78,6 +93,9 @@ def ort_output(path, x) -> np.ndarray:
     ("relu_chain", ["slope"], [32, 16, 10]),
     ("chain", ["ghost", "duplicate:2", "multi-exec:5"], [66, 34, 10]),
     ("demo_onnx", ["ghost", "duplicate:2"], [66, 34, 10]),
+    ("mlp_bn_onnx", ["ghost", "duplicate:2"], [34, 34, 10]),          # Gemm -> BatchNormalization -> Relu
+    ("mlp_dynamo_onnx", ["duplicate:2"], [64, 48, 32, 10]),           # the dynamo exporter's graph
+    ("conv_dense", ["ghost"], [4, 17, 10]),                           # the Conv is skipped (a note says so)
 ])
 def test_transform_keeps_the_noise_free_function(request, tmp_path, data, fixture, specs, widths):
     src = request.getfixturevalue(fixture)
@@ -92,6 +110,8 @@ def test_transform_keeps_the_noise_free_function(request, tmp_path, data, fixtur
     assert diff <= 1e-5
     if "slope" in specs:
         assert plan.scale[1] < 1 and "gain" in plan.notes[0]
+    if fixture == "conv_dense":
+        assert any("skipped: layer 0" in n and "(Conv)" in n for n in plan.notes)
     assert read_plan(model) == plan.average
 
 
@@ -221,7 +241,7 @@ def test_bad_strategy_is_one_line_exit_2(demo_onnx, tmp_path, capsys, spec, mess
 
 
 def test_conv_layer_is_refused(cnn_onnx, tmp_path):
-    with pytest.raises(HwloopError, match=r"layer 0 .*\(Conv\): duplication supports dense layers only"):
+    with pytest.raises(HwloopError, match=r"layer 0 .*\(Conv\): duplication applies to dense layers only"):
         mitigate(cnn_onnx, "semenova", "digits@20", ["duplicate@0"], tmp_path / "m.onnx")
 
 

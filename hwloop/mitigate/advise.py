@@ -127,12 +127,9 @@ def _fill_execs(ctx: Context, plan: Plan, budget: float) -> Plan | None:
             last = fits(total)
         while last is not None and total < n * _MAX_K and (p := fits(total + 1)) is not None:
             total, last = total + 1, p                    # ... or up to the last that does
-        if last is not None:
+        if last is not None and -output_variance(ctx.terms, last) > best_score:
             last.label = f"multi-exec:{total}:{scheme}"
-        if last is not None:
-            score = -output_variance(ctx.terms, last)
-            if score > best_score:
-                best, best_score = last, score
+            best, best_score = last, -output_variance(ctx.terms, last)
     if best is not None:
         best.label = best.label if plan.label == "none" else f"{plan.label}+{best.label}"
         best.notes.append(f"multi-exec: executions per layer {best.execs.tolist()}")

@@ -41,7 +41,7 @@ def chain_next(model: Model, k: int, strategy: str) -> AnalogLayer:
     layers = model.layers
     layer = layers[k]
     if layer.conv is not None:
-        raise HwloopError(f"layer {k} {layer.name!r} (Conv): {strategy} supports dense layers only")
+        raise HwloopError(f"layer {k} {layer.name!r} (Conv): {strategy} applies to dense layers only")
     if k == len(layers) - 1:
         raise HwloopError(f"layer {k} {layer.name!r} is the readout: no next analog layer to take up "
                           f"{strategy}; use multi-exec there")

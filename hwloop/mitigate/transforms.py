@@ -45,10 +45,28 @@ def _targets(model, st: Strategy, readout_ok: bool) -> list[int]:
     return list(range(n_layers if readout_ok else n_layers - 1))
 
 
+def _chained(model, st: Strategy, what: str, plan: Plan) -> list[int]:
+    """The target layers whose output reaches the next layer as a plain chain.  A layer asked for by
+    index that cannot take the strategy is an error; by default such layers are skipped with a note
+    (and an error only when no layer is left)."""
+    ok, first = [], None
+    for n in _targets(model, st, readout_ok=False):
+        try:
+            chain_next(model, n, what)
+            ok.append(n)
+        except HwloopError as e:
+            if st.layers is not None:
+                raise
+            first = first or e
+            plan.notes.append(f"{st.name}: skipped: {e}")
+    if not ok and first is not None:
+        raise first
+    return ok
+
+
 def _ghosts(model, st: Strategy, plan: Plan, noises) -> None:
     g = int(st.arg or 1)
-    for n in _targets(model, st, readout_ok=False):
-        chain_next(model, n, "ghost neurons")
+    for n in _chained(model, st, "ghost neurons", plan):
         cols = noises[n].cols if noises is not None else None
         if cols is not None and cols < model.layers[n].n_out:
             raise HwloopError(f"layer {n} {model.layers[n].name!r}: the profile splits it into column tiles of "
@@ -59,8 +77,7 @@ def _ghosts(model, st: Strategy, plan: Plan, noises) -> None:
 
 def _duplicate(model, st: Strategy, plan: Plan) -> None:
     k = int(st.arg or 2)
-    for n in _targets(model, st, readout_ok=False):
-        chain_next(model, n, "duplication")
+    for n in _chained(model, st, "duplication", plan):
         plan.copies[n] *= k
     plan.notes.append(f"duplicate: {k} copies of every neuron on layer(s) {_list(plan.copies > 1)}")
 
