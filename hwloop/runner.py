@@ -83,7 +83,7 @@ def run_model(model: Model | str | Path, data: Dataset | str, *,
     bs = min(bs, n)
     n_batches = -(-n // bs)
     ideal = _Ideal(model)
-    _, probe = _forward(model, x[:2], ideal.run, repeats=1)  # a bad shape (or fixed batch) fails here, storeless
+    probe_layers, probe = _forward(model, x[:2], ideal.run, repeats=1)  # a bad shape fails here, storeless
     noisy = _Devices(model, per_layer, seed)   # programmed first: describe() then reports tiling etc.
     attrs = _provenance(model, ds, x, per_layer, seed, repeats, bs, provenance, hash_data=out is not None)
     attrs["pipelined"] = pipelined
@@ -93,7 +93,7 @@ def run_model(model: Model | str | Path, data: Dataset | str, *,
         if resume and Path(out).exists():
             writer = RunWriter.resume(out, attrs)
         else:
-            writer = RunWriter.create(out, layers=[_layer_info(model, L) for L in model.layers], n_samples=n,
+            writer = RunWriter.create(out, layers=[_layer_info(L, p) for L, p in zip(model.layers, probe_layers)], n_samples=n,
                                       n_classes=probe.shape[2], batch_size=bs, repeats=repeats, attrs=attrs,
                                       overwrite=overwrite)
     todo = [b for b, done in enumerate(writer.done() if writer else np.zeros(n_batches, bool)) if not done]
@@ -219,12 +219,14 @@ def derive_seed(seed: int, index: int) -> int:
 
 
 def _positions(layer: AnalogLayer) -> int:
-    return int(np.prod(layer.meta["out_spatial"])) if layer.conv is not None else 1
+    return layer.positions or 1
 
 
-def _layer_info(model: Model, layer: AnalogLayer) -> LayerInfo:
+def _layer_info(layer: AnalogLayer, probe: np.ndarray) -> LayerInfo:
+    """The store's description of a layer; its neurons per sample as the probe batch recorded them (a
+    sequence's length may be known only from the data)."""
     return LayerInfo(index=layer.index, name=layer.name, op=layer.meta["ops"], activation=layer.activation,
-                     neurons=layer.n_out * _positions(layer))
+                     neurons=int(probe.shape[2]))
 
 
 class _Devices:
@@ -441,35 +443,49 @@ def _run_glue(model: Model, glue: Glue, env: dict, B: int) -> None:
 def _run_layer(layer: AnalogLayer, arr: np.ndarray, r: int, B: int, repeats: int, run_layer: Callable):
     """Run one analog layer on its device; returns the tensor for the graph and the recorded (R, B, n)."""
     dtype = np.dtype(layer.meta["dtype"])
-    if layer.conv is None:
-        y = run_layer(layer, arr.reshape(r, B, -1), repeats)          # (R, B, n_out)
-        return np.asarray(y, dtype=dtype).reshape(repeats * B, -1), y
-    spatial = tuple(layer.meta["out_spatial"])
-    cols = im2col(np.asarray(arr, np.float32), layer)                 # (r*B*P, n_in)
-    y = run_layer(layer, cols.reshape(r, -1, layer.n_in), repeats)    # (R, B*P, C_out)
-    y = np.asarray(y).reshape(repeats, B, -1, layer.n_out).transpose(0, 1, 3, 2)  # (R, B, C_out, P)
-    rec = np.ascontiguousarray(y).reshape(repeats, B, -1)
-    return rec.reshape((repeats * B, layer.n_out) + spatial).astype(dtype, copy=False), rec
+    if layer.conv is not None:
+        spatial = tuple(layer.meta["out_spatial"])
+        cols = im2col(np.asarray(arr, np.float32), layer)                 # (r*B*P, n_in)
+        y = run_layer(layer, cols.reshape(r, -1, layer.n_in), repeats)    # (R, B*P, C_out)
+        y = np.asarray(y).reshape(repeats, B, -1, layer.n_out).transpose(0, 1, 3, 2)  # (R, B, C_out, P)
+        rec = np.ascontiguousarray(y).reshape(repeats, B, -1)
+        return rec.reshape((repeats * B, layer.n_out) + spatial).astype(dtype, copy=False), rec
+    if layer.tmap is not None:                                            # one row per token / position
+        m = layer.tmap
+        a = np.asarray(arr, np.float32).transpose((0,) + tuple(1 + p for p in m.in_perm))
+        kept = a.shape[1:1 + m.n_kept]
+        y = run_layer(layer, np.ascontiguousarray(a).reshape(r, -1, layer.n_in), repeats)   # (R, B*P, n_out)
+        out = np.asarray(y).reshape((repeats * B,) + kept + m.out_features)
+        out = np.ascontiguousarray(out.transpose((0,) + tuple(1 + p for p in m.out_perm)))
+        return out.astype(dtype, copy=False), out.reshape(repeats, B, -1)
+    y = run_layer(layer, arr.reshape(r, B, -1), repeats)          # (R, B, n_out)
+    return np.asarray(y, dtype=dtype).reshape(repeats * B, -1), y
 
 
 def im2col(x: np.ndarray, layer: AnalogLayer) -> np.ndarray:
-    """Unfold (rows, C, *spatial) into (rows * positions, C * prod(kernel)), channel-major then kernel."""
+    """Unfold (rows, C, *spatial) into (rows * positions, C * prod(kernel)), channel-major then kernel.
+
+    A transposed convolution first spreads its input by the strides (zeros between the values) and then
+    runs as a stride-1 convolution (``ConvSpec.pads`` already hold the equivalent padding)."""
     spec = layer.conv
     nd = len(spec.kernel_shape)
-    if nd == 1:  # a 1-D conv is a 2-D conv over a height-1 image
-        x = x[:, :, None, :]
-        k, s, d = (1, *spec.kernel_shape), (1, *spec.strides), (1, *spec.dilations)
-        pads = ((0, 0), (spec.pads[0], spec.pads[1]))
-    else:
-        k, s, d = spec.kernel_shape, spec.strides, spec.dilations
-        pads = ((spec.pads[0], spec.pads[2]), (spec.pads[1], spec.pads[3]))
+    k, d = spec.kernel_shape, spec.dilations
+    s = (1,) * nd if spec.transposed else spec.strides
+    if spec.transposed and any(v > 1 for v in spec.strides):
+        spread = np.zeros(x.shape[:2] + tuple((n - 1) * st + 1 for n, st in zip(x.shape[2:], spec.strides)), x.dtype)
+        spread[(slice(None), slice(None)) + tuple(slice(None, None, st) for st in spec.strides)] = x
+        x = spread
+    pads = tuple((spec.pads[i], spec.pads[i + nd]) for i in range(nd))
     if any(p for pair in pads for p in pair):
         x = np.pad(x, ((0, 0), (0, 0)) + pads)
-    span = tuple((k[i] - 1) * d[i] + 1 for i in range(2))
-    win = np.lib.stride_tricks.sliding_window_view(x, span, axis=(2, 3))  # (rows, C, H', W', span_h, span_w)
-    win = win[:, :, ::s[0], ::s[1], ::d[0], ::d[1]]
-    rows, c, ho, wo = win.shape[:4]
-    return np.ascontiguousarray(win.transpose(0, 2, 3, 1, 4, 5)).reshape(rows * ho * wo, c * k[0] * k[1])
+    span = tuple((k[i] - 1) * d[i] + 1 for i in range(nd))
+    axes = tuple(range(2, 2 + nd))
+    win = np.lib.stride_tricks.sliding_window_view(x, span, axis=axes)  # (rows, C, *out', *span)
+    win = win[(slice(None), slice(None)) + tuple(slice(None, None, v) for v in s) + tuple(slice(None, None, v) for v in d)]
+    rows, c = win.shape[:2]
+    out = win.shape[2:2 + nd]
+    order = (0,) + tuple(range(2, 2 + nd)) + (1,) + tuple(range(2 + nd, 2 + 2 * nd))
+    return np.ascontiguousarray(win.transpose(order)).reshape(rows * int(np.prod(out)), c * int(np.prod(k)))
 
 
 @functools.lru_cache(maxsize=1)

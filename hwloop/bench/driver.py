@@ -580,7 +580,10 @@ class VisaDevice(Device):
             raise HwloopError(f"layer {layer.name!r}: weights or bias contain NaN or infinity")
         wmax, bmax = lim["weight_range"], lim["bias_range"]
         s_w = _pow2_at_least(float(np.abs(w).max(initial=0)) / wmax)
-        host = len(tiles) > 1 or _SCPI_ACT[act] not in lim["activations"]
+        if layer.groups > 1:
+            raise HwloopError(f"layer {layer.name!r}: a grouped convolution ({layer.groups} groups); the bench "
+                              "driver programs one dense array per layer: run this layer on an emulator")
+        host = len(tiles) > 1 or _SCPI_ACT.get(act) not in lim["activations"]
         if not host and s_w > 1 and act not in _HOMOGENEOUS:
             host = True
         if not host and self.scale_inputs and act not in _HOMOGENEOUS:
@@ -669,7 +672,7 @@ class VisaDevice(Device):
                        progress=lambda: done[0])
         if self._host:
             out += self._bias
-            out = activate(self.layer.activation, out)
+            out = activate(self.layer.activation, out, self.layer.act_params)
         return out if r_in == 1 else out.reshape(r_in, b, -1)
 
     def _scaled_inputs(self, xs: np.ndarray) -> tuple[np.ndarray, float]:

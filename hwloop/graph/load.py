@@ -1,0 +1,254 @@
+"""Load an ONNX model and partition it into analog layers and digital glue.
+
+Every node whose op has a product class (``products.PRODUCT_OPS``) is asked
+to become an analog layer; what follows it folds in (``folds``).  The nodes
+between two analog layers become one digital segment with its own
+onnxruntime session (exact ONNX semantics, dynamic batch dimension).
+Products that stay digital are kept, with their reason, for ``inspect`` and
+the run summary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper
+
+from ..errors import HwloopError
+from ..layer import AnalogLayer
+from .folds import ACTIVATION_OPS, FOLDS, Fold, composite
+from .model import DigitalProduct, Glue, Model
+from .products import PRODUCT_OPS, Product
+from .view import FLOAT_TYPES, GraphView, first_line
+
+_STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
+
+
+def load_model(path: str | Path) -> Model:
+    """Load, check and partition ``path``; every problem is one HwloopError naming the file and node."""
+    path = Path(path)
+    if not path.is_file():
+        raise HwloopError(f"{path}: no such model file")
+    raw = path.read_bytes()
+    try:
+        proto = onnx.load_model_from_string(raw)
+        if any(i.data_location == onnx.TensorProto.EXTERNAL for i in proto.graph.initializer):
+            onnx.external_data_helper.load_external_data_for_model(proto, str(path.parent))
+    except Exception as e:
+        raise HwloopError(f"{path}: not a readable ONNX model ({first_line(e)})") from None
+    if not proto.graph.node:
+        raise HwloopError(f"{path}: not a readable ONNX model (no graph nodes; truncated or not ONNX?)")
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as e:
+        raise HwloopError(f"{path}: invalid ONNX model: {first_line(e)}") from None
+    for node in proto.graph.node:
+        if node.domain not in _STANDARD_DOMAINS:
+            raise HwloopError(f"{path}: node {node.name!r} ({node.op_type}, domain {node.domain!r}): "
+                              "not a standard ONNX operator, onnxruntime cannot run it")
+    try:
+        proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True, data_prop=True)
+    except Exception as e:
+        raise HwloopError(f"{path}: shape inference failed: {first_line(e)}") from None
+    return _Importer(path, proto, hashlib.sha256(raw).hexdigest()).build()
+
+
+class _Importer:
+    """One pass over the graph: pick the output, find analog layers, cut glue segments."""
+
+    def __init__(self, path: Path, proto: onnx.ModelProto, sha256: str):
+        self.path, self.proto, self.sha256 = path, proto, sha256
+        self.g = GraphView(path, proto)
+        self.nodes = self.g.nodes
+
+    # -- inputs and outputs ------------------------------------------------
+    def graph_input(self) -> onnx.ValueInfoProto:
+        real = [i for i in self.proto.graph.input if i.name not in self.g.inits]
+        for vi in real:
+            if not vi.type.HasField("tensor_type"):
+                raise HwloopError(f"{self.path}: graph input {vi.name!r} is not a tensor "
+                                  f"({vi.type.WhichOneof('value')}); hwloop feeds one tensor of samples")
+        if len(real) != 1:
+            raise HwloopError(f"{self.path}: the model has {len(real)} graph inputs "
+                              f"({', '.join(v.name for v in real)}); hwloop feeds exactly one")
+        if real[0].type.tensor_type.elem_type not in FLOAT_TYPES:
+            raise HwloopError(f"{self.path}: graph input {real[0].name!r} is not a float tensor")
+        return real[0]
+
+    def pick_output(self) -> str:
+        """The class scores: a float (batch, classes) output, or what feeds skl2onnx's ZipMap."""
+        candidates = [o.name for o in self.proto.graph.output]
+        candidates += [n.input[0] for n in self.nodes if n.op_type == "ZipMap"]
+        for name in candidates:
+            if self.g.types.get(name) in FLOAT_TYPES and len(self.g.shapes.get(name, [])) == 2:
+                return name
+        raise HwloopError(f"{self.path}: no float (batch, classes) output among "
+                          f"{', '.join(o.name for o in self.proto.graph.output)}")
+
+    # -- analog layers ---------------------------------------------------------
+    def product(self, node) -> Product | str | None:
+        """The node's Product, a reason it stays digital, or None (not a product: all operands constant)."""
+        op = PRODUCT_OPS.get(node.op_type)
+        if op is None or all(self.g.const(t) is not None for t in node.input if t):
+            return None
+        return op.match(node, self.g)
+
+    def absorb(self, node, prod: Product, index: int) -> AnalogLayer:
+        """The analog layer of product ``node``, with everything that folds into it."""
+        f = Fold(prod.weight, prod.bias.astype(np.float64), node.output[0], prod.feature_axes,
+                 nodes=prod.nodes + prod.chain + [node], chain=[node] + prod.chain, ops=[node.op_type])
+        while f.activation == "linear":
+            nxt = self.g.sole_consumer(f.out)
+            if nxt is not None and nxt.op_type in FOLDS and FOLDS[nxt.op_type](nxt, f, self.g):
+                continue
+            if (nxt is None or nxt.op_type not in ACTIVATION_OPS) and composite(f, self.g):
+                continue
+            break
+        g, out = self.g, f.out
+        layer = AnalogLayer(index=index, name=node.name or out, op=node.op_type,
+                            weight=f.weight.astype(np.float32), bias=f.bias.astype(np.float32),
+                            activation=f.activation, act_params=f.act_params, input=prod.x, output=out,
+                            nodes=tuple(n.name for n in f.nodes), conv=prod.conv, tmap=prod.tmap,
+                            meta={"ops": "+".join(f.ops), "dtype": str(g.np_dtype(out))})
+        dims = g.shapes.get(out)
+        if layer.conv is not None:
+            layer.meta["out_spatial"] = list(dims[2:]) if dims is not None else None
+            if layer.meta["out_spatial"] is None or None in layer.meta["out_spatial"]:
+                raise g.err(node, "output spatial size unknown after shape inference")
+        if layer.tmap is not None:
+            in_dims = g.shapes.get(prod.x)
+            per = [in_dims[1 + p] for p in layer.tmap.in_perm] if in_dims else None
+            layer.meta["kept"] = per[:layer.tmap.n_kept] if per else None
+        self._absorbed_nodes[layer.index] = f.chain  # constant-producing nodes stay available to glue
+        return layer
+
+    # -- the plan --------------------------------------------------------------
+    def build(self) -> Model:
+        gin = self.graph_input()
+        self.batch_fixed = (self.g.shapes.get(gin.name) or [None])[0] is not None
+        output = self.pick_output()
+        self.g.graph_outputs.add(output)
+        self._absorbed_nodes: dict[int, list] = {}
+        needed = self.ancestors([output], stop=set())
+        layers: list[AnalogLayer] = []
+        digital: list[DigitalProduct] = []
+        absorbed: set[int] = set()
+        for node in self.nodes:
+            if id(node) not in needed or id(node) in absorbed:
+                continue
+            prod = self.product(node)
+            if isinstance(prod, str):
+                digital.append(DigitalProduct(node, prod))
+            elif prod is not None:
+                layer = self.absorb(node, prod, len(layers))
+                layers.append(layer)
+                absorbed |= {id(n) for n in self._absorbed_nodes[layer.index]}
+        if not layers:
+            raise HwloopError(f"{self.path}: no analog layer (no product with constant weights "
+                              f"feeds output {output!r})")
+        steps: list = []
+        produced_by_layer = {layer.output: layer for layer in layers}
+        done: set[int] = set(absorbed)
+        for layer in layers:
+            seg = self.ancestors([layer.input], stop=done, layer_outputs=produced_by_layer)
+            if seg:
+                steps.append(seg)
+                done |= set(seg)
+            steps.append(layer)
+        final = self.ancestors([output], stop=done, layer_outputs=produced_by_layer)
+        if final:
+            steps.append(final)
+            done |= set(final)
+        glue_steps = self.make_glue(steps, output)
+        unused = [n for n in self.nodes if id(n) not in done and id(n) not in needed]
+        shape = self.g.shapes.get(gin.name) or [None]
+        return Model(path=self.path, sha256=self.sha256, proto=self.proto, layers=layers, steps=glue_steps,
+                     input_name=gin.name, input_shape=tuple(shape[1:]),
+                     input_dtype=np.dtype(helper.tensor_dtype_to_np_dtype(gin.type.tensor_type.elem_type)),
+                     output_name=output, n_classes=self.g.shapes[output][1], unused=unused, batch_dim=shape[0],
+                     digital_products=digital)
+
+    def ancestors(self, tensors: list[str], stop: set[int],
+                  layer_outputs: dict | None = None) -> dict[int, onnx.NodeProto]:
+        """Nodes (by id, in graph order) computing ``tensors``, not crossing ``stop`` nodes or layer outputs."""
+        found: dict[int, onnx.NodeProto] = {}
+        todo = list(tensors)
+        while todo:
+            t = todo.pop()
+            if layer_outputs and t in layer_outputs:
+                continue
+            node = self.g.producer.get(t)
+            if node is None or id(node) in stop or id(node) in found:
+                continue
+            found[id(node)] = node
+            todo += [x for x in node.input if x]
+            for attr in node.attribute:  # outer-scope names used inside subgraphs (If/Loop bodies)
+                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    todo += [x for n in sub.node for x in n.input if x]
+        order = self._order()
+        return dict(sorted(found.items(), key=lambda kv: order[kv[0]]))
+
+    def _order(self) -> dict[int, int]:
+        if not hasattr(self, "_order_cache"):
+            self._order_cache = {id(n): i for i, n in enumerate(self.nodes)}
+        return self._order_cache
+
+    def make_glue(self, steps: list, output: str) -> list:
+        """Turn each node set in ``steps`` into a :class:`Glue` with its own session."""
+        later_needs: list[set[str]] = []
+        need: set[str] = {output}
+        for step in reversed(steps):  # tensors each step's successors read
+            later_needs.append(set(need))
+            if isinstance(step, AnalogLayer):
+                need.add(step.input)
+            else:
+                need |= {t for n in step.values() for t in n.input if t}
+        later_needs.reverse()
+        out = []
+        for step, needs in zip(steps, later_needs):
+            if isinstance(step, AnalogLayer):
+                out.append(step)
+                continue
+            nodes = list(step.values())
+            made = {t for n in nodes for t in n.output if t}
+            used = [t for n in nodes for t in n.input if t]
+            inputs = list(dict.fromkeys(t for t in used if t not in made and t not in self.g.inits))
+            outputs = [t for t in dict.fromkeys(t for n in nodes for t in n.output if t) if t in needs]
+            out.append(self.glue(nodes, inputs, outputs))
+        return out
+
+    def glue(self, nodes: list, inputs: list[str], outputs: list[str]) -> Glue:
+        g = self.g
+        used = {t for n in nodes for t in n.input}
+        for n in nodes:
+            for attr in n.attribute:
+                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    used |= {x for sn in sub.node for x in sn.input}
+
+        def vi(name):
+            return helper.make_tensor_value_info(name, g.types.get(name, onnx.TensorProto.FLOAT), None)
+
+        graph = helper.make_graph(nodes, "hwloop_glue", [vi(t) for t in inputs], [vi(t) for t in outputs],
+                                  initializer=[g.inits[t] for t in used if t in g.inits])
+        sub = helper.make_model(graph, opset_imports=self.proto.opset_import, ir_version=self.proto.ir_version)
+        sub.functions.extend(self.proto.functions)
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 4   # failures become one HwloopError, not log lines on stderr
+        # glue is light; threads spinning after it would steal the cores the next analog layer needs
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            session = ort.InferenceSession(sub.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            msg = first_line(e)
+            culprit = next((n for n in nodes if n.name and n.name in msg), None)
+            culprit = culprit or next((n for n in nodes if n.op_type in msg), nodes[0])
+            raise g.err(culprit, f"onnxruntime cannot run it: {msg}") from None
+        dtypes = [g.np_dtype(t) for t in inputs]
+        unbatched = frozenset() if self.batch_fixed else frozenset(
+            t for t in inputs if (d := g.shapes.get(t)) is not None and (not d or d[0] is not None))
+        return Glue(nodes=nodes, inputs=inputs, outputs=outputs, input_dtypes=dtypes, session=session,
+                    unbatched=unbatched)
