@@ -41,19 +41,25 @@ class ConvSpec:
 
 @dataclass
 class TensorMap:
-    """How a per-position product's tensors become device rows and back (per sample; the batch axis is first).
+    """How a per-position product's tensors become device rows and back.
 
-    The input's per-sample axes are permuted by ``in_perm`` so the ``n_kept``
-    position axes come first and the contracted axes last; each position is a
-    row of n_in values.  The device's (positions, n_out) result is reshaped to
-    (kept..., ``out_features``...) and permuted by ``out_perm`` into the
-    output tensor's axis order.
+    The batch is axis ``batch_axis`` of input and output (torch's attention
+    works on (tokens, batch, features)); the other axes are the per-sample
+    axes.  They are permuted by ``in_perm`` so the ``n_kept`` position axes
+    come first and the contracted axes last; each position is a row of n_in
+    values.  The device's (positions, n_out) result is reshaped to (kept...,
+    ``out_features``...) and permuted by ``out_perm`` into the output's
+    per-sample axis order.
     """
 
     in_perm: tuple[int, ...]
     n_kept: int
     out_features: tuple[int, ...]
     out_perm: tuple[int, ...]
+    batch_axis: int = 0
+    #: a rank-2 input whose rows merge (pre, batch, post) axes of an earlier tensor (torch's attention
+    #: flattens (tokens, batch, features) to (tokens * batch, features)): those (pre, post) sizes
+    rows: tuple[int, int] | None = None
 
 
 @dataclass

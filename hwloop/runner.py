@@ -452,14 +452,34 @@ def _run_layer(layer: AnalogLayer, arr: np.ndarray, r: int, B: int, repeats: int
         return rec.reshape((repeats * B, layer.n_out) + spatial).astype(dtype, copy=False), rec
     if layer.tmap is not None:                                            # one row per token / position
         m = layer.tmap
-        a = np.asarray(arr, np.float32).transpose((0,) + tuple(1 + p for p in m.in_perm))
+        a = np.asarray(arr, np.float32)
+        if m.rows is not None:                                            # (pre * batch * post, n_in) rows
+            a = a.reshape(m.rows[0], -1, m.rows[1], a.shape[-1])
+        a = np.moveaxis(a, m.batch_axis, 0).transpose((0,) + tuple(1 + p for p in m.in_perm))
         kept = a.shape[1:1 + m.n_kept]
         y = run_layer(layer, np.ascontiguousarray(a).reshape(r, -1, layer.n_in), repeats)   # (R, B*P, n_out)
         out = np.asarray(y).reshape((repeats * B,) + kept + m.out_features)
         out = np.ascontiguousarray(out.transpose((0,) + tuple(1 + p for p in m.out_perm)))
-        return out.astype(dtype, copy=False), out.reshape(repeats, B, -1)
+        rec = out.reshape(repeats, B, -1)
+        out = np.moveaxis(out, 0, m.batch_axis)
+        if m.rows is not None:
+            out = out.reshape(-1, layer.n_out)
+        return out.astype(dtype, copy=False), rec
+    if arr.shape[0] != r * B:
+        raise HwloopError(f"layer {layer.index} ({layer.name!r}): its input has {arr.shape[0]} rows for {r * B} "
+                          "samples, and the graph does not say how they map to samples")
     y = run_layer(layer, arr.reshape(r, B, -1), repeats)          # (R, B, n_out)
     return np.asarray(y, dtype=dtype).reshape(repeats * B, -1), y
+
+
+def per_sample(layer: AnalogLayer, tensor: np.ndarray, n: int) -> np.ndarray:
+    """A layer's output tensor (as the graph holds it) as recorded: (n samples, neurons), batch axis first."""
+    m = layer.tmap
+    if m is None:
+        return tensor.reshape(n, -1)
+    if m.rows is not None:
+        tensor = tensor.reshape(m.rows[0], n, m.rows[1], -1)
+    return np.moveaxis(tensor, m.batch_axis, 0).reshape(n, -1)
 
 
 def im2col(x: np.ndarray, layer: AnalogLayer) -> np.ndarray:

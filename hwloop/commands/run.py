@@ -47,6 +47,7 @@ def main(args: argparse.Namespace) -> int:
     from ..runner import default_batch_size, run_model
 
     model = load_model(args.model)
+    print(model.summary())
     ds = load_data(args.data)
     devices, provenance = None, {}
     if args.profile:

@@ -119,9 +119,13 @@ class _Importer:
             layer.meta["out_spatial"] = list(dims[2:]) if dims is not None else None
             if layer.meta["out_spatial"] is None or None in layer.meta["out_spatial"]:
                 raise g.err(node, "output spatial size unknown after shape inference")
-        if layer.tmap is not None:
-            in_dims = g.shapes.get(prod.x)
-            per = [in_dims[1 + p] for p in layer.tmap.in_perm] if in_dims else None
+        if layer.tmap is not None and layer.tmap.rows is not None:
+            layer.meta["kept"] = list(layer.tmap.rows)
+        elif layer.tmap is not None:
+            in_dims = list(g.shapes.get(prod.x) or [])
+            if in_dims:
+                del in_dims[layer.tmap.batch_axis]
+            per = [in_dims[p] for p in layer.tmap.in_perm] if in_dims else None
             layer.meta["kept"] = per[:layer.tmap.n_kept] if per else None
         self._absorbed_nodes[layer.index] = f.chain  # constant-producing nodes stay available to glue
         return layer
@@ -130,6 +134,7 @@ class _Importer:
     def build(self) -> Model:
         gin = self.graph_input()
         self.batch_fixed = (self.g.shapes.get(gin.name) or [None])[0] is not None
+        self.g.batch_symbol = (self.g.symbols.get(gin.name) or [None])[0]
         output = self.pick_output()
         self.g.graph_outputs.add(output)
         self._absorbed_nodes: dict[int, list] = {}

@@ -93,7 +93,7 @@ class Gemm(ProductOp):
         w = wc[0].astype(np.float64)
         w = (w if a.get("transB", 0) else w.T) * a.get("alpha", 1.0)      # -> (n_out, n_in)
         bias, bn = _bias(node, g, 2, w.shape[0], a.get("beta", 1.0))
-        return Product(x, w, bias, list(wc[1]) + bn, chain)
+        return Product(x, w, bias, list(wc[1]) + bn, chain, tmap=None if chain else flattened_rows(g, x, w.shape[0]))
 
 
 @product_op
@@ -121,10 +121,12 @@ class MatMul(ProductOp):
         if rank < 2:
             return "a rank-1 input has no batch dimension"
         n_out = w.shape[1]
-        tmap = None
+        tmap = flattened_rows(g, x, n_out)
         if rank > 2:   # a Linear applied per token / position: positions become rows
-            r = rank - 1
-            tmap = TensorMap(tuple(range(r)), r - 1, (n_out,), tuple(range(r)))
+            r, b = rank - 1, g.batch_axis(x)
+            if b == rank - 1:
+                return "the batch is the contracted axis"
+            tmap = TensorMap(tuple(range(r)), r - 1, (n_out,), tuple(range(r)), b)
         return Product(x, w.T.astype(np.float64), np.zeros(n_out), list(wc[1]), feature_axes=(rank - 1,),
                        tmap=tmap)
 
@@ -137,10 +139,38 @@ class MatMul(ProductOp):
         if rank is None or rank < 3:
             return ("the weight is the first operand of a rank-2 input: the samples run along the columns, "
                     "not the batch dimension")
-        r = rank - 1                                  # per-sample axes (..., K, M) -> rows (..., M), K contracted
+        r, b = rank - 1, g.batch_axis(x)              # per-sample axes (..., K, M) -> rows (..., M), K contracted
+        if b >= rank - 2:
+            return "the batch is one of the two multiplied axes"
         perm = tuple(range(r - 2)) + (r - 1, r - 2)
         return Product(x, w.astype(np.float64), np.zeros(w.shape[0]), list(wc[1]), feature_axes=(rank - 2,),
-                       tmap=TensorMap(perm, r - 1, (w.shape[0],), perm))
+                       tmap=TensorMap(perm, r - 1, (w.shape[0],), perm, b))
+
+
+def flattened_rows(g: GraphView, x: str, n_out: int) -> TensorMap | None:
+    """A rank-2 input whose first axis is not just the batch: rows that a Reshape merged from (pre, batch,
+    post) axes of an earlier tensor.  None when the first axis is the batch (or nothing says otherwise)."""
+    syms = g.symbols.get(x) or [None]
+    if g.batch_symbol is None or syms[0] == g.batch_symbol:
+        return None
+    node = g.producer.get(x)
+    if node is None or node.op_type not in ("Reshape", "Flatten"):
+        return None
+    src = node.input[0]
+    dims, src_syms = g.shapes.get(src), g.symbols.get(src) or []
+    if dims is None or src_syms.count(g.batch_symbol) != 1:
+        return None
+    b = src_syms.index(g.batch_symbol)
+    n_in = (g.shapes.get(x) or [None, None])[1]
+    for k in range(b + 1, len(dims)):
+        tail = [d for d in dims[k:] if d is not None]
+        if None in dims[:b] + dims[b + 1:k] or (n_in is not None and (not tail or n_in % int(np.prod(tail)))):
+            continue
+        pre, post = int(np.prod(dims[:b])), int(np.prod(dims[b + 1:k]))
+        if pre == post == 1:
+            return None
+        return TensorMap((0, 1, 2), 2, (n_out,), (0, 1, 2), 1, rows=(pre, post))
+    return None
 
 
 def conv_geometry(node, g: GraphView, x: str, kernel: tuple, out_channels: int, group: int,

@@ -78,6 +78,10 @@ class GraphView:
                 if t:
                     self.consumers.setdefault(t, []).append(n)
         self.graph_outputs = {o.name for o in g.output}
+        self.symbols = {vi.name: [d.dim_param or None for d in vi.type.tensor_type.shape.dim]
+                        for vi in list(g.input) + list(g.value_info) + list(g.output)
+                        if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape")}
+        self.batch_symbol: str | None = None   # the graph input's symbolic batch dimension, set by the importer
         self.opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 17)
         self._const_cache: dict[str, tuple[np.ndarray, list] | None] = {}
 
@@ -87,6 +91,12 @@ class GraphView:
     def rank(self, name: str) -> int | None:
         dims = self.shapes.get(name)
         return None if dims is None else len(dims)
+
+    def batch_axis(self, name: str) -> int:
+        """The axis of tensor ``name`` holding the batch: the one named like the graph input's batch (0 if none)."""
+        syms = self.symbols.get(name) or []
+        hits = [i for i, s in enumerate(syms) if s is not None and s == self.batch_symbol]
+        return hits[0] if len(hits) == 1 else 0
 
     def const(self, name: str) -> tuple[np.ndarray, list] | None:
         """The value of tensor ``name`` if it is constant, with the nodes that computed it."""
