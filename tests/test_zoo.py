@@ -96,3 +96,82 @@ def test_every_product_on_a_device_is_said_so(mlp_onnx, capsys):
     assert main(["inspect", str(mlp_onnx)]) == 0
     out = capsys.readouterr().out
     assert "4 of 4 products on devices" in out and "stay digital" not in out
+
+
+ACTS = {  # torch module -> the activation hwloop must recognise after the Linear
+    "leaky_relu": lambda: torch.nn.LeakyReLU(0.1), "prelu": lambda: torch.nn.PReLU(12), "elu": lambda: torch.nn.ELU(0.7),
+    "gelu": lambda: torch.nn.GELU(), "gelu_tanh": lambda: torch.nn.GELU("tanh"), "silu": lambda: torch.nn.SiLU(),
+    "softplus": lambda: torch.nn.Softplus(), "hard_sigmoid": lambda: torch.nn.Hardsigmoid(),
+    "hard_swish": lambda: torch.nn.Hardswish(), "clip": lambda: torch.nn.ReLU6(),
+}
+
+
+def activation_mlp():
+    m = build("activations", activations=[f() for f in ACTS.values()])
+    with torch.no_grad():   # PReLU slopes differ per neuron (and from its 0.25 default)
+        m[3].weight.copy_(torch.linspace(-0.5, 0.9, 12))
+    return m
+
+
+@pytest.mark.parametrize("dynamo,opset", [(False, None), (False, 17), (True, None)],
+                         ids=["legacy", "legacy-opset17", "dynamo"])
+def test_activations_after_a_product_are_absorbed(tmp_path, dynamo, opset):
+    path = export_torch(activation_mlp(), tmp_path / "acts.onnx", torch.zeros(2, 64), dynamo=dynamo, opset=opset)
+    x = np.random.default_rng(1).standard_normal((25, 64)).astype(np.float32) * 3
+    model = check_ideal(path, x)
+    assert [L.activation for L in model.layers] == [*ACTS, "linear"]
+    assert model.layers[0].act_params == {"alpha": pytest.approx(0.1)}
+    np.testing.assert_allclose(model.layers[1].act_params["slope"], np.linspace(-0.5, 0.9, 12), rtol=1e-6)
+    assert model.layers[9].act_params == {"min": 0.0, "max": 6.0}
+
+
+def test_profile_neurons_without_the_activation_leave_it_to_the_host(tmp_path, capsys):
+    """ReLU6 after the device's noise (on the host) gives exact zeros; applied by the neurons, noise lands after it."""
+    from hwloop.cli import main
+    from hwloop.devices.emulator import emulators, host_activations
+    from hwloop.profiles import parse_profile
+
+    m = build("activations", activations=[torch.nn.ReLU6()])
+    path = export_torch(m, tmp_path / "relu6.onnx", torch.zeros(2, 64))
+    model = load_model(path)
+    text = "name: t\nversion: 1\nprovenance: {source: assumption}\nnoise: {units: variance, D_A: 1.0e-2}\n"
+    x = np.random.default_rng(2).standard_normal((40, 64)).astype(np.float32)
+    ds = Dataset("random", x, np.zeros(40, np.int64), 10)
+    zeros = {}
+    for acts in (None, "[relu, tanh]"):
+        prof = parse_profile(text + (f"transfer: {{activations: {acts}}}\n" if acts else ""), "t.yaml")
+        assert len(host_activations(prof, model.layers)) == (1 if acts else 0)
+        res = run_model(model, ds, devices=emulators(prof, model.layers), repeats=3)
+        zeros[acts] = float(np.mean(res.layers[0] == 0))
+        assert res.layers[0].min() >= (0 if acts else -1)
+    assert zeros[None] == 0 and zeros["[relu, tanh]"] > 0.2
+    (tmp_path / "t.yaml").write_text(text + "transfer: {activations: [relu]}\n")
+    np.savez(tmp_path / "d.npz", x=x, y=np.zeros(40, np.int64))
+    assert main(["run", str(path), "--data", f"npz:{tmp_path / 'd.npz'}", "--profile", str(tmp_path / "t.yaml"),
+                 "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "clip runs on the host after the device (the profile's neurons implement relu)" in out
+
+
+@pytest.mark.parametrize("name", sorted(ACTS))
+def test_prediction_knows_each_activation_slope(name):
+    """Noise on the pre-activation reaches the output times the slope squared (first order), for every
+    activation the importer absorbs; checked against Monte-Carlo through the activation itself."""
+    from hwloop.analysis.predict import LayerNoise, propagate
+    from hwloop.layer import AnalogLayer
+
+    rng = np.random.default_rng(3)
+    params = {"leaky_relu": {"alpha": 0.1}, "prelu": {"slope": np.linspace(-0.5, 0.9, 6).astype(np.float32)},
+              "elu": {"alpha": 0.7}, "hard_sigmoid": {"alpha": 1 / 6, "beta": 0.5}, "clip": {"min": 0.0, "max": 6.0}}
+    layer = AnalogLayer(0, "l", "Gemm", rng.standard_normal((6, 5)).astype(np.float32), np.zeros(6, np.float32),
+                        activation=name, act_params=params.get(name, {}))
+    x = rng.standard_normal((50, 5)) * 2
+    d = 1e-6
+    got = propagate([layer], [LayerNoise(D_A=d, placement="pre")], x)[0]["var"]
+    a = x @ layer.weight.T.astype(np.float64)
+    noisy = layer.activate(a[None] + np.sqrt(d) * rng.standard_normal((4000,) + a.shape))
+    want = noisy.var(axis=0)
+    near = 5 * np.sqrt(d)   # away from kinks (the slope must not change within 5 sd), where first order holds
+    keep = (np.abs(layer.slope(a)) > 0.05) & np.isclose(layer.slope(a - near), layer.slope(a + near), rtol=0.01)
+    assert keep.mean() > 0.3
+    np.testing.assert_allclose(got[keep], want[keep], rtol=0.15)   # 4000 draws: the variance is within ~2.2% (1 sd)

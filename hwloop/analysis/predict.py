@@ -19,7 +19,7 @@ default.  Conventions, limits and cost: docs/analysis.md.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -28,7 +28,7 @@ import xarray as xr
 
 from ..data import load_data
 from ..errors import HwloopError
-from ..layer import AnalogLayer, activate, activation_slope
+from ..layer import AnalogLayer
 from ..physics import affine, quantization_variance, weight_full_scale
 from ..profiles import ideal_profile, load_profile, parse_profile
 from .measured import build_dataset, layer_summary, snr_db
@@ -445,10 +445,10 @@ def _propagate(layers: Sequence[AnalogLayer], noises: Sequence[LayerNoise], x: n
         k = (average or {}).get(n, 1)
         if k != 1:
             nz = nz.scaled(1.0 / k)
-        w = np.asarray(layer.weight, dtype=np.float64)
+        w = np.asarray(layer.dense_weight(), dtype=np.float64)
         a = affine(x, w.T, np.asarray(layer.bias, dtype=np.float64))
-        y = activate(layer.activation, a.copy())
-        s, wt, at, yt = (torch.from_numpy(v).to(tdt) for v in (activation_slope(layer.activation, a), w, a, y))
+        y = layer.activate(a.copy())
+        s, wt, at, yt = (torch.from_numpy(np.asarray(v, np.float64)).to(tdt) for v in (layer.slope(a), w, a, y))
         pre = nz.placement in ("pre", "both")
         read = None
         if nz.read:  # weight read noise: variance read * E||x||^2 on every product, independent
@@ -549,6 +549,9 @@ def predict(model, profile, data, *, average: Mapping[int, int] | None = None,
             raise HwloopError(f"layer {l.name!r}: split into row tiles of {st.array.rows} inputs by the profile; "
                               "the prediction does not model row tiling")
     noises = [LayerNoise.from_settings(st, l, quantisation) for l, st in zip(layers, settings)]
+    # an activation the neurons lack runs on the host, after the device's noise: the noise is on its input
+    noises = [replace(nz, placement="pre") if st.transfer.on_host(l.activation) and nz.placement == "post" else nz
+              for nz, l, st in zip(noises, layers, settings)]
     skipped = sorted({n for st in settings for n in not_modelled(st)})
     res = propagate(layers, noises, _first_input(model, x), average, dtype)
     _check_glue(model, [r["mean"].astype(np.float32) for r in res])
@@ -599,7 +602,7 @@ def predict_for_run(run, model=None, profile=None, data=None, quantisation: bool
             raise HwloopError(f"data {data!r} has {len(x)} samples, the run {len(clean0)}")
         x = x[np.asarray(sample.values, dtype=np.int64)]
     first = model.layers[0]
-    ref = activate(first.activation, affine(_first_input(model, x).astype(np.float64),
+    ref = first.activate(affine(_first_input(model, x).astype(np.float64),
                                                     first.weight.T.astype(np.float64), first.bias.astype(np.float64)))
     err = np.max(np.abs(ref - clean0)) if clean0.size and ref.shape == clean0.shape else np.inf
     if err > 1e-3 * max(1.0, float(np.max(np.abs(clean0)))):

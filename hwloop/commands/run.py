@@ -54,8 +54,12 @@ def main(args: argparse.Namespace) -> int:
         from ..devices.emulator import emulators
         from ..profiles import load_profile
 
+        from ..devices.emulator import host_activations
+
         profile = load_profile(args.profile)
         devices = emulators(profile, model.layers)
+        for line in host_activations(profile, model.layers):
+            print(line)
         provenance = {"profile": profile.describe(), "profile_sha256": profile.sha256}
     bench = None
     if args.bench:

@@ -99,7 +99,8 @@ class Emulator(Device):
             self.stats["dac_values"] += x.size
         t = self._drift_time(key, repeats)
         if len(self._rows) == 1:
-            return self._analog(x, self._wt, self._b, 0, t, repeats, gen, s.transfer.function)
+            y = self._analog(x, self._wt, self._b, 0, t, repeats, gen, s.transfer.function)
+            return self.layer.activate(np.array(y)) if s.transfer.on_host(self.layer.activation) else y
         # Tiled: every tile runs linearly; partial sums are combined, then bias and activation, digitally.
         y = None
         for k, rows in enumerate(self._rows):
@@ -131,7 +132,8 @@ class Emulator(Device):
         if self._pre_noise is not None and not tiled:
             y = self._noise(y, self._pre_noise, gen, repeats)
         if not tiled:
-            y = physics.transfer(y, function, s.transfer.slope, s.transfer.scale, self.layer.activate)
+            act = _identity if s.transfer.on_host(self.layer.activation) else self.layer.activate
+            y = physics.transfer(y, function, s.transfer.slope, s.transfer.scale, act)
         if s.gain_offset.active or s.drift.active:
             g, o = self._gain[tile], self._offset[tile]
             if s.drift.active:
@@ -173,6 +175,21 @@ class Emulator(Device):
         if self.profile is None:
             return {"type": "Emulator", "name": self.name, "profile": "ideal"}
         return {"type": "Emulator", "name": self.name, "profile": self.profile.describe()}
+
+
+def _identity(a: np.ndarray) -> np.ndarray:
+    return a
+
+
+def host_activations(profile: Profile, layers: Sequence[AnalogLayer]) -> list[str]:
+    """One line per layer whose activation the profile's neurons lack (it then runs on the host)."""
+    out = []
+    for L in layers:
+        tr = profile.for_layer(L.index, L.name).transfer
+        if tr.on_host(L.activation):
+            out.append(f"layer {L.index} ({L.name}): {L.activation} runs on the host after the device "
+                       f"(the profile's neurons implement {', '.join(tr.activations) or 'none'})")
+    return out
 
 
 def _transposed(w: np.ndarray) -> np.ndarray:

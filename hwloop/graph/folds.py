@@ -157,7 +157,8 @@ ACTIVATION_OPS = frozenset(op for op, fn in FOLDS.items() if fn is _activation)
 
 #: elementwise ops an activation written as several nodes may use (other inputs: scalar constants)
 _ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Erf", "Tanh", "Sigmoid", "Relu", "Clip", "Min", "Max", "Neg",
-                "Sqrt", "Exp", "Log", "Abs", "HardSigmoid", "Softplus", "Reciprocal"}
+                "Sqrt", "Exp", "Log", "Abs", "HardSigmoid", "Softplus", "Reciprocal", "Where", "Greater", "Less",
+                "GreaterOrEqual", "LessOrEqual"}
 #: what such a composite may turn out to be
 _COMPOSITES = ("gelu", "gelu_tanh", "silu", "hard_swish", "softplus", "relu", "sigmoid", "tanh")
 _PROBE = np.concatenate([np.linspace(-8, 8, 161), [-30.0, -12.5, 12.5, 30.0]]).astype(np.float32)
