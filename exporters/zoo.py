@@ -74,8 +74,71 @@ class ActivationMLP(nn.Sequential):
         super().__init__(*mods)
 
 
+class InvertedResidual(nn.Module):
+    """mobilenet_v2's block: 1x1 expansion, depthwise 3x3 (groups = channels), 1x1 projection, BatchNorms, ReLU6."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, expand: int = 6):
+        super().__init__()
+        hidden = c_in * expand
+        self.residual = stride == 1 and c_in == c_out
+        self.body = nn.Sequential(
+            nn.Conv2d(c_in, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(),
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(),
+            nn.Conv2d(hidden, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x) if self.residual else self.body(x)
+
+
+class MobileNetBlocks(nn.Sequential):
+    """A mobilenet_v2-style network on (3, size, size): stem, inverted residual blocks, pooling, Linear head.
+    ``blocks``: (c_out, stride) per block."""
+
+    def __init__(self, blocks=((16, 1), (24, 2), (24, 1), (32, 2)), stem: int = 16, n_classes: int = 10,
+                 expand: int = 6):
+        mods: list[nn.Module] = [nn.Conv2d(3, stem, 3, 2, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU6()]
+        c = stem
+        for c_out, stride in blocks:
+            mods.append(InvertedResidual(c, c_out, stride, expand))
+            c = c_out
+        mods += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, n_classes)]
+        super().__init__(*mods)
+
+
+class ConvKinds(nn.Module):
+    """Conv2d, then a grouped ConvTranspose2d (stride 2, output padding), then a Conv3d over a stacked axis."""
+
+    def __init__(self, n_classes: int = 5):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, padding=1)
+        self.up = nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2)
+        self.conv3d = nn.Conv3d(1, 2, (2, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
+        self.head = nn.Linear(2 * 5 * 6 * 6, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.up(torch.tanh(self.conv(x))))        # (B, 6, 12, 12)
+        h = torch.nn.functional.leaky_relu(self.conv3d(h.unsqueeze(1)), 0.2)   # (B, 2, 5, 6, 6)
+        return self.head(h.flatten(1))
+
+
+class EinsumNet(nn.Module):
+    """Linear maps written as einsum, weight on either side: per token, then over the token axis."""
+
+    def __init__(self, tokens: int = 6, features: int = 8, n_classes: int = 4):
+        super().__init__()
+        self.w1 = nn.Parameter(torch.randn(features, 12) / features ** 0.5)
+        self.w2 = nn.Parameter(torch.randn(3, tokens) / tokens ** 0.5)
+        self.w3 = nn.Parameter(torch.randn(n_classes, 36) / 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(torch.einsum("btk,kn->btn", x, self.w1))       # per token
+        h = torch.einsum("st,btn->bsn", self.w2, h)                    # mixes tokens (weight first)
+        return torch.einsum("bk,ck->bc", h.flatten(1), self.w3)
+
+
 def build(kind: str, seed: int = 0, **kw) -> nn.Module:
     """A seeded, eval-mode instance of one of the classes above."""
-    cls = {"transformer": TransformerClassifier, "hf": HFEncoder, "activations": ActivationMLP}[kind]
+    cls = {"transformer": TransformerClassifier, "hf": HFEncoder, "activations": ActivationMLP,
+           "mobilenet": MobileNetBlocks, "convs": ConvKinds, "einsum": EinsumNet}[kind]
     with seeded(seed):
         return cls(**kw).eval()

@@ -175,3 +175,65 @@ def test_prediction_knows_each_activation_slope(name):
     keep = (np.abs(layer.slope(a)) > 0.05) & np.isclose(layer.slope(a - near), layer.slope(a + near), rtol=0.01)
     assert keep.mean() > 0.3
     np.testing.assert_allclose(got[keep], want[keep], rtol=0.15)   # 4000 draws: the variance is within ~2.2% (1 sd)
+
+
+def images(n: int, shape: tuple, seed: int = 4) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n,) + shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["legacy", "dynamo"])
+def test_mobilenet_blocks_run_depthwise_convs_per_group(tmp_path, dynamo):
+    from tests.conftest import randomise_batchnorm
+
+    m = randomise_batchnorm(build("mobilenet", blocks=((16, 1), (24, 2))), seed=1)
+    path = export_torch(m, tmp_path / "mb.onnx", torch.zeros(2, 3, 16, 16), dynamo=dynamo, optimize=False)
+    model = check_ideal(path, images(9, (3, 16, 16)), batch=4)
+    params = sum(p.numel() for n, p in m.named_parameters() if "weight" in n and p.dim() > 1)
+    assert sum(L.weight.size for L in model.layers) == params        # programmed = the model's own weights
+    depthwise = [L for L in model.layers if L.groups > 1]
+    assert [L.groups for L in depthwise] == [96, 96] and all(L.weight.shape[1:] == (1, 9) for L in depthwise)
+    assert all(L.activation == "clip" for L in depthwise)             # BatchNorm folded, ReLU6 absorbed
+
+
+def test_conv_transpose_and_conv3d(tmp_path):
+    path = export_torch(build("convs"), tmp_path / "convs.onnx", torch.zeros(2, 2, 6, 6))
+    model = check_ideal(path, images(11, (2, 6, 6)))
+    assert [L.op for L in model.layers] == ["Conv", "ConvTranspose", "Conv", "Gemm"]
+    assert model.layers[1].groups == 2 and model.layers[1].conv.transposed
+    assert len(model.layers[2].conv.kernel_shape) == 3 and model.layers[2].activation == "leaky_relu"
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["legacy", "dynamo"])
+def test_einsum_and_weight_first_products(tmp_path, dynamo):
+    path = export_torch(build("einsum"), tmp_path / "einsum.onnx", torch.zeros(2, 6, 8), dynamo=dynamo)
+    model = check_ideal(path, tokens(13, t=6, f=8))
+    assert len(model.layers) == 3 and model.layers[0].activation == "tanh"
+    assert model.layers[1].tmap.in_perm == (1, 0)                       # W @ x: the columns are the positions
+
+
+def _einsum_model(tmp_path, eq: str, w_shape: tuple, x_shape=("batch", 4, 5), out_dims=None):
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones(w_shape, np.float32), "W")
+    graph = helper.make_graph([helper.make_node("Einsum", ["x", "W"], ["e"], equation=eq, name="ein"),
+                               helper.make_node("Flatten", ["e"], ["y"])], "t",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", out_dims])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "e.onnx")
+    return tmp_path / "e.onnx"
+
+
+@pytest.mark.parametrize("eq,w_shape,why", [
+    ("btk,kn->bt", (5, 3), r"sums the weight over an index of its own"),
+    ("btk,k->b", (5,), r"sums x over 't' without a weight"),
+    ("btt,tn->btn", (4, 3), r"repeats an index in 'btt'"),
+])
+def test_einsum_that_is_not_a_linear_contraction_is_named(tmp_path, eq, why, w_shape):
+    from hwloop.errors import HwloopError
+
+    x_shape = ("batch", 4, 4) if "btt" in eq else ("batch", 4, 5)
+    with pytest.raises(HwloopError, match=r"node 'ein' \(Einsum\): equation .* is not a linear contraction of the "
+                                          r"input with a weight: " + why):
+        load_model(_einsum_model(tmp_path, eq, w_shape, x_shape))

@@ -257,3 +257,61 @@ class ConvTranspose(ProductOp):
         spec.pads = tuple(pads)
         bias, bn = _bias(node, g, 2, group * c_og)
         return Product(x, _grouped(conv_w, group), bias, list(wc[1]) + bn, conv=spec)
+
+
+@product_op
+class Einsum(ProductOp):
+    """A linear contraction of one activation tensor with one constant: ``btk,kn->btn``, ``bk,nk->bn``, ...
+
+    The activation's axes that reach the output are positions (rows), the ones it shares with the
+    weight are contracted, the weight's own axes are the neurons."""
+
+    op_type = "Einsum"
+
+    def match(self, node, g):
+        eq = attrs(node)["equation"].replace(" ", "")
+        if len(node.input) != 2:
+            raise g.err(node, f"{eq!r} has {len(node.input)} operands; hwloop maps one input times one weight")
+        consts = [g.const(t) for t in node.input]
+        if consts[0] is None and consts[1] is None:
+            return "product of two activations"
+        k = 0 if consts[0] is None else 1            # the activation operand
+        x, wc = node.input[k], consts[1 - k]
+        lhs, _, out = eq.partition("->")
+        terms = lhs.split(",")
+        if "." in eq:
+            return self._refuse(node, g, eq, "uses an ellipsis; write the axes out")
+        if not out and "->" not in eq:
+            out = "".join(sorted(c for c in lhs if c != "," and lhs.count(c) == 1))
+        xs, ws = terms[k], terms[1 - k]
+        for t in (xs, ws, out):
+            if len(set(t)) != len(t):
+                return self._refuse(node, g, eq, f"repeats an index in {t!r} (a diagonal or trace)")
+        if set(xs) - set(ws) - set(out):
+            return self._refuse(node, g, eq, f"sums x over {''.join(sorted(set(xs) - set(ws) - set(out)))!r} "
+                                             "without a weight")
+        if set(ws) - set(xs) - set(out):
+            return self._refuse(node, g, eq, "sums the weight over an index of its own")
+        if set(xs) & set(ws) & set(out):
+            return f"{eq!r}: one weight matrix per index {''.join(sorted(set(xs) & set(ws) & set(out)))!r}"
+        b = g.batch_axis(x)
+        if b >= len(xs) or xs[b] not in out or out.index(xs[b]) != b:
+            return f"{eq!r}: the batch index is not in the same place in input and output"
+        kept = [c for c in xs if c in out and c != xs[b]]
+        contracted = [c for c in xs if c in ws]
+        feats = [c for c in ws if c not in xs]
+        w = np.asarray(wc[0], np.float64).transpose([ws.index(c) for c in contracted + feats])
+        n_in = int(np.prod(w.shape[:len(contracted)]))
+        w = w.reshape(n_in, -1).T                                    # (n_out, n_in)
+        per_x = [c for c in xs if c != xs[b]]
+        per_out = [c for c in out if c != xs[b]]
+        rows_order = kept + feats
+        tmap = TensorMap(tuple(per_x.index(c) for c in kept + contracted), len(kept),
+                         tuple(int(wc[0].shape[ws.index(c)]) for c in feats),
+                         tuple(rows_order.index(c) for c in per_out), b)
+        return Product(x, w, np.zeros(w.shape[0]), list(wc[1]), feature_axes=tuple(out.index(c) for c in feats),
+                       tmap=tmap)
+
+    @staticmethod
+    def _refuse(node, g, eq, why):
+        raise g.err(node, f"equation {eq!r} is not a linear contraction of the input with a weight: {why}")

@@ -18,7 +18,8 @@ from ..errors import HwloopError
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16)
 #: ops folded to constants when all their inputs are constant (weights behind a Transpose, a DequantizeLinear, ...)
 FOLDABLE = {"Identity", "Transpose", "Reshape", "Cast", "Squeeze", "Unsqueeze", "Flatten", "Mul", "Div", "Add",
-            "Sub", "Neg", "Sqrt", "Reciprocal", "DequantizeLinear", "Concat", "Slice", "Gather", "Expand", "Split"}
+            "Sub", "Neg", "Sqrt", "Reciprocal", "DequantizeLinear", "Concat", "Slice", "Gather", "Expand", "Split",
+            "Shape", "ConstantOfShape"}
 
 
 def node_label(node: onnx.NodeProto) -> str:
@@ -111,6 +112,8 @@ class GraphView:
             node = self.producer[name]
             if node.op_type == "Constant" and node.attribute:
                 value = (self._evaluate(node, {})[0], [node])
+            elif node.op_type == "CastLike" and (c := self.const(node.input[0])) is not None:
+                value = (c[0].astype(self.np_dtype(node.input[1])), c[1] + [node])   # only the type of input 1
             elif node.op_type in FOLDABLE:
                 parts = [self.const(t) if t else (None, []) for t in node.input]
                 if all(p is not None for p in parts):
@@ -130,8 +133,10 @@ class GraphView:
         return ReferenceEvaluator(model).run(None, feeds)
 
     def sole_consumer(self, tensor: str) -> onnx.NodeProto | None:
-        """The one node reading ``tensor``, when nothing else (not even a graph output) needs it."""
-        users = self.consumers.get(tensor, [])
+        """The one node reading ``tensor``, when nothing else (not even a graph output) needs its values
+        (a CastLike reading only its type does not count)."""
+        users = [u for u in self.consumers.get(tensor, [])
+                 if not (u.op_type == "CastLike" and list(u.input).index(tensor) == 1)]
         if len(users) != 1 or tensor in self.graph_outputs:
             return None
         return users[0]
