@@ -237,3 +237,44 @@ def test_einsum_that_is_not_a_linear_contraction_is_named(tmp_path, eq, why, w_s
     with pytest.raises(HwloopError, match=r"node 'ein' \(Einsum\): equation .* is not a linear contraction of the "
                                           r"input with a weight: " + why):
         load_model(_einsum_model(tmp_path, eq, w_shape, x_shape))
+
+
+SKLEARN = ["logistic", "logistic-binary", "linear-svc", "linear-svc-binary", "ridge"]
+
+
+@pytest.fixture(scope="module")
+def sklearn_models(tmp_path_factory):
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.svm import LinearSVC
+
+    from hwloop.data import load_data
+
+    d = load_data("digits+train")
+    made = {"logistic": (LogisticRegression(max_iter=300), d.y), "logistic-binary": (LogisticRegression(), d.y % 2),
+            "linear-svc": (LinearSVC(), d.y), "linear-svc-binary": (LinearSVC(), d.y % 2),
+            "ridge": (Ridge(), d.y.astype(np.float64))}
+    out = {}
+    for name, (est, y) in made.items():
+        est.fit(d.x, y)
+        out[name] = tmp_path_factory.mktemp("skl") / f"{name}.onnx"
+        onnx.save(convert_sklearn(est, initial_types=[("input", FloatTensorType([None, 64]))]), out[name])
+    return out
+
+
+@pytest.mark.parametrize("name", SKLEARN)
+def test_sklearn_linear_models_are_analog_layers(sklearn_models, digits, name):
+    import onnxruntime as ort
+
+    from exporters.sklearn_onnx import onnx_probabilities
+
+    path = sklearn_models[name]
+    model = load_model(path)
+    assert len(model.layers) == 1 and model.layers[0].op == "Gemm" and not model.digital_products
+    original = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": digits.x})
+    rewritten = ort.InferenceSession(model.proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(rewritten.run(None, {"input": digits.x})[0], original[0])   # labels / values
+    res = run_model(model, digits, repeats=1)
+    want = onnx_probabilities(original) if len(original) > 1 else original[0]
+    np.testing.assert_allclose(res.output[0], np.asarray(want).reshape(res.output[0].shape), atol=TOL, rtol=TOL)
