@@ -22,6 +22,7 @@ from ..errors import HwloopError
 from ..layer import AnalogLayer
 from .folds import ACTIVATION_OPS, FOLDS, Fold, composite
 from .mlops import rewrite
+from .quantized import rewrite_dynamic
 from .model import DigitalProduct, Glue, Model
 from .products import PRODUCT_OPS, Product
 from .view import FLOAT_TYPES, GraphView, first_line
@@ -51,7 +52,7 @@ def load_model(path: str | Path) -> Model:
         if node.domain not in _STANDARD_DOMAINS:
             raise HwloopError(f"{path}: node {node.name!r} ({node.op_type}, domain {node.domain!r}): "
                               "not a standard ONNX operator, onnxruntime cannot run it")
-    proto = rewrite(proto, path)
+    proto = rewrite_dynamic(rewrite(proto, path), path)
     try:
         proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True, data_prop=True)
     except Exception as e:
