@@ -142,3 +142,14 @@ def build(kind: str, seed: int = 0, **kw) -> nn.Module:
            "mobilenet": MobileNetBlocks, "convs": ConvKinds, "einsum": EinsumNet}[kind]
     with seeded(seed):
         return cls(**kw).eval()
+
+
+class HFTokens(nn.Module):
+    """The Hugging Face BERT classifier fed token ids and an attention mask (two integer graph inputs)."""
+
+    def __init__(self, **kw):
+        super().__init__()
+        self.inner = HFEncoder(**kw)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.inner.bert(input_ids=ids, attention_mask=mask).logits

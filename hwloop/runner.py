@@ -83,7 +83,7 @@ def run_model(model: Model | str | Path, data: Dataset | str, *,
     bs = min(bs, n)
     n_batches = -(-n // bs)
     ideal = _Ideal(model)
-    probe_layers, probe = _forward(model, x[:2], ideal.run, repeats=1)  # a bad shape fails here, storeless
+    probe_layers, probe = _forward(model, _rows(x, slice(0, 2)), ideal.run, repeats=1)  # a bad shape fails here, storeless
     noisy = _Devices(model, per_layer, seed)   # programmed first: describe() then reports tiling etc.
     attrs = _provenance(model, ds, x, per_layer, seed, repeats, bs, provenance, hash_data=out is not None)
     attrs["pipelined"] = pipelined
@@ -111,7 +111,7 @@ def run_model(model: Model | str | Path, data: Dataset | str, *,
         b = todo[item]
         if stage == 0:
             sl = slice(b * bs, min(n, (b + 1) * bs))
-            flights[item] = _Flight(sl, {model.input_name: (x[sl], 1)})
+            flights[item] = _Flight(sl, {k: (v, 1) for k, v in _rows(x, sl).items()})
         f = flights[item]
         if stage < len(stages):
             _run_steps(model, stages[stage], f.env, f.recorded, lambda L, v, r: noisy.run(L, v, r, b), repeats)
@@ -121,7 +121,7 @@ def run_model(model: Model | str | Path, data: Dataset | str, *,
         if all_ideal:  # ideal devices: the reference pass is repetition 0 of the run itself
             clean, clean_out = [a[0] for a in layers], output[0]
         else:
-            c_layers, c_out = _forward(model, x[f.rows], ideal.run, repeats=1)
+            c_layers, c_out = _forward(model, _rows(x, f.rows), ideal.run, repeats=1)
             clean, clean_out = [a[0] for a in c_layers], c_out[0]
         if writer:
             writer.write_batch(b, layers=layers, clean=clean, output=output, clean_output=clean_out,
@@ -152,21 +152,38 @@ def run_model(model: Model | str | Path, data: Dataset | str, *,
                      output=output, clean_output=clean_out, labels=ds.y, attrs=attrs)
 
 
-def model_input(model: Model, ds: Dataset) -> np.ndarray:
-    """``ds.x`` shaped as the model's input; reshapes flat data when the element count matches."""
-    x = ds.x
-    if not _all_finite(x):
-        raise HwloopError(f"data {ds.name}: input contains NaN or infinity")
-    want = model.input_shape
+def model_input(model: Model, ds: Dataset) -> dict[str, np.ndarray]:
+    """The data as the model's graph inputs (name -> array, samples first); reshapes flat data when the
+    element count matches.  Several inputs take the data set's named arrays (``npz:PATH``, one per input)."""
+    if len(model.input_names) == 1 and not ds.inputs:
+        return {model.input_name: _shaped(model, ds.name, model.input_name, ds.x, model.input_shape,
+                                          model.input_dtype)}
+    named = ds.inputs or {}
+    missing = [n for n in model.input_names if n not in named]
+    if missing:
+        raise HwloopError(f"data {ds.name}: no array for graph input(s) {', '.join(missing)} of {model.path.name}"
+                          f" (has: {', '.join(named) or 'one unnamed array'}); give npz:PATH with y and one "
+                          "array per input, named like it")
+    return {n: _shaped(model, ds.name, n, named[n], shape, dt)
+            for n, shape, dt in zip(model.input_names, model.input_shapes, model.input_dtypes)}
+
+
+def _shaped(model: Model, data: str, name: str, x: np.ndarray, want: tuple, dtype: np.dtype) -> np.ndarray:
+    if x.dtype.kind == "f" and not _all_finite(x):
+        raise HwloopError(f"data {data}: input contains NaN or infinity")
     have = x.shape[1:]
     if len(have) == len(want) and all(w is None or w == h for w, h in zip(want, have)):
-        return np.ascontiguousarray(x, dtype=model.input_dtype)
+        return np.ascontiguousarray(x, dtype=dtype)
     if None not in want and int(np.prod(want)) == int(np.prod(have)):
-        return np.ascontiguousarray(x.reshape((len(x),) + tuple(want)), dtype=model.input_dtype)
+        return np.ascontiguousarray(x.reshape((len(x),) + tuple(want)), dtype=dtype)
     fmt = lambda s: "x".join("?" if d is None else str(d) for d in s)  # noqa: E731
     n_want = "?" if None in want else str(int(np.prod(want)))
-    raise HwloopError(f"data {ds.name} has {int(np.prod(have))} values per sample ({fmt(have)}) but model "
-                      f"{model.path.name} input {model.input_name!r} takes {n_want} ({fmt(want)})")
+    raise HwloopError(f"data {data} has {int(np.prod(have))} values per sample ({fmt(have)}) but model "
+                      f"{model.path.name} input {name!r} takes {n_want} ({fmt(want)})")
+
+
+def _rows(x: dict[str, np.ndarray], sl) -> dict[str, np.ndarray]:
+    return {k: v[sl] for k, v in x.items()}
 
 
 def _all_finite(x: np.ndarray) -> bool:
@@ -387,10 +404,10 @@ def _pipeline(n_items: int, n_stages: int, work: Callable[[int, int], None], ove
         raise min(errors, key=lambda e: e[0])[1]
 
 
-def _forward(model: Model, xb: np.ndarray, run_layer: Callable, repeats: int):
+def _forward(model: Model, xb: dict[str, np.ndarray], run_layer: Callable, repeats: int):
     """One batch through every step.  Tensors are kept as (rows, ...) arrays with rows = r x B
     (repetition-major) and their r; returns each layer's (R, B, neurons) and the output (R, B, C)."""
-    env: dict[str, tuple[np.ndarray, int]] = {model.input_name: (xb, 1)}
+    env: dict[str, tuple[np.ndarray, int]] = {k: (v, 1) for k, v in xb.items()}
     recorded: list[np.ndarray] = []
     _run_steps(model, model.steps, env, recorded, run_layer, repeats)
     return recorded, _output(model, env, repeats)
@@ -429,7 +446,7 @@ def _run_glue(model: Model, glue: Glue, env: dict, B: int) -> None:
             arr = arr.reshape((r * B,) + arr.shape[2:])
         feeds[t] = arr
     try:
-        outs = glue.run(feeds)
+        outs = glue.run(feeds) if model.batch_dim is None else _fixed_batch(glue, feeds, model.batch_dim, r * B)
     except Exception as e:
         node = glue.nodes[0]
         hint = (f" (the model was exported with a fixed batch size of {model.batch_dim}: export it with a "
@@ -438,6 +455,25 @@ def _run_glue(model: Model, glue: Glue, env: dict, B: int) -> None:
                           f"failed: {str(e).strip().splitlines()[0]}{hint}") from None
     for t, v in outs.items():
         env[t] = (v, r)
+
+
+def _fixed_batch(glue: Glue, feeds: dict, size: int, rows: int) -> dict:
+    """Run a model exported with a fixed batch ``size`` on ``rows`` rows: ``size`` rows per call (the last
+    call padded with copies of the last row, dropped afterwards)."""
+    if rows == size:
+        return glue.run(feeds)
+    parts = []
+    for lo in range(0, rows, size):
+        chunk = {}
+        for t, v in feeds.items():
+            if v.ndim and v.shape[0] == rows:
+                v = v[lo:lo + size]
+                if len(v) < size:
+                    v = np.concatenate([v, np.repeat(v[-1:], size - len(v), axis=0)])
+            chunk[t] = v
+        parts.append(glue.run(chunk))
+    return {t: (np.concatenate([p[t] for p in parts])[:rows] if v.ndim and v.shape[0] == size else v)
+            for t, v in parts[0].items()}
 
 
 def _run_layer(layer: AnalogLayer, arr: np.ndarray, r: int, B: int, repeats: int, run_layer: Callable):
@@ -536,7 +572,9 @@ def _provenance(model: Model, ds: Dataset, x: np.ndarray, per_layer: list[Device
         "command_line": shlex.join(sys.argv),
     }
     if hash_data:
-        h = hashlib.sha256(memoryview(np.ascontiguousarray(x)).cast("B"))   # no copy of the data
+        h = hashlib.sha256()
+        for arr in x.values():
+            h.update(memoryview(np.ascontiguousarray(arr)).cast("B"))   # no copy of the data
         h.update(memoryview(np.ascontiguousarray(ds.y)).cast("B"))
         attrs["data_sha256"] = h.hexdigest()
     attrs.update(extra or {})

@@ -153,7 +153,7 @@ def test_unmappable_products_are_named(tmp_path):
         load_model(path)
 
 
-def test_graph_inputs_must_be_one_tensor(tmp_path):
+def test_graph_inputs_must_be_tensors(tmp_path):
     seq = helper.make_tensor_sequence_value_info("x", TensorProto.FLOAT, None)
     path = save(tmp_path, [helper.make_node("ConcatFromSequence", ["x"], ["c"], axis=0),
                            helper.make_node("Gemm", ["c", "W"], ["y"])], {"W": np.ones((4, 3))}, inputs=[seq])
@@ -162,5 +162,4 @@ def test_graph_inputs_must_be_one_tensor(tmp_path):
     two = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 4]) for n in ("x", "z")]
     path = save(tmp_path, [helper.make_node("Add", ["x", "z"], ["s"]), helper.make_node("Gemm", ["s", "W"], ["y"])],
                 {"W": np.ones((4, 3))}, inputs=two)
-    with pytest.raises(HwloopError, match=r"2 graph inputs \(x, z\)"):
-        load_model(path)
+    assert load_model(path).input_names == ["x", "z"]   # several inputs: fed from named arrays

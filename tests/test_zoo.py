@@ -3,14 +3,18 @@ onnxruntime; what stays digital is listed with its reason."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import onnx
 import pytest
 import torch
 
 from exporters.torch_onnx import export_torch
+from exporters.models import seeded
 from exporters.zoo import build, no_fastpath
 from hwloop.data import Dataset
+from hwloop.errors import HwloopError
 from hwloop.graph import load_model
 from hwloop.runner import per_sample, run_model
 from tests.test_runner import reference
@@ -319,3 +323,98 @@ def test_quantised_graphs_run_their_dequantised_weights(tmp_path, request, digit
     for q, f in zip(model.layers, float_layers):   # 8-bit weights: within half a step of the float ones
         step = np.abs(f.weight).max() / 127
         assert np.abs(q.weight - f.weight).max() <= step
+
+
+def test_token_ids_and_attention_mask_from_named_arrays(tmp_path):
+    """Two integer graph inputs (Hugging Face BERT), fed from an npz with one array per input."""
+    import onnxruntime as ort
+
+    from exporters.zoo import HFTokens
+    from hwloop.data import load_data
+
+    with seeded(0):
+        m = HFTokens().eval()
+    ids, mask = torch.randint(0, 32, (2, 8)), torch.ones(2, 8, dtype=torch.int64)
+    path = tmp_path / "bert_ids.onnx"
+    with no_fastpath(), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, (ids, mask), path, dynamo=False, input_names=["input_ids", "attention_mask"],
+                          output_names=["logits"], dynamic_axes={k: {0: "batch"} for k in
+                                                                 ("input_ids", "attention_mask", "logits")})
+    rng = np.random.default_rng(5)
+    arrays = {"input_ids": rng.integers(0, 32, (15, 8)), "attention_mask": (rng.random((15, 8)) > 0.3).astype(np.int64)}
+    np.savez(tmp_path / "tokens.npz", y=rng.integers(0, 3, 15), **arrays)
+    model = load_model(path)
+    assert model.input_names == ["input_ids", "attention_mask"] and len(model.layers) == 14
+    res = run_model(model, load_data(f"npz:{tmp_path / 'tokens.npz'}"), repeats=2, batch_size=4)
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, arrays)[0]
+    np.testing.assert_allclose(res.output[1], want, atol=TOL, rtol=TOL)
+    with pytest.raises(HwloopError, match=r"no array for graph input\(s\) attention_mask of bert_ids\.onnx"):
+        np.savez(tmp_path / "ids.npz", y=np.zeros(15), input_ids=arrays["input_ids"])
+        run_model(model, load_data(f"npz:{tmp_path / 'ids.npz'}"))
+
+
+def test_fixed_batch_export_runs_one_sample_per_call(tmp_path, digits):
+    import onnxruntime as ort
+
+    with seeded(3):
+        m = torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.Tanh(), torch.nn.Linear(16, 10)).eval()
+    path = tmp_path / "fixed.onnx"
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, (torch.zeros(1, 64),), path, dynamo=False, input_names=["input"], output_names=["out"])
+    model = load_model(path)
+    assert model.batch_dim == 1 and "fixed batch size of 1" in model.notes[0]
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    want = np.concatenate([sess.run(None, {"input": digits.x[i:i + 1]})[0] for i in range(30)])
+    res = run_model(model, digits.head(30), repeats=3, batch_size=8)
+    np.testing.assert_allclose(res.output[2], want, atol=TOL, rtol=TOL)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-5), (torch.float16, 2e-3)])
+def test_float64_and_float16_models(tmp_path, digits, dtype, tol):
+    """Devices compute in float32 (said in the notes); the comparison tolerance follows the model's dtype."""
+    import onnxruntime as ort
+
+    with seeded(4):
+        m = torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10)).eval().to(dtype)
+    path = tmp_path / "typed.onnx"
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, (torch.zeros(2, 64, dtype=dtype),), path, dynamo=False, input_names=["input"],
+                          output_names=["out"], dynamic_axes={"input": {0: "batch"}, "out": {0: "batch"}})
+    model = load_model(path)
+    np_dtype = {torch.float64: np.float64, torch.float16: np.float16}[dtype]
+    assert model.input_dtype == np_dtype and "devices compute in float32" in model.notes[-1]
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"input": digits.x.astype(np_dtype)})[0]
+    res = run_model(model, digits, repeats=1)
+    np.testing.assert_allclose(res.output[0], want, atol=tol, rtol=tol)
+
+
+def test_several_outputs_one_chosen_for_accuracy(tmp_path, digits):
+    class Two(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(64, 6), torch.nn.Linear(6, 10)
+
+        def forward(self, x):
+            h = torch.tanh(self.a(x))
+            return h, self.b(h)
+
+    with seeded(5):
+        m = Two().eval()
+    path = tmp_path / "two.onnx"
+    with torch.no_grad():
+        torch.onnx.export(m, (torch.zeros(2, 64),), path, dynamo=False, input_names=["input"],
+                          output_names=["hidden", "scores"],
+                          dynamic_axes={k: {0: "batch"} for k in ("input", "hidden", "scores")})
+    assert load_model(path).output_name == "hidden"
+    model = load_model(path, output="scores")
+    assert model.output_names == ["hidden", "scores"] and model.n_classes == 10
+    res = run_model(model, digits, repeats=1)
+    with torch.no_grad():
+        want = m(torch.from_numpy(digits.x))[1].numpy()
+    np.testing.assert_allclose(res.output[0], want, atol=TOL, rtol=TOL)
+    with pytest.raises(HwloopError, match=r"no tensor 'logits' to take the class scores from \(outputs: hidden, "):
+        load_model(path, output="logits")

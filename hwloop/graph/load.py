@@ -30,8 +30,11 @@ from .view import FLOAT_TYPES, GraphView, first_line
 _STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
 
 
-def load_model(path: str | Path) -> Model:
-    """Load, check and partition ``path``; every problem is one HwloopError naming the file and node."""
+def load_model(path: str | Path, output: str | None = None) -> Model:
+    """Load, check and partition ``path``; every problem is one HwloopError naming the file and node.
+
+    ``output``: the graph output (or tensor) whose class scores give the accuracy; by default the first
+    float (batch, classes) output, or what feeds skl2onnx's ZipMap."""
     path = Path(path)
     if not path.is_file():
         raise HwloopError(f"{path}: no such model file")
@@ -57,33 +60,37 @@ def load_model(path: str | Path) -> Model:
         proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True, data_prop=True)
     except Exception as e:
         raise HwloopError(f"{path}: shape inference failed: {first_line(e)}") from None
-    return _Importer(path, proto, hashlib.sha256(raw).hexdigest()).build()
+    return _Importer(path, proto, hashlib.sha256(raw).hexdigest(), output).build()
 
 
 class _Importer:
     """One pass over the graph: pick the output, find analog layers, cut glue segments."""
 
-    def __init__(self, path: Path, proto: onnx.ModelProto, sha256: str):
-        self.path, self.proto, self.sha256 = path, proto, sha256
+    def __init__(self, path: Path, proto: onnx.ModelProto, sha256: str, output: str | None = None):
+        self.path, self.proto, self.sha256, self.output = path, proto, sha256, output
         self.g = GraphView(path, proto)
         self.nodes = self.g.nodes
 
     # -- inputs and outputs ------------------------------------------------
-    def graph_input(self) -> onnx.ValueInfoProto:
+    def graph_inputs(self) -> list[onnx.ValueInfoProto]:
         real = [i for i in self.proto.graph.input if i.name not in self.g.inits]
         for vi in real:
             if not vi.type.HasField("tensor_type"):
                 raise HwloopError(f"{self.path}: graph input {vi.name!r} is not a tensor "
-                                  f"({vi.type.WhichOneof('value')}); hwloop feeds one tensor of samples")
-        if len(real) != 1:
-            raise HwloopError(f"{self.path}: the model has {len(real)} graph inputs "
-                              f"({', '.join(v.name for v in real)}); hwloop feeds exactly one")
-        if real[0].type.tensor_type.elem_type not in FLOAT_TYPES:
-            raise HwloopError(f"{self.path}: graph input {real[0].name!r} is not a float tensor")
-        return real[0]
+                                  f"({vi.type.WhichOneof('value')}); hwloop feeds tensors of samples")
+        if not real:
+            raise HwloopError(f"{self.path}: the model has no graph input")
+        return real
 
     def pick_output(self) -> str:
         """The class scores: a float (batch, classes) output, or what feeds skl2onnx's ZipMap."""
+        if self.output is not None:
+            if self.output not in self.g.producer:
+                raise HwloopError(f"{self.path}: no tensor {self.output!r} to take the class scores from "
+                                  f"(outputs: {', '.join(o.name for o in self.proto.graph.output)})")
+            if len(self.g.shapes.get(self.output) or []) != 2:
+                raise HwloopError(f"{self.path}: output {self.output!r} is not (batch, classes)")
+            return self.output
         candidates = [o.name for o in self.proto.graph.output]
         candidates += [n.input[0] for n in self.nodes if n.op_type == "ZipMap"]
         for name in candidates:
@@ -135,7 +142,8 @@ class _Importer:
 
     # -- the plan --------------------------------------------------------------
     def build(self) -> Model:
-        gin = self.graph_input()
+        inputs = self.graph_inputs()
+        gin = inputs[0]
         self.batch_fixed = (self.g.shapes.get(gin.name) or [None])[0] is not None
         self.g.batch_symbol = (self.g.symbols.get(gin.name) or [None])[0]
         output = self.pick_output()
@@ -173,12 +181,20 @@ class _Importer:
             done |= set(final)
         glue_steps = self.make_glue(steps, output)
         unused = [n for n in self.nodes if id(n) not in done and id(n) not in needed]
-        shape = self.g.shapes.get(gin.name) or [None]
+        shapes = [tuple((self.g.shapes.get(i.name) or [None])[1:]) for i in inputs]
+        dtypes = [np.dtype(helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)) for i in inputs]
+        batch = (self.g.shapes.get(gin.name) or [None])[0]
+        notes = []
+        if batch is not None:
+            notes.append(f"exported with a fixed batch size of {batch}: the host runs it {batch} rows per call")
+        dt = self.g.np_dtype(output)
+        if dt != np.float32:
+            notes.append(f"a {dt} model: devices compute in float32, the host ops in {dt}")
         return Model(path=self.path, sha256=self.sha256, proto=self.proto, layers=layers, steps=glue_steps,
-                     input_name=gin.name, input_shape=tuple(shape[1:]),
-                     input_dtype=np.dtype(helper.tensor_dtype_to_np_dtype(gin.type.tensor_type.elem_type)),
-                     output_name=output, n_classes=self.g.shapes[output][1], unused=unused, batch_dim=shape[0],
-                     digital_products=digital)
+                     input_name=gin.name, input_shape=shapes[0], input_dtype=dtypes[0],
+                     output_name=output, n_classes=self.g.shapes[output][1], unused=unused, batch_dim=batch,
+                     digital_products=digital, input_names=[i.name for i in inputs], input_shapes=shapes,
+                     input_dtypes=dtypes, output_names=[o.name for o in self.proto.graph.output], notes=notes)
 
     def ancestors(self, tensors: list[str], stop: set[int],
                   layer_outputs: dict | None = None) -> dict[int, onnx.NodeProto]:

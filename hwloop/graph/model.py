@@ -61,6 +61,16 @@ class Model:
     batch_dim: int | None = None                  # the input's first dimension when fixed by the export
     unused: list[onnx.NodeProto] = field(default_factory=list, repr=False)
     digital_products: list[DigitalProduct] = field(default_factory=list)
+    input_names: list[str] = field(default_factory=list)      # every graph input (several: ids + mask, ...)
+    input_shapes: list[tuple] = field(default_factory=list)
+    input_dtypes: list[np.dtype] = field(default_factory=list)
+    output_names: list[str] = field(default_factory=list)     # every graph output
+    notes: list[str] = field(default_factory=list)            # what the user should know (fixed batch, dtype)
+
+    def __post_init__(self):
+        self.input_names = self.input_names or [self.input_name]
+        self.input_shapes = self.input_shapes or [self.input_shape]
+        self.input_dtypes = self.input_dtypes or [self.input_dtype]
 
     def summary(self) -> str:
         """One line: how many of the model's products run on devices, and which stay digital."""
