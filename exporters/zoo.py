@@ -139,7 +139,7 @@ class EinsumNet(nn.Module):
 def build(kind: str, seed: int = 0, **kw) -> nn.Module:
     """A seeded, eval-mode instance of one of the classes above."""
     cls = {"transformer": TransformerClassifier, "hf": HFEncoder, "activations": ActivationMLP,
-           "mobilenet": MobileNetBlocks, "convs": ConvKinds, "einsum": EinsumNet}[kind]
+           "mobilenet": MobileNetBlocks, "convs": ConvKinds, "einsum": EinsumNet, "sequence": SequenceClassifier}[kind]
     with seeded(seed):
         return cls(**kw).eval()
 
@@ -153,3 +153,17 @@ class HFTokens(nn.Module):
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.inner.bert(input_ids=ids, attention_mask=mask).logits
+
+
+class SequenceClassifier(nn.Module):
+    """(batch, time, features) -> an LSTM / GRU / RNN (optionally bidirectional, stacked) -> Linear on the last step."""
+
+    def __init__(self, cell: str = "LSTM", features: int = 6, hidden: int = 12, layers: int = 1,
+                 bidirectional: bool = False, n_classes: int = 4):
+        super().__init__()
+        cls = {"LSTM": nn.LSTM, "GRU": nn.GRU, "RNN": nn.RNN}[cell]
+        self.rnn = cls(features, hidden, num_layers=layers, batch_first=True, bidirectional=bidirectional)
+        self.head = nn.Linear(hidden * (2 if bidirectional else 1), n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.rnn(x)[0][:, -1])

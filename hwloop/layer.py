@@ -19,6 +19,7 @@ import numpy as np
 from .activations import BASIC as ACTIVATIONS
 from .activations import activate as _activate
 from .activations import slope as _slope
+from .recurrent import RecurrentSpec
 
 #: what a chip's neurons may really do (``f`` in ``scale * f(slope * a)``): the activations, plus
 #: sin^2 (an optical modulator) and 1 - exp(-a) (a saturating detector)
@@ -85,6 +86,7 @@ class AnalogLayer:
     meta: dict = field(default_factory=dict)
     act_params: dict = field(default_factory=dict)   # the activation's parameters (alpha, slope, min/max, ...)
     tmap: TensorMap | None = None    # per-position product (rank-3 MatMul, W @ x, Einsum); None: one row per sample
+    recurrent: RecurrentSpec | None = None   # the recurrent product of an LSTM/GRU/RNN: run once per time step
 
     @property
     def groups(self) -> int:

@@ -36,6 +36,7 @@ from .devices import Device, Emulator
 from .errors import HwloopError
 from .graph import Glue, Model, load_model, node_label
 from .layer import AnalogLayer
+from .recurrent import run_recurrent
 from .store import LayerInfo, RunWriter
 
 #: default batch: the largest whose widest step (repeat x batch x values) stays under this many float32
@@ -114,7 +115,8 @@ def run_model(model: Model | str | Path, data: Dataset | str, *,
             flights[item] = _Flight(sl, {k: (v, 1) for k, v in _rows(x, sl).items()})
         f = flights[item]
         if stage < len(stages):
-            _run_steps(model, stages[stage], f.env, f.recorded, lambda L, v, r: noisy.run(L, v, r, b), repeats)
+            _run_steps(model, stages[stage], f.env, f.recorded,
+                       lambda L, v, r, step=None: noisy.run(L, v, r, b, step), repeats)
             return
         del flights[item]
         layers, output = f.recorded, _output(model, f.env, repeats)
@@ -260,11 +262,13 @@ class _Devices:
             dev.program(layer, seed=derive_seed(self.seed, layer.index))
             self.loaded[id(dev)] = layer.index
 
-    def run(self, layer: AnalogLayer, x: np.ndarray, repeats: int, batch: int) -> np.ndarray:
+    def run(self, layer: AnalogLayer, x: np.ndarray, repeats: int, batch: int, step: int | None = None) -> np.ndarray:
+        """Layer ``layer`` on batch ``batch`` (and time ``step`` of a recurrent layer: fresh draws per step)."""
         dev = self.per_layer[layer.index]
         self._program(dev, layer)
+        key = (self.seed, layer.index, batch) + (() if step is None else (step,))
         try:
-            return dev.run(x, repeats=repeats, key=(self.seed, layer.index, batch))
+            return dev.run(x, repeats=repeats, key=key)
         except ValueError as e:
             raise HwloopError(f"layer {layer.index} ({layer.name!r}): {e}") from None
 
@@ -279,7 +283,7 @@ class _Ideal:
             emu.program(layer)
             self.emulators.append(emu)
 
-    def run(self, layer: AnalogLayer, x: np.ndarray, repeats: int) -> np.ndarray:
+    def run(self, layer: AnalogLayer, x: np.ndarray, repeats: int, step: int | None = None) -> np.ndarray:
         return self.emulators[layer.index].run(x, repeats=repeats)
 
 
@@ -421,7 +425,11 @@ def _run_steps(model: Model, steps: list, env: dict, recorded: list, run_layer: 
             _run_glue(model, step, env, B)
             continue
         arr, r = env[step.input]
-        y, rec = _run_layer(step, arr, r, B, repeats, run_layer)
+        if step.recurrent is not None:
+            y, rec, extra = _run_recurrent(step, arr, r, B, repeats, run_layer)
+            env.update({t: (v, repeats) for t, v in extra.items()})
+        else:
+            y, rec = _run_layer(step, arr, r, B, repeats, run_layer)
         recorded.append(rec)
         env[step.output] = (y, repeats)
 
@@ -455,6 +463,21 @@ def _run_glue(model: Model, glue: Glue, env: dict, B: int) -> None:
                           f"failed: {str(e).strip().splitlines()[0]}{hint}") from None
     for t, v in outs.items():
         env[t] = (v, r)
+
+
+def _run_recurrent(layer: AnalogLayer, arr: np.ndarray, r: int, B: int, repeats: int, run_layer: Callable):
+    """A recurrent layer: its device's product once per time step, the cell on the host (``hwloop.recurrent``);
+    returns Y in ONNX's (T, D, R*B, H) layout, the recorded (R, B, T*D*H) and the final states Y_h, Y_c."""
+    spec = layer.recurrent
+    y, h, c = run_recurrent(spec, np.asarray(arr, np.float32), r, B, repeats,
+                            lambda hx, s: run_layer(layer, hx, repeats, step=s))
+    t_len, d, hid = y.shape[0], spec.directions, spec.hidden
+    dtype = np.dtype(layer.meta["dtype"])
+    out = np.ascontiguousarray(y.transpose(0, 3, 1, 2, 4)).reshape(t_len, d, repeats * B, hid).astype(dtype)
+    rec = np.ascontiguousarray(y.transpose(1, 2, 0, 3, 4)).reshape(repeats, B, -1)
+    final = {t: np.ascontiguousarray(v.transpose(2, 0, 1, 3)).reshape(d, repeats * B, hid).astype(dtype)
+             for t, v in zip(spec.extra_outputs, (h, c)) if t}
+    return out, rec, final
 
 
 def _fixed_batch(glue: Glue, feeds: dict, size: int, rows: int) -> dict:

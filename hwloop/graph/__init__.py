@@ -14,6 +14,7 @@ model is loaded (``load``).  Products that stay digital (attention's Q.K^T,
 from .load import load_model
 from .model import DigitalProduct, Glue, Model, format_table
 from .products import PRODUCT_OPS, Product, ProductOp, product_op
+from .recurrent_ops import RecurrentProduct  # registers LSTM, GRU and RNN
 from .view import node_label
 
 __all__ = ["load_model", "Model", "Glue", "DigitalProduct", "format_table", "node_label", "PRODUCT_OPS",

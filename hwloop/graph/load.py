@@ -25,6 +25,7 @@ from .mlops import rewrite
 from .quantized import rewrite_dynamic
 from .model import DigitalProduct, Glue, Model
 from .products import PRODUCT_OPS, Product
+from .recurrent_ops import RecurrentProduct
 from .view import FLOAT_TYPES, GraphView, first_line
 
 _STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
@@ -140,6 +141,23 @@ class _Importer:
         self._absorbed_nodes[layer.index] = f.chain  # constant-producing nodes stay available to glue
         return layer
 
+    def recurrent(self, node, prod: RecurrentProduct, index: int) -> list[AnalogLayer]:
+        """The input product (every time step at once) and the recurrent product (stepped) of an RNN node."""
+        g, name, op = self.g, node.name or node.output[0], node.op_type
+        mid = f"{name}/input_products"
+        x_dims = g.shapes.get(prod.inputs.x) or [None]
+        dtype = str(g.np_dtype(prod.inputs.x))
+        a = AnalogLayer(index=index, name=f"{name}/W", op=op, weight=prod.inputs.weight.astype(np.float32),
+                        bias=prod.inputs.bias.astype(np.float32), input=prod.inputs.x, output=mid,
+                        nodes=(node.name,), tmap=prod.inputs.tmap,
+                        meta={"ops": f"{op} input product", "dtype": dtype, "kept": [x_dims[0]]})
+        b = AnalogLayer(index=index + 1, name=f"{name}/R", op=op, weight=prod.weight.astype(np.float32),
+                        bias=prod.bias.astype(np.float32), input=mid, output=prod.outputs[0] or f"{name}/Y",
+                        nodes=(node.name,), recurrent=prod.spec,
+                        meta={"ops": f"{op} recurrent product (per step)", "dtype": dtype})
+        self._absorbed_nodes[a.index], self._absorbed_nodes[b.index] = [], [node]
+        return [a, b]
+
     # -- the plan --------------------------------------------------------------
     def build(self) -> Model:
         inputs = self.graph_inputs()
@@ -159,6 +177,9 @@ class _Importer:
             prod = self.product(node)
             if isinstance(prod, str):
                 digital.append(DigitalProduct(node, prod))
+            elif isinstance(prod, RecurrentProduct):
+                layers += self.recurrent(node, prod, len(layers))
+                absorbed.add(id(node))
             elif prod is not None:
                 layer = self.absorb(node, prod, len(layers))
                 layers.append(layer)
@@ -168,6 +189,7 @@ class _Importer:
                               f"feeds output {output!r})")
         steps: list = []
         produced_by_layer = {layer.output: layer for layer in layers}
+        produced_by_layer.update({t: L for L in layers if L.recurrent for t in L.recurrent.extra_outputs if t})
         done: set[int] = set(absorbed)
         for layer in layers:
             seg = self.ancestors([layer.input], stop=done, layer_outputs=produced_by_layer)

@@ -37,6 +37,8 @@ def attrs(node: onnx.NodeProto) -> dict:
     out = {}
     for a in node.attribute:
         v = helper.get_attribute_value(a)
+        if isinstance(v, list):
+            v = [x.decode() if isinstance(x, bytes) else x for x in v]
         out[a.name] = v.decode() if isinstance(v, bytes) else v
     return out
 
@@ -131,6 +133,25 @@ class GraphView:
             [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.output if o])
         model = helper.make_model(graph, opset_imports=self.proto.opset_import)
         return ReferenceEvaluator(model).run(None, feeds)
+
+    def zeros(self, name: str, depth: int = 8) -> bool:
+        """True when tensor ``name`` is all zeros whatever its shape (a ConstantOfShape(0) of the batch size,
+        expanded or reshaped: how exporters write an initial state)."""
+        c = self.const(name)
+        if c is not None:
+            return not np.any(c[0])
+        node = self.producer.get(name)
+        if node is None or depth == 0:
+            return False
+        if node.op_type == "ConstantOfShape":
+            value = attrs(node).get("value")
+            return value is None or not np.any(numpy_helper.to_array(value))
+        if node.op_type in ("Expand", "Identity", "Cast", "Reshape", "Unsqueeze", "Squeeze", "Slice", "Transpose",
+                            "Tile", "Gather"):
+            return self.zeros(node.input[0], depth - 1)
+        if node.op_type == "Concat":
+            return all(self.zeros(t, depth - 1) for t in node.input)
+        return False
 
     def sole_consumer(self, tensor: str) -> onnx.NodeProto | None:
         """The one node reading ``tensor``, when nothing else (not even a graph output) needs its values
