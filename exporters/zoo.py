@@ -139,7 +139,8 @@ class EinsumNet(nn.Module):
 def build(kind: str, seed: int = 0, **kw) -> nn.Module:
     """A seeded, eval-mode instance of one of the classes above."""
     cls = {"transformer": TransformerClassifier, "hf": HFEncoder, "activations": ActivationMLP,
-           "mobilenet": MobileNetBlocks, "convs": ConvKinds, "einsum": EinsumNet, "sequence": SequenceClassifier}[kind]
+           "mobilenet": MobileNetBlocks, "convs": ConvKinds, "einsum": EinsumNet, "sequence": SequenceClassifier,
+           "lenet": LeNetAvg}[kind]
     with seeded(seed):
         return cls(**kw).eval()
 
@@ -167,3 +168,13 @@ class SequenceClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.rnn(x)[0][:, -1])
+
+
+class LeNetAvg(nn.Sequential):
+    """LeNet-5 as LeCun built it, with average pooling (subsampling), for 1 x size x size inputs."""
+
+    def __init__(self, size: int = 12, n_classes: int = 10, hidden: int = 32):
+        side = ((size // 2) - 4) // 2
+        super().__init__(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.AvgPool2d(2),
+                         nn.Conv2d(6, 16, 5), nn.Tanh(), nn.AvgPool2d(2), nn.Flatten(),
+                         nn.Linear(16 * side * side, hidden), nn.ReLU(), nn.Linear(hidden, n_classes))

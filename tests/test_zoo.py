@@ -485,3 +485,31 @@ def _rnn_model(tmp_path, **node_attrs):
 def test_recurrent_node_it_cannot_map_is_named(tmp_path, attrs, why):
     with pytest.raises(HwloopError, match=r"node 'rnn' \(RNN\): " + why):
         load_model(_rnn_model(tmp_path, **attrs))
+
+
+def test_prediction_matches_monte_carlo_on_a_lenet5_cnn(tmp_path, digits):
+    """LeNet-5 (average pooling, as LeCun's subsampling) under semenova: Conv layers written out as Toeplitz
+    matrices, correlated noise shared per position; predicted per-layer variance within 10% of 400 draws."""
+    from hwloop.analysis.predict import predict
+    from hwloop.devices.emulator import emulators
+    from hwloop.profiles import load_profile
+
+    model = load_model(export_torch(build("lenet", size=12), tmp_path / "lenet.onnx", torch.zeros(2, 1, 12, 12)))
+    assert [L.op for L in model.layers] == ["Conv", "Conv", "Gemm", "Gemm"]
+    x = np.pad(digits.x[:40].reshape(-1, 1, 8, 8), ((0, 0), (0, 0), (2, 2), (2, 2))).astype(np.float32)
+    prof = load_profile("semenova")
+    pred = predict(model, prof, x)
+    res = run_model(model, Dataset("digits", x, digits.y[:40], 10), devices=emulators(prof, model.layers),
+                    repeats=400)
+    for k, layer in enumerate(model.layers):   # 400 draws x 40 samples x many neurons: ~1% estimation error
+        np.testing.assert_allclose(float(pred.var_mean[k]), res.layers[k].var(axis=0).mean(), rtol=0.1,
+                                   err_msg=layer.name)
+
+
+def test_prediction_refuses_glue_it_cannot_linearise(tmp_path):
+    from hwloop.analysis.predict import predict
+
+    with no_fastpath():
+        model = load_model(export_torch(build("transformer", layers=1), tmp_path / "tx.onnx", torch.zeros(2, 8, 8)))
+    with pytest.raises(HwloopError, match=r"the prediction supports dense and Conv layers only, not per-token"):
+        predict(model, "semenova", tokens(4))
