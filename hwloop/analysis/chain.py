@@ -70,7 +70,7 @@ def _dense(layer: AnalogLayer) -> AnalogLayer:
 def _conv_link(layer: AnalogLayer, in_dims: tuple) -> Link:
     """The Toeplitz matrix of a convolution, read off the runner's own unfolding (basis vectors in)."""
     from ..physics import affine
-    from ..runner import im2col
+    from ..lowering import im2col
 
     n_in = int(np.prod(in_dims))
     basis = np.eye(n_in, dtype=np.float32).reshape((n_in,) + tuple(in_dims))

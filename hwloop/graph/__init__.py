@@ -17,5 +17,5 @@ from .products import PRODUCT_OPS, Product, ProductOp, product_op
 from .recurrent_ops import RecurrentProduct  # registers LSTM, GRU and RNN
 from .view import node_label
 
-__all__ = ["load_model", "Model", "Glue", "DigitalProduct", "format_table", "node_label", "PRODUCT_OPS",
+__all__ = ["load_model", "Model", "Glue", "DigitalProduct", "format_table", "node_label", "PRODUCT_OPS", "RecurrentProduct",
            "Product", "ProductOp", "product_op"]
