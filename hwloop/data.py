@@ -4,7 +4,8 @@ Specs:
   ``digits``                 scikit-learn's 8x8 digits (embedded, the default)
   ``mnist:PATH``             MNIST as ``.npz`` (x_test/y_test or x/y) or an IDX folder/file pair
   ``fashion-mnist:PATH``     same formats (Debian: /usr/share/datasets/fashion-mnist)
-  ``npz:PATH``               any ``.npz`` with arrays ``x`` and ``y``
+  ``npz:PATH``               any ``.npz`` with arrays ``x`` and ``y``; or ``y`` and one array per graph
+                             input, named like the input (token ids + attention mask, ...)
 
 A suffix ``@N`` keeps the first N samples (``digits@200``); ``+train`` picks the
 training split where one exists (``mnist:PATH+train``).
@@ -31,12 +32,15 @@ class Dataset:
     x: np.ndarray
     y: np.ndarray
     n_classes: int
+    #: named arrays for a model with several graph inputs (``x`` is then the first of them)
+    inputs: dict | None = None
 
     def __len__(self) -> int:
         return len(self.y)
 
     def head(self, n: int) -> "Dataset":
-        return Dataset(self.name, self.x[:n], self.y[:n], self.n_classes)
+        named = {k: v[:n] for k, v in self.inputs.items()} if self.inputs else None
+        return Dataset(self.name, self.x[:n], self.y[:n], self.n_classes, named)
 
 
 _SPEC = re.compile(r"^(?P<kind>[a-z-]+)(?::(?P<path>.+?))?(?P<train>\+train)?(?:@(?P<n>\d+))?$")
@@ -58,7 +62,7 @@ def load_data(spec: str) -> Dataset:
     elif kind == "npz":
         if not path:
             raise HwloopError(f"data spec {spec!r}: npz needs a path, e.g. npz:data.npz")
-        ds = _npz(Path(path), ("x", "y"), kind)
+        ds = _npz(Path(path), ("x", "y"), kind, named=True)
     else:
         raise HwloopError(f"data spec {spec!r}: unknown data set {kind!r} "
                           "(known: digits, mnist:PATH, fashion-mnist:PATH, npz:PATH)")
@@ -84,11 +88,13 @@ def _digits(train: bool) -> Dataset:
     return Dataset("digits" + ("+train" if train else ""), x[sl], y[sl], 10)
 
 
-def _npz(path: Path, keys: tuple[str, str], name: str) -> Dataset:
+def _npz(path: Path, keys: tuple[str, str], name: str, named: bool = False) -> Dataset:
     if not path.exists():
         raise HwloopError(f"{path}: no such file")
     try:
         with np.load(path, allow_pickle=False) as f:
+            if named and keys[0] not in f.files and keys[1] in f.files and len(f.files) > 1:
+                return _named(name, {k: f[k] for k in f.files if k != keys[1]}, f[keys[1]], path)
             missing = [k for k in keys if k not in f.files]
             if missing:
                 raise HwloopError(f"{path}: missing array(s) {', '.join(missing)} (has: {', '.join(f.files)})")
@@ -98,6 +104,16 @@ def _npz(path: Path, keys: tuple[str, str], name: str) -> Dataset:
     except Exception as e:  # zip/format errors, object arrays (pickles are refused)
         raise HwloopError(f"{path}: cannot read as .npz: {e}") from None
     return _finish(name, x, y, path)
+
+
+def _named(name: str, arrays: dict, y: np.ndarray, path: Path) -> Dataset:
+    """One array per graph input, kept in their own dtypes (token ids stay integers)."""
+    for k, v in arrays.items():
+        if len(v) != len(y):
+            raise HwloopError(f"{path}: array {k!r} has {len(v)} samples but y has {len(y)}")
+    y = np.asarray(y).astype(np.int64).reshape(-1)
+    first = next(iter(arrays.values()))
+    return Dataset(f"{name}:{path}", first, y, int(max(10, y.max() + 1)) if len(y) else 10, arrays)
 
 
 def _finish(name: str, x: np.ndarray, y: np.ndarray, path: Path) -> Dataset:

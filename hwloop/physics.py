@@ -82,8 +82,14 @@ def static_rng(*key: int) -> np.random.Generator:
 
 def affine(x: np.ndarray, wt: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
     """x (rows, n_in) @ wt (n_in, n_out) [+ bias] in float32, through torch: the noise draws run in
-    torch's thread pool, and switching to numpy's BLAS pool and back costs more than the product."""
+    torch's thread pool, and switching to numpy's BLAS pool and back costs more than the product.
+
+    A grouped product has wt (groups, n_in/g, n_out/g): group k's outputs see only group k's inputs."""
     tx, tw = _tensor(x), _tensor(wt)
+    if tw.dim() == 3:
+        g, i, o = tw.shape
+        y = torch.bmm(tx.view(-1, g, i).transpose(0, 1), tw).transpose(0, 1).reshape(-1, g * o)
+        return (y if bias is None else y.add_(_tensor(bias))).numpy()
     return (tx @ tw if bias is None else torch.addmm(_tensor(bias), tx, tw)).numpy()
 
 
@@ -143,16 +149,19 @@ def program_weights(w: np.ndarray, settings: WeightSettings, rng: np.random.Gene
 
 
 def apply_read_noise(a: np.ndarray, x: np.ndarray, std: float, gen: torch.Generator,
-                     repeats: int | None = None) -> np.ndarray:
+                     repeats: int | None = None, groups: int = 1) -> np.ndarray:
     """Weight read noise, drawn anew for every evaluation, on the products ``a``; returns a new array.
 
     An independent N(0, std^2) error on every weight W_ij turns output i into
     a_i + sum_j dW_ij x_j, which is exactly N(0, std^2 * ||x||^2) and independent
     across outputs; drawing that directly avoids a weight matrix per evaluation.
     ``a`` is (R_in, B, n_out), ``x`` (R_in, B, n_in); the result has ``repeats`` repetitions.
+    A grouped product's outputs see only their group's inputs (``groups`` equal blocks of x and a).
     """
     ta = _tensor(a)
-    norm = torch.linalg.vector_norm(_tensor(x), dim=-1, keepdim=True)
+    tx = _tensor(x)
+    norm = torch.linalg.vector_norm(tx.view(*tx.shape[:-1], groups, -1), dim=-1)
+    norm = norm.repeat_interleave(ta.shape[-1] // groups, dim=-1) if groups > 1 else norm
     y = normal((repeats or ta.shape[0], *ta.shape[1:]), gen)
     y.mul_(norm.mul_(std)).add_(ta)
     return y.numpy()
@@ -164,14 +173,18 @@ def apply_read_noise(a: np.ndarray, x: np.ndarray, std: float, gen: torch.Genera
 
 
 def transfer(a: np.ndarray, function: str, slope: float = 1.0, scale: float = 1.0,
-             model_activation: str = "linear") -> np.ndarray:
-    """The neuron's physical response ``scale * f(slope * a)``; ``function='model'`` uses the model's activation.
+             model_activation="linear") -> np.ndarray:
+    """The neuron's physical response ``scale * f(slope * a)``; ``function='model'`` uses the model's activation
+    (a name, or a callable such as ``AnalogLayer.activate`` for an activation with parameters).
 
     Like ``hwloop.layer.activate``, it may reuse ``a``'s memory (relu works in place).
     """
     if slope != 1.0:
         a = a * np.float32(slope)
-    y = response(model_activation if function == "model" else function, a)
+    if function == "model" and callable(model_activation):
+        y = model_activation(a)
+    else:
+        y = response(model_activation if function == "model" else function, a)
     if scale != 1.0:
         y = y * np.float32(scale)
     return y.astype(np.float32, copy=False)

@@ -34,6 +34,7 @@ import yaml
 
 from .errors import HwloopError
 from .files import atomic_path
+from .activations import NAMES as MODEL_ACTIVATIONS
 from .layer import TRANSFER_FUNCTIONS
 from .yamlio import line_of, load_yaml
 
@@ -110,7 +111,11 @@ _SECTIONS: dict[str, dict] = {
                       "description": "model: the ONNX model's activation; sin2: sin^2 (optical modulator); "
                                      "exp_sat: 1 - exp(-max(a, 0)) (saturating detector)"},
          "slope": _num("slope factor applied to the pre-activation", default=1.0, minimum=None),
-         "scale": _num("scale factor applied to the output", default=1.0, minimum=None)}),
+         "scale": _num("scale factor applied to the output", default=1.0, minimum=None),
+         "activations": {"type": ["array", "null"], "items": {"enum": list(MODEL_ACTIVATIONS)}, "default": None,
+                         "description": "the model activations the neurons implement (null: all); a layer with "
+                                        "another one runs linearly on the device and its activation runs on the "
+                                        "host, exact, after the device's noise"}}),
     "drift": _section(
         "Slow drift of every neuron's gain and offset: g(t) = g (1 + gain * t), o(t) = o + offset * t.",
         {"per": {"enum": ["repeat", "batch", "second"], "default": "repeat",
@@ -253,10 +258,15 @@ class Transfer:
     function: str = _default("transfer", "function")
     slope: float = _default("transfer", "slope")
     scale: float = _default("transfer", "scale")
+    activations: tuple[str, ...] | None = None   # what the neurons implement (None: every model activation)
 
     @property
     def active(self) -> bool:
         return not (self.function == "model" and self.slope == 1.0 and self.scale == 1.0)
+
+    def on_host(self, activation: str) -> bool:
+        """True when the neurons lack ``activation``: the device runs linearly and the host applies it."""
+        return self.activations is not None and activation != "linear" and activation not in self.activations
 
 
 @dataclass(frozen=True)
@@ -310,6 +320,8 @@ def _settings(sections: dict[str, dict]) -> LayerSettings:
         vals.pop("units", None)
         if "range" in vals and isinstance(vals["range"], list):
             vals["range"] = tuple(float(v) for v in vals["range"])
+        if isinstance(vals.get("activations"), list):
+            vals["activations"] = tuple(vals["activations"])
         kw[name] = cls(**vals)
     return LayerSettings(**kw)
 

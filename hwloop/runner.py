@@ -36,6 +36,7 @@ from .devices import Device, Emulator
 from .errors import DeviceError, HwloopError
 from .graph import Glue, Model, load_model, node_label
 from .layer import AnalogLayer
+from .lowering import im2col, per_sample, run_product_layer, run_recurrent_layer  # noqa: F401 (im2col, per_sample: API)
 from .store import LayerInfo, RunWriter
 
 #: default batch: the largest whose widest step (repeat x batch x values) stays under this many float32
@@ -83,7 +84,7 @@ def run_model(model: Model | str | Path, data: Dataset | str, *,
     bs = min(bs, n)
     n_batches = -(-n // bs)
     ideal = _Ideal(model)
-    _, probe = _forward(model, x[:2], ideal.run, repeats=1)  # a bad shape (or fixed batch) fails here, storeless
+    probe_layers, probe = _forward(model, _rows(x, slice(0, 2)), ideal.run, repeats=1)  # a bad shape fails here, storeless
     noisy = _Devices(model, per_layer, seed)   # programmed first: describe() then reports tiling etc.
     attrs = _provenance(model, ds, x, per_layer, seed, repeats, bs, provenance, hash_data=out is not None)
     attrs["pipelined"] = pipelined
@@ -93,7 +94,7 @@ def run_model(model: Model | str | Path, data: Dataset | str, *,
         if resume and Path(out).exists():
             writer = RunWriter.resume(out, attrs)
         else:
-            writer = RunWriter.create(out, layers=[_layer_info(model, L) for L in model.layers], n_samples=n,
+            writer = RunWriter.create(out, layers=[_layer_info(L, p) for L, p in zip(model.layers, probe_layers)], n_samples=n,
                                       n_classes=probe.shape[2], batch_size=bs, repeats=repeats, attrs=attrs,
                                       overwrite=overwrite)
     todo = [b for b, done in enumerate(writer.done() if writer else np.zeros(n_batches, bool)) if not done]
@@ -111,17 +112,18 @@ def run_model(model: Model | str | Path, data: Dataset | str, *,
         b = todo[item]
         if stage == 0:
             sl = slice(b * bs, min(n, (b + 1) * bs))
-            flights[item] = _Flight(sl, {model.input_name: (x[sl], 1)})
+            flights[item] = _Flight(sl, {k: (v, 1) for k, v in _rows(x, sl).items()})
         f = flights[item]
         if stage < len(stages):
-            _run_steps(model, stages[stage], f.env, f.recorded, lambda L, v, r: noisy.run(L, v, r, b), repeats)
+            _run_steps(model, stages[stage], f.env, f.recorded,
+                       lambda L, v, r, step=None: noisy.run(L, v, r, b, step), repeats)
             return
         del flights[item]
         layers, output = f.recorded, _output(model, f.env, repeats)
         if all_ideal:  # ideal devices: the reference pass is repetition 0 of the run itself
             clean, clean_out = [a[0] for a in layers], output[0]
         else:
-            c_layers, c_out = _forward(model, x[f.rows], ideal.run, repeats=1)
+            c_layers, c_out = _forward(model, _rows(x, f.rows), ideal.run, repeats=1)
             clean, clean_out = [a[0] for a in c_layers], c_out[0]
         if writer:
             writer.write_batch(b, layers=layers, clean=clean, output=output, clean_output=clean_out,
@@ -152,21 +154,38 @@ def run_model(model: Model | str | Path, data: Dataset | str, *,
                      output=output, clean_output=clean_out, labels=ds.y, attrs=attrs)
 
 
-def model_input(model: Model, ds: Dataset) -> np.ndarray:
-    """``ds.x`` shaped as the model's input; reshapes flat data when the element count matches."""
-    x = ds.x
-    if not _all_finite(x):
-        raise HwloopError(f"data {ds.name}: input contains NaN or infinity")
-    want = model.input_shape
+def model_input(model: Model, ds: Dataset) -> dict[str, np.ndarray]:
+    """The data as the model's graph inputs (name -> array, samples first); reshapes flat data when the
+    element count matches.  Several inputs take the data set's named arrays (``npz:PATH``, one per input)."""
+    if len(model.input_names) == 1 and not ds.inputs:
+        return {model.input_name: _shaped(model, ds.name, model.input_name, ds.x, model.input_shape,
+                                          model.input_dtype)}
+    named = ds.inputs or {}
+    missing = [n for n in model.input_names if n not in named]
+    if missing:
+        raise HwloopError(f"data {ds.name}: no array for graph input(s) {', '.join(missing)} of {model.path.name}"
+                          f" (has: {', '.join(named) or 'one unnamed array'}); give npz:PATH with y and one "
+                          "array per input, named like it")
+    return {n: _shaped(model, ds.name, n, named[n], shape, dt)
+            for n, shape, dt in zip(model.input_names, model.input_shapes, model.input_dtypes)}
+
+
+def _shaped(model: Model, data: str, name: str, x: np.ndarray, want: tuple, dtype: np.dtype) -> np.ndarray:
+    if x.dtype.kind == "f" and not _all_finite(x):
+        raise HwloopError(f"data {data}: input contains NaN or infinity")
     have = x.shape[1:]
     if len(have) == len(want) and all(w is None or w == h for w, h in zip(want, have)):
-        return np.ascontiguousarray(x, dtype=model.input_dtype)
+        return np.ascontiguousarray(x, dtype=dtype)
     if None not in want and int(np.prod(want)) == int(np.prod(have)):
-        return np.ascontiguousarray(x.reshape((len(x),) + tuple(want)), dtype=model.input_dtype)
+        return np.ascontiguousarray(x.reshape((len(x),) + tuple(want)), dtype=dtype)
     fmt = lambda s: "x".join("?" if d is None else str(d) for d in s)  # noqa: E731
     n_want = "?" if None in want else str(int(np.prod(want)))
-    raise HwloopError(f"data {ds.name} has {int(np.prod(have))} values per sample ({fmt(have)}) but model "
-                      f"{model.path.name} input {model.input_name!r} takes {n_want} ({fmt(want)})")
+    raise HwloopError(f"data {data} has {int(np.prod(have))} values per sample ({fmt(have)}) but model "
+                      f"{model.path.name} input {name!r} takes {n_want} ({fmt(want)})")
+
+
+def _rows(x: dict[str, np.ndarray], sl) -> dict[str, np.ndarray]:
+    return {k: v[sl] for k, v in x.items()}
 
 
 def _all_finite(x: np.ndarray) -> bool:
@@ -219,12 +238,14 @@ def derive_seed(seed: int, index: int) -> int:
 
 
 def _positions(layer: AnalogLayer) -> int:
-    return int(np.prod(layer.meta["out_spatial"])) if layer.conv is not None else 1
+    return layer.positions or 1
 
 
-def _layer_info(model: Model, layer: AnalogLayer) -> LayerInfo:
+def _layer_info(layer: AnalogLayer, probe: np.ndarray) -> LayerInfo:
+    """The store's description of a layer; its neurons per sample as the probe batch recorded them (a
+    sequence's length may be known only from the data)."""
     return LayerInfo(index=layer.index, name=layer.name, op=layer.meta["ops"], activation=layer.activation,
-                     neurons=layer.n_out * _positions(layer))
+                     neurons=int(probe.shape[2]))
 
 
 class _Devices:
@@ -251,11 +272,13 @@ class _Devices:
                                   f"{type(e).__name__}: {e}") from None
             self.loaded[id(dev)] = layer.index
 
-    def run(self, layer: AnalogLayer, x: np.ndarray, repeats: int, batch: int) -> np.ndarray:
+    def run(self, layer: AnalogLayer, x: np.ndarray, repeats: int, batch: int, step: int | None = None) -> np.ndarray:
+        """Layer ``layer`` on batch ``batch`` (and time ``step`` of a recurrent layer: fresh draws per step)."""
         dev = self.per_layer[layer.index]
         self._program(dev, layer)
+        key = (self.seed, layer.index, batch) + (() if step is None else (step,))
         try:
-            return dev.run(x, repeats=repeats, key=(self.seed, layer.index, batch))
+            return dev.run(x, repeats=repeats, key=key)
         except ValueError as e:
             raise HwloopError(f"layer {layer.index} ({layer.name!r}): {e}") from None
 
@@ -270,7 +293,7 @@ class _Ideal:
             emu.program(layer)
             self.emulators.append(emu)
 
-    def run(self, layer: AnalogLayer, x: np.ndarray, repeats: int) -> np.ndarray:
+    def run(self, layer: AnalogLayer, x: np.ndarray, repeats: int, step: int | None = None) -> np.ndarray:
         return self.emulators[layer.index].run(x, repeats=repeats)
 
 
@@ -395,10 +418,10 @@ def _pipeline(n_items: int, n_stages: int, work: Callable[[int, int], None], ove
         raise min(errors, key=lambda e: e[0])[1]
 
 
-def _forward(model: Model, xb: np.ndarray, run_layer: Callable, repeats: int):
+def _forward(model: Model, xb: dict[str, np.ndarray], run_layer: Callable, repeats: int):
     """One batch through every step.  Tensors are kept as (rows, ...) arrays with rows = r x B
     (repetition-major) and their r; returns each layer's (R, B, neurons) and the output (R, B, C)."""
-    env: dict[str, tuple[np.ndarray, int]] = {model.input_name: (xb, 1)}
+    env: dict[str, tuple[np.ndarray, int]] = {k: (v, 1) for k, v in xb.items()}
     recorded: list[np.ndarray] = []
     _run_steps(model, model.steps, env, recorded, run_layer, repeats)
     return recorded, _output(model, env, repeats)
@@ -412,7 +435,11 @@ def _run_steps(model: Model, steps: list, env: dict, recorded: list, run_layer: 
             _run_glue(model, step, env, B)
             continue
         arr, r = env[step.input]
-        y, rec = _run_layer(step, arr, r, B, repeats, run_layer)
+        if step.recurrent is not None:
+            y, rec, extra = run_recurrent_layer(step, arr, r, B, repeats, run_layer)
+            env.update({t: (v, repeats) for t, v in extra.items()})
+        else:
+            y, rec = run_product_layer(step, arr, r, B, repeats, run_layer)
         recorded.append(rec)
         env[step.output] = (y, repeats)
 
@@ -437,7 +464,7 @@ def _run_glue(model: Model, glue: Glue, env: dict, B: int) -> None:
             arr = arr.reshape((r * B,) + arr.shape[2:])
         feeds[t] = arr
     try:
-        outs = glue.run(feeds)
+        outs = glue.run(feeds) if model.batch_dim is None else _fixed_batch(glue, feeds, model.batch_dim, r * B)
     except Exception as e:
         node = glue.nodes[0]
         hint = (f" (the model was exported with a fixed batch size of {model.batch_dim}: export it with a "
@@ -448,38 +475,23 @@ def _run_glue(model: Model, glue: Glue, env: dict, B: int) -> None:
         env[t] = (v, r)
 
 
-def _run_layer(layer: AnalogLayer, arr: np.ndarray, r: int, B: int, repeats: int, run_layer: Callable):
-    """Run one analog layer on its device; returns the tensor for the graph and the recorded (R, B, n)."""
-    dtype = np.dtype(layer.meta["dtype"])
-    if layer.conv is None:
-        y = run_layer(layer, arr.reshape(r, B, -1), repeats)          # (R, B, n_out)
-        return np.asarray(y, dtype=dtype).reshape(repeats * B, -1), y
-    spatial = tuple(layer.meta["out_spatial"])
-    cols = im2col(np.asarray(arr, np.float32), layer)                 # (r*B*P, n_in)
-    y = run_layer(layer, cols.reshape(r, -1, layer.n_in), repeats)    # (R, B*P, C_out)
-    y = np.asarray(y).reshape(repeats, B, -1, layer.n_out).transpose(0, 1, 3, 2)  # (R, B, C_out, P)
-    rec = np.ascontiguousarray(y).reshape(repeats, B, -1)
-    return rec.reshape((repeats * B, layer.n_out) + spatial).astype(dtype, copy=False), rec
-
-
-def im2col(x: np.ndarray, layer: AnalogLayer) -> np.ndarray:
-    """Unfold (rows, C, *spatial) into (rows * positions, C * prod(kernel)), channel-major then kernel."""
-    spec = layer.conv
-    nd = len(spec.kernel_shape)
-    if nd == 1:  # a 1-D conv is a 2-D conv over a height-1 image
-        x = x[:, :, None, :]
-        k, s, d = (1, *spec.kernel_shape), (1, *spec.strides), (1, *spec.dilations)
-        pads = ((0, 0), (spec.pads[0], spec.pads[1]))
-    else:
-        k, s, d = spec.kernel_shape, spec.strides, spec.dilations
-        pads = ((spec.pads[0], spec.pads[2]), (spec.pads[1], spec.pads[3]))
-    if any(p for pair in pads for p in pair):
-        x = np.pad(x, ((0, 0), (0, 0)) + pads)
-    span = tuple((k[i] - 1) * d[i] + 1 for i in range(2))
-    win = np.lib.stride_tricks.sliding_window_view(x, span, axis=(2, 3))  # (rows, C, H', W', span_h, span_w)
-    win = win[:, :, ::s[0], ::s[1], ::d[0], ::d[1]]
-    rows, c, ho, wo = win.shape[:4]
-    return np.ascontiguousarray(win.transpose(0, 2, 3, 1, 4, 5)).reshape(rows * ho * wo, c * k[0] * k[1])
+def _fixed_batch(glue: Glue, feeds: dict, size: int, rows: int) -> dict:
+    """Run a model exported with a fixed batch ``size`` on ``rows`` rows: ``size`` rows per call (the last
+    call padded with copies of the last row, dropped afterwards)."""
+    if rows == size:
+        return glue.run(feeds)
+    parts = []
+    for lo in range(0, rows, size):
+        chunk = {}
+        for t, v in feeds.items():
+            if v.ndim and v.shape[0] == rows:
+                v = v[lo:lo + size]
+                if len(v) < size:
+                    v = np.concatenate([v, np.repeat(v[-1:], size - len(v), axis=0)])
+            chunk[t] = v
+        parts.append(glue.run(chunk))
+    return {t: (np.concatenate([p[t] for p in parts])[:rows] if v.ndim and v.shape[0] == size else v)
+            for t, v in parts[0].items()}
 
 
 @functools.lru_cache(maxsize=1)
@@ -511,7 +523,9 @@ def _provenance(model: Model, ds: Dataset, x: np.ndarray, per_layer: list[Device
         "command_line": shlex.join(sys.argv),
     }
     if hash_data:
-        h = hashlib.sha256(memoryview(np.ascontiguousarray(x)).cast("B"))   # no copy of the data
+        h = hashlib.sha256()
+        for arr in x.values():
+            h.update(memoryview(np.ascontiguousarray(arr)).cast("B"))   # no copy of the data
         h.update(memoryview(np.ascontiguousarray(ds.y)).cast("B"))
         attrs["data_sha256"] = h.hexdigest()
     attrs.update(extra or {})

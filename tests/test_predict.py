@@ -316,9 +316,10 @@ def test_factored_propagation_equals_the_dense_covariance_recursion(tmp_path, si
     assert torch.get_num_threads() == threads     # the caller's thread setting is restored
 
 
-def test_conv_layers_are_refused_with_the_layer_name(cnn_onnx):
-    model = load_model(cnn_onnx)
-    with pytest.raises(HwloopError, match=f"{model.layers[0].name}.*dense layers only"):
+def test_nonlinear_glue_between_conv_layers_is_refused_naming_the_node(cnn_onnx):
+    model = load_model(cnn_onnx)   # Conv layers are predicted (written out); MaxPool is not linear
+    with pytest.raises(HwloopError, match=rf"node '.*MaxPool' \(MaxPool\) between analog layers "
+                                          rf"'{model.layers[0].name}' and '{model.layers[1].name}'.*linear glue"):
         predict(model, profile(D_A=D), np.zeros((2, 64), np.float32))
 
 

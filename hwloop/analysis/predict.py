@@ -19,7 +19,7 @@ default.  Conventions, limits and cost: docs/analysis.md.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -28,13 +28,12 @@ import xarray as xr
 
 from ..data import load_data
 from ..errors import HwloopError
-from ..layer import AnalogLayer, activate, activation_slope
+from ..layer import AnalogLayer
 from ..physics import affine, quantization_variance, weight_full_scale
 from ..profiles import load_profile
+from .chain import _dims, dense_chain
 from .measured import build_dataset, layer_summary, snr_db
 
-#: glue ops that leave the values of a (sample, features) tensor unchanged
-IDENTITY_GLUE = ("Flatten", "Reshape", "Identity", "Cast", "Dropout", "Squeeze", "Unsqueeze")
 
 
 @dataclass(frozen=True)
@@ -57,6 +56,8 @@ class LayerNoise:
     read: float = 0.0                  # weight read noise: variance read * ||x||^2 on each product
     cols: int | None = None            # column tile size: correlated terms are shared within a tile only
     clip: tuple[float, float] | None = None   # output ADC range: values outside are clipped
+    #: per neuron, the device row it shares correlated terms with (a conv's position); None: all neurons
+    groups: Any = field(default=None, compare=False)
 
     @classmethod
     def from_settings(cls, settings: Any, layer: AnalogLayer | None = None,
@@ -76,7 +77,7 @@ class LayerNoise:
         """The same noise with every fresh variance multiplied by ``factor`` (1/k for k averaged executions)."""
         f = factor
         return LayerNoise(self.D_A * f, self.D_M * f, self.D_AC * f, self.D_MC * f, self.placement,
-                          self.extra * f, self.shot * f, self.read * f, self.cols, self.clip)
+                          self.extra * f, self.shot * f, self.read * f, self.cols, self.clip, self.groups)
 
 
 def not_modelled(settings: Any) -> list[str]:
@@ -357,9 +358,13 @@ def _in_range(m: torch.Tensor, var: torch.Tensor, lo: float, hi: float) -> torch
     return torch.where(sd > 0, p, inside)
 
 
-def _tiles(n: int, cols: int | None, dtype: torch.dtype) -> torch.Tensor:
-    """(N, T) indicator of column tiles: correlated draws are shared within a tile only."""
+def _tiles(n: int, cols: int | None, dtype: torch.dtype, groups=None) -> torch.Tensor:
+    """(N, T) indicator of column tiles: correlated draws are shared within a tile only (and within a
+    group: a convolution's neurons at one position)."""
     t = torch.arange(n) // (cols if cols else n)
+    if groups is not None:
+        t = torch.as_tensor(np.asarray(groups)) * (int(t.max()) + 1) + t
+        t = torch.unique(t, return_inverse=True)[1]
     return torch.nn.functional.one_hot(t).to(dtype)
 
 
@@ -372,7 +377,7 @@ def _add_noise(p: _Cov | None, z: torch.Tensor, nz: LayerNoise) -> _Cov:
         d.add_(z * z + p.diagonal(), alpha=nz.D_M)   # E[x^2] = z^2 + P_ii
     if nz.shot:
         d.add_(z.abs(), alpha=nz.shot)
-    tiles = _tiles(n, nz.cols, z.dtype)
+    tiles = _tiles(n, nz.cols, z.dtype, nz.groups)
     if nz.D_MC:  # D_MC E[x x^T] = D_MC (z z^T + P): the incoming covariance grows too (within a tile)
         if tiles.shape[1] > 1:
             full = p.dense_()
@@ -445,10 +450,10 @@ def _propagate(layers: Sequence[AnalogLayer], noises: Sequence[LayerNoise], x: n
         k = (average or {}).get(n, 1)
         if k != 1:
             nz = nz.scaled(1.0 / k)
-        w = np.asarray(layer.weight, dtype=np.float64)
+        w = np.asarray(layer.dense_weight(), dtype=np.float64)
         a = affine(x, w.T, np.asarray(layer.bias, dtype=np.float64))
-        y = activate(layer.activation, a.copy())
-        s, wt, at, yt = (torch.from_numpy(v).to(tdt) for v in (activation_slope(layer.activation, a), w, a, y))
+        y = layer.activate(a.copy())
+        s, wt, at, yt = (torch.from_numpy(np.asarray(v, np.float64)).to(tdt) for v in (layer.slope(a), w, a, y))
         pre = nz.placement in ("pre", "both")
         read = None
         if nz.read:  # weight read noise: variance read * E||x||^2 on every product, independent
@@ -463,9 +468,10 @@ def _propagate(layers: Sequence[AnalogLayer], noises: Sequence[LayerNoise], x: n
             p = p or _Cov.zero(at)
             p.add_(read if pre else read * s * s)
         if pre:
-            p = _add_noise(p, at, LayerNoise(nz.D_A, nz.D_M, nz.D_AC, nz.D_MC, cols=nz.cols))
+            p = _add_noise(p, at, LayerNoise(nz.D_A, nz.D_M, nz.D_AC, nz.D_MC, cols=nz.cols, groups=nz.groups))
             p.scale_rows_(s)
-        post = nz if nz.placement in ("post", "both") else LayerNoise(extra=nz.extra, shot=nz.shot, cols=nz.cols)
+        post = nz if nz.placement in ("post", "both") else LayerNoise(extra=nz.extra, shot=nz.shot, cols=nz.cols,
+                                                                      groups=nz.groups)
         c = _add_noise(p, yt, post)
         if nz.clip is not None:  # the ADC clips: a neuron passes its fluctuation with the probability to be in range
             c.scale_rows_(_in_range(yt, c.diagonal(), *nz.clip))
@@ -492,32 +498,18 @@ def _first_input(model, x: np.ndarray) -> np.ndarray:
     return x.reshape(len(x), -1)
 
 
-def _check_glue(model, clean: Sequence[np.ndarray]) -> None:
-    """Raise unless every glue segment between two analog layers passes the earlier layer's output unchanged.
-
-    Checked on the op types (``IDENTITY_GLUE``) and on the values: the glue is
-    run on the clean output and must return exactly the same numbers.
-    """
-    steps = list(getattr(model, "steps", []))
-    pos = [i for i, s in enumerate(steps) if isinstance(s, AnalogLayer)]
-    for k in range(1, len(pos)):
-        prev, layer = steps[pos[k - 1]], steps[pos[k]]
-        feeds = {prev.output: clean[k - 1]}
-        for step in steps[pos[k - 1] + 1: pos[k]]:
-            for node in step.nodes:
-                if node.op_type not in IDENTITY_GLUE:
-                    raise HwloopError(f"node {node.name or node.op_type!r} ({node.op_type}) between analog layers "
-                                      f"{prev.name!r} and {layer.name!r}: the prediction supports only "
-                                      f"identity-like glue ({', '.join(IDENTITY_GLUE)})")
-            if any(t not in feeds for t in step.inputs):
-                raise HwloopError(f"glue before layer {layer.name!r} reads {', '.join(step.inputs)}, not only the "
-                                  f"output of layer {prev.name!r}: the prediction supports chains only")
-            feeds.update(step.run(feeds))
-        got = feeds.get(layer.input)
-        if got is None or got.size != clean[k - 1].size or not np.array_equal(
-                np.asarray(got, np.float32).reshape(clean[k - 1].shape), np.asarray(clean[k - 1], np.float32)):
-            raise HwloopError(f"layer {layer.name!r} does not receive the output of layer {prev.name!r} unchanged: "
-                              "the prediction supports chains with identity-like glue only")
+def _propagate_chain(model, layers, noises, x0, average, dtype) -> list[dict[str, np.ndarray]]:
+    """``propagate`` through the model's dense chain (convolutions written out, linear glue between
+    layers as noise-free links); results for the model's layers only."""
+    if not hasattr(model, "steps"):
+        return propagate(layers, noises, x0, average, dtype)
+    chain = dense_chain(model, _dims(model, layers[0].input))
+    by_index = {layer.index: nz for layer, nz in zip(layers, noises)}
+    c_noises = [LayerNoise() if lk.source is None else replace(by_index[lk.source], groups=lk.groups)
+                for lk in chain]
+    c_avg = {k: (average or {})[lk.source] for k, lk in enumerate(chain) if lk.source in (average or {})}
+    res = propagate([lk.layer for lk in chain], c_noises, x0, c_avg, dtype)
+    return [r for r, lk in zip(res, chain) if lk.source is not None]
 
 
 def predict(model, profile, data, *, average: Mapping[int, int] | None = None,
@@ -552,13 +544,15 @@ def predict(model, profile, data, *, average: Mapping[int, int] | None = None,
             raise HwloopError(f"layer {l.name!r}: split into row tiles of {st.array.rows} inputs by the profile; "
                               "the prediction does not model row tiling")
     noises = [LayerNoise.from_settings(st, l, quantisation) for l, st in zip(layers, settings)]
+    # an activation the neurons lack runs on the host, after the device's noise: the noise is on its input
+    noises = [replace(nz, placement="pre") if st.transfer.on_host(l.activation) and nz.placement == "post" else nz
+              for nz, l, st in zip(noises, layers, settings)]
     if placements is not None:
         from .placed import as_placed
 
         noises = [as_placed(nz, pl) for nz, pl in zip(noises, placements)]
     skipped = sorted({n for st in settings for n in not_modelled(st)})
-    res = propagate(layers, noises, _first_input(model, x), average, dtype)
-    _check_glue(model, [r["mean"].astype(np.float32) for r in res])
+    res = _propagate_chain(model, layers, noises, _first_input(model, x), average, dtype)
     stats = []
     for r in res:
         st = {"mean": r["mean"], "var": r["var"], "cm_sample": r["cm"]}
@@ -598,8 +592,8 @@ def predict_for_run(run, model=None, profile=None, data=None, quantisation: bool
         if sample is None or len(sample) != len(clean0):
             raise HwloopError(f"data {data!r} has {len(x)} samples, the run {len(clean0)}")
         x = x[np.asarray(sample.values, dtype=np.int64)]
-    first = model.layers[0]
-    ref = activate(first.activation, affine(_first_input(model, x).astype(np.float64),
+    first = dense_chain(model, _dims(model, model.layers[0].input))[0].layer   # a Conv written out
+    ref = first.activate(affine(_first_input(model, x).astype(np.float64),
                                                     first.weight.T.astype(np.float64), first.bias.astype(np.float64)))
     err = np.max(np.abs(ref - clean0)) if clean0.size and ref.shape == clean0.shape else np.inf
     if err > 1e-3 * max(1.0, float(np.max(np.abs(clean0)))):

@@ -162,6 +162,9 @@ class VisaDevice(Device):
     # -- programming ----------------------------------------------------------
     def program(self, layer: AnalogLayer, *, seed: int = 0) -> None:
         """Plan tiles and scaling for ``layer``, refuse what the chip cannot do, and load it."""
+        if layer.groups > 1:
+            raise HwloopError(f"layer {layer.name!r}: a grouped convolution ({layer.groups} groups); the bench "
+                              "driver programs one dense array per layer: run this layer on an emulator")
         plan = plan_layer(layer, self._plan_limits(), scale=self.scale_weights,
                           host_activation=self.host_activation, chip=f"chip {self.resource}")
         for note in plan.notes:           # on the console once, and in describe() (the run's provenance)
@@ -239,7 +242,7 @@ class VisaDevice(Device):
                        progress=lambda: done[0])
         if self._host:
             out += self._bias
-            out = activate(self.layer.activation, out)
+            out = activate(self.layer.activation, out, self.layer.act_params)
         return out if r_in == 1 else out.reshape(r_in, b, -1)
 
     def _scaled_inputs(self, xs: np.ndarray) -> tuple[np.ndarray, float]:

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..devices.base import Device, check_input
 from ..errors import DeviceError
-from ..layer import AnalogLayer, activate
+from ..layer import AnalogLayer
 from .visalib import resource_manager
 
 
@@ -57,7 +57,7 @@ class FixedWeightChip(Device):
                 if self._res.query(f"INP{j} {float(v):.9g}").strip() != "OK":
                     raise DeviceError(f"chip {self.idn}: INP{j} {v:.9g} refused")
             z[r] = [float(self._res.query(f"FETC{i}?")) for i in range(len(z[r]))]
-        y = activate(self.layer.activation, z + self.layer.bias.astype(np.float32))
+        y = self.layer.activate(z + self.layer.bias.astype(np.float32))
         return np.broadcast_to(y.reshape(x.shape[0], x.shape[1], -1), (repeats, x.shape[1], y.shape[-1])).copy()
 
     def describe(self) -> dict:

@@ -23,7 +23,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..errors import HwloopError
-from ..layer import AnalogLayer, activate
+from ..layer import AnalogLayer
 
 #: activations unchanged by a positive scale: act(z / s) * s == act(z)
 HOMOGENEOUS = ("linear", "relu")
@@ -181,5 +181,5 @@ def run_planned(plan: LayerPlan, layer: AnalogLayer, x: np.ndarray, repeats: int
             y = measure(t, c, xs / np.float32(s_x), s_x, ch.repeats.stop - ch.repeats.start)
             out[ch.repeats, ch.rows, tp.tile.rows] += y * np.float32(s_x * plan.weight_scale)
     if plan.host:
-        out = activate(layer.activation, out + plan.bias)
+        out = layer.activate(out + plan.bias)
     return out if r_in == 1 else out.reshape(r_in, b, -1)

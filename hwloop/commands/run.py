@@ -16,7 +16,10 @@ HELP = "run a model on devices and record every layer (repeat x sample x neuron)
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", type=Path, help="ONNX model file")
-    p.add_argument("--data", default="digits", help="data spec: digits, mnist:PATH, fashion-mnist:PATH, npz:PATH "
+    p.add_argument("--output", help="the graph output whose class scores give the accuracy (default: the first "
+                                    "float (batch, classes) output)")
+    p.add_argument("--data", default="digits", help="data spec: digits, mnist:PATH, fashion-mnist:PATH, npz:PATH (x and y, or y and "
+                                                     "one array per graph input) "
                                                      "(+train, @N) (default: digits)")
     p.add_argument("--repeats", type=_positive, default=1, help="repetitions per sample (default: 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: 0)")
@@ -47,15 +50,22 @@ def main(args: argparse.Namespace) -> int:
     from ..graph import load_model
     from ..runner import default_batch_size, run_model
 
-    model = load_model(args.model)
+    model = load_model(args.model, output=args.output)
+    print(model.summary())
+    for note in model.notes:
+        print(f"note: {note}")
     ds = load_data(args.data)
     devices, provenance = None, {}
     if args.profile:
         from ..devices.emulator import emulators
         from ..profiles import load_profile
 
+        from ..devices.emulator import host_activations
+
         profile = load_profile(args.profile)
         devices = emulators(profile, model.layers)
+        for line in host_activations(profile, model.layers):
+            print(line)
         provenance = {"profile": profile.describe(), "profile_sha256": profile.sha256}
     bench = None
     if args.bench:

@@ -22,7 +22,8 @@ from typing import Sequence
 import numpy as np
 
 from .. import physics
-from ..layer import AnalogLayer, activate
+from ..errors import HwloopError
+from ..layer import AnalogLayer
 from ..profiles import LayerSettings, NoiseSettings, Profile, load_profile
 from .base import Device, check_input
 
@@ -63,14 +64,19 @@ class Emulator(Device):
         self.settings = self.profile.for_layer(layer.index, layer.name) if self.profile is not None else None
         self._b = layer.bias.astype(np.float32)
         if self.settings is None or self.settings.ideal:
-            self._wt = np.ascontiguousarray(layer.weight.T, dtype=np.float32)
+            self._wt = _transposed(layer.weight)
             return
         s = self.settings
         rng = physics.static_rng(self._seed, layer.index, _STATIC_TAG)
         w, self.stats["weights_clipped"] = physics.program_weights(layer.weight, s.weights, rng)
-        self._wt = np.ascontiguousarray(w.T)
+        self._wt = _transposed(w)
         self._read_std = s.weights.read_noise * physics.weight_full_scale(layer.weight, s.weights)
         self._rows = _tiles(layer.n_in, s.array.rows)
+        if layer.groups > 1:   # each group is its own small array; its inputs must fit the rows
+            if len(_tiles(layer.weight.shape[-1], s.array.rows)) > 1:
+                raise HwloopError(f"layer {layer.name!r}: a group's {layer.weight.shape[-1]} inputs exceed the "
+                                  f"profile's {s.array.rows} array rows; row tiles of grouped layers are not modelled")
+            self._rows = [slice(0, layer.n_in)]
         self._cols = _tiles(layer.n_out, s.array.cols)
         n = s.noise
         only_out = replace(n, D_A=0.0, D_M=0.0, D_AC=0.0, D_MC=0.0)  # shot and dither act on the output only
@@ -99,19 +105,20 @@ class Emulator(Device):
             self.stats["dac_values"] += x.size
         t = self._drift_time(key, repeats)
         if len(self._rows) == 1:
-            return self._analog(x, self._wt, self._b, 0, t, repeats, gen, s.transfer.function)
+            y = self._analog(x, self._wt, self._b, 0, t, repeats, gen, s.transfer.function)
+            return self.layer.activate(np.array(y)) if s.transfer.on_host(self.layer.activation) else y
         # Tiled: every tile runs linearly; partial sums are combined, then bias and activation, digitally.
         y = None
         for k, rows in enumerate(self._rows):
             part = self._analog(x[:, :, rows], self._wt[rows], None, k, t, repeats, gen, "linear")
             y = np.array(part, dtype=np.float32) if y is None else np.add(y, part, out=y)
         y += self._b
-        return activate(self.layer.activation, y)
+        return self.layer.activate(y)
 
     def _exact(self, x: np.ndarray, repeats: int) -> np.ndarray:
         r_in, b, n_in = x.shape
         a = physics.affine(x.reshape(r_in * b, n_in), self._wt, self._b)
-        y = activate(self.layer.activation, a).reshape(r_in, b, -1)
+        y = self.layer.activate(a).reshape(r_in, b, -1)
         if r_in != repeats:
             y = np.broadcast_to(y, (repeats, b, y.shape[2]))
         return y
@@ -127,11 +134,12 @@ class Emulator(Device):
         r_in, b, n_in = x.shape
         y = physics.affine(x.reshape(r_in * b, n_in), wt, bias).reshape(r_in, b, -1)
         if self._read_std:
-            y = physics.apply_read_noise(y, x, self._read_std, gen, repeats)
+            y = physics.apply_read_noise(y, x, self._read_std, gen, repeats, self.layer.groups)
         if self._pre_noise is not None and not tiled:
             y = self._noise(y, self._pre_noise, gen, repeats)
         if not tiled:
-            y = physics.transfer(y, function, s.transfer.slope, s.transfer.scale, self.layer.activation)
+            act = _identity if s.transfer.on_host(self.layer.activation) else self.layer.activate
+            y = physics.transfer(y, function, s.transfer.slope, s.transfer.scale, act)
         if s.gain_offset.active or s.drift.active:
             g, o = self._gain[tile], self._offset[tile]
             if s.drift.active:
@@ -173,6 +181,26 @@ class Emulator(Device):
         if self.profile is None:
             return {"type": "Emulator", "name": self.name, "profile": "ideal"}
         return {"type": "Emulator", "name": self.name, "profile": self.profile.describe()}
+
+
+def _identity(a: np.ndarray) -> np.ndarray:
+    return a
+
+
+def host_activations(profile: Profile, layers: Sequence[AnalogLayer]) -> list[str]:
+    """One line per layer whose activation the profile's neurons lack (it then runs on the host)."""
+    out = []
+    for L in layers:
+        tr = profile.for_layer(L.index, L.name).transfer
+        if tr.on_host(L.activation):
+            out.append(f"layer {L.index} ({L.name}): {L.activation} runs on the host after the device "
+                       f"(the profile's neurons implement {', '.join(tr.activations) or 'none'})")
+    return out
+
+
+def _transposed(w: np.ndarray) -> np.ndarray:
+    """(n_out, n_in) -> (n_in, n_out) float32; a grouped (g, o, i) -> (g, i, o)."""
+    return np.ascontiguousarray(np.swapaxes(w, -1, -2), dtype=np.float32)
 
 
 def _tiles(n: int, size: int | None) -> list[slice]:

@@ -35,7 +35,7 @@ import torch
 from ..analysis.measured import layer_summary
 from ..analysis.predict import LayerNoise
 from ..errors import HwloopError
-from ..layer import AnalogLayer, activate, activation_slope
+from ..layer import AnalogLayer
 from ..physics import affine
 from .plan import Plan
 
@@ -72,10 +72,10 @@ def operating_points(model, x: np.ndarray) -> Operating:
             raise HwloopError(f"layer {layer.index} {layer.name!r} (Conv): the mitigation advisor supports "
                               "dense layers only")
         a = affine(h, np.ascontiguousarray(layer.weight.T), layer.bias)
-        h = activate(layer.activation, a.copy())
+        h = layer.activate(a.copy())
         pre.append(a.astype(np.float64))
         out.append(h.astype(np.float64))
-    return Operating(x0, pre, out, [activation_slope(l.activation, a) for l, a in zip(model.layers, pre)])
+    return Operating(x0, pre, out, [l.slope(a) for l, a in zip(model.layers, pre)])
 
 
 def layer_gains(model, op: Operating) -> np.ndarray:
@@ -131,8 +131,8 @@ def _stages(layer: AnalogLayer, nz: LayerNoise, op: Operating, n: int):
     no noise are left out (the one after the activation is kept when there is none at all)."""
     a, y = op.pre[n], op.out[n]
     x_in = op.x0 if n == 0 else op.out[n - 1]
-    f0 = float(activate(layer.activation, np.zeros(1)).item())
-    g0 = float(activation_slope(layer.activation, np.zeros(1)).item())
+    f0 = float(layer.activate(np.zeros(1)).item())
+    g0 = float(layer.slope(np.zeros(1)).item())
     pre = nz.placement in ("pre", "both") and bool(nz.D_A or nz.D_M or nz.D_AC or nz.D_MC)
     if pre or nz.read:
         read = nz.read * (x_in ** 2).sum(axis=1, keepdims=True)

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 
 from ..errors import HwloopError
-from ..layer import AnalogLayer, activate
+from ..layer import AnalogLayer
 from ..walking.planner import allocate
 from .onnxedit import chain_next, rewrite
 from .plan import Plan, Strategy
@@ -167,7 +167,7 @@ def build_layers(model, plan: Plan) -> list[AnalogLayer]:
         changed |= {n, n + 1}
     for n in np.flatnonzero(plan.ghosts):
         g = int(plan.ghosts[n])
-        level = float(activate(model.layers[n].activation, np.zeros(1)).item())
+        level = float(model.layers[n].activate(np.zeros(1)).item())
         s = ws[n + 1].sum(axis=1)
         ws[n] = np.vstack([ws[n], np.zeros((g, ws[n].shape[1]))])
         bs[n] = np.concatenate([bs[n], np.zeros(g)])

@@ -1,0 +1,102 @@
+"""How a product's tensors reach a device as rows, and the device's rows become tensors again.
+
+Devices see (repetitions, rows, n_in) -> (repetitions, rows, n_out).  A dense
+layer's rows are the samples; a Conv's are its unfolded patches (``im2col``);
+a per-token product's are its positions (``TensorMap``); a recurrent layer
+runs its device once per time step (``hwloop.recurrent``).  Each function
+returns the layer's output tensor as the graph holds it (repetitions merged
+into the batch axis) and what the run records: (R, B, neurons per sample).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from .errors import HwloopError
+from .layer import AnalogLayer
+from .recurrent import run_recurrent
+
+
+def run_recurrent_layer(layer: AnalogLayer, arr: np.ndarray, r: int, B: int, repeats: int, run_layer: Callable):
+    """A recurrent layer: its device's product once per time step, the cell on the host (``hwloop.recurrent``);
+    returns Y in ONNX's (T, D, R*B, H) layout, the recorded (R, B, T*D*H) and the final states Y_h, Y_c."""
+    spec = layer.recurrent
+    y, h, c = run_recurrent(spec, np.asarray(arr, np.float32), r, B, repeats,
+                            lambda hx, s: run_layer(layer, hx, repeats, step=s))
+    t_len, d, hid = y.shape[0], spec.directions, spec.hidden
+    dtype = np.dtype(layer.meta["dtype"])
+    out = np.ascontiguousarray(y.transpose(0, 3, 1, 2, 4)).reshape(t_len, d, repeats * B, hid).astype(dtype)
+    rec = np.ascontiguousarray(y.transpose(1, 2, 0, 3, 4)).reshape(repeats, B, -1)
+    final = {t: np.ascontiguousarray(v.transpose(2, 0, 1, 3)).reshape(d, repeats * B, hid).astype(dtype)
+             for t, v in zip(spec.extra_outputs, (h, c)) if t}
+    return out, rec, final
+
+
+def run_product_layer(layer: AnalogLayer, arr: np.ndarray, r: int, B: int, repeats: int, run_layer: Callable):
+    """Run one analog layer on its device; returns the tensor for the graph and the recorded (R, B, n)."""
+    dtype = np.dtype(layer.meta["dtype"])
+    if layer.conv is not None:
+        spatial = tuple(layer.meta["out_spatial"])
+        cols = im2col(np.asarray(arr, np.float32), layer)                 # (r*B*P, n_in)
+        y = run_layer(layer, cols.reshape(r, -1, layer.n_in), repeats)    # (R, B*P, C_out)
+        y = np.asarray(y).reshape(repeats, B, -1, layer.n_out).transpose(0, 1, 3, 2)  # (R, B, C_out, P)
+        rec = np.ascontiguousarray(y).reshape(repeats, B, -1)
+        return rec.reshape((repeats * B, layer.n_out) + spatial).astype(dtype, copy=False), rec
+    if layer.tmap is not None:                                            # one row per token / position
+        m = layer.tmap
+        a = np.asarray(arr, np.float32)
+        if m.rows is not None:                                            # (pre * batch * post, n_in) rows
+            a = a.reshape(m.rows[0], -1, m.rows[1], a.shape[-1])
+        a = np.moveaxis(a, m.batch_axis, 0).transpose((0,) + tuple(1 + p for p in m.in_perm))
+        kept = a.shape[1:1 + m.n_kept]
+        y = run_layer(layer, np.ascontiguousarray(a).reshape(r, -1, layer.n_in), repeats)   # (R, B*P, n_out)
+        out = np.asarray(y).reshape((repeats * B,) + kept + m.out_features)
+        out = np.ascontiguousarray(out.transpose((0,) + tuple(1 + p for p in m.out_perm)))
+        rec = out.reshape(repeats, B, -1)
+        out = np.moveaxis(out, 0, m.batch_axis)
+        if m.rows is not None:
+            out = out.reshape(-1, layer.n_out)
+        return out.astype(dtype, copy=False), rec
+    if arr.shape[0] != r * B:
+        raise HwloopError(f"layer {layer.index} ({layer.name!r}): its input has {arr.shape[0]} rows for {r * B} "
+                          "samples, and the graph does not say how they map to samples")
+    y = run_layer(layer, arr.reshape(r, B, -1), repeats)          # (R, B, n_out)
+    return np.asarray(y, dtype=dtype).reshape(repeats * B, -1), y
+
+
+def per_sample(layer: AnalogLayer, tensor: np.ndarray, n: int) -> np.ndarray:
+    """A layer's output tensor (as the graph holds it) as recorded: (n samples, neurons), batch axis first."""
+    m = layer.tmap
+    if m is None:
+        return tensor.reshape(n, -1)
+    if m.rows is not None:
+        tensor = tensor.reshape(m.rows[0], n, m.rows[1], -1)
+    return np.moveaxis(tensor, m.batch_axis, 0).reshape(n, -1)
+
+
+def im2col(x: np.ndarray, layer: AnalogLayer) -> np.ndarray:
+    """Unfold (rows, C, *spatial) into (rows * positions, C * prod(kernel)), channel-major then kernel.
+
+    A transposed convolution first spreads its input by the strides (zeros between the values) and then
+    runs as a stride-1 convolution (``ConvSpec.pads`` already hold the equivalent padding)."""
+    spec = layer.conv
+    nd = len(spec.kernel_shape)
+    k, d = spec.kernel_shape, spec.dilations
+    s = (1,) * nd if spec.transposed else spec.strides
+    if spec.transposed and any(v > 1 for v in spec.strides):
+        spread = np.zeros(x.shape[:2] + tuple((n - 1) * st + 1 for n, st in zip(x.shape[2:], spec.strides)), x.dtype)
+        spread[(slice(None), slice(None)) + tuple(slice(None, None, st) for st in spec.strides)] = x
+        x = spread
+    pads = tuple((spec.pads[i], spec.pads[i + nd]) for i in range(nd))
+    if any(p for pair in pads for p in pair):
+        x = np.pad(x, ((0, 0), (0, 0)) + pads)
+    span = tuple((k[i] - 1) * d[i] + 1 for i in range(nd))
+    axes = tuple(range(2, 2 + nd))
+    win = np.lib.stride_tricks.sliding_window_view(x, span, axis=axes)  # (rows, C, *out', *span)
+    win = win[(slice(None), slice(None)) + tuple(slice(None, None, v) for v in s) + tuple(slice(None, None, v) for v in d)]
+    rows, c = win.shape[:2]
+    out = win.shape[2:2 + nd]
+    order = (0,) + tuple(range(2, 2 + nd)) + (1,) + tuple(range(2 + nd, 2 + 2 * nd))
+    return np.ascontiguousarray(win.transpose(order)).reshape(rows * int(np.prod(out)), c * int(np.prod(k)))
