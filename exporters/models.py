@@ -66,18 +66,20 @@ class TFC(nn.Sequential):
 class CNN(nn.Sequential):
     """Small CNN: per entry of ``channels`` a block Conv3x3 (pad 1), BatchNorm2d, ReLU, MaxPool2d(2); then Flatten, Linear.
 
+    ``pool="avg"`` pools by averaging instead (linear glue, which the analytic prediction propagates).
+
     ``in_shape`` (C, H, W): (1, 8, 8) for the digits, (1, 28, 28) for MNIST.
     """
 
     def __init__(self, in_shape: Sequence[int] = (1, 8, 8), channels: Sequence[int] = (8, 16),
-                 n_classes: int = 10, batchnorm: bool = True):
+                 n_classes: int = 10, batchnorm: bool = True, pool: str = "max"):
         c, h, w = in_shape
         mods: list[nn.Module] = []
         for c_out in channels:
             mods.append(nn.Conv2d(c, c_out, kernel_size=3, padding=1))
             if batchnorm:
                 mods.append(nn.BatchNorm2d(c_out))
-            mods += [nn.ReLU(), nn.MaxPool2d(2)]
+            mods += [nn.ReLU(), nn.MaxPool2d(2) if pool == "max" else nn.AvgPool2d(2)]
             c, h, w = c_out, h // 2, w // 2
         mods += [nn.Flatten(), nn.Linear(c * h * w, n_classes)]
         super().__init__(*mods)

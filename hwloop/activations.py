@@ -14,9 +14,18 @@ import math
 from typing import Callable, Mapping
 
 import numpy as np
-import torch
 
-F = torch.nn.functional
+
+class _Torch:
+    """torch, imported on first use: ``hwloop.layer`` (and so the CLI's parser) must not pay for it."""
+
+    def __getattr__(self, name: str):
+        import torch as _torch
+
+        return getattr(_torch, name)
+
+
+torch = _Torch()
 
 #: activations that chips and transfer functions know (``hwloop.layer.ACTIVATIONS``)
 BASIC = ("linear", "sigmoid", "tanh", "relu")
@@ -35,7 +44,7 @@ def _gelu_tanh_inner(t):
     return math.sqrt(2 / math.pi) * (t + 0.044715 * t ** 3)
 
 
-_Fn = Callable[[torch.Tensor, Mapping], torch.Tensor]
+_Fn = Callable[["torch.Tensor", Mapping], "torch.Tensor"]
 
 #: name -> (f(a), f'(a)), both on torch tensors
 TABLE: dict[str, tuple[_Fn, _Fn]] = {
@@ -49,12 +58,12 @@ TABLE: dict[str, tuple[_Fn, _Fn]] = {
               lambda t, p: torch.where(t < 0, _p(p, "slope", t) * torch.ones_like(t), torch.ones_like(t))),
     "elu": (lambda t, p: torch.where(t < 0, _p(p, "alpha", t) * torch.expm1(t), t),
             lambda t, p: torch.where(t < 0, _p(p, "alpha", t) * torch.exp(t), torch.ones_like(t))),
-    "gelu": (lambda t, p: F.gelu(t),
+    "gelu": (lambda t, p: torch.nn.functional.gelu(t),
              lambda t, p: torch.special.ndtr(t) + t * torch.exp(-0.5 * t * t) / math.sqrt(2 * math.pi)),
-    "gelu_tanh": (lambda t, p: F.gelu(t, approximate="tanh"),
+    "gelu_tanh": (lambda t, p: torch.nn.functional.gelu(t, approximate="tanh"),
                   lambda t, p: 0.5 * (1 + torch.tanh(_gelu_tanh_inner(t))) + 0.5 * t
                   * (1 - torch.tanh(_gelu_tanh_inner(t)) ** 2) * math.sqrt(2 / math.pi) * (1 + 3 * 0.044715 * t * t)),
-    "silu": (lambda t, p: F.silu(t), lambda t, p: _sig(t) * (1 + t * (1 - _sig(t)))),
+    "silu": (lambda t, p: torch.nn.functional.silu(t), lambda t, p: _sig(t) * (1 + t * (1 - _sig(t)))),
     "softplus": (lambda t, p: torch.where(t > 30, t, torch.log1p(torch.exp(torch.clamp(t, max=30)))),
                  lambda t, p: _sig(t)),
     "hard_sigmoid": (lambda t, p: torch.clamp(_p(p, "alpha", t) * t + _p(p, "beta", t), 0, 1),

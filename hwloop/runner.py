@@ -74,7 +74,7 @@ def run_model(model: Model | str | Path, data: Dataset | str, *,
     ds = data if isinstance(data, Dataset) else load_data(data)
     if repeats < 1:
         raise HwloopError(f"repeats must be at least 1, got {repeats}")
-    x = model_input(model, ds)
+    x = model_inputs(model, ds)
     per_layer = resolve_devices(model, devices)
     pipelined = _pipelined(per_layer, pipeline)
     n = len(ds)
@@ -154,7 +154,16 @@ def run_model(model: Model | str | Path, data: Dataset | str, *,
                      output=output, clean_output=clean_out, labels=ds.y, attrs=attrs)
 
 
-def model_input(model: Model, ds: Dataset) -> dict[str, np.ndarray]:
+def model_input(model: Model, ds: Dataset) -> np.ndarray:
+    """The data as the input of a model with one graph input (``model_inputs`` for several)."""
+    xs = model_inputs(model, ds)
+    if len(xs) != 1:
+        raise HwloopError(f"{model.path.name} has {len(xs)} graph inputs ({', '.join(xs)}); "
+                          "this step takes models with one")
+    return next(iter(xs.values()))
+
+
+def model_inputs(model: Model, ds: Dataset) -> dict[str, np.ndarray]:
     """The data as the model's graph inputs (name -> array, samples first); reshapes flat data when the
     element count matches.  Several inputs take the data set's named arrays (``npz:PATH``, one per input)."""
     if len(model.input_names) == 1 and not ds.inputs:

@@ -33,8 +33,12 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from typing import TYPE_CHECKING
+
 from ..errors import HwloopError
-from ..layer import AnalogLayer
+
+if TYPE_CHECKING:        # hwloop.layer imports torch; the CLI's parser reads DEFAULT_BUDGET from here
+    from ..layer import AnalogLayer
 
 #: default total number of analog evaluations (repeat x sample) of a calibration
 DEFAULT_BUDGET = 200_000
@@ -128,6 +132,8 @@ class Plan:
         w = np.full((self.n_out, self.n_in), wv, np.float32)
         if self.n_in > 1:
             w[:, self.n_half:] = -wv
+        from ..layer import AnalogLayer
+
         return AnalogLayer(index=0, name=f"calibration-{activation}", op="Gemm", weight=w,
                            bias=np.zeros(self.n_out, np.float32), activation=activation)
 
