@@ -36,6 +36,7 @@ def main(args: argparse.Namespace) -> int:
     from ..bench import ChipSpec, SimulatedBench, VisaDevice
     from ..devices.emulator import emulators
     from ..graph import format_table, load_model
+    from ..numbers import pm
     from ..profiles import load_profile
     from ..report import Section, analysis_sections, text_html, write_report
     from ..runner import run_model
@@ -59,7 +60,7 @@ def main(args: argparse.Namespace) -> int:
     res = run_model(model, "digits", devices=emulators(profile, model.layers),
                     repeats=args.repeats, seed=args.seed, out=emu_store, overwrite=True, progress=True,
                     provenance=provenance)
-    print(f"accuracy {res.accuracy.mean():.4f} +- {res.accuracy.std():.4f} over {args.repeats} repeats -> {emu_store}")
+    print(f"{pm(res.accuracy)} -> {emu_store}")
 
     step("4. execute + record with layer 0 on a simulated chip over VISA (SCPI over TCP)")
     bench_store = out / "bench.zarr"
@@ -72,7 +73,7 @@ def main(args: argparse.Namespace) -> int:
         res_b = run_model(model, "digits", devices=devices, repeats=args.repeats, seed=args.seed,
                           out=bench_store, overwrite=True, progress=True, provenance=provenance)
         idn = chip.describe().get("idn", bench.resource)
-    print(f"chip {idn}: accuracy {res_b.accuracy.mean():.4f} +- {res_b.accuracy.std():.4f} -> {bench_store}")
+    print(f"chip {idn}: {pm(res_b.accuracy)} -> {bench_store}")
 
     step("5. analyse: measured noise per layer against the analytic prediction")
     sections = []
