@@ -32,7 +32,12 @@ def main(args: argparse.Namespace) -> int:
 
     run = open_run(args.run)
     ds = analyze_run(run, shot=args.shot)
-    pred = predict_for_run(run, model=args.model, profile=args.profile, data=args.data) if args.predict else None
+    pred = None
+    if args.predict:
+        from ..progress import step
+
+        with step(f"hwloop analyze: analytic prediction for {args.run}"):
+            pred = predict_for_run(run, model=args.model, profile=args.profile, data=args.data)
     out = args.out or default_analysis_path(args.run)
     save_analysis(ds, out)
     print(layer_table(ds, pred))

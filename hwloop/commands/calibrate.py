@@ -38,8 +38,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from ..calibration import calibrate, open_chip, refit
     from ..errors import HwloopError
 
@@ -56,14 +54,12 @@ def main(args: argparse.Namespace) -> int:
         raise HwloopError(f"{store}: exists (use --resume to continue that calibration or --overwrite)")
     chip = open_chip(args.resource, str(args.bench) if args.bench else None, args.device)
     try:
-        with tqdm(desc="calibrating", unit="block", leave=False, disable=None) as bar:  # None: off unless a tty
-            def progress(done: int, total: int) -> None:
-                bar.total = total
-                bar.n = done
-                bar.refresh()
+        from ..progress import Progress
+
+        with Progress(None, "hwloop calibrate", unit="block") as bar:
             prof, fit, meas = calibrate(chip, args.out, store=store, budget=args.budget, seed=args.seed,
                                         resume=args.resume, overwrite=args.overwrite, name=args.name,
-                                        progress=progress)
+                                        progress=bar.callback())
     finally:
         chip.device.close()
     _summary(prof, fit, args.out, args.report)

@@ -24,10 +24,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..check import check_model
+    from ..graph import load_model
+    from ..profiles import load_profile
+    from ..progress import step
 
-    result = check_model(args.model, profile=args.profile, data=args.data, repeats=args.repeats,
-                         min_accuracy=args.min_accuracy, seed=args.seed, batch_size=args.batch_size)
+    model, profile = load_model(args.model), load_profile(args.profile)   # bad input: one line, before any wait
+    with step(f"hwloop check: running {args.model} under profile {profile.name} ({args.repeats} repeats)"):
+        from ..check import check_model
+
+        result = check_model(model, profile=profile, data=args.data, repeats=args.repeats,
+                             min_accuracy=args.min_accuracy, seed=args.seed, batch_size=args.batch_size)
     print(result.summary())
     if args.junit:
         result.write_junit(args.junit)

@@ -26,10 +26,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from ..analysis.measured import layer_table, save_analysis
     from ..analysis.predict import predict
+    from ..data import load_data
     from ..graph import load_model
+    from ..progress import step
 
-    ds = predict(load_model(args.model), args.profile, args.data, quantisation=not args.no_quantisation,
-                 dtype=args.dtype)
+    model, data = load_model(args.model), load_data(args.data)
+    with step(f"hwloop predict: propagating the noise covariance through {len(model.layers)} analog layers "
+              f"for {len(data)} samples of {data.name}"):
+        ds = predict(model, args.profile, data, quantisation=not args.no_quantisation, dtype=args.dtype)
     print(layer_table(ds))
     if args.out:
         save_analysis(ds, args.out)

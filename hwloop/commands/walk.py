@@ -79,8 +79,11 @@ def main(args: argparse.Namespace) -> int:
     workers = args.workers
     if workers is None and args.train_noise and not args.scheduler:
         workers = os.cpu_count() or 1
-    run_sweep(settings, args.out, model, scheduler=args.scheduler, workers=workers or None,
-              progress=_progress())
+    from ..progress import Progress
+
+    with Progress(None, "hwloop walk", unit="point") as bar:
+        run_sweep(settings, args.out, model, scheduler=args.scheduler, workers=workers or None,
+                  progress=bar.callback())
     print("\n".join(midpoint_lines(open_sweep(args.out))))
     print(f"sweep written to {args.out}")
     if args.report:
@@ -98,21 +101,6 @@ def _sites(text: str | None) -> tuple[int, ...] | None:
         return tuple(int(v) for v in text.split(","))
     except ValueError:
         raise HwloopError(f"--sites {text!r}: expected comma-separated site indices, e.g. 0,7") from None
-
-
-def _progress():
-    from tqdm import tqdm
-
-    bar = None
-
-    def update(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(total=total, desc="points", leave=False)
-        bar.update(1)
-        if done == total:
-            bar.close()
-    return update
 
 
 def _report(target: list[str], args: argparse.Namespace) -> int:
