@@ -4,6 +4,12 @@ Writes the results next to the run (RUN.analysis.nc) and prints a table;
 --report adds a self-contained HTML page, --predict overlays the analytic
 prediction (model, profile and data taken from the run's provenance unless
 given).
+
+Units: variances in output units^2 (the profile's D are variances too; walk's
+sigma is a standard deviation); SNR in dB.  Accuracy is printed as mean ± the
+standard error of the mean over repetitions.  The add/mult columns fit
+var = add + mult * mean^2 with one standard error; they are meaningful only
+where the device injects noise.
 """
 
 from __future__ import annotations

@@ -2,6 +2,11 @@
 
 First-order propagation of the full noise covariance through the network,
 linearised at the noise-free operating point of each sample (docs/analysis.md).
+
+Noise strength: the profile's intensities are variances D (D_A, D_M, ... in
+output units^2 for additive terms), as in Semenova et al.; Walking Noise's
+sigma (`hwloop walk`) is a standard deviation, sigma^2 = D.  Printed variances
+are in output units^2; SNR is 10 log10(mean^2 / variance) in dB.
 """
 
 from __future__ import annotations

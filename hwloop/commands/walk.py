@@ -7,6 +7,12 @@
   hwloop walk plan SWEEP.zarr --budget 24 --sigma 0.5
 
 A sweep resumes where it stopped when run again with the same --out and settings.
+
+Noise strength: --sigmas are standard deviations s of the injected Gaussian
+noise (additive x + N(0, s^2), multiplicative x * N(1, s^2)), not variances.
+Device profiles and `hwloop predict` use variances D (D_A = s^2 for additive
+noise).  `hwloop walk report --help` and `hwloop walk plan --help` describe the
+two actions.
 """
 
 from __future__ import annotations
@@ -18,7 +24,43 @@ from pathlib import Path
 HELP = "Walking Noise sweeps: per-site robustness, noisy training, repetition planning"
 
 
+#: the actions after MODEL's place: name -> (description, [(flags, help)])
+ACTIONS = {
+    "report": ("Write the HTML page of a finished (or partial) sweep: accuracy against sigma per site with the "
+               "spread over repeats, the midpoint sigma of every site with its interval, and, for --train-noise "
+               "sweeps, weight growth and binarisation. sigma is a standard deviation (not a variance D).",
+               [("SWEEP.zarr", "the sweep store"), ("--report OUT.html", "where to write it (default: SWEEP.html)")]),
+    "plan": ("Share a budget of executions among the sites of an evaluation-only walking sweep: each "
+             "allocation scheme gives every site k_i >= 1 repetitions (averaging k noisy executions divides "
+             "additive noise by sqrt(k)), and is evaluated under global noise of standard deviation --sigma. "
+             "Prints one line per scheme and recommends the most accurate.",
+             [("SWEEP.zarr", "the sweep store"), ("--budget B", "total executions to share (required)"),
+              ("--sigma S", "global noise standard deviation to evaluate at (required)"),
+              ("--repeats R", "noise draws per scheme (default: 1)"), ("--seed N", "seed of the draws")]),
+}
+
+
+class _Help(argparse._HelpAction):
+    """-h/--help: the help of ``walk report`` or ``walk plan`` when that action was named, else walk's own."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        action = (getattr(namespace, "target", None) or [None])[0]
+        if action in ACTIONS:
+            from ..cli import help_text
+
+            text, args = ACTIONS[action]
+            usage = " ".join(a if a.startswith("SWEEP") or "required" in h else f"[{a}]" for a, h in args)
+            print(f"usage: hwloop walk {action} {usage}\n\n{help_text(text)}\n\narguments:")
+            print("\n".join(f"  {a:<20} {h}" for a, h in args))
+        else:
+            parser.print_help()
+        parser.exit()
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    for action in p._actions:                # argparse's -h/--help learns about the actions (see _Help)
+        if isinstance(action, argparse._HelpAction):
+            action.__class__ = _Help
     p.add_argument("target", nargs="*", metavar="MODEL | report SWEEP | plan SWEEP",
                    help="ONNX model (evaluation-only), or 'report SWEEP.zarr', or 'plan SWEEP.zarr'")
     p.add_argument("--list-sites", action="store_true", help="print the model's numbered injection sites and exit")
@@ -26,7 +68,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ratio", type=float, default=0.5, help="combined noise: additive share r (default 0.5)")
     p.add_argument("--correlated", action="store_true", help="one draw per sample shared by a site's neurons")
     p.add_argument("--sigmas", default="logspace:1e-2:1e8:41",
-                   help="logspace:A:B:N, linspace:A:B:N or a comma list (default logspace:1e-2:1e8:41)")
+                   help="noise standard deviations (not variances): logspace:A:B:N, linspace:A:B:N or a comma "
+                        "list (default logspace:1e-2:1e8:41)")
     p.add_argument("--mode", default="walk", help="walk (one site at a time) | global (all sites)")
     p.add_argument("--sites", help="walk only these site indices, e.g. 0,7 (default: all)")
     p.add_argument("--data", default="digits", help="evaluation data spec (default digits)")
@@ -121,6 +164,8 @@ def _plan(target: list[str], args: argparse.Namespace) -> int:
 
     if len(target) != 2 or args.budget is None or args.sigma is None:
         raise HwloopError("usage: hwloop walk plan SWEEP.zarr --budget B --sigma S [--repeats R]")
-    for res in plan_from_sweep(target[1], args.budget, args.sigma, repeats=args.repeats, seed=args.seed):
-        print(f"{res.scheme:<12} accuracy {res.mean:.4f}  repetitions {' '.join(map(str, res.allocation))}")
+    from ..walking.planner import plan_lines
+
+    results = plan_from_sweep(target[1], args.budget, args.sigma, repeats=args.repeats, seed=args.seed)
+    print("\n".join(plan_lines(results, args.budget, args.sigma, args.repeats)))
     return 0
