@@ -71,13 +71,13 @@ class Progress:
             self._last = now
             self._line()
 
-    def close(self) -> None:
-        """The last line (or the bar's final state)."""
+    def close(self, quiet: bool = False) -> None:
+        """The last line (or the bar's final state); ``quiet``: none (after an error, so it stays one line)."""
         if not self.enabled:
             return
         if self._bar is not None:
             self._bar.close()
-        else:
+        elif not quiet and self.done > self._initial:
             self._line(final=True)
         self.enabled = False
 
@@ -95,8 +95,8 @@ class Progress:
     def __enter__(self) -> "Progress":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        self.close(quiet=exc_type is not None)
 
     def callback(self) -> Callable[[int, int], None]:
         """A ``progress(done, total)`` function for the APIs that report that way."""

@@ -135,7 +135,7 @@ def run_model(model: Model | str | Path, data: Dataset | str, *,
                   on_interrupt=lambda: [d.interrupt() for d in per_layer])
         finished = True
     finally:
-        bar.close()
+        bar.close(quiet=not finished)
         try:   # the devices' counters (measurements, retries, faults survived) as this session leaves them
             attrs["devices"] = _describe_devices(model, per_layer)
             if writer:

@@ -29,6 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", help="device profile for --predict (default: from the run's provenance)")
     p.add_argument("--data", help="data spec for --predict (default: from the run's provenance)")
     p.add_argument("--shot", action="store_true", help="fit a shot-noise |mean| term in the variance-vs-signal fit")
+    p.add_argument("--figures", type=Path, metavar="DIR", help="with --report: also save every figure (SVG, PNG)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -49,10 +50,19 @@ def main(args: argparse.Namespace) -> int:
     print(layer_table(ds, pred))
     print(f"analysis written to {out}")
     if args.report:
+        from ..numbers import pm
+        from ..plotting import save_figures
         from ..report import analysis_sections, write_report
 
+        save_figures(args.figures)
+        summary = [("run", f"{args.run} ({'complete' if run.complete else 'partial'}; "
+                           f"{len(run.layer_names)} analog layers, {ds.attrs.get('repeats')} repetitions)"),
+                   ("devices", ", ".join(sorted({str(d.get('name', d.get('kind', '?')))
+                                                  for d in run.attrs.get("devices", [])})) or "-")]
+        if "accuracy" in ds:
+            summary.append(("accuracy", pm(ds["accuracy"].values)))
         write_report(args.report, f"hwloop analysis of {args.run.name}", analysis_sections(ds, pred),
-                     provenance=run.attrs)
+                     provenance=run.attrs, summary=summary)
         print(f"report written to {args.report}")
     return 0
 
