@@ -81,6 +81,18 @@ def csv_text(rows: Iterable[Sequence[Any]], header: Sequence[str]) -> str:
     return buf.getvalue()
 
 
+def devices_text(devices: Sequence[dict]) -> str:
+    """A run's devices in words, layers with the same device together: "layer 0: VisaDevice ...; layers 1, 2: ..."."""
+    groups: dict[str, list[str]] = {}
+    for d in devices:
+        prof = d.get("profile")
+        name = prof.get("name") if isinstance(prof, dict) else prof
+        words = str(d.get("type", "device")) + (f" {d['idn']}" if d.get("idn") else "") \
+            + (f" (profile {name})" if name else "")
+        groups.setdefault(words, []).append(str(d.get("layer", "?")))
+    return "; ".join(f"layer{'s' if len(v) > 1 else ''} {', '.join(v)}: {k}" for k, v in groups.items()) or "-"
+
+
 def _short(value: Any, limit: int = 160) -> str:
     text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
     return text if len(text) <= limit else text[:limit] + " … (full text in provenance.json)"

@@ -52,13 +52,12 @@ def main(args: argparse.Namespace) -> int:
     if args.report:
         from ..numbers import pm
         from ..plotting import save_figures
-        from ..report import analysis_sections, write_report
+        from ..report import analysis_sections, devices_text, write_report
 
         save_figures(args.figures)
         summary = [("run", f"{args.run} ({'complete' if run.complete else 'partial'}; "
                            f"{len(run.layer_names)} analog layers, {ds.attrs.get('repeats')} repetitions)"),
-                   ("devices", ", ".join(sorted({str(d.get('name', d.get('kind', '?')))
-                                                  for d in run.attrs.get("devices", [])})) or "-")]
+                   ("devices", devices_text(run.attrs.get("devices", [])))]
         if "accuracy" in ds:
             summary.append(("accuracy", pm(ds["accuracy"].values)))
         write_report(args.report, f"hwloop analysis of {args.run.name}", analysis_sections(ds, pred),

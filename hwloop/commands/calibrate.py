@@ -32,6 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", type=Path, help="calibration store (default: OUT with suffix .cal.zarr)")
     p.add_argument("--name", help="name written into the profile (default: calibrated-<serial>)")
     p.add_argument("--report", type=Path, help="write an HTML report of the fits here")
+    p.add_argument("--figures", type=Path, metavar="DIR",
+                   help="with --report: also save every figure as SVG and PNG in DIR")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue an interrupted calibration in --store")
     mode.add_argument("--overwrite", action="store_true", help="replace an existing --store")
@@ -41,6 +43,10 @@ def main(args: argparse.Namespace) -> int:
     from ..calibration import calibrate, open_chip, refit
     from ..errors import HwloopError
 
+    if args.figures:
+        from ..plotting import save_figures
+
+        save_figures(args.figures)
     if args.out.exists() and not (args.overwrite or args.resume):
         raise HwloopError(f"{args.out}: exists (use --overwrite to replace it)")
     if args.refit:

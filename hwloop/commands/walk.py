@@ -29,7 +29,8 @@ ACTIONS = {
     "report": ("Write the HTML page of a finished (or partial) sweep: accuracy against sigma per site with the "
                "spread over repeats, the midpoint sigma of every site with its interval, and, for --train-noise "
                "sweeps, weight growth and binarisation. sigma is a standard deviation (not a variance D).",
-               [("SWEEP.zarr", "the sweep store"), ("--report OUT.html", "where to write it (default: SWEEP.html)")]),
+               [("SWEEP.zarr", "the sweep store"), ("--report OUT.html", "where to write it (default: SWEEP.html)"),
+                ("--figures DIR", "also save every figure as SVG and PNG in DIR")]),
     "plan": ("Share a budget of executions among the sites of an evaluation-only walking sweep: each "
              "allocation scheme gives every site k_i >= 1 repetitions (averaging k noisy executions divides "
              "additive noise by sqrt(k)), and is evaluated under global noise of standard deviation --sigma. "
@@ -87,6 +88,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "per core for --train-noise sweeps, in this process for evaluation-only sweeps, "
                         "whose points are too short to pay for a cluster")
     p.add_argument("--report", type=Path, help="write the sweep's HTML report here")
+    p.add_argument("--figures", type=Path, metavar="DIR",
+                   help="with --report: also save every figure as SVG and PNG in DIR")
     p.add_argument("--budget", type=int, help="plan: total executions to share among the sites")
     p.add_argument("--sigma", type=float, help="plan: global noise level to evaluate the allocations at")
 
@@ -95,6 +98,10 @@ def main(args: argparse.Namespace) -> int:
     from ..errors import HwloopError
 
     target = list(args.target)
+    if args.figures:
+        from ..plotting import save_figures
+
+        save_figures(args.figures)
     if target[:1] == ["report"]:
         return _report(target, args)
     if target[:1] == ["plan"]:
