@@ -29,12 +29,18 @@ def var_mean_stderr(ds, k: int) -> float:
     return float(per_sample.std(ddof=1) / np.sqrt(per_sample.size)) if per_sample.size > 1 else np.nan
 
 
-def _depth_section(measured, predicted) -> Section:
-    n = measured.sizes["layer"]
+def _two_layer_panels(n: int):
+    """A figure of two panels whose x axes are the analog layers 0..n-1: (fig, ax1, ax2, x)."""
     fig, axs = new_figure(ncols=2)
     ax1, ax2 = axs[0]
     x = layer_axis(ax1, n)
     layer_axis(ax2, n)
+    return fig, ax1, ax2, x
+
+
+def _depth_section(measured, predicted) -> Section:
+    n = measured.sizes["layer"]
+    fig, ax1, ax2, x = _two_layer_panels(n)
     se = [var_mean_stderr(measured, k) for k in range(n)]
     ax1.errorbar(x, measured["var_mean"], yerr=se, fmt="o-", capsize=3, label="measured ± s.e.")
     ax2.plot(x, measured["snr_db_median"], "o-", label="measured median")
@@ -63,10 +69,7 @@ def _depth_section(measured, predicted) -> Section:
 
 def _split_section(measured, predicted) -> Section:
     n = measured.sizes["layer"]
-    fig, axs = new_figure(ncols=2)
-    ax1, ax2 = axs[0]
-    x = layer_axis(ax1, n)
-    layer_axis(ax2, n)
+    fig, ax1, ax2, x = _two_layer_panels(n)
     ax1.plot(x, measured["cm_fraction"], "o-", label="measured")
     if predicted is not None:
         ax1.plot(x, predicted["cm_fraction"], "s--", mfc="none", ms=9, label="predicted")
