@@ -90,8 +90,10 @@ def auto_log(ax, values, axis: str = "y", decades: float = 1.0) -> bool:
         (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
         target = ax.yaxis if axis == "y" else ax.xaxis
         plain = FuncFormatter(lambda t, _: f"{t:g}")            # 0.01, 1, 100: no 10^x glyphs
+        some = FuncFormatter(lambda t, _: f"{t:g}" if t > 0 and round(t / 10 ** np.floor(np.log10(t))) in (2, 5)
+                             else "")                          # minor ticks: only 2 and 5 labelled
         target.set_major_formatter(plain)
-        target.set_minor_formatter(plain if np.log10(v.max() / v.min()) < 2 else NullFormatter())
+        target.set_minor_formatter(some if np.log10(v.max() / v.min()) < 2 else NullFormatter())
         return True
     return False
 
