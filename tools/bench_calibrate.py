@@ -10,7 +10,14 @@ against the hidden truth.  The controller runs in its own process
 (``hwloop bench serve``), as a lab's would.  Goal: all intensities within 5%
 in under 60 s of wall time.
 
-    .venv/bin/python tools/bench_calibrate.py [--budget N] [--time-scale S] [--trials K]
+Then, same run and same chip: wall and bench time to reach ``--target``
+(default 1%) relative standard error on every intensity, with the sequential
+design (``--target-precision``: pilot plus Fisher-designed extensions) against
+the fixed plan at the budget that reaches it (errors fall as 1/sqrt(budget):
+the default plan's worst relative error squared over the target's, then
+measured to confirm).
+
+    .venv/bin/python tools/bench_calibrate.py [--budget N] [--time-scale S] [--trials K] [--target P]
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ def main() -> int:
     ap.add_argument("--budget", type=int, default=None, help="evaluations (default: the calibration default)")
     ap.add_argument("--time-scale", type=float, default=1.0, help="bench timing x the manual's (default 1.0)")
     ap.add_argument("--trials", type=int, default=1, help="repeat calibration and reference; report the fastest")
+    ap.add_argument("--target", type=float, default=0.01, help="relative standard error to reach (0: skip)")
     args = ap.parse_args()
 
     from hwloop.calibration import DEFAULT_BUDGET, calibrate, open_chip
@@ -70,6 +78,7 @@ def main() -> int:
                 for p in (q for q in plan.probes if q.layer_key == key):
                     chip.device.run(plan.inputs(p.levels, p.commons), repeats=p.repeats)
             bare = min(bare, time.perf_counter() - t1)
+        precision = to_precision(chip, tmp, fit, budget, args.target) if args.target else None
         chip.device.close()
     finally:
         server.terminate()
@@ -96,7 +105,45 @@ def main() -> int:
           f"offset rms {fit.gain_offset.offset_rms_:.4f} (hidden std 0.03)")
     ok = worst < 0.05 and wall < 60
     print(f"worst intensity error {100 * worst:.2f}%: {'goal met' if ok else 'goal NOT met'}")
+    if precision:
+        print(precision)
     return 0 if ok else 1
+
+
+TERMS = ("D_A", "D_M", "D_AC", "D_MC")
+
+
+def worst_relative(fit) -> float:
+    return max(fit.noise.stderr_[k] / fit.noise.intensities_[k] for k in TERMS)
+
+
+def to_precision(chip, tmp: Path, fit, budget: int, target: float) -> str:
+    """Sequential design vs the fixed plan, both to ``target`` on every intensity: wall and bench time."""
+    from hwloop.calibration import calibrate
+    from hwloop.calibration.plan import design_plan
+    from hwloop.calibration.precision import Timing, calibrate_to_precision
+
+    t0 = time.perf_counter()
+    r = calibrate_to_precision(chip, tmp / "seq.yaml", store=tmp / "seq.zarr", targets={k: target for k in TERMS},
+                               overwrite=True, seed=1)
+    wall_seq = time.perf_counter() - t0
+    bench_seq = sum(s["bench_s"] for s in r.stages)
+    # the fixed plan: errors fall as 1/sqrt(budget); 5% margin, then measured to confirm
+    need = int(budget * (worst_relative(fit) / target) ** 2 * 1.05)
+    t1 = time.perf_counter()
+    _, fixed, meas = calibrate(chip, tmp / "fixed.yaml", store=tmp / "fixed.zarr", budget=need, seed=2,
+                               overwrite=True)
+    wall_fixed = time.perf_counter() - t1
+    bench_fixed = Timing().seconds(design_plan(chip.info, need, 2))
+    lines = [f"to {100 * target:g}% relative standard error on every intensity (64x64 chip, manual's timing):",
+             f"  {'':<22} {'evaluations':>12} {'bench s':>9} {'wall s':>8} {'worst rel. se':>14}",
+             f"  {'sequential design':<22} {r.evaluations:>12,} {bench_seq:>9.2f} {wall_seq:>8.2f} "
+             f"{100 * worst_relative(r.fit):>13.2f}%  ({len(r.stages)} stages; {'reached' if r.reached else 'NOT'})",
+             f"  {'fixed plan':<22} {meas.evaluations:>12,} {bench_fixed:>9.2f} {wall_fixed:>8.2f} "
+             f"{100 * worst_relative(fixed):>13.2f}%",
+             f"  sequential / fixed: evaluations {r.evaluations / meas.evaluations:.2f}, bench time "
+             f"{bench_seq / bench_fixed:.2f}, wall time {wall_seq / wall_fixed:.2f}"]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 from ..errors import HwloopError
 from ..lazy import lazy_attributes
 from .plan import DEFAULT_BUDGET, ChipInfo, Plan, design_plan
 
-__all__ = ["calibrate", "refit", "open_chip", "chip_from_visa", "fit_all", "design_plan", "ChipInfo", "Plan",
+__all__ = ["calibrate", "refit", "open_chip", "chip_from_visa", "chip_from_device", "CAPABILITY_DEFAULTS", "fit_all", "design_plan", "ChipInfo", "Plan",
            "Chip", "Measurements", "CalibrationStore", "CalibrationFit", "DEFAULT_BUDGET"]
 
 # imported on first use: ``measure`` pulls in zarr, and the command line needs only ``plan``
@@ -41,6 +41,56 @@ def chip_from_visa(device) -> Chip:
         output_bits=int(lim["output_bits"]),
         activations=tuple(names[a] for a in lim["activations"] if a in names))
     return Chip(device, info, lambda: float(device.temperature()))
+
+
+#: what a calibration assumes when neither the device nor the caller states it (the rest must be stated)
+CAPABILITY_DEFAULTS = {"max_batch": 1024, "max_repeats": 1000, "bias_max": 0.0, "output_bits": 0,
+                       "activations": ("linear",)}
+_REQUIRED = ("max_inputs", "max_outputs", "input_range", "weight_max", "output_range")
+_INTS = ("max_inputs", "max_outputs", "max_batch", "max_repeats", "output_bits")
+
+
+def chip_from_device(device, capabilities: Mapping | None = None) -> Chip:
+    """Wrap any ``hwloop.devices.Device`` for calibration (a plug-in, an emulator-backed class, a VISA chip).
+
+    The calibration only programs the device and runs it (``program``/``run``);
+    what it must know about the chip (``ChipInfo``: array size, input, weight
+    and output ranges, ADC bits, activations, batch and repetition limits) comes
+    from the device where it reports it, a ``capabilities`` attribute or method
+    (a mapping with ``ChipInfo``'s field names), overridden by ``capabilities``
+    given here (a bench file's settings), then ``CAPABILITY_DEFAULTS``.  A
+    ``VisaDevice`` reports everything over SCPI.  The temperature comes from
+    ``device.temperature()`` when the device has one.
+    """
+    from .measure import Chip
+
+    if hasattr(device, "limits") and hasattr(device, "link"):   # a VisaDevice: SCPI says it all
+        visa = chip_from_visa(device)
+        if not capabilities:
+            return visa
+        reported = visa.info.to_dict()
+    else:
+        reported = getattr(device, "capabilities", None)
+        reported = reported() if callable(reported) else reported
+    where = getattr(device, "origin", None) or type(device).__name__
+    merged = {**CAPABILITY_DEFAULTS, **dict(reported or {}), **dict(capabilities or {})}
+    known = set(ChipInfo.__dataclass_fields__)
+    unknown = sorted(set(merged) - known - {"idn"})
+    if unknown:
+        raise HwloopError(f"{where}: unknown capabilities {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    missing = [k for k in _REQUIRED if k not in merged]
+    if missing:
+        raise HwloopError(f"{where}: calibration needs the chip's {', '.join(missing)}; the device does not report "
+                          "them (a 'capabilities' mapping), so give them (e.g. in the bench file)")
+    merged.setdefault("idn", str(device.describe().get("idn") or f"{type(device).__name__},,0,"))
+    try:
+        values = {k: int(v) if k in _INTS else float(v) if k in ("weight_max", "bias_max")
+                  else tuple(float(x) for x in v) if k.endswith("_range") else v for k, v in merged.items()}
+        info = ChipInfo(**{**values, "idn": str(merged["idn"]), "activations": tuple(map(str, merged["activations"]))})
+    except (TypeError, ValueError) as e:
+        raise HwloopError(f"{where}: capabilities: {e}") from None
+    temperature = getattr(device, "temperature", None)
+    return Chip(device, info, (lambda: float(temperature())) if callable(temperature) else (lambda: float("nan")))
 
 
 def open_chip(resource: str | None = None, bench: str | None = None, device: str | None = None,
@@ -87,14 +137,16 @@ def calibrate(chip: Chip, out: str | Path, *, store: str | Path, budget: int = D
 
 
 def refit(store: str | Path, out: str | Path, name: str | None = None):
-    """Fit a completed calibration store again (no chip needed); returns ``(profile, fit)``."""
+    """Fit a completed calibration store again (no chip needed), with its ``--target-precision`` extension
+    stages (their completed blocks); returns ``(profile, fit)``."""
     from .measure import CalibrationStore
+    from .precision import with_stages
 
     cal = CalibrationStore(store)
     if not cal.complete:
         raise HwloopError(f"{store}: calibration incomplete ({int(cal.done.sum())} of {len(cal.done)} blocks); "
                           "finish it with --resume first")
-    return _fit_and_write(cal.measurements(), out, store, name)
+    return _fit_and_write(with_stages(cal.measurements(), store), out, store, name)
 
 
 def _fit_and_write(meas: Measurements, out, store, name):

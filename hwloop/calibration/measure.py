@@ -34,7 +34,7 @@ from .. import cf
 from ..devices.base import Device
 from ..errors import HwloopError
 from ..files import atomic_dir
-from .plan import ChipInfo, Plan, Probe, design_plan
+from .plan import ChipInfo, Plan, Probe, plan_attrs, plan_from_attrs
 
 FORMAT = "hwloop-calibration/1"
 #: per-block completion markers, in their own group so xarray's root dataset shows only data
@@ -75,10 +75,6 @@ class Chip:
 
 
 # -- the store ------------------------------------------------------------------------
-def _plan_attrs(plan: Plan) -> dict:
-    return {"chip": plan.chip.to_dict(), "budget": plan.budget, "seed": plan.seed}
-
-
 class CalibrationStore:
     """Crash-safe, resumable record of one calibration (see the module doc)."""
 
@@ -93,8 +89,7 @@ class CalibrationStore:
             raise HwloopError(f"{self.path}: not a calibration store ({e})") from None
         if self.attrs.get("format") != FORMAT:
             raise HwloopError(f"{self.path}: format {self.attrs.get('format')!r}, expected {FORMAT!r}")
-        p = self.attrs["plan"]
-        self.plan = design_plan(ChipInfo.from_dict(p["chip"]), p["budget"], p["seed"])
+        self.plan = plan_from_attrs(self.attrs["plan"])
 
     @classmethod
     def create(cls, path: str | Path, plan: Plan, attrs: dict, overwrite: bool = False) -> "CalibrationStore":
@@ -104,7 +99,7 @@ class CalibrationStore:
             raise HwloopError(f"{path}: exists (use --resume to continue that calibration or --overwrite)")
         with atomic_dir(path) as tmp:
             root = zarr.open_group(str(tmp), mode="w")
-            meta = dict(attrs, format=FORMAT, plan=_plan_attrs(plan), probes=len(plan.probes))
+            meta = dict(attrs, format=FORMAT, plan=plan_attrs(plan), probes=len(plan.probes))
             root.attrs.put(cf.store_attrs(json.loads(json.dumps(meta))))
             n = len(plan.probes)
             for name, dtype, fill in ((DONE, "int8", 0), ("t", "float64", float("nan")),
@@ -120,9 +115,9 @@ class CalibrationStore:
     def resume(cls, path: str | Path, plan: Plan) -> "CalibrationStore":
         """Open an existing store for ``plan``; refuse one made for another chip, budget or seed."""
         store = cls(path)
-        if store.attrs["plan"] != json.loads(json.dumps(_plan_attrs(plan))):
+        if store.attrs["plan"] != json.loads(json.dumps(plan_attrs(plan))):
             raise HwloopError(f"{path}: made for another plan (chip, budget or seed differ): "
-                              f"{store.attrs['plan']} vs {_plan_attrs(plan)}")
+                              f"{store.attrs['plan']} vs {plan_attrs(plan)}")
         return store
 
     @property
@@ -184,7 +179,7 @@ def measure(chip: Chip, store: CalibrationStore, progress: Callable[[int, int], 
             x = plan.inputs(p.levels, p.commons)
             ts = time.monotonic()
             reprograms = _reprograms(chip.device)
-            y = chip.device.run(x, repeats=p.repeats, key=(plan.seed, p.index))
+            y = chip.device.run(x, repeats=p.repeats, key=plan.key(p))
             te = time.monotonic()
             if _reprograms(chip.device) != reprograms:  # the driver had to program the chip again (it lost it)
                 session = int(store.attrs.get("sessions", 0))

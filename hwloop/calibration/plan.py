@@ -109,6 +109,14 @@ class Plan:
     budget: int
     seed: int
     probes: list[Probe] = field(default_factory=list)
+    #: 0: the designed plan; k > 0: the k-th extension of a calibration to a stated precision
+    stage: int = 0
+    #: an extension's level blocks (levels of one block, with repeats); () for a designed plan
+    design: tuple[float, ...] = ()
+
+    def key(self, probe: Probe) -> tuple[int, ...]:
+        """The randomness key of a probe's block (an extension's differ from the designed plan's)."""
+        return (self.seed, probe.index) if not self.stage else (self.seed, probe.index, self.stage)
 
     @property
     def n_half(self) -> int:
@@ -228,3 +236,39 @@ def design_plan(chip: ChipInfo, budget: int = DEFAULT_BUDGET, seed: int = 0,
         add("act", act, act_levels, int(budget * SHARE_ACT) // len(others), w=weight)
     return Plan(chip, n_in, n_out, float(weight), int(budget), int(seed), probes)
 
+
+
+def extension_plan(base: Plan, stage: int, levels: tuple[float, ...], evaluations: int) -> Plan:
+    """A sequential extension of ``base``: level blocks (``ACT LIN``, ``base``'s pattern) holding ``levels``.
+
+    ``levels`` may repeat a value to weight it; blocks are split as the chip
+    accepts them.  A pure function of its arguments, so a store rebuilds it.
+    """
+    chip, n_out = base.chip, base.n_out
+    levels = tuple(float(v) for v in levels)
+    per = max(2, int(evaluations // len(levels)))
+    per_block = max(2, min(chip.max_repeats, MAX_BLOCK_VALUES // max(1, len(levels) * n_out), per))
+    probes: list[Probe] = []
+    while per >= 2:
+        k = min(per_block, per)
+        probes.append(Probe(len(probes), "level", "linear", levels, int(k), (), float(base.weight)))
+        per -= k
+    return Plan(chip, base.n_in, n_out, base.weight, int(evaluations), base.seed, probes, stage, levels)
+
+
+def plan_from_attrs(p: dict) -> Plan:
+    """The plan a calibration store was made for, from its recorded attributes (``plan_attrs``)."""
+    chip = ChipInfo.from_dict(p["chip"])
+    if not p.get("stage"):
+        return design_plan(chip, p["budget"], p["seed"])
+    # an extension needs only the pattern (array size, weight), which does not depend on the budget
+    return extension_plan(design_plan(chip, DEFAULT_BUDGET, p["seed"]), int(p["stage"]), tuple(p["design"]),
+                          int(p["budget"]))
+
+
+def plan_attrs(plan: Plan) -> dict:
+    """What a store records to rebuild ``plan`` (``plan_from_attrs``)."""
+    out = {"chip": plan.chip.to_dict(), "budget": plan.budget, "seed": plan.seed}
+    if plan.stage:
+        out.update(stage=plan.stage, design=list(plan.design))
+    return out

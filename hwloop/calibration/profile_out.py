@@ -32,11 +32,16 @@ def _r(v: float, digits: int = 6) -> float | None:
     return float(f"{v:.{digits}g}") if np.isfinite(v) else None
 
 
+def _rounded(d: dict) -> dict:
+    """A mapping with its floats (also in nested mappings, e.g. the competing families) rounded by ``_r``."""
+    return {k: _rounded(v) if isinstance(v, dict) else _r(v) if isinstance(v, float) else v for k, v in d.items()}
+
+
 def _transfer(fit: CalibrationFit, z: float) -> tuple[dict | None, dict]:
     """The transfer section (None when the chip follows the model's activations) and its uncertainties."""
     res = fit.transfer.results_
     go = fit.gain_offset
-    unc = {mode: {k: _r(v) if isinstance(v, float) else v for k, v in r.items()} for mode, r in res.items()}
+    unc = {mode: _rounded(r) for mode, r in res.items()}
     unc["linear_mean_gain"] = {"value": _r(go.mean_gain_), "stderr": _r(go.mean_gain_stderr_)}
     odd = [m for m, r in res.items() if r["function"] != m]
     if odd:  # the chip does something else than it was told: write the best family of the first such mode

@@ -60,7 +60,7 @@ def _gain_offset_sections(go) -> list:
 
 def _transfer_section(tf):
     from ..plotting import OUT, figure_html, new_figure
-    from ..report import Section
+    from ..report import Section, table_html, text_html
     from .fit import FAMILIES
 
     fig, axs = new_figure(ncols=len(tf.curves_), width=4.4)
@@ -72,7 +72,12 @@ def _transfer_section(tf):
                 label=f"{r['function']}: slope {r['slope']:.3g}, scale {r['scale']:.3g}")
         ax.set(xlabel=f"pre-activation a [{OUT}]", ylabel=f"output [{OUT}]", title=f"ACT {mode}")
         ax.legend(fontsize=9)
-    return Section("Transfer functions", figure_html(fig, "transfer curves", "cal-transfer"))
+    rows = [[mode, fam, c["chi2"], c["dof"], c["delta_qaic"], c["slope"], c["scale"], c["status"]]
+            for mode, r in tf.results_.items() for fam, c in r.get("candidates", {}).items()]
+    notes = "; ".join(f"{mode}: {r['note']}" for mode, r in tf.results_.items() if r.get("note"))
+    return Section("Transfer functions", figure_html(fig, "transfer curves", "cal-transfer") + text_html(
+        "Every family's fit (quasi-AIC difference to the chosen one; see docs/calibration.md). " + notes, "note")
+        + table_html(rows, ["mode", "family", "chi^2", "dof", "delta QAIC", "slope", "scale", "status"]))
 
 
 def calibration_sections(fit: CalibrationFit) -> list:

@@ -6,6 +6,11 @@ analog layer on ``Emulator(profile)``.  Both runs go through
 ``hwloop.analysis.analyze_run``, and per layer the mean noise variance, the
 median SNR and the common-mode share are compared, plus the mean accuracy,
 against stated tolerances (``Tolerances``).
+
+``validate_terms`` is the check for scheduled runs: a fresh (short)
+calibration of the chip, compared term by term with the stored profile
+(``hwloop.calibration.diff``): a term passes when it has not changed
+significantly.
 """
 
 from __future__ import annotations
@@ -107,6 +112,25 @@ def validate(profile: Profile, chip_devices: Mapping[int, Device], model, data, 
                     "samples": len(ds), "data": ds.name, "tolerances": asdict(tolerances),
                     "chip_devices": [d.describe() for d in chip_devices.values()][:1]}
     return v
+
+
+def validate_terms(profile: Profile, chip, *, budget: int = 50_000, seed: int = 0, alpha: float | None = None,
+                   store: str | Path | None = None):
+    """Calibrate ``chip`` (a ``hwloop.calibration.measure.Chip``) again and compare with ``profile`` per term.
+
+    Returns a ``hwloop.calibration.diff.ProfileDiff``: a term fails when it changed significantly
+    (family-wise false-alarm rate ``alpha``).  The measurements go to ``store`` (default: a temporary one).
+    """
+    import tempfile
+
+    from . import calibrate
+    from .diff import ALPHA, compare_profiles
+
+    with tempfile.TemporaryDirectory(prefix="hwloop-validate-") as tmp:
+        fresh, _, _ = calibrate(chip, Path(tmp) / "fresh.yaml", store=store or Path(tmp) / "fresh.cal.zarr",
+                                budget=budget, seed=seed, overwrite=store is None)
+    return compare_profiles(profile.data, fresh.data, ALPHA if alpha is None else alpha,
+                            labels=(profile.describe().get("name", "profile"), "fresh calibration"))
 
 
 def report_sections(v: Validation) -> list:

@@ -6,6 +6,10 @@ calibration store (--store, default: next to --out) that survives a kill:
 continue it with --resume; fit it again without the chip with --refit CAL.zarr.
 The profile written to --out is a normal device profile: run a model on the
 chip's twin with `hwloop run MODEL --profile PROFILE.yaml`.
+
+`hwloop calibrate diff OLD.yaml NEW.yaml` compares two calibrations of one chip
+term by term with their standard errors and says which changes are
+significant (exit 0: none, 1: some changed, 2: bad input).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ HELP = "measure a chip and write the device profile that makes the emulator its 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..calibration.plan import DEFAULT_BUDGET
+    from ..calibration.precision import PRECISION_BUDGET
 
     src = p.add_mutually_exclusive_group()
     src.add_argument("--resource", help="VISA resource of the chip's bench controller")
@@ -25,9 +30,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--refit", type=Path, metavar="CAL.zarr", help="fit a finished calibration store again, "
                                                                      "without the chip")
     p.add_argument("--device", help="the chip's device name in --bench")
-    p.add_argument("--out", type=Path, required=True, help="profile to write (PROFILE.yaml)")
-    p.add_argument("--budget", type=int, default=DEFAULT_BUDGET,
-                   help=f"analog evaluations (repeat x sample) to spend (default: {DEFAULT_BUDGET})")
+    p.add_argument("--out", type=Path, help="profile to write (PROFILE.yaml; required unless 'diff')")
+    p.add_argument("--budget", type=int, default=None,
+                   help=f"analog evaluations (repeat x sample) to spend (default: {DEFAULT_BUDGET}); with "
+                        f"--target-precision the most to spend (default: {PRECISION_BUDGET:,})")
+    p.add_argument("--target-precision", metavar="P", help="measure until every noise intensity's relative "
+                   "standard error is at most P (0.01 = 1%%), or per term: D_A=0.01,D_MC=0.05; the plan is "
+                   "extended sequentially, designed from the Fisher information of the current estimates")
+    p.add_argument("--max-time", type=float, metavar="SECONDS", help="--target-precision: stop extending after "
+                                                                     "this much wall time")
+    p.add_argument("--dry-run", action="store_true", help="say what would be measured and how long it takes at "
+                                                          "the chip's timing, without measuring")
+    p.add_argument("--prior", type=Path, metavar="PROFILE.yaml", help="--dry-run --target-precision: an earlier "
+                   "calibration of the chip, to predict the extensions too")
     p.add_argument("--seed", type=int, default=0, help="seed (keys an emulated chip's draws; default: 0)")
     p.add_argument("--store", type=Path, help="calibration store (default: OUT with suffix .cal.zarr)")
     p.add_argument("--name", help="name written into the profile (default: calibrated-<serial>)")
@@ -37,16 +52,41 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue an interrupted calibration in --store")
     mode.add_argument("--overwrite", action="store_true", help="replace an existing --store")
+    _add_diff(p)
+
+
+def _add_diff(p: argparse.ArgumentParser) -> None:
+    from ..calibration.diff import ALPHA
+
+    sub = p.add_subparsers(dest="action", title="subcommand", metavar="diff OLD.yaml NEW.yaml")
+    d = sub.add_parser("diff", help="compare two calibrations of one chip term by term",
+                       description="Compare two calibrated profiles of one chip term by term, with their standard "
+                                   "errors; exit 0 when no term changed significantly, 1 when some did.")
+    d.add_argument("old", type=Path, help="earlier calibrated profile (YAML)")
+    d.add_argument("new", type=Path, help="later calibrated profile (YAML)")
+    d.add_argument("--alpha", type=float, default=ALPHA,
+                   help=f"family-wise false-alarm rate over all terms (default: {ALPHA})")
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..calibration import calibrate, open_chip, refit
+    from ..calibration import DEFAULT_BUDGET, calibrate, open_chip, refit
     from ..errors import HwloopError
+    from ..progress import Progress
 
     if args.figures:
         from ..plotting import save_figures
 
         save_figures(args.figures)
+    if getattr(args, "action", None) == "diff":
+        from ..calibration.diff import diff_files
+
+        d = diff_files(args.old, args.new, args.alpha)
+        print(d.table())
+        return 1 if d.changed else 0
+    if args.dry_run:
+        return _dry_run(args, open_chip)
+    if args.out is None:
+        raise HwloopError("calibrate: --out PROFILE.yaml is required")
     if args.out.exists() and not (args.overwrite or args.resume):
         raise HwloopError(f"{args.out}: exists (use --overwrite to replace it)")
     if args.refit:
@@ -60,15 +100,49 @@ def main(args: argparse.Namespace) -> int:
         raise HwloopError(f"{store}: exists (use --resume to continue that calibration or --overwrite)")
     chip = open_chip(args.resource, str(args.bench) if args.bench else None, args.device)
     try:
-        from ..progress import Progress
-
         with Progress(None, "hwloop calibrate", unit="block") as bar:
-            prof, fit, meas = calibrate(chip, args.out, store=store, budget=args.budget, seed=args.seed,
-                                        resume=args.resume, overwrite=args.overwrite, name=args.name,
-                                        progress=bar.callback())
+            progress = bar.callback()
+            if args.target_precision:
+                return _to_precision(args, chip, store, progress)
+            prof, fit, meas = calibrate(chip, args.out, store=store, budget=args.budget or DEFAULT_BUDGET,
+                                        seed=args.seed, resume=args.resume, overwrite=args.overwrite, name=args.name,
+                                        progress=progress)
     finally:
         chip.device.close()
     _summary(prof, fit, args.out, args.report)
+    return 0
+
+
+def _to_precision(args: argparse.Namespace, chip, store: Path, progress) -> int:
+    """``--target-precision``: pilot, then designed extensions; exit 1 when a limit stopped it first."""
+    from ..calibration.precision import PRECISION_BUDGET, calibrate_to_precision
+    from ..errors import HwloopError
+
+    if args.resume:
+        raise HwloopError("calibrate: --resume is not available with --target-precision (start it again; "
+                          "the stages measured so far stay in --store)")
+    r = calibrate_to_precision(chip, args.out, store=store, targets=args.target_precision,
+                               budget=args.budget or PRECISION_BUDGET, max_seconds=args.max_time, seed=args.seed,
+                               overwrite=args.overwrite, name=args.name, progress=progress)
+    _summary(r.profile, r.fit, args.out, args.report)
+    for st in r.stages:
+        print(f"  stage {st['stage']}: {st['design']}{'' if st['levels'] is None else ' ' + str(st['levels'])}, "
+              f"{st['evaluations']:,} evaluations, {st['bench_s']:.3g} s at the chip's timing")
+    print(r.message)
+    return 0 if r.reached else 1
+
+
+def _dry_run(args: argparse.Namespace, open_chip) -> int:
+    """``--dry-run``: the plan and its bench time at the chip's timing, from what the chip reports."""
+    from ..calibration.precision import dry_run
+    from ..profiles import load_profile
+
+    chip = open_chip(args.resource, str(args.bench) if args.bench else None, args.device)
+    try:
+        prior = load_profile(args.prior).data if args.prior else None
+        print(dry_run(chip.info, args.target_precision, args.budget, args.seed, prior=prior))
+    finally:
+        chip.device.close()
     return 0
 
 
@@ -87,7 +161,11 @@ def _summary(prof, fit, out: Path, report: Path | None) -> None:
           f"clipped {100 * adc.clip_fraction_:.3g}%")
     for mode, r in fit.transfer.results_.items():
         print(f"  {mode}: behaves as {r['function']} slope {r['slope']:.4g} +- {r['slope_stderr']:.2g}, "
-              f"scale {r['scale']:.4g} +- {r['scale_stderr']:.2g}")
+              f"scale {r['scale']:.4g} +- {r['scale_stderr']:.2g}  ({r['note']})")
+        others = sorted((c["delta_qaic"], fam) for fam, c in r["candidates"].items() if fam != r["function"])
+        print("    competing families (quasi-AIC above the chosen): "
+              + ", ".join(f"{fam} +{d:.3g}" + ("" if r["candidates"][fam]["status"] == "fits worse"
+                                                 else f" [{r['candidates'][fam]['status']}]") for d, fam in others))
     print(f"  noise placement: {fit.placement.placement_}"
           + ("" if fit.placement.identified_ else " (default: no saturating activation to tell)"))
     if fit.drift.significant_:

@@ -4,6 +4,11 @@ Every analog layer runs on the chip (--resource) and, separately, on the
 emulator with PROFILE; per layer the mean noise variance, the median SNR and
 the common-mode share are compared, and the accuracy.  Exit status 0 when
 every check is within its tolerance, 1 when not (2: bad input).
+
+With --terms (no model; for scheduled runs) the chip is calibrated again with
+a short plan (--budget) and every fitted term is compared with PROFILE's: a
+term FAILs when it changed significantly (family-wise false-alarm rate
+--alpha), one line per term, exit 0 when every term passes.
 """
 
 from __future__ import annotations
@@ -20,7 +25,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t = Tolerances()
     p.add_argument("profile", help="calibrated device profile (YAML path or name)")
     p.add_argument("--resource", required=True, help="VISA resource of the chip's bench controller")
-    p.add_argument("--model", type=Path, required=True, help="ONNX model file")
+    p.add_argument("--model", type=Path, help="ONNX model file (required unless --terms)")
+    p.add_argument("--terms", action="store_true", help="no model: calibrate again (--budget) and check every "
+                                                        "term of PROFILE for a significant change")
+    p.add_argument("--budget", type=int, default=50_000, help="--terms: evaluations of the new calibration "
+                                                              "(default: 50000)")
+    p.add_argument("--alpha", type=float, default=0.01, help="--terms: family-wise false-alarm rate (default: 0.01)")
     p.add_argument("--data", default="digits", help="data spec (default: digits)")
     p.add_argument("--repeats", type=int, default=20, help="repetitions per sample (default: 20)")
     p.add_argument("--seed", type=int, default=0, help="seed of the twin's draws (default: 0)")
@@ -47,6 +57,12 @@ def main(args: argparse.Namespace) -> int:
 
         save_figures(args.figures)
     profile = load_profile(args.profile)
+    if args.terms:
+        return _terms(args, profile)
+    if args.model is None:
+        from ..errors import HwloopError
+
+        raise HwloopError("validate: --model is required (or --terms to check the calibrated terms)")
     model = load_model(args.model)
     tol = Tolerances(args.tol_variance, args.tol_accuracy, args.tol_snr_db, args.tol_cm)
     first = VisaDevice(args.resource, on_clip="warn")   # clipping is part of what the twin must reproduce
@@ -60,3 +76,18 @@ def main(args: argparse.Namespace) -> int:
     if args.report:
         print(f"report: {write_validation_report(v, args.report)}")
     return 0 if v.passed else 1
+
+
+def _terms(args: argparse.Namespace, profile) -> int:
+    """Calibrate the chip again and check every term of ``profile``; exit 1 when one changed."""
+    from ..calibration import open_chip
+    from ..calibration.validate import validate_terms
+
+    bench = getattr(args, "bench", None)   # --bench/--device, where the command offers them
+    chip = open_chip(args.resource, str(bench) if bench else None, getattr(args, "device", None))
+    try:
+        d = validate_terms(profile, chip, budget=args.budget, seed=args.seed, alpha=args.alpha)
+    finally:
+        chip.device.close()
+    print(d.table())
+    return 1 if d.changed else 0
