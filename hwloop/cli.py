@@ -42,6 +42,8 @@ COMMANDS = {
     "calibrate": "calibrate",
     "validate": "validate",
     "walk": "walk",
+    "finetune": "finetune",
+    "mitigate": "mitigate",
     "profile": "profile",
 }
 

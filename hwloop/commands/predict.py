@@ -35,10 +35,13 @@ def main(args: argparse.Namespace) -> int:
     from ..graph import load_model
     from ..progress import step
 
+    from ..mitigate.multiexec import read_plan
+
     model, data = load_model(args.model), load_data(args.data)
     with step(f"hwloop predict: propagating the noise covariance through {len(model.layers)} analog layers "
               f"for {len(data)} samples of {data.name}"):
-        ds = predict(model, args.profile, data, quantisation=not args.no_quantisation, dtype=args.dtype)
+        ds = predict(model, args.profile, data, quantisation=not args.no_quantisation, dtype=args.dtype,
+                     average=read_plan(model))   # a mitigated model's multi-execution plan (ONNX metadata)
     print(layer_table(ds))
     if args.out:
         save_analysis(ds, args.out)

@@ -29,7 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     mode.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     dev = p.add_mutually_exclusive_group()
     dev.add_argument("--profile", help="device profile (YAML path or name in device_profiles/) for every layer")
-    dev.add_argument("--bench", type=Path, help="bench file (YAML) mapping layers to chips and emulators")
+    dev.add_argument("--bench", type=Path, help="bench file (YAML) mapping layers to chips, plug-in devices and "
+                                                "emulators (docs/own-chip.md)")
     p.add_argument("--dry-run", action="store_true", help="show the plan without running anything")
 
 
@@ -80,6 +81,9 @@ def main(args: argparse.Namespace) -> int:
     if bench is not None:
         devices = bench.devices(model)
         provenance["bench"] = bench.describe()
+    from ..mitigate.multiexec import wrap_devices
+
+    devices = wrap_devices(model, devices)   # a mitigated model's multi-execution plan (ONNX metadata)
     try:
         result = run_model(model, ds, devices=devices, repeats=args.repeats, seed=args.seed, batch_size=batch,
                            out=args.out, resume=args.resume, overwrite=args.overwrite, progress=True,
