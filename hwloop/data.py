@@ -129,6 +129,8 @@ def _finish(name: str, x: np.ndarray, y: np.ndarray, path: Path) -> Dataset:
 
 def _mnist_like(kind: str, path: Path, train: bool) -> Dataset:
     split = "train" if train else "test"
+    if not path.exists():
+        raise HwloopError(f"{path}: no such file or folder")
     if path.is_file() and path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as f:
             names = f.files

@@ -103,9 +103,8 @@ def run_model(model: Model | str | Path, data: Dataset | str, *,
     stages = _stages(model)
     flights: dict[int, _Flight] = {}
 
-    from tqdm import tqdm
-    bar = tqdm(total=n_batches, initial=n_batches - len(todo), disable=not progress, file=sys.stderr,
-               unit="batch", desc="hwloop run")
+    from .progress import Progress
+    bar = Progress(n_batches, "hwloop run", unit="batch", initial=n_batches - len(todo), enabled=progress)
 
     def work(stage: int, item: int) -> None:
         """Stage ``stage`` of batch ``todo[item]``: an analog layer and its glue, or (last) the record."""
@@ -138,7 +137,7 @@ def run_model(model: Model | str | Path, data: Dataset | str, *,
                   on_interrupt=lambda: [d.interrupt() for d in per_layer])
         finished = True
     finally:
-        bar.close()
+        bar.close(quiet=not finished)
         try:   # the devices' counters (measurements, retries, faults survived) as this session leaves them
             attrs["devices"] = _describe_devices(model, per_layer)
             if writer:

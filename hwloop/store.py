@@ -2,15 +2,17 @@
 
 Layout (a Zarr v3 group; ``xarray.open_zarr`` opens it with named dims)::
 
-    attrs["hwloop"]            provenance (model hash, devices, seed, versions, ...)
+    attrs                      provenance (model hash, devices, seed, versions, ...): flat CF-style
+                               attributes, nested values as KEY_json strings (hwloop.cf)
+    repeat, sample, class      coordinates (indices), every array with units and long_name
     output        (repeat, sample, class)   final outputs (the class scores)
     clean_output  (sample, class)           noise-free reference pass
     label         (sample,)                 int64
     prediction    (repeat, sample)          argmax of output
     correct       (repeat, sample)          prediction == label
     accuracy      (repeat,)                 written when the run completes
-    batch_done    (batch,)                  1 once every array of that batch is written
-    layers/<k>/output (repeat, sample, neuron), layers/<k>/clean (sample, neuron)
+    bookkeeping/batch_done (batch,)         1 once every array of that batch is written
+    layers/<k>/output (repeat, sample, neuron), layers/<k>/clean (sample, neuron)  (+ coordinates)
 
 Why it survives SIGKILL: all metadata is written into a temporary folder that
 is renamed into place, so a store either exists with every array or not at
@@ -31,6 +33,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from . import cf
 from .errors import HwloopError
 from .files import atomic_dir
 
@@ -38,6 +41,8 @@ FORMAT = "hwloop-run/1"
 
 #: provenance keys a resumed run must share with the store it continues
 RESUME_KEYS = ("model_sha256", "data_sha256", "n_samples", "seed", "repeats", "batch_size", "profile_sha256")
+#: internal per-batch markers, kept in their own group so xarray's root dataset shows only data
+DONE = "bookkeeping/batch_done"
 
 
 @dataclass(frozen=True)
@@ -57,14 +62,14 @@ class RunWriter:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.root = zarr.open_group(str(self.path), mode="r+")
-        self.attrs = dict(self.root.attrs["hwloop"])
+        self.attrs = _provenance(self.root.attrs)
         self.batch_size = int(self.attrs["batch_size"])
         self.n_layers = len(self.attrs["layers"])
         # open every array once: each lookup through the group reads metadata from disk
-        names = ["output", "clean_output", "label", "prediction", "correct", "accuracy", "batch_done"]
+        names = ["output", "clean_output", "label", "prediction", "correct", "accuracy", DONE]
         names += [f"layers/{k}/{a}" for k in range(self.n_layers) for a in ("output", "clean")]
         self._a = {name: self.root[name] for name in names}
-        self._done = self._a["batch_done"]
+        self._done = self._a[DONE]
 
     @classmethod
     def create(cls, path: str | Path, *, layers: list[LayerInfo], n_samples: int, n_classes: int,
@@ -83,13 +88,13 @@ class RunWriter:
             raise HwloopError(f"{path}: provenance is not JSON-serialisable: {e}") from None
         with atomic_dir(path) as tmp:  # --overwrite: the old store goes only once the new one is complete
             root = zarr.open_group(str(tmp), mode="w")
-            root.attrs["hwloop"] = attrs
+            root.attrs.put(cf.store_attrs(attrs))
             R, N, B = repeats, n_samples, batch_size
 
-            def arr(group, name, shape, chunks, dtype, dims, fill):
+            def arr(group, name, shape, chunks, dtype, dims, fill, table=cf.RUN):
                 # uncompressed: noisy float32 barely compresses, and zstd would triple the write time
                 group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill,
-                                   dimension_names=dims, compressors=None)
+                                   dimension_names=dims, compressors=None, attributes=cf.var_attrs(table, name))
 
             arr(root, "output", (R, N, n_classes), (R, B, n_classes), "f4", ("repeat", "sample", "class"), np.nan)
             arr(root, "clean_output", (N, n_classes), (B, n_classes), "f4", ("sample", "class"), np.nan)
@@ -97,13 +102,15 @@ class RunWriter:
             arr(root, "prediction", (R, N), (R, B), "i8", ("repeat", "sample"), -1)
             arr(root, "correct", (R, N), (R, B), "u1", ("repeat", "sample"), 0)
             arr(root, "accuracy", (R,), (R,), "f8", ("repeat",), np.nan)
-            arr(root, "batch_done", (n_batches,), (1,), "u1", ("batch",), 0)
+            arr(root, DONE, (n_batches,), (1,), "u1", ("batch",), 0)
+            _coords(root, repeat=R, sample=N, **{"class": n_classes})
             for info in layers:
                 g = root.create_group(f"layers/{info.index}")
                 g.attrs.update(vars(info))
                 n = info.neurons
-                arr(g, "output", (R, N, n), (R, B, n), "f4", ("repeat", "sample", "neuron"), np.nan)
-                arr(g, "clean", (N, n), (B, n), "f4", ("sample", "neuron"), np.nan)
+                arr(g, "output", (R, N, n), (R, B, n), "f4", ("repeat", "sample", "neuron"), np.nan, cf.LAYER)
+                arr(g, "clean", (N, n), (B, n), "f4", ("sample", "neuron"), np.nan, cf.LAYER)
+                _coords(g, repeat=R, sample=N, neuron=n)
             _consolidate(tmp)
         return cls(path)
 
@@ -142,7 +149,7 @@ class RunWriter:
         Each metadata file is replaced atomically; the consolidated copy is rewritten after.
         """
         attrs = json.loads(json.dumps(dict(self.attrs, **changes)))
-        self.root.attrs["hwloop"] = attrs
+        self.root.attrs.put(cf.store_attrs(attrs))
         self.attrs = attrs
         _consolidate(self.path)
 
@@ -151,6 +158,18 @@ class RunWriter:
         acc = self._a["correct"][:].mean(axis=1)
         self._a["accuracy"][:] = acc
         return acc
+
+
+def _coords(group, **sizes: int) -> None:
+    """Index coordinates (0..n-1, with units and long_name) for the named dimensions of ``group``."""
+    for dim, n in sizes.items():
+        group.create_array(dim, data=np.arange(n, dtype="i8"), chunks=(max(n, 1),), dimension_names=(dim,),
+                           attributes=cf.var_attrs(cf.COORDS, dim))
+
+
+def _provenance(attrs) -> dict:
+    """The provenance dict from a store's root attributes (flat CF form, or the older nested "hwloop")."""
+    return dict(attrs["hwloop"]) if "hwloop" in attrs else cf.decode_attrs(attrs)
 
 
 def _consolidate(path: Path) -> None:
@@ -166,7 +185,7 @@ def read_attrs(path: str | Path) -> dict:
     if not path.exists():
         raise HwloopError(f"{path}: no such run store")
     try:
-        attrs = dict(zarr.open_group(str(path), mode="r").attrs["hwloop"])
+        attrs = _provenance(zarr.open_group(str(path), mode="r").attrs)
     except Exception:
         raise HwloopError(f"{path}: not an hwloop run store") from None
     if attrs.get("format") != FORMAT:
@@ -181,7 +200,8 @@ class Run:
         self.path = Path(path)
         self.attrs: dict = read_attrs(self.path)
         self._root = xr.open_zarr(str(self.path))
-        done = self._root["batch_done"].values.astype(bool)
+        group = zarr.open_group(str(self.path), mode="r")
+        done = np.asarray(group[DONE if "bookkeeping" in group else "batch_done"][:]).astype(bool)
         self.complete: bool = bool(done.all())
         n, bs = int(self.attrs["n_samples"]), int(self.attrs["batch_size"])
         self._samples = None if self.complete else np.flatnonzero(np.repeat(done, bs)[:n])
@@ -204,8 +224,9 @@ class Run:
         return self._groups[k]
 
     def layer(self, k: int | str) -> xr.DataArray:
-        """Outputs of analog layer ``k`` (index or name): (repeat, sample, neuron)."""
-        return self._select(self._group(k)["output"])
+        """Outputs of analog layer ``k`` (index or name): (repeat, sample, neuron), with the layer's attrs."""
+        g = self._group(k)
+        return self._select(g["output"]).assign_attrs({**g.attrs, **g["output"].attrs})
 
     def clean(self, k: int | str) -> xr.DataArray:
         """Noise-free reference outputs of layer ``k``: (sample, neuron)."""

@@ -63,7 +63,8 @@ def test_run_records_a_complete_store(demo_onnx, tmp_path, capsys):
     run = open_run(out)
     assert run.complete and run.layer(2).shape == (3, 100, 10)
     acc = run.accuracy.values
-    assert f"accuracy {acc.mean():.4f} +- {acc.std():.4f} over 3 repeats" in text and str(out) in text
+    sem = acc.std(ddof=1) / np.sqrt(3)
+    assert f"accuracy {acc.mean():.4f} ± {sem:.4f} (mean ± standard error over 3 repeats)" in text and str(out) in text
     attrs = run.attrs
     assert attrs["profile"]["name"] == "semenova" and attrs["profile_sha256"] == attrs["profile"]["sha256"]
     assert attrs["model_sha256"] == load_model(demo_onnx).sha256 and attrs["seed"] == 1
@@ -159,7 +160,7 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path, demo_onnx, capsy
     n_batches = 135
     proc = subprocess.Popen([sys.executable, "-m", "hwloop", *map(str, args), "--out", str(killed)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    markers = killed / "batch_done" / "c"
+    markers = killed / "bookkeeping" / "batch_done" / "c"
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline and proc.poll() is None:
         # finished markers only: zarr writes each as <name>.<uuid>.partial, then renames it
@@ -171,7 +172,7 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path, demo_onnx, capsy
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
 
     run = open_run(killed)
-    done = zarr.open_group(str(killed), mode="r")["batch_done"][:].astype(bool)
+    done = zarr.open_group(str(killed), mode="r")["bookkeeping/batch_done"][:].astype(bool)
     assert not run.complete and 10 <= done.sum() < n_batches
     assert done[:done.sum()].all()   # batches finish in order: the first unset marker is where --resume starts
     samples = np.flatnonzero(np.repeat(done, 4)[:539])

@@ -76,7 +76,8 @@ def test_building_blocks_for_other_sections(tmp_path):
     html = write_report(tmp_path / "b.html", "t", [sec]).read_text()
     assert 'alt="a line"' in html and "<td>x&lt;y</td>" in html and "<td>0.5</td>" in html
     (img,) = pngs(html)
-    assert img.shape[1] == 640 and img.shape[0] == 400   # 6.4 x 4 inches at 100 dpi
+    assert 400 <= img.shape[1] <= 700 and 300 <= img.shape[0] <= 500   # 5.2 x 3.6 inches at 110 dpi, trimmed
+    assert html.count('type="image/svg+xml"') == 1                      # vector first, the PNG as fallback
 
 
 def test_write_report_leaves_nothing_half_written(tmp_path):

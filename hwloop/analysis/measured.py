@@ -15,8 +15,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import xarray as xr
 
+from .. import cf
 from ..errors import HwloopError
 from ..files import atomic_path
+from ..numbers import mean_sem, pm
 
 #: values (repeats x samples x neurons) handled at once, to bound memory on large runs
 _CHUNK = 1 << 23
@@ -33,6 +35,12 @@ SUMMARY = {
     "fit_additive": ("add", "{:.2e}"),
     "fit_multiplicative": ("mult", "{:.2e}"),
 }
+
+
+#: what the add/mult columns are, printed under every table that shows them
+FIT_NOTE = ("add, mult: least-squares fit var = add + mult * mean^2 over (sample, neuron), ± one standard error; "
+            "meaningful only in layers where the device injects noise (downstream layers carry propagated noise, "
+            "and a negative term there means the model does not describe them)")
 
 
 def _fluctuation_moments(y) -> dict[str, np.ndarray]:
@@ -93,16 +101,27 @@ def covariance_split(mean: np.ndarray, var: np.ndarray, var_sum: np.ndarray,
 
 
 def signal_fit(mean: np.ndarray, var: np.ndarray, shot: bool = False) -> dict[str, float]:
-    """Ordinary least squares of variance on [1, mean^2] (and |mean| with ``shot``) over samples and neurons."""
+    """Ordinary least squares of variance on [1, mean^2] (and |mean| with ``shot``) over samples and neurons.
+
+    With the usual OLS standard errors (``fit_additive_stderr``, ...): the terms can come out negative
+    where the model does not describe the layer (noise not injected there), and the error says how far.
+    """
     m = mean.reshape(-1)
     cols = [np.ones_like(m), m ** 2] + ([np.abs(m)] if shot else [])
     x = np.stack(cols, axis=1)
+    y = var.reshape(-1)
+    se = np.full(x.shape[1], np.nan)
     if np.linalg.matrix_rank(x) < x.shape[1]:
         coef = np.full(x.shape[1], np.nan)
         coef[0] = float(var.mean())                       # no signal spread: all is "additive"
     else:
-        coef = np.linalg.lstsq(x, var.reshape(-1), rcond=None)[0]
-    out = {"fit_additive": float(coef[0]), "fit_multiplicative": float(coef[1])}
+        coef = np.linalg.lstsq(x, y, rcond=None)[0]
+        dof = len(y) - x.shape[1]
+        if dof > 0:
+            s2 = float(np.sum((y - x @ coef) ** 2)) / dof
+            se = np.sqrt(np.maximum(np.diag(np.linalg.pinv(x.T @ x)) * s2, 0))
+    out = {"fit_additive": float(coef[0]), "fit_multiplicative": float(coef[1]),
+           "fit_additive_stderr": float(se[0]), "fit_multiplicative_stderr": float(se[1])}
     if shot:
         out["fit_shot"] = float(coef[2])
     return out
@@ -185,7 +204,9 @@ def build_dataset(names: Sequence[str], stats: Sequence[Mapping[str, Any]], kind
         data.update(_layer_vars(k, st))
     ds = xr.Dataset(data, coords={"layer": np.arange(len(names))})
     ds.attrs.update({"kind": kind, **(attrs or {})})
-    return ds
+    per_layer = {f"{stem}_{k}": {"long_name": f"layer {k} ({names[k]}): {cf.ANALYSIS[stem][0]}"}
+                 for k in range(len(stats)) for stem in ("mean", "var", "snr_db", "snr_db_neuron", "snr_neuron")}
+    return cf.annotate(ds, cf.ANALYSIS, per_layer)
 
 
 def _argmax_flips(output: np.ndarray, clean_output: np.ndarray) -> np.ndarray:
@@ -205,13 +226,14 @@ def analyze_run(run, shot: bool = False) -> xr.Dataset:
     ds = build_dataset(names, stats, "measured", {"repeats": int(layer(0).shape[0])})
     acc = _maybe(lambda: np.asarray(run.accuracy, dtype=np.float64))
     if acc is not None and acc.size:
-        ds["accuracy"] = (("repeat",), acc)
-        ds.attrs["accuracy_mean"] = float(acc.mean())
+        ds["accuracy"] = (("repeat",), acc, cf.var_attrs(cf.ANALYSIS, "accuracy"))
+        ds.coords["repeat"] = ("repeat", np.arange(acc.size), cf.var_attrs(cf.COORDS, "repeat"))
+        ds.attrs["accuracy_mean"], ds.attrs["accuracy_sem"] = mean_sem(acc)
         ds.attrs["accuracy_std"] = float(acc.std(ddof=1)) if acc.size > 1 else 0.0
     out, clean_out = _maybe(lambda: np.asarray(run.output)), _maybe(lambda: np.asarray(run.clean_output))
     if out is not None and clean_out is not None:
         flips = _argmax_flips(out, clean_out)
-        ds["flip_rate"] = (("repeat",), flips)
+        ds["flip_rate"] = (("repeat",), flips, cf.var_attrs(cf.ANALYSIS, "flip_rate"))
         ds.attrs["flip_rate_mean"] = float(flips.mean())
     return ds
 
@@ -241,10 +263,18 @@ def save_analysis(ds: xr.Dataset, path: str | os.PathLike) -> Path:
     """Write ``ds`` as NetCDF (``RUN.analysis.nc`` beside the run), atomically."""
     path = Path(path)
     clean = ds.copy()
-    clean.attrs = {k: (v if isinstance(v, (int, float, str)) else str(v)) for k, v in ds.attrs.items()}
+    clean.attrs = cf.store_attrs(ds.attrs)
     with atomic_path(path) as tmp:
         clean.to_netcdf(tmp, engine="scipy")
     return path
+
+
+def summary_cell(ds: xr.Dataset, name: str, k: int) -> str:
+    """Layer ``k``'s value of summary variable ``name`` as the tables show it (± its stderr when known)."""
+    text = SUMMARY[name][1].format(float(ds[name].values[k]))
+    if f"{name}_stderr" in ds and np.isfinite(ds[f"{name}_stderr"].values[k]):
+        text += f"±{float(ds[f'{name}_stderr'].values[k]):.1e}"
+    return text
 
 
 def layer_table(ds: xr.Dataset, predicted: xr.Dataset | None = None) -> str:
@@ -256,7 +286,7 @@ def layer_table(ds: xr.Dataset, predicted: xr.Dataset | None = None) -> str:
     rows = []
     for k in range(ds.sizes["layer"]):
         row = [str(k), str(ds["layer_name"].values[k])]
-        row += [SUMMARY[c][1].format(float(ds[c].values[k])) for c in cols]
+        row += [summary_cell(ds, c, k) for c in cols]
         if predicted is not None:
             pv = float(predicted["var_mean"].values[k])
             mv = float(ds["var_mean"].values[k])
@@ -265,9 +295,10 @@ def layer_table(ds: xr.Dataset, predicted: xr.Dataset | None = None) -> str:
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     fmt = lambda r: "  ".join(c.rjust(w) if i != 1 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
     lines = [fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
-    if "accuracy_mean" in ds.attrs:
-        lines.append(f"accuracy {ds.attrs['accuracy_mean']:.4f} +- {ds.attrs['accuracy_std']:.4f} "
-                     f"(over {ds.sizes.get('repeat', 0)} repeats)")
+    if "fit_additive" in ds:
+        lines.append(FIT_NOTE)
+    if "accuracy" in ds:
+        lines.append(pm(ds["accuracy"].values))
     if "flip_rate_mean" in ds.attrs:
         lines.append(f"noisy prediction differs from the noise-free one in {ds.attrs['flip_rate_mean']:.2%} of cases")
     return "\n".join(lines)

@@ -9,8 +9,10 @@ and ``hwloop calibrate --refit CAL.zarr`` refits without touching the chip.
 
 Layout::
 
-    attrs["hwloop_calibration"]   format, plan (chip info, budget, seed), idn, start date, ...
-    done (probe,)  int8           1 once block k is complete
+    attrs                         format, plan (chip info, budget, seed), idn, start date, ...
+                                  (flat CF-style attributes, nested values as KEY_json: hwloop.cf)
+    probe (probe,)                coordinate; every root array has units and long_name
+    bookkeeping/done (probe,) int8   1 once block k is complete
     t (probe,), temperature (probe,)   seconds since its layer was programmed; deg C
     session (probe,) int32        which programming of the probe layer measured block k
     blocks/<k>     (repeat, sample, neuron) float32
@@ -28,12 +30,15 @@ from typing import Callable
 import numpy as np
 import zarr
 
+from .. import cf
 from ..devices.base import Device
 from ..errors import HwloopError
 from ..files import atomic_dir
 from .plan import ChipInfo, Plan, Probe, plan_attrs, plan_from_attrs
 
 FORMAT = "hwloop-calibration/1"
+#: per-block completion markers, in their own group so xarray's root dataset shows only data
+DONE = "bookkeeping/done"
 
 
 @dataclass
@@ -77,7 +82,9 @@ class CalibrationStore:
         self.path = Path(path)
         try:
             self.root = zarr.open_group(str(self.path), mode="r+")
-            self.attrs = dict(self.root.attrs["hwloop_calibration"])
+            attrs = self.root.attrs
+            self.attrs = dict(attrs["hwloop_calibration"]) if "hwloop_calibration" in attrs \
+                else cf.decode_attrs(attrs)
         except Exception as e:  # not a store, or not a calibration store
             raise HwloopError(f"{self.path}: not a calibration store ({e})") from None
         if self.attrs.get("format") != FORMAT:
@@ -93,12 +100,14 @@ class CalibrationStore:
         with atomic_dir(path) as tmp:
             root = zarr.open_group(str(tmp), mode="w")
             meta = dict(attrs, format=FORMAT, plan=plan_attrs(plan), probes=len(plan.probes))
-            root.attrs["hwloop_calibration"] = json.loads(json.dumps(meta))
+            root.attrs.put(cf.store_attrs(json.loads(json.dumps(meta))))
             n = len(plan.probes)
-            root.create_array("done", shape=(n,), chunks=(1,), dtype="int8", fill_value=0)
-            root.create_array("t", shape=(n,), chunks=(1,), dtype="float64", fill_value=float("nan"))
-            root.create_array("temperature", shape=(n,), chunks=(1,), dtype="float64", fill_value=float("nan"))
-            root.create_array("session", shape=(n,), chunks=(1,), dtype="int32", fill_value=-1)
+            for name, dtype, fill in ((DONE, "int8", 0), ("t", "float64", float("nan")),
+                                      ("temperature", "float64", float("nan")), ("session", "int32", -1)):
+                root.create_array(name, shape=(n,), chunks=(1,), dtype=dtype, fill_value=fill,
+                                  dimension_names=("probe",), attributes=cf.var_attrs(cf.CALIBRATION, name))
+            root.create_array("probe", data=np.arange(n), chunks=(max(n, 1),), dimension_names=("probe",),
+                              attributes=cf.var_attrs(cf.COORDS, "probe"))
             root.create_group("blocks")
         return cls(path)
 
@@ -113,7 +122,7 @@ class CalibrationStore:
 
     @property
     def done(self) -> np.ndarray:
-        return np.asarray(self.root["done"][:], bool)
+        return np.asarray(self.root[DONE if "bookkeeping" in self.root else "done"][:], bool)
 
     @property
     def complete(self) -> bool:
@@ -128,11 +137,11 @@ class CalibrationStore:
         self.root["t"][k] = t
         self.root["temperature"][k] = temperature
         self.root["session"][k] = session
-        self.root["done"][k] = 1
+        self.root[DONE if "bookkeeping" in self.root else "done"][k] = 1
 
     def set_attrs(self, **kw) -> None:
         self.attrs.update(json.loads(json.dumps(kw)))
-        self.root.attrs["hwloop_calibration"] = self.attrs
+        self.root.attrs.put(cf.store_attrs(self.attrs))
 
     def measurements(self) -> Measurements:
         """The completed blocks, in plan order (all of them once the calibration is complete)."""

@@ -15,11 +15,75 @@ import numpy as np
 from .fit import NOISE_TERMS, CalibrationFit
 
 
+def _noise_section(nf):
+    from ..plotting import OUT2, figure_html, legend, new_figure
+    from ..report import Section, text_html
+
+    fig, axs = new_figure(ncols=2)
+    for ax, key, title in ((axs[0][0], "W", "independent part W"), (axs[0][1], "U", "common mode U")):
+        st = sorted(nf.level_stats_, key=lambda d: d["s2"])
+        x = np.array([d["s2"] for d in st])
+        ax.errorbar(x, [d[key] for d in st], yerr=[d[key + "_err"] for d in st], fmt="o", capsize=3,
+                    label="measured ± s.e.")
+        ax.plot(x, [d[key + "_fit"] for d in st], "-", label="fitted model")
+        ax.set(xlabel=f"mean squared signal s² [{OUT2}]", ylabel=f"variance [{OUT2}]", title=title)
+        legend(ax)
+    return Section("Noise against signal", figure_html(fig, "noise statistics per level", "cal-noise")
+                   + text_html("W: mean variance of the deviations from the neuron average; U: variance of the "
+                               "neuron average. Additive terms are the intercepts, multiplicative ones the "
+                               "slopes; all intensities are variances D (a standard deviation is sqrt(D)).",
+                               "note"))
+
+
+def _gain_offset_sections(go) -> list:
+    from ..plotting import OUT, figure_html, new_figure
+    from ..report import Section, csv_text, download_html, table_html, text_html
+
+    fig, axs = new_figure(ncols=2)
+    k = np.arange(len(go.gain_))
+    for ax, val, err, what, unit in ((axs[0][0], go.gain_, go.gain_stderr_, "gain", "1"),
+                                     (axs[0][1], go.offset_, go.offset_stderr_, "offset", OUT)):
+        ax.errorbar(k, val, yerr=err, fmt=".", capsize=2, label="fitted ± s.e.")
+        ax.axhline(float(np.mean(val)), color="k", lw=0.8, ls="--", label="mean over neurons")
+        ax.set(xlabel="neuron (index from 0)", ylabel=f"{what} [{unit}]", title=f"per-neuron {what}")
+    axs[0][0].legend(fontsize=9)
+    header = ["neuron", "gain", "gain_stderr", "offset", "offset_stderr"]
+    rows = [[int(i), float(go.gain_[i]), float(go.gain_stderr_[i]), float(go.offset_[i]),
+             float(go.offset_stderr_[i])] for i in k]
+    spread = (f"gain spread {go.gain_spread_:.4g} ± {go.gain_spread_stderr_:.2g}, offset spread "
+              f"{go.offset_spread_:.4g} ± {go.offset_spread_stderr_:.2g} (standard deviations over neurons).")
+    return [Section("Gains and offsets", figure_html(fig, "gains and offsets", "cal-gains") + text_html(spread)),
+            Section(f"Per-neuron gains and offsets ({len(k)} neurons)",
+                    download_html("gains_offsets.csv", csv_text(rows, header)) + table_html(rows, header),
+                    collapsed=True)]
+
+
+def _transfer_section(tf):
+    from ..plotting import OUT, figure_html, new_figure
+    from ..report import Section, table_html, text_html
+    from .fit import FAMILIES
+
+    fig, axs = new_figure(ncols=len(tf.curves_), width=4.4)
+    for ax, (mode, (a, h, err)) in zip(np.atleast_1d(axs).ravel(), tf.curves_.items()):
+        r = tf.results_[mode]
+        grid = np.linspace(a.min(), a.max(), 200)
+        ax.errorbar(a, h, yerr=err, fmt="o", ms=4, capsize=2, label="measured (neuron mean ± s.e.)")
+        ax.plot(grid, r["scale"] * FAMILIES[r["function"]](r["slope"] * grid) + r["offset"], "-",
+                label=f"{r['function']}: slope {r['slope']:.3g}, scale {r['scale']:.3g}")
+        ax.set(xlabel=f"pre-activation a [{OUT}]", ylabel=f"output [{OUT}]", title=f"ACT {mode}")
+        ax.legend(fontsize=9)
+    rows = [[mode, fam, c["chi2"], c["dof"], c["delta_qaic"], c["slope"], c["scale"], c["status"]]
+            for mode, r in tf.results_.items() for fam, c in r.get("candidates", {}).items()]
+    notes = "; ".join(f"{mode}: {r['note']}" for mode, r in tf.results_.items() if r.get("note"))
+    return Section("Transfer functions", figure_html(fig, "transfer curves", "cal-transfer") + text_html(
+        "Every family's fit (quasi-AIC difference to the chosen one; see docs/calibration.md). " + notes, "note")
+        + table_html(rows, ["mode", "family", "chi^2", "dof", "delta QAIC", "slope", "scale", "status"]))
+
+
 def calibration_sections(fit: CalibrationFit) -> list:
-    from ..report import Section, figure_html, new_figure, table_html, text_html
+    from ..report import Section, table_html, text_html
 
     nf, go, tf = fit.noise, fit.gain_offset, fit.transfer
-    sections = []
     rows = [[k, float(nf.intensities_[k]), float(nf.stderr_[k])] for k in NOISE_TERMS
             if k != "shot" or nf.shot_fitted_]
     rows += [["gain spread", go.gain_spread_, go.gain_spread_stderr_],
@@ -27,55 +91,34 @@ def calibration_sections(fit: CalibrationFit) -> list:
              ["ADC step", fit.adc.step_, fit.adc.step_stderr_]]
     intro = (f"Noise measured at the output; placement identified as '{fit.placement.placement_}'"
              f"{'' if fit.placement.identified_ else ' (by default: no saturating activation to tell)'}; "
-             f"GLS chi^2 per degree of freedom {nf.chi2_:.3g} (errors widened by it when above 1).")
-    sections.append(Section("Fitted values (one standard error)",
-                            text_html(intro) + table_html(rows, ["quantity", "value", "stderr"])))
+             f"GLS chi^2 per degree of freedom {nf.chi2_:.3g} (errors widened by it when above 1). "
+             "Noise intensities D are variances (additive in output units², multiplicative relative).")
+    sections = [Section("Fitted values (one standard error)",
+                        text_html(intro) + table_html(rows, ["quantity", "value", "stderr"]))]
     if nf.level_stats_:
-        fig, axs = new_figure(ncols=2, width=5.2)
-        for ax, key, title in ((axs[0][0], "W", "independent part W"), (axs[0][1], "U", "common mode U")):
-            st = sorted(nf.level_stats_, key=lambda d: d["s2"])
-            x = np.array([d["s2"] for d in st])
-            ax.errorbar(x, [d[key] for d in st], yerr=[d[key + "_err"] for d in st], fmt="o", label="measured")
-            ax.plot(x, [d[key + "_fit"] for d in st], "-", label="fitted model")
-            ax.set(xlabel="mean squared signal s^2", ylabel="variance", title=title)
-            ax.grid(alpha=0.3)
-            ax.legend()
-        sections.append(Section("Noise against signal", figure_html(fig, "noise statistics per level")
-                                + text_html("W: mean variance of the deviations from the neuron average; U: variance "
-                                            "of the neuron average. Additive terms are the intercepts, "
-                                            "multiplicative ones the slopes.")))
-    fig, axs = new_figure(ncols=2, width=5.2)
-    k = np.arange(len(go.gain_))
-    axs[0][0].errorbar(k, go.gain_, yerr=go.gain_stderr_, fmt=".")
-    axs[0][0].set(xlabel="neuron", ylabel="gain", title="per-neuron gain")
-    axs[0][1].errorbar(k, go.offset_, yerr=go.offset_stderr_, fmt=".")
-    axs[0][1].set(xlabel="neuron", ylabel="offset", title="per-neuron offset")
-    for ax in axs[0]:
-        ax.grid(alpha=0.3)
-    sections.append(Section("Gains and offsets", figure_html(fig, "gains and offsets")))
+        sections.append(_noise_section(nf))
+    sections += _gain_offset_sections(go)
     if tf.curves_:
-        from .fit import FAMILIES
-
-        fig, axs = new_figure(ncols=len(tf.curves_), width=4.4)
-        for ax, (mode, (a, h, err)) in zip(axs[0] if len(tf.curves_) > 1 else [axs], tf.curves_.items()):
-            r = tf.results_[mode]
-            grid = np.linspace(a.min(), a.max(), 200)
-            ax.errorbar(a, h, yerr=err, fmt="o", label="measured (neuron mean)")
-            ax.plot(grid, r["scale"] * FAMILIES[r["function"]](r["slope"] * grid) + r["offset"], "-",
-                    label=f"{r['function']}: slope {r['slope']:.3g}, scale {r['scale']:.3g}")
-            ax.set(xlabel="pre-activation a", ylabel="output", title=f"ACT {mode}")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
-        rows = [[mode, fam, c["chi2"], c["dof"], c["delta_qaic"], c["slope"], c["scale"], c["status"]]
-                for mode, r in tf.results_.items() for fam, c in r.get("candidates", {}).items()]
-        notes = "; ".join(f"{mode}: {r['note']}" for mode, r in tf.results_.items() if r.get("note"))
-        sections.append(Section("Transfer functions", figure_html(fig, "transfer curves") + text_html(
-            "Every family's fit (quasi-AIC difference to the chosen one; see docs/calibration.md). " + notes)
-            + table_html(rows, ["mode", "family", "chi^2", "dof", "delta QAIC", "slope", "scale", "status"])))
+        sections.append(_transfer_section(tf))
     return sections
+
+
+def calibration_summary(fit: CalibrationFit, provenance: dict | None) -> list[tuple[str, str]]:
+    """The headline of the calibration page: which chip, how much measured, the noise in one line."""
+    p = provenance or {}
+    nf = fit.noise
+    noise = ", ".join(f"{k} {nf.intensities_[k]:.3g} ± {nf.stderr_[k]:.2g}" for k in NOISE_TERMS
+                      if k != "shot" or nf.shot_fitted_)
+    return [("chip", str(p.get("instrument") or p.get("idn") or "-")),
+            ("noise intensities D (variances)", noise),
+            ("noise placement", fit.placement.placement_ + ("" if fit.placement.identified_ else " (default)")),
+            ("neurons", f"{len(fit.gain_offset.gain_)} (gain spread {fit.gain_offset.gain_spread_:.3g})"),
+            ("transfer", ", ".join(f"{m}: {r['function']}" for m, r in fit.transfer.results_.items()) or "-"),
+            ("fit quality", f"GLS chi² per degree of freedom {nf.chi2_:.3g}")]
 
 
 def write_calibration_report(fit: CalibrationFit, path: str | Path, provenance: dict | None = None) -> Path:
     from ..report import write_report
 
-    return write_report(path, "hwloop calibrate", calibration_sections(fit), provenance=provenance)
+    return write_report(path, "hwloop calibrate", calibration_sections(fit), provenance=provenance,
+                        summary=calibration_summary(fit, provenance))

@@ -137,33 +137,57 @@ def validate_terms(profile: Profile, chip, *, budget: int = 50_000, seed: int = 
 
 
 def report_sections(v: Validation) -> list:
-    """HTML report sections: the table and the per-layer comparison plots."""
-    from ..report import Section, figure_html, new_figure, table_html, text_html
+    """HTML report sections: twin against chip per layer, each check inside its tolerance band, and the table."""
+    from ..plotting import figure_html, layer_axis, legend, new_figure, tolerance_band
+    from ..report import Section, table_html, text_html
 
-    k = np.arange(len(v.rows))
-    fig, axs = new_figure(ncols=3, width=4.4)
-    ax1, ax2, ax3 = axs[0]
-    w = 0.38
-    for ax, key, label in ((ax1, "var", "mean noise variance"), (ax2, "snr", "median SNR [dB]"),
-                           (ax3, "cm", "common-mode share")):
-        ax.bar(k - w / 2, [r[f"{key}_chip"] for r in v.rows], w, label="chip")
-        ax.bar(k + w / 2, [r[f"{key}_twin"] for r in v.rows], w, label="twin", alpha=0.75)
-        ax.set(xlabel="analog layer", ylabel=label, xticks=k)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    ax1.set_yscale("log")
+    t = v.tolerances
+    fig, axs = new_figure(ncols=3, width=4.2)
+    checks = ((axs[0][0], "variance", [r["var_ratio"] for r in v.rows], 1.0, t.variance,
+               "noise variance twin / chip [1]"),
+              (axs[0][1], "snr", [r["snr_twin"] - r["snr_chip"] for r in v.rows], 0.0, t.snr_db,
+               "SNR twin − chip [dB]"),
+              (axs[0][2], "cm", [r["cm_twin"] - r["cm_chip"] for r in v.rows], 0.0, t.cm_share,
+               "common-mode share twin − chip [1]"))
+    for ax, key, values, center, tol, label in checks:
+        x = layer_axis(ax, len(v.rows))
+        tolerance_band(ax, center, tol, f"pass: within ±{tol:g}")
+        ok = np.array([r["checks"][key] for r in v.rows], bool)
+        values = np.asarray(values, np.float64)
+        ax.plot(x[ok], values[ok], "o", color="tab:blue", label="check passes")
+        ax.plot(x[~ok], values[~ok], "X", color="tab:red", ms=9, label="check fails")
+        ax.set(ylabel=label)
+        span = max(tol, np.nanmax(np.abs(values[np.isfinite(values)] - center), initial=0))
+        off = ~np.isfinite(values)          # infinite or undefined (a noise-free side): shown at the edge
+        ax.plot(x[off], np.full(off.sum(), center + 1.45 * span), "^", color="tab:red", mfc="none", ms=9,
+                label="off scale (infinite or undefined)")
+        ax.set_ylim(center - 1.6 * span, center + 1.6 * span)
+        legend(ax)
     header = ["#", "layer", "var chip", "var twin", "ratio", "SNR chip", "SNR twin", "cm chip", "cm twin", "pass"]
     rows = [[r["index"], r["layer"], r["var_chip"], r["var_twin"], r["var_ratio"], r["snr_chip"], r["snr_twin"],
              r["cm_chip"], r["cm_twin"], "yes" if r["pass"] else "NO"] for r in v.rows]
-    t = v.tolerances
-    verdict = (f"Verdict: {'PASS' if v.passed else 'FAIL'}. Accuracy: chip {100 * v.accuracy_chip:.2f}%, twin "
-               f"{100 * v.accuracy_twin:.2f}% (tolerance {100 * t.accuracy:g} points). Tolerances per layer: "
-               f"variance {100 * t.variance:g}%, SNR {t.snr_db:g} dB, common-mode share {t.cm_share:g}.")
-    return [Section("Chip versus calibrated twin", text_html(verdict) + figure_html(fig, "chip vs twin per layer")
-                    + table_html(rows, header))]
+    note = (f"Green bands: where a check passes (variance ratio 1 ± {t.variance:g}, SNR ± {t.snr_db:g} dB, "
+            f"common-mode share ± {t.cm_share:g}); a layer passes when all three do. Variances in output units², "
+            "SNR = 10 log10(mean²/var) (median over samples and neurons).")
+    return [Section("Chip versus calibrated twin", figure_html(fig, "chip vs twin per layer", "validate-layers")
+                    + text_html(note, "note") + table_html(rows, header))]
+
+
+def validation_summary(v: Validation) -> list[tuple[str, str]]:
+    """Headline numbers of the validation page."""
+    t, p = v.tolerances, v.provenance
+    failed = [str(r["index"]) for r in v.rows if not r["pass"]]
+    return [("profile", str((p.get("profile") or {}).get("name", "-"))),
+            ("data", f"{p.get('data', '-')} ({p.get('samples', '?')} samples), {p.get('repeats', '?')} repetitions"),
+            ("accuracy", f"chip {100 * v.accuracy_chip:.2f}%, twin {100 * v.accuracy_twin:.2f}% "
+                         f"({'ok' if v.accuracy_ok else 'NOT within'} ± {100 * t.accuracy:g} points)"),
+            ("layers", f"{len(v.rows) - len(failed)} of {len(v.rows)} within tolerance"
+                       + (f"; failing: {', '.join(failed)}" if failed else ""))]
 
 
 def write_validation_report(v: Validation, path: str | Path) -> Path:
     from ..report import write_report
 
-    return write_report(path, "hwloop validate: chip versus twin", report_sections(v), provenance=v.provenance)
+    return write_report(path, "hwloop validate: chip versus twin", report_sections(v), provenance=v.provenance,
+                        summary=validation_summary(v), verdict=v.passed,
+                        verdict_text="the twin reproduces the chip" if v.passed else "the twin differs from the chip")

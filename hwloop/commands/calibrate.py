@@ -47,6 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", type=Path, help="calibration store (default: OUT with suffix .cal.zarr)")
     p.add_argument("--name", help="name written into the profile (default: calibrated-<serial>)")
     p.add_argument("--report", type=Path, help="write an HTML report of the fits here")
+    p.add_argument("--figures", type=Path, metavar="DIR",
+                   help="with --report: also save every figure as SVG and PNG in DIR")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue an interrupted calibration in --store")
     mode.add_argument("--overwrite", action="store_true", help="replace an existing --store")
@@ -67,11 +69,14 @@ def _add_diff(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from ..calibration import DEFAULT_BUDGET, calibrate, refit
     from ..errors import HwloopError
+    from ..progress import Progress
 
+    if args.figures:
+        from ..plotting import save_figures
+
+        save_figures(args.figures)
     if getattr(args, "action", None) == "diff":
         from ..calibration.diff import diff_files
 
@@ -93,11 +98,8 @@ def main(args: argparse.Namespace) -> int:
         raise HwloopError(f"{store}: exists (use --resume to continue that calibration or --overwrite)")
     chip = _chip(args)
     try:
-        with tqdm(desc="calibrating", unit="block", leave=False, disable=None) as bar:  # None: off unless a tty
-            def progress(done: int, total: int) -> None:
-                bar.total = total
-                bar.n = done
-                bar.refresh()
+        with Progress(None, "hwloop calibrate", unit="block") as bar:
+            progress = bar.callback()
             if args.target_precision:
                 return _to_precision(args, chip, store, progress)
             prof, fit, meas = calibrate(chip, args.out, store=store, budget=args.budget or DEFAULT_BUDGET,

@@ -26,6 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                           "(default: semenova)")
     p.add_argument("--repeats", type=int, default=50, help="repetitions per sample (default: 50)")
     p.add_argument("--seed", type=int, default=0, help="seed of the training and of every draw (default: 0)")
+    p.add_argument("--figures", type=Path, metavar="DIR", help="also save every figure as SVG and PNG in DIR")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -36,6 +37,7 @@ def main(args: argparse.Namespace) -> int:
     from ..bench import ChipSpec, SimulatedBench, VisaDevice
     from ..devices.emulator import emulators
     from ..graph import format_table, load_model
+    from ..numbers import pm
     from ..profiles import load_profile
     from ..report import Section, analysis_sections, text_html, write_report
     from ..runner import run_model
@@ -44,6 +46,10 @@ def main(args: argparse.Namespace) -> int:
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
+    if args.figures:
+        from ..plotting import save_figures
+
+        save_figures(args.figures)
 
     step("1. train the demo model on digits and export it to ONNX")
     model_path, _ = train_demo(out / "demo.onnx", seed=args.seed)
@@ -59,7 +65,7 @@ def main(args: argparse.Namespace) -> int:
     res = run_model(model, "digits", devices=emulators(profile, model.layers),
                     repeats=args.repeats, seed=args.seed, out=emu_store, overwrite=True, progress=True,
                     provenance=provenance)
-    print(f"accuracy {res.accuracy.mean():.4f} +- {res.accuracy.std():.4f} over {args.repeats} repeats -> {emu_store}")
+    print(f"{pm(res.accuracy)} -> {emu_store}")
 
     step("4. execute + record with layer 0 on a simulated chip over VISA (SCPI over TCP)")
     bench_store = out / "bench.zarr"
@@ -72,7 +78,7 @@ def main(args: argparse.Namespace) -> int:
         res_b = run_model(model, "digits", devices=devices, repeats=args.repeats, seed=args.seed,
                           out=bench_store, overwrite=True, progress=True, provenance=provenance)
         idn = chip.describe().get("idn", bench.resource)
-    print(f"chip {idn}: accuracy {res_b.accuracy.mean():.4f} +- {res_b.accuracy.std():.4f} -> {bench_store}")
+    print(f"chip {idn}: {pm(res_b.accuracy)} -> {bench_store}")
 
     step("5. analyse: measured noise per layer against the analytic prediction")
     sections = []
@@ -86,8 +92,14 @@ def main(args: argparse.Namespace) -> int:
         sections.append(Section(f"Run on {title}", text_html(f"store: {store}")))
         sections.extend(analysis_sections(measured, predicted))
     report = out / "report.html"
+    summary = [("model", f"{model_path} ({len(model.layers)} analog layers)"),
+               ("data", f"digits test split ({len(res.labels)} samples), {args.repeats} repetitions each"),
+               ("devices", f"run 1: emulator, profile {profile.name}, every layer; run 2: layer 0 on the simulated "
+                           f"chip {idn} over VISA, layers 1+ on the emulator"),
+               ("accuracy, emulator", pm(res.accuracy)), ("accuracy, chip + emulator", pm(res_b.accuracy)),
+               ("stores", f"{emu_store.name}, {bench_store.name} (+ .analysis.nc beside each)")]
     write_report(report, "hwloop demo: the digits MLP on noisy analog devices", sections,
-                 provenance=open_run(emu_store).attrs)
+                 provenance=open_run(emu_store).attrs, summary=summary)
     print(f"\nreport: {report}")
     return 0
 

@@ -39,9 +39,13 @@ def main(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.overwrite:
         raise HwloopError(f"{args.out}: already exists (pass --overwrite to replace it)")
     if args.model == "demo":
-        from exporters.demo import train_demo
+        from ..progress import step
 
-        train_demo(args.out, seed=args.seed, relu=args.relu)
+        with step("hwloop export: training the demo MLP on the digits and exporting it to ONNX"):
+            from exporters.demo import train_demo
+
+            train_demo(args.out, seed=args.seed, relu=args.relu)
+        print(f"wrote {args.out} (demo)")
         return 0
     from exporters.torch_onnx import export_torch
 

@@ -2,6 +2,11 @@
 
 First-order propagation of the full noise covariance through the network,
 linearised at the noise-free operating point of each sample (docs/analysis.md).
+
+Noise strength: the profile's intensities are variances D (D_A, D_M, ... in
+output units^2 for additive terms), as in Semenova et al.; Walking Noise's
+sigma (`hwloop walk`) is a standard deviation, sigma^2 = D.  Printed variances
+are in output units^2; SNR is 10 log10(mean^2 / variance) in dB.
 """
 
 from __future__ import annotations
@@ -26,13 +31,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from ..analysis.measured import layer_table, save_analysis
     from ..analysis.predict import predict
+    from ..data import load_data
     from ..graph import load_model
+    from ..progress import step
 
     from ..mitigate.multiexec import read_plan
 
-    model = load_model(args.model)
-    ds = predict(model, args.profile, args.data, quantisation=not args.no_quantisation, dtype=args.dtype,
-                 average=read_plan(model))   # a mitigated model's multi-execution plan (ONNX metadata)
+    model, data = load_model(args.model), load_data(args.data)
+    with step(f"hwloop predict: propagating the noise covariance through {len(model.layers)} analog layers "
+              f"for {len(data)} samples of {data.name}"):
+        ds = predict(model, args.profile, data, quantisation=not args.no_quantisation, dtype=args.dtype,
+                     average=read_plan(model))   # a mitigated model's multi-execution plan (ONNX metadata)
     print(layer_table(ds))
     if args.out:
         save_analysis(ds, args.out)

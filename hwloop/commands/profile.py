@@ -1,5 +1,10 @@
 """Device profiles: ``hwloop profile validate FILE...`` checks profiles against the schema;
-``hwloop profile schema`` prints the JSON Schema (for editors); ``hwloop profile list`` names the shipped ones."""
+``hwloop profile schema`` prints the JSON Schema (for editors); ``hwloop profile list`` names the shipped ones.
+
+Noise strengths in a profile are variances D (D_A additive, in output units^2;
+D_M multiplicative, relative), not standard deviations: Walking Noise's sigma
+(``hwloop walk``) is a standard deviation, with sigma^2 = D.
+"""
 
 from __future__ import annotations
 

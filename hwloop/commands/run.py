@@ -101,7 +101,8 @@ def main(args: argparse.Namespace) -> int:
     finally:
         for dev in ({id(d): d for d in devices.values()}.values() if isinstance(devices, dict) else []):
             dev.close()
-    acc = result.accuracy
-    print(f"accuracy {acc.mean():.4f} +- {acc.std():.4f} over {len(acc)} repeats")
+    from ..numbers import pm
+
+    print(pm(result.accuracy))
     print(f"run store: {result.path}")
     return 0

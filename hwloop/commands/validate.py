@@ -40,6 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=20, help="repetitions per sample (default: 20)")
     p.add_argument("--seed", type=int, default=0, help="seed of the twin's draws (default: 0)")
     p.add_argument("--report", type=Path, help="write an HTML report here")
+    p.add_argument("--figures", type=Path, metavar="DIR",
+                   help="with --report: also save every figure as SVG and PNG in DIR")
     p.add_argument("--tol-variance", type=float, default=t.variance,
                    help=f"relative per-layer variance tolerance (default: {t.variance})")
     p.add_argument("--tol-accuracy", type=float, default=t.accuracy,
@@ -55,6 +57,10 @@ def main(args: argparse.Namespace) -> int:
     from ..graph import load_model
     from ..profiles import load_profile
 
+    if args.figures:
+        from ..plotting import save_figures
+
+        save_figures(args.figures)
     profile = load_profile(args.profile or _twin(args))
     if args.terms:
         return _terms(args, profile)

@@ -8,6 +8,12 @@
   hwloop walk plan SWEEP.zarr --budget 24 --sigma 0.5
 
 A sweep resumes where it stopped when run again with the same --out and settings.
+
+Noise strength: --sigmas are standard deviations s of the injected Gaussian
+noise (additive x + N(0, s^2), multiplicative x * N(1, s^2)), not variances.
+Device profiles and `hwloop predict` use variances D (D_A = s^2 for additive
+noise).  `hwloop walk report --help` and `hwloop walk plan --help` describe the
+two actions.
 """
 
 from __future__ import annotations
@@ -19,7 +25,44 @@ from pathlib import Path
 HELP = "Walking Noise sweeps: per-site robustness, noisy training, repetition planning"
 
 
+#: the actions after MODEL's place: name -> (description, [(flags, help)])
+ACTIONS = {
+    "report": ("Write the HTML page of a finished (or partial) sweep: accuracy against sigma per site with the "
+               "spread over repeats, the midpoint sigma of every site with its interval, and, for --train-noise "
+               "sweeps, weight growth and binarisation. sigma is a standard deviation (not a variance D).",
+               [("SWEEP.zarr", "the sweep store"), ("--report OUT.html", "where to write it (default: SWEEP.html)"),
+                ("--figures DIR", "also save every figure as SVG and PNG in DIR")]),
+    "plan": ("Share a budget of executions among the sites of an evaluation-only walking sweep: each "
+             "allocation scheme gives every site k_i >= 1 repetitions (averaging k noisy executions divides "
+             "additive noise by sqrt(k)), and is evaluated under global noise of standard deviation --sigma. "
+             "Prints one line per scheme and recommends the most accurate.",
+             [("SWEEP.zarr", "the sweep store"), ("--budget B", "total executions to share (required)"),
+              ("--sigma S", "global noise standard deviation to evaluate at (required)"),
+              ("--repeats R", "noise draws per scheme (default: 1)"), ("--seed N", "seed of the draws")]),
+}
+
+
+class _Help(argparse._HelpAction):
+    """-h/--help: the help of ``walk report`` or ``walk plan`` when that action was named, else walk's own."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        action = (getattr(namespace, "target", None) or [None])[0]
+        if action in ACTIONS:
+            from ..cli import help_text
+
+            text, args = ACTIONS[action]
+            usage = " ".join(a if a.startswith("SWEEP") or "required" in h else f"[{a}]" for a, h in args)
+            print(f"usage: hwloop walk {action} {usage}\n\n{help_text(text)}\n\narguments:")
+            print("\n".join(f"  {a:<20} {h}" for a, h in args))
+        else:
+            parser.print_help()
+        parser.exit()
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    for action in p._actions:                # argparse's -h/--help learns about the actions (see _Help)
+        if isinstance(action, argparse._HelpAction):
+            action.__class__ = _Help
     p.add_argument("target", nargs="*", metavar="MODEL | report SWEEP | plan SWEEP",
                    help="ONNX model (evaluation-only), or 'report SWEEP.zarr', or 'plan SWEEP.zarr'")
     p.add_argument("--list-sites", action="store_true", help="print the model's numbered injection sites and exit")
@@ -27,7 +70,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ratio", type=float, default=0.5, help="combined noise: additive share r (default 0.5)")
     p.add_argument("--correlated", action="store_true", help="one draw per sample shared by a site's neurons")
     p.add_argument("--sigmas", default="logspace:1e-2:1e8:41",
-                   help="logspace:A:B:N, linspace:A:B:N or a comma list (default logspace:1e-2:1e8:41)")
+                   help="noise standard deviations (not variances): logspace:A:B:N, linspace:A:B:N or a comma "
+                        "list (default logspace:1e-2:1e8:41)")
     p.add_argument("--mode", default="walk", help="walk (one site at a time) | global (all sites)")
     p.add_argument("--sites", help="walk only these site indices, e.g. 0,7 (default: all)")
     p.add_argument("--data", default="digits", help="evaluation data spec (default digits)")
@@ -47,6 +91,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bench", type=Path, help="bench file: its layers run on their devices (chips) while the walk "
                                               "visits --sites (outputs of the other analog layers); evaluation-only")
     p.add_argument("--report", type=Path, help="write the sweep's HTML report here")
+    p.add_argument("--figures", type=Path, metavar="DIR",
+                   help="with --report: also save every figure as SVG and PNG in DIR")
     p.add_argument("--budget", type=int, help="plan: total executions to share among the sites")
     p.add_argument("--sigma", type=float, help="plan: global noise level to evaluate the allocations at")
 
@@ -55,6 +101,10 @@ def main(args: argparse.Namespace) -> int:
     from ..errors import HwloopError
 
     target = list(args.target)
+    if args.figures:
+        from ..plotting import save_figures
+
+        save_figures(args.figures)
     if target[:1] == ["report"]:
         return _report(target, args)
     if target[:1] == ["plan"]:
@@ -82,8 +132,11 @@ def main(args: argparse.Namespace) -> int:
     workers = args.workers
     if workers is None and args.train_noise and not args.scheduler:
         workers = os.cpu_count() or 1
-    run_sweep(settings, args.out, model, scheduler=args.scheduler, workers=workers or None,
-              progress=_progress(), bench=args.bench)
+    from ..progress import Progress
+
+    with Progress(None, "hwloop walk", unit="point") as bar:
+        run_sweep(settings, args.out, model, scheduler=args.scheduler, workers=workers or None,
+                  progress=bar.callback(), bench=args.bench)
     print("\n".join(midpoint_lines(open_sweep(args.out))))
     print(f"sweep written to {args.out}")
     if args.report:
@@ -101,21 +154,6 @@ def _sites(text: str | None) -> tuple[int, ...] | None:
         return tuple(int(v) for v in text.split(","))
     except ValueError:
         raise HwloopError(f"--sites {text!r}: expected comma-separated site indices, e.g. 0,7") from None
-
-
-def _progress():
-    from tqdm import tqdm
-
-    bar = None
-
-    def update(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(total=total, desc="points", leave=False)
-        bar.update(1)
-        if done == total:
-            bar.close()
-    return update
 
 
 def _report(target: list[str], args: argparse.Namespace) -> int:
@@ -136,6 +174,8 @@ def _plan(target: list[str], args: argparse.Namespace) -> int:
 
     if len(target) != 2 or args.budget is None or args.sigma is None:
         raise HwloopError("usage: hwloop walk plan SWEEP.zarr --budget B --sigma S [--repeats R]")
-    for res in plan_from_sweep(target[1], args.budget, args.sigma, repeats=args.repeats, seed=args.seed):
-        print(f"{res.scheme:<12} accuracy {res.mean:.4f}  repetitions {' '.join(map(str, res.allocation))}")
+    from ..walking.planner import plan_lines
+
+    results = plan_from_sweep(target[1], args.budget, args.sigma, repeats=args.repeats, seed=args.seed)
+    print("\n".join(plan_lines(results, args.budget, args.sigma, args.repeats)))
     return 0

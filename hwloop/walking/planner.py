@@ -108,3 +108,30 @@ def plan_from_sweep(sweep: str, budget: int, sigma: float, schemes: tuple[str, .
     noise = Noise(s["noise"], sigma, s["ratio"], s["correlated"])
     return evaluate_plans(SiteModel(ds.attrs["model"]), load_data(s["data"]), mu, budget, noise,
                           schemes, repeats, seed)
+
+
+def plan_lines(results: list[PlanResult], budget: int, sigma: float, repeats: int) -> list[str]:
+    """``walk plan``'s output: a header, one line per scheme (accuracy ± s.e.m. over repeats), a recommendation."""
+    from ..numbers import mean_sem
+
+    n = len(results[0].allocation) if results else 0
+    out = [f"repetition plans: {budget} executions over {n} sites, global noise std {sigma:g}, "
+           f"accuracy as mean ± standard error over {repeats} noise draw(s)",
+           f"{'scheme':<12} {'accuracy':>8} {'± s.e.m.':>9}  repetitions per site (in site order)"]
+    for r in results:
+        m, se = mean_sem(r.accuracy)
+        out.append(f"{r.scheme:<12} {m:>8.4f} {se:>9.4f}  {' '.join(map(str, r.allocation))}")
+    if results:
+        best = max(results, key=lambda r: r.mean)
+        base = next((r for r in results if r.scheme == "uniform"), None)
+        gain = f", {best.mean - base.mean:+.4f} against uniform" if base is not None and base is not best else ""
+        out.append(f"recommended: {best.scheme} (highest mean accuracy{gain}; {SCHEME_WORDS.get(best.scheme, '')})")
+    return out
+
+
+#: what each scheme does, in words
+SCHEME_WORDS = {"uniform": "the same repetitions at every site", "inv_mu": "repetitions proportional to 1/midpoint",
+                "inv_mu2": "repetitions proportional to 1/midpoint^2 (equalises noise relative to the midpoint)",
+                "inv_sqrt_mu": "repetitions proportional to 1/sqrt(midpoint)",
+                "log": "repetitions growing with log(largest midpoint / midpoint)",
+                "rank": "repetitions by the rank of the site's fragility"}

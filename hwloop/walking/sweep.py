@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..cf import SWEEP, annotate, decode_attrs, store_attrs
 from ..data import Dataset, load_data
 from ..errors import HwloopError
 from ..files import atomic_dir
@@ -264,7 +265,7 @@ class SweepStore:
         self.path = Path(path)
         try:
             self.group = zarr.open_group(str(self.path), mode="r+")
-            self.attrs = dict(self.group.attrs)
+            self.attrs = decode_attrs(self.group.attrs)
             self.settings = self.attrs["settings"]
             self._arrays: dict = {}
         except Exception as e:
@@ -301,7 +302,8 @@ class SweepStore:
                     "binarization": {"chunks": (1, 1, 1, P)}, "clean_accuracy": {"chunks": (1,)},
                     "clean_weight_mag": {"chunks": (1, L)}, "clean_binarization": {"chunks": (1, P)},
                     "clean_state": {"chunks": (1, int(attrs["n_state"]))}}
-        ds = xr.Dataset(data, coords=coords, attrs={**attrs, "settings": _settings_json(s), "complete": False})
+        ds = xr.Dataset(data, coords=coords, attrs=store_attrs({**attrs, "settings": _settings_json(s), "complete": 0}))
+        annotate(ds, SWEEP, {"sigma": sigma_attrs(s.noise)})
         with atomic_dir(path, overwrite=False) as tmp:
             ds.to_zarr(str(tmp), mode="w", encoding=enc, consolidated=False)
         return cls(path)
@@ -338,19 +340,34 @@ class SweepStore:
 
     def finish(self) -> None:
         if not self.missing() and ("clean_accuracy" not in self.group or not self.missing("clean_accuracy")):
-            self.group.attrs["complete"] = True
+            self.group.attrs["complete"] = 1
 
 
 def open_sweep(path: str | os.PathLike):
-    """The sweep as an ``xarray.Dataset`` (dims site, sigma, repeat); unfinished points are NaN."""
+    """The sweep as an ``xarray.Dataset`` (dims site, sigma, repeat); unfinished points are NaN.
+
+    Its attrs are decoded (``settings``, ``sites`` as dicts); ``xarray.open_zarr`` gives the flat,
+    netCDF-ready form (``hwloop.cf``).
+    """
     import xarray as xr
 
     if not Path(path).exists():
         raise HwloopError(f"{path}: no such sweep store")
     try:
-        return xr.open_zarr(str(path), consolidated=False).load()
+        ds = xr.open_zarr(str(path), consolidated=False).load()
     except Exception as e:
         raise HwloopError(f"{path}: not a sweep store ({e})") from None
+    ds.attrs = decode_attrs(ds.attrs)
+    return ds
+
+
+def sigma_attrs(noise: str) -> dict[str, str]:
+    """What the sweep's ``sigma`` coordinate means for a noise kind (a standard deviation, not a variance)."""
+    what = {"additive": ("standard deviation s of additive noise x + N(0, s^2)", "a.u."),
+            "multiplicative": ("standard deviation s of multiplicative noise x * N(1, s^2)", "1"),
+            "combined": ("amplitude A of combined noise (s_add = A r, s_mul = A (1 - r))", "1")}
+    long_name, units = what.get(noise, ("noise level", "1"))
+    return {"long_name": f"Walking Noise strength: {long_name}", "units": units}
 
 
 # -- running ---------------------------------------------------------------------------------
