@@ -6,6 +6,7 @@ and fail the same way (one ``HwloopError`` line when no cluster can be had).
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -18,6 +19,7 @@ def dask_client(scheduler: str | None, workers: int | None) -> Iterator["object"
     from dask.distributed import Client, LocalCluster
 
     cluster = None
+    environ = dict(os.environ)
     try:
         if scheduler:
             client = Client(scheduler, timeout="10s")
@@ -29,6 +31,11 @@ def dask_client(scheduler: str | None, workers: int | None) -> Iterator["object"
         if cluster is not None:
             cluster.close()
         raise HwloopError(f"Dask {scheduler or 'local cluster'}: cannot start or connect ({e})") from None
+    finally:
+        # the nanny sets OMP_NUM_THREADS=1 (and more) for its workers in *this* process's environment:
+        # without this, every process started later from here (a run, a test's subprocess) ran on one thread
+        os.environ.clear()
+        os.environ.update(environ)
     try:
         yield client
     finally:

@@ -4,6 +4,7 @@ the result cache, regressor bars, and the analytic screen against sampling."""
 from __future__ import annotations
 
 import json
+import os
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -26,7 +27,9 @@ PROFILES = ["semenova", "crossbar", "optical"]
 def test_two_models_by_three_profiles_locally_and_on_two_dask_workers(demo_onnx, handbuilt_onnx, tmp_path):
     settings = Settings(Bars(max_drop=0.05, max_flip_rate=0.2), data="digits@150", max_repeats=8)
     local = run_matrix([demo_onnx, handbuilt_onnx], PROFILES, settings)
+    environ = dict(os.environ)
     dask = run_matrix([demo_onnx, handbuilt_onnx], PROFILES, settings, workers=2)
+    assert dict(os.environ) == environ      # the cluster's OMP_NUM_THREADS=1 stays with its workers
     assert [r.name for r in local] == [f"{m}[{p}]" for m in ("demo.onnx", "handbuilt.onnx") for p in PROFILES]
     assert [r.to_dict() for r in dask] == [r.to_dict() for r in local]
     assert {r.decision for r in local} >= {"pass"} and all(r.repeats in (4, 8) for r in local)
