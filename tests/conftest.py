@@ -21,6 +21,10 @@ Notes for importers:
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import time
 import warnings
 from pathlib import Path
 
@@ -195,3 +199,22 @@ def demo_onnx(model_dir) -> Path:
     """The trained demo model (exporters.demo.train_demo, seed 0)."""
     path, _ = train_demo(model_dir / "demo.onnx", seed=0, verbose=False)
     return path
+
+
+def kill_after_batches(cmd: list[str], store: Path, n: int, timeout: float = 90) -> np.ndarray:
+    """Start ``cmd`` (a run writing ``store``), SIGKILL it once ``n`` batches are finished, and return the
+    store's batch markers.  Finished markers only: zarr writes each as <name>.<uuid>.partial, then renames it."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    markers = Path(store) / "bookkeeping" / "batch_done" / "c"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if markers.is_dir() and sum(name.isdigit() for name in os.listdir(markers)) >= n:
+            break
+        time.sleep(0.005)
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    import zarr
+
+    return zarr.open_group(str(store), mode="r")["bookkeeping/batch_done"][:].astype(bool)

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import onnx
 import pytest
 import zarr
+from conftest import kill_after_batches
 from onnx import TensorProto, helper, numpy_helper
 
 from hwloop.cli import main
@@ -158,21 +156,8 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path, demo_onnx, capsy
     full, killed = tmp_path / "full.zarr", tmp_path / "killed.zarr"
     assert main([*map(str, args), "--out", str(full)]) == 0
     n_batches = 135
-    proc = subprocess.Popen([sys.executable, "-m", "hwloop", *map(str, args), "--out", str(killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    markers = killed / "bookkeeping" / "batch_done" / "c"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and proc.poll() is None:
-        # finished markers only: zarr writes each as <name>.<uuid>.partial, then renames it
-        if markers.is_dir() and sum(n.isdigit() for n in os.listdir(markers)) >= 10:
-            break
-        time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-
+    done = kill_after_batches([sys.executable, "-m", "hwloop", *map(str, args), "--out", str(killed)], killed, 10)
     run = open_run(killed)
-    done = zarr.open_group(str(killed), mode="r")["bookkeeping/batch_done"][:].astype(bool)
     assert not run.complete and 10 <= done.sum() < n_batches
     assert done[:done.sum()].all()   # batches finish in order: the first unset marker is where --resume starts
     samples = np.flatnonzero(np.repeat(done, 4)[:539])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import kill_after_batches
 
 from hwloop.bench.described import DescribedDevice
 from hwloop.bench.described_server import DescribedController, DialectFaults
@@ -134,13 +135,7 @@ def test_bad_descriptions_name_file_line_and_key(tmp_path, edit, message):
 @pytest.mark.slow
 def test_sigkill_then_resume_on_the_described_dialect(controller, tmp_path, mlp_onnx):
     """Kill -9 a real `hwloop run` on the ACME controller mid-run, --resume, compare with an uninterrupted run."""
-    import os
-    import signal
-    import subprocess
     import sys
-    import time
-
-    import zarr
 
     c = controller()
     bench = tmp_path / "bench.yaml"
@@ -150,18 +145,7 @@ def test_sigkill_then_resume_on_the_described_dialect(controller, tmp_path, mlp_
             "--batch-size", "2", "--seed", "3"]                     # 60 batches
     full, killed = tmp_path / "full.zarr", tmp_path / "killed.zarr"
     assert main([*args, "--out", str(full)]) == 0
-    proc = subprocess.Popen([sys.executable, "-m", "hwloop", *args, "--out", str(killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    markers = killed / "batch_done" / "c"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and proc.poll() is None:
-        if markers.is_dir() and sum(n.isdigit() for n in os.listdir(markers)) >= 5:
-            break
-        time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    done = zarr.open_group(str(killed), mode="r")["batch_done"][:].astype(bool)
+    done = kill_after_batches([sys.executable, "-m", "hwloop", *args, "--out", str(killed)], killed, 5)
     assert 5 <= done.sum() < len(done)
     assert main([*args, "--out", str(killed), "--resume"]) == 0
     a, b = open_run(full), open_run(killed)
