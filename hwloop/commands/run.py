@@ -31,6 +31,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     dev.add_argument("--profile", help="device profile (YAML path or name in device_profiles/) for every layer")
     dev.add_argument("--bench", type=Path, help="bench file (YAML) mapping layers to chips and emulators")
     p.add_argument("--dry-run", action="store_true", help="show the plan without running anything")
+    dask = p.add_mutually_exclusive_group()
+    dask.add_argument("--workers", type=_positive, help="shard the batches across a local Dask cluster of N "
+                      "single-threaded processes (emulators only; same store bytes as without)")
+    dask.add_argument("--scheduler", help="shard the batches across an existing Dask cluster tcp://HOST:PORT "
+                      "(emulators only; the client writes the store)")
 
 
 def _positive(text: str) -> int:
@@ -83,7 +88,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         result = run_model(model, ds, devices=devices, repeats=args.repeats, seed=args.seed, batch_size=batch,
                            out=args.out, resume=args.resume, overwrite=args.overwrite, progress=True,
-                           provenance=provenance)
+                           provenance=provenance, scheduler=args.scheduler, workers=args.workers)
     finally:
         for dev in ({id(d): d for d in devices.values()}.values() if isinstance(devices, dict) else []):
             dev.close()
