@@ -3,7 +3,9 @@
 Default device: the ideal emulator for every analog layer.  --profile runs
 every layer on the emulator with that device profile; --bench maps layers to
 chips and emulators from a bench file.  The store is written batch by batch
-and survives a kill: continue it with --resume.
+and survives a kill: continue it with --resume.  --workers N (a local Dask
+cluster) or --scheduler tcp://HOST:PORT computes the batches on Dask workers
+(emulators only) into the same store bytes.
 """
 
 from __future__ import annotations
