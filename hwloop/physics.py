@@ -87,6 +87,39 @@ def affine(x: np.ndarray, wt: np.ndarray, bias: np.ndarray | None = None) -> np.
     return (tx @ tw if bias is None else torch.addmm(_tensor(bias), tx, tw)).numpy()
 
 
+def conv_weight(wt: np.ndarray, spec) -> np.ndarray | None:
+    """A Conv layer's (n_in, n_out) product matrix as a torch conv kernel (C_out, C_in, kh, kw); None
+    when the layer is not a plain (ungrouped) Conv whose rows are channel-major patches."""
+    k = tuple(spec.kernel_shape)
+    if getattr(spec, "group", 1) != 1 or len(k) not in (1, 2) or spec.in_channels * int(np.prod(k)) != wt.shape[0]:
+        return None
+    k2 = (1, *k) if len(k) == 1 else k
+    return np.ascontiguousarray(wt.T).reshape(wt.shape[1], spec.in_channels, *k2)
+
+
+def conv(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec) -> np.ndarray:
+    """x (rows, C_in, *spatial) convolved as ONNX Conv with ``spec`` -> (rows, C_out, *out_spatial) float32.
+
+    The same sums as the unfolded rows times the product matrix (im2col), without building
+    the unfolded matrix: torch's direct convolution, a 1-D Conv as a 2-D one of height 1.
+    """
+    import torch.nn.functional as F
+
+    t = _tensor(x)
+    one_d = t.dim() == 3
+    if one_d:
+        t = t.unsqueeze(2)
+        pads, strides, dil = (0, spec.pads[0], 0, spec.pads[1]), (1, *spec.strides), (1, *spec.dilations)
+    else:
+        pads, strides, dil = tuple(spec.pads), tuple(spec.strides), tuple(spec.dilations)
+    begin, end = pads[:2], pads[2:]
+    if begin != end:   # asymmetric (SAME_UPPER/LOWER): pad explicitly, F.pad takes (w_begin, w_end, h_begin, h_end)
+        t = F.pad(t, (begin[1], end[1], begin[0], end[0]))
+        begin = (0, 0)
+    y = F.conv2d(t, torch.from_numpy(weight), None if bias is None else _tensor(bias), strides, begin, dil)
+    return (y.squeeze(2) if one_d else y).numpy()
+
+
 # ---------------------------------------------------------------------------
 # Converters (DAC / ADC) and weight programming
 # ---------------------------------------------------------------------------

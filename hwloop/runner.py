@@ -318,7 +318,7 @@ class _Devices:
         dev = self.per_layer[layer.index]
         self._program(dev, layer)
         try:
-            return dev.run(x, repeats=repeats, key=(self.seed, layer.index, batch))
+            return on_device(dev, layer, x, repeats, key=(self.seed, layer.index, batch))
         except ValueError as e:
             raise HwloopError(f"layer {layer.index} ({layer.name!r}): {e}") from None
 
@@ -334,7 +334,25 @@ class _Ideal:
             self.emulators.append(emu)
 
     def run(self, layer: AnalogLayer, x: np.ndarray, repeats: int) -> np.ndarray:
-        return self.emulators[layer.index].run(x, repeats=repeats)
+        return on_device(self.emulators[layer.index], layer, x, repeats)
+
+
+def on_device(dev: Device, layer: AnalogLayer, x: np.ndarray, repeats: int, key: tuple = ()) -> np.ndarray:
+    """``layer`` on ``dev``: dense x (r, B, n_in) -> (R, B, n_out); a Conv's x (r, B, C, *spatial) ->
+    (R, B, C_out * positions), channel-major.  A Conv goes to the device as unfolded rows, as a chip
+    sees them, unless the device takes it whole (``run_conv``, e.g. an emulator needing no per-row step)."""
+    if layer.conv is None:
+        return dev.run(x, repeats=repeats, key=key)
+    x = np.asarray(x, np.float32)
+    direct = getattr(dev, "run_conv", None)
+    y = direct(x, repeats=repeats, key=key) if direct is not None else None
+    if y is not None:
+        return y
+    r, B = x.shape[:2]
+    cols = im2col(x.reshape(r * B, *x.shape[2:]), layer)                       # (r*B*P, n_in)
+    y = dev.run(cols.reshape(r, -1, layer.n_in), repeats=repeats, key=key)      # (R, B*P, C_out)
+    y = np.asarray(y).reshape(repeats, B, -1, layer.n_out).transpose(0, 1, 3, 2)  # (R, B, C_out, P)
+    return np.ascontiguousarray(y).reshape(repeats, B, -1)
 
 
 class _Memory:
@@ -518,10 +536,7 @@ def _run_layer(layer: AnalogLayer, arr: np.ndarray, r: int, B: int, repeats: int
         y = run_layer(layer, arr.reshape(r, B, -1), repeats)          # (R, B, n_out)
         return np.asarray(y, dtype=dtype).reshape(repeats * B, -1), y
     spatial = tuple(layer.meta["out_spatial"])
-    cols = im2col(np.asarray(arr, np.float32), layer)                 # (r*B*P, n_in)
-    y = run_layer(layer, cols.reshape(r, -1, layer.n_in), repeats)    # (R, B*P, C_out)
-    y = np.asarray(y).reshape(repeats, B, -1, layer.n_out).transpose(0, 1, 3, 2)  # (R, B, C_out, P)
-    rec = np.ascontiguousarray(y).reshape(repeats, B, -1)
+    rec = run_layer(layer, arr.reshape((r, B) + arr.shape[1:]), repeats)      # (R, B, C_out * P)
     return rec.reshape((repeats * B, layer.n_out) + spatial).astype(dtype, copy=False), rec
 
 

@@ -58,8 +58,10 @@ class Emulator(Device):
                       "weights_clipped": 0}
         self.settings = self.profile.for_layer(layer.index, layer.name) if self.profile is not None else None
         self._b = layer.bias.astype(np.float32)
+        self._conv_w = None
         if self.settings is None or self.settings.ideal:
             self._wt = np.ascontiguousarray(layer.weight.T, dtype=np.float32)
+            self._conv_w = _conv_kernel(layer, self._wt, row_exact=False)
             return
         s = self.settings
         rng = physics.static_rng(self._seed, layer.index, _STATIC_TAG)
@@ -77,21 +79,19 @@ class Emulator(Device):
         # one static gain/offset per row tile (each tile is its own piece of silicon)
         self._gain, self._offset = physics.gain_offset_draw(layer.n_out, s.gain_offset.gain, s.gain_offset.offset,
                                                             rng, shape=(len(self._rows),))
+        # inputs that reach the array as whole rows (DAC, read noise, row tiles) need the unfolded rows
+        self._conv_w = _conv_kernel(layer, self._wt, s.dac.active or bool(self._read_std) or len(self._rows) > 1)
 
     def run(self, x: np.ndarray, *, repeats: int, key: Sequence[int] = ()) -> np.ndarray:
         x = check_input(self, x, repeats)
         s = self.settings
         if s is None or s.ideal:
             return self._exact(x, repeats)
-        key = tuple(key) if len(key) else (self._seed, self.layer.index, self._calls)
-        gen = physics.generator(key)
-        self._calls += 1
-        self.stats["runs"] += 1
+        gen, t = self._session(key, repeats)
         if s.dac.active:
             x = x.copy()
             self.stats["dac_clipped"] += physics.convert(x, s.dac)
             self.stats["dac_values"] += x.size
-        t = self._drift_time(key, repeats)
         if len(self._rows) == 1:
             return self._analog(x, self._wt, self._b, 0, t, repeats, gen, s.transfer.function)
         # Tiled: every tile runs linearly; partial sums are combined, then bias and activation, digitally.
@@ -102,6 +102,35 @@ class Emulator(Device):
         y += self._b
         return activate(self.layer.activation, y)
 
+    def run_conv(self, x: np.ndarray, *, repeats: int, key: Sequence[int] = ()) -> np.ndarray | None:
+        """A Conv layer on its un-unfolded input x (R_in, B, C_in, *spatial) -> (repeats, B, C_out * positions),
+        channel-major as recorded; None when this device needs the unfolded rows themselves (an input DAC,
+        weight read noise, row tiles), and the caller unfolds them for ``run``.
+
+        The numbers are ``run``'s on the unfolded rows (the same noise draws, in the same row order),
+        except that the products come from a direct convolution, which sums in another order
+        (float32 rounding, well within 1e-5 of onnxruntime).
+        """
+        if self._conv_w is None:
+            return None
+        r_in, b = x.shape[:2]
+        y = physics.conv(x.reshape(r_in * b, *x.shape[2:]), self._conv_w, self._b, self.layer.conv)
+        if self.settings is None or self.settings.ideal:
+            y = activate(self.layer.activation, y).reshape(r_in, b, -1)
+            return y if r_in == repeats else np.broadcast_to(y, (repeats, *y.shape[1:]))
+        gen, t = self._session(key, repeats)
+        c_out = y.shape[1]
+        rows = np.ascontiguousarray(y.reshape(r_in, b, c_out, -1).transpose(0, 1, 3, 2)).reshape(r_in, -1, c_out)
+        out = self._analog(None, None, self._b, 0, t, repeats, gen, self.settings.transfer.function, rows)
+        return np.ascontiguousarray(out.reshape(repeats, b, -1, c_out).transpose(0, 1, 3, 2)).reshape(repeats, b, -1)
+
+    def _session(self, key: Sequence[int], repeats: int):
+        """One run's random generator (from ``key``, else the call count) and drift time."""
+        key = tuple(key) if len(key) else (self._seed, self.layer.index, self._calls)
+        self._calls += 1
+        self.stats["runs"] += 1
+        return physics.generator(key), self._drift_time(key, repeats)
+
     def _exact(self, x: np.ndarray, repeats: int) -> np.ndarray:
         r_in, b, n_in = x.shape
         a = physics.affine(x.reshape(r_in * b, n_in), self._wt, self._b)
@@ -110,16 +139,20 @@ class Emulator(Device):
             y = np.broadcast_to(y, (repeats, b, y.shape[2]))
         return y
 
-    def _analog(self, x: np.ndarray, wt: np.ndarray, bias: np.ndarray | None, tile: int, t, repeats: int,
-                gen, function: str) -> np.ndarray:
+    def _analog(self, x: np.ndarray | None, wt: np.ndarray | None, bias: np.ndarray | None, tile: int, t,
+                repeats: int, gen, function: str, products: np.ndarray | None = None) -> np.ndarray:
         """One pass through the array: products, noise, transfer, gain/offset, ADC -> (repeats, B, n_out).
 
         ``bias is None`` marks a row tile: it runs linearly and all its noise lands on the partial sums.
         Deterministic steps run on the R_in copies they get; the first random step expands to ``repeats``.
+        ``products`` (R_in, B, n_out): the weighted sums plus bias, already computed (``x`` is then unused).
         """
         s, tiled = self.settings, bias is None
-        r_in, b, n_in = x.shape
-        y = physics.affine(x.reshape(r_in * b, n_in), wt, bias).reshape(r_in, b, -1)
+        if products is None:
+            r_in, b, n_in = x.shape
+            y = physics.affine(x.reshape(r_in * b, n_in), wt, bias).reshape(r_in, b, -1)
+        else:
+            y = products
         if self._read_std:
             y = physics.apply_read_noise(y, x, self._read_std, gen, repeats)
         if self._pre_noise is not None and not tiled:
@@ -167,6 +200,11 @@ class Emulator(Device):
         if self.profile is None:
             return {"type": "Emulator", "name": self.name, "profile": "ideal"}
         return {"type": "Emulator", "name": self.name, "profile": self.profile.describe()}
+
+
+def _conv_kernel(layer: AnalogLayer, wt: np.ndarray, row_exact: bool) -> np.ndarray | None:
+    """The conv kernel for ``run_conv``, or None (not a Conv, or the device must see the unfolded rows)."""
+    return None if layer.conv is None or row_exact else physics.conv_weight(wt, layer.conv)
 
 
 def _tiles(n: int, size: int | None) -> list[slice]:
