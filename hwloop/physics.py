@@ -224,7 +224,8 @@ def gain_offset_draw(n: int, gain_std: float, offset_std: float, rng: np.random.
 
 
 def apply_noise(x: np.ndarray, noise: NoiseSettings, gen: torch.Generator, repeats: int | None = None) -> np.ndarray:
-    """The neuron noise model on ``x`` (R_in, B, n): one layer (or tile) per call; returns a new array.
+    """The neuron noise model on ``x`` (R_in, B, n) or, for a Conv, (R_in, B, C, positions) (the neurons
+    are axis 2 either way): one layer (or tile) per call; returns a new array.
 
         y_i = x_i (1 + xi_M,i + xi_MC) + xi_A,i + xi_AC  [+ shot + dither]
 
@@ -237,8 +238,8 @@ def apply_noise(x: np.ndarray, noise: NoiseSettings, gen: torch.Generator, repea
     (block-wise processing was faster single-threaded but far slower when threads wait).
     """
     t = _tensor(x)
-    r_in, b, n = t.shape
-    shape, common = (repeats or r_in, b, n), (repeats or r_in, b, 1)
+    shape = (repeats or t.shape[0], *t.shape[1:])
+    common = shape[:2] + (1,) + shape[3:]     # one draw per (repeat, sample[, position]), shared by the neurons
     if noise.D_M or noise.shot:
         var = torch.addcmul(torch.tensor(noise.D_A, dtype=t.dtype), t, t, value=noise.D_M)
         if noise.shot:

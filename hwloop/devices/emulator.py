@@ -107,9 +107,11 @@ class Emulator(Device):
         channel-major as recorded; None when this device needs the unfolded rows themselves (an input DAC,
         weight read noise, row tiles), and the caller unfolds them for ``run``.
 
-        The numbers are ``run``'s on the unfolded rows (the same noise draws, in the same row order),
-        except that the products come from a direct convolution, which sums in another order
-        (float32 rounding, well within 1e-5 of onnxruntime).
+        Every deterministic step gives ``run``'s numbers on the unfolded rows (up to float32 rounding:
+        a direct convolution sums in another order, well within 1e-5 of onnxruntime).  The noise has
+        the same distribution (a row is one output position: common-mode terms are shared by the
+        channels of a position) but is drawn in channel-major order, (R, B, C_out, positions), not in
+        row order (R, B * positions, C_out): the same seed gives other draws than ``run`` on the rows.
         """
         if self._conv_w is None:
             return None
@@ -119,10 +121,9 @@ class Emulator(Device):
             y = activate(self.layer.activation, y).reshape(r_in, b, -1)
             return y if r_in == repeats else np.broadcast_to(y, (repeats, *y.shape[1:]))
         gen, t = self._session(key, repeats)
-        c_out = y.shape[1]
-        rows = np.ascontiguousarray(y.reshape(r_in, b, c_out, -1).transpose(0, 1, 3, 2)).reshape(r_in, -1, c_out)
-        out = self._analog(None, None, self._b, 0, t, repeats, gen, self.settings.transfer.function, rows)
-        return np.ascontiguousarray(out.reshape(repeats, b, -1, c_out).transpose(0, 1, 3, 2)).reshape(repeats, b, -1)
+        y = y.reshape(r_in, b, y.shape[1], -1)            # (R_in, B, C_out, positions): neurons on axis 2
+        out = self._analog(None, None, self._b, 0, t, repeats, gen, self.settings.transfer.function, y)
+        return out.reshape(repeats, b, -1)
 
     def _session(self, key: Sequence[int], repeats: int):
         """One run's random generator (from ``key``, else the call count) and drift time."""
@@ -161,6 +162,8 @@ class Emulator(Device):
             y = physics.transfer(y, function, s.transfer.slope, s.transfer.scale, self.layer.activation)
         if s.gain_offset.active or s.drift.active:
             g, o = self._gain[tile], self._offset[tile]
+            if y.ndim == 4:      # a Conv taken whole: per-channel values along axis 2, positions after
+                g, o, t = g[:, None], o[:, None], np.expand_dims(t, -1) if np.ndim(t) else t
             if s.drift.active:
                 g = g * (1 + s.drift.gain * t)
                 o = o + s.drift.offset * t
