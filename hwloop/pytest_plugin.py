@@ -1,15 +1,29 @@
 """pytest plugin: lets users gate their own test suites on "does my model survive this chip?".
 
-Installed with hwloop (entry point ``pytest11``), it provides the fixture
-``hwloop_check``::
+Installed with hwloop (entry point ``pytest11``).  A marker::
 
-    def test_model_survives_the_chip(hwloop_check):
-        hwloop_check("model.onnx", profile="semenova", data="digits", repeats=10, min_accuracy=0.9)
+    @pytest.mark.hwloop(model="model.onnx", profile="crossbar", max_drop=0.02)
+    def test_survives_the_chip():
+        pass
 
-It runs ``hwloop.check.check_model``; a mean accuracy below ``min_accuracy``
-fails the test with the summary (mean, spread, noisiest layer).  Relative
-paths are tried from the working directory, then from the test file's folder.
-The result is returned, and its figures are recorded as JUnit properties.
+runs ``hwloop check`` before the test body and fails the test (accuracy,
+bound, bar and profile in the message) unless every bar passes; the keyword
+arguments are those of ``hwloop.check.check_model`` (``profile`` may be a
+list).  The fixture ``hwloop_check(model, profile=..., min_accuracy=..., ...)``
+does the same from inside a test and returns the result.  Relative paths are
+tried from the working directory, then from the test file's folder.
+
+Options: ``--hwloop-profile P`` (repeatable; replaces the profiles of every
+marker and fixture call, e.g. for a CI matrix), ``--hwloop-repeats N`` (the
+most repeats, and the number of a fixed ``repeats=``), ``--hwloop-skip``
+(skip marked tests).  ini settings: ``hwloop_profile``, ``hwloop_data``,
+``hwloop_repeats``, ``hwloop_confidence``, ``hwloop_cache`` (a result cache
+folder), ``hwloop_undecided`` (fail or skip).
+
+The figures go to the report without warnings under every junit family: as
+test-case properties for xunit1/legacy, as suite properties named
+``hwloop[TEST ID].KEY`` for xunit2 (which has no test-case properties), and
+always as a report section ``hwloop`` (shown with -rA and on failure).
 """
 
 from __future__ import annotations
@@ -18,29 +32,139 @@ from pathlib import Path
 
 import pytest
 
+_BAR_KEYS = ("min_accuracy", "max_drop", "max_flip_rate", "class_min", "metric", "max_increase")
+_SETTING_KEYS = ("data", "repeats", "max_repeats", "confidence", "scope", "seed", "batch_size", "analytic")
+
+
+def pytest_addoption(parser) -> None:
+    group = parser.getgroup("hwloop", "hwloop CI gate")
+    group.addoption("--hwloop-profile", action="append", default=None, metavar="PROFILE",
+                    help="check hwloop markers and fixture calls under this profile (repeatable; replaces theirs)")
+    group.addoption("--hwloop-repeats", type=int, default=None, metavar="N", help="most repeats per check")
+    group.addoption("--hwloop-skip", action="store_true", help="skip the tests marked hwloop")
+    parser.addini("hwloop_profile", "default profile(s) of hwloop markers (comma list)", default="")
+    parser.addini("hwloop_data", "default data spec of hwloop checks", default="digits")
+    parser.addini("hwloop_repeats", "default most repeats of hwloop checks", default="100")
+    parser.addini("hwloop_confidence", "confidence of hwloop decisions", default="0.95")
+    parser.addini("hwloop_cache", "folder for cached hwloop results (empty: no cache)", default="")
+    parser.addini("hwloop_undecided", "what an undecided check does to its test: fail or skip", default="fail")
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "hwloop(model, profile=None, max_drop=None, min_accuracy=None, ...): "
+                                       "fail the test unless the model passes hwloop check under the profile(s)")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    if config.getoption("hwloop_skip"):
+        skip = pytest.mark.skip(reason="hwloop checks skipped (--hwloop-skip)")
+        for item in items:
+            if item.get_closest_marker("hwloop") is not None:
+                item.add_marker(skip)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item) -> None:
+    marker = item.get_closest_marker("hwloop")
+    if marker is None:
+        return
+    kwargs = dict(marker.kwargs)
+    if marker.args:
+        kwargs.setdefault("model", marker.args[0])
+    if "model" not in kwargs:
+        pytest.fail("hwloop marker: give model=PATH", pytrace=False)
+    _gate(item, **kwargs)
+
+
+@pytest.fixture
+def hwloop_check(request):
+    """Call as ``hwloop_check(model, profile=..., min_accuracy=..., max_drop=..., ...)``; returns the result
+    (a list of results when several profiles are checked)."""
+    def check(model, **kwargs):
+        results = _gate(request.node, model=model, **kwargs)
+        return results[0] if len(results) == 1 else results
+
+    return check
+
+
+def _gate(item, *, model, profile=None, **kwargs):
+    """Run the check(s) for ``item``, attach the figures, fail or skip it unless every check passes."""
+    from hwloop.check.bars import Bars
+    from hwloop.check.matrix import Settings, run_matrix
+    from hwloop.errors import HwloopError
+
+    config, here = item.config, Path(str(item.path)).parent
+    unknown = set(kwargs) - set(_BAR_KEYS) - set(_SETTING_KEYS)
+    if unknown:
+        pytest.fail(f"hwloop: unknown argument(s) {', '.join(sorted(unknown))}", pytrace=False)
+    option = [p for v in config.getoption("hwloop_profile") or [] for p in _as_list(v)]
+    profiles = option or _as_list(profile) or _as_list(config.getini("hwloop_profile"))
+    if not profiles:
+        pytest.fail("hwloop: no profile (give profile=..., --hwloop-profile or ini hwloop_profile)", pytrace=False)
+    bars = {k: kwargs.pop(k) for k in _BAR_KEYS if k in kwargs}
+    if isinstance(bars.get("class_min"), dict):
+        bars["class_min"] = tuple(bars["class_min"].items())
+    kwargs.setdefault("data", config.getini("hwloop_data"))
+    repeats = config.getoption("hwloop_repeats")
+    if repeats is not None:        # the command line wins, over a fixed number of repeats too
+        kwargs["max_repeats"] = repeats
+        if kwargs.get("repeats") is not None:
+            kwargs["repeats"] = repeats
+    kwargs.setdefault("max_repeats", int(config.getini("hwloop_repeats")))
+    kwargs.setdefault("confidence", float(config.getini("hwloop_confidence")))
+    cache = config.getini("hwloop_cache") or None
+    error = None
+    try:
+        settings = Settings(Bars(**bars), **kwargs)
+        results = run_matrix([_resolve(model, here)], [_resolve(p, here) for p in profiles], settings,
+                             cache=Path(config.rootpath, cache) if cache else None)
+    except HwloopError as e:
+        error = f"hwloop: {e}"
+    if error:   # outside the except block: one line, no chained exception
+        pytest.fail(error, pytrace=False)
+    _attach(item, results)
+    bad = [r for r in results if r.decision != "pass"]
+    if bad:
+        text = "\n\n".join(r.summary() for r in bad)
+        if all(r.decision == "undecided" for r in bad) and config.getini("hwloop_undecided") == "skip":
+            pytest.skip(text)
+        pytest.fail(text, pytrace=False)
+    return results
+
+
+def _attach(item, results) -> None:
+    from hwloop.check.outputs import _properties
+
+    item.add_report_section("call", "hwloop", "\n\n".join(r.summary() for r in results))
+    family = item.config.getini("junit_family")
+    xml = _junit_xml(item.config)
+    for r in results:
+        prefix = "hwloop" if len(results) == 1 else f"hwloop[{r.profile}]"
+        for key, value in _properties(r):
+            if family in ("xunit1", "legacy"):
+                item.user_properties.append((f"{prefix}_{key}", value))
+            elif xml is not None:
+                xml.add_global_property(f"{prefix}[{item.nodeid}].{key}", str(value))
+
+
+def _junit_xml(config):
+    """pytest's JUnit writer when --junitxml is given (how ``record_testsuite_property`` reaches it)."""
+    try:
+        from _pytest.junitxml import xml_key
+    except ImportError:   # pragma: no cover - a future pytest: the report section remains
+        return None
+    return config.stash.get(xml_key, None)
+
+
+def _as_list(v) -> list:
+    if v is None or v == "":
+        return []
+    if isinstance(v, (list, tuple)):
+        return list(v)
+    return [p.strip() for p in str(v).split(",") if p.strip()] if isinstance(v, str) else [v]
+
 
 def _resolve(p, here: Path):
     if isinstance(p, (str, Path)) and not Path(p).exists() and (here / p).exists():
         return here / p
     return p
-
-
-@pytest.fixture
-def hwloop_check(request, record_property):
-    """Call as ``hwloop_check(model, profile=..., data=..., repeats=..., min_accuracy=..., seed=0)``."""
-    from hwloop.check import check_model
-
-    here = request.path.parent
-
-    def check(model, *, profile, data="digits", repeats=10, min_accuracy, seed=0, batch_size=None):
-        result = check_model(_resolve(model, here), profile=_resolve(profile, here), data=data, repeats=repeats,
-                             min_accuracy=min_accuracy, seed=seed, batch_size=batch_size)
-        record_property("hwloop_accuracy_mean", f"{result.mean:.6f}")
-        record_property("hwloop_accuracy_std", f"{result.std:.6f}")
-        if result.noisiest is not None:
-            record_property("hwloop_noisiest_layer", result.noisiest.name)
-        if not result.passed:
-            pytest.fail(result.summary(), pytrace=False)
-        return result
-
-    return check

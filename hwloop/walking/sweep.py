@@ -445,23 +445,15 @@ def _run_local(job, store: SweepStore, progress) -> None:
 
 
 def _run_dask(job, store: SweepStore, scheduler: str | None, workers: int | None, progress) -> None:
-    from dask.distributed import Client, LocalCluster, as_completed
+    from dask.distributed import as_completed
+
+    from ..cluster import dask_client
 
     clean, points = _tasks(job, store)
     total = len(clean) + len(points)
     if total == 0:
         return
-    cluster = None
-    try:
-        if scheduler:
-            client = Client(scheduler, timeout="10s")
-        else:
-            cluster = LocalCluster(n_workers=workers or 1, threads_per_worker=1, processes=True,
-                                   dashboard_address=None)
-            client = Client(cluster)
-    except Exception as e:
-        raise HwloopError(f"Dask {scheduler or 'local cluster'}: cannot start or connect ({e})") from None
-    try:
+    with dask_client(scheduler, workers) as client:
         job_f = client.scatter(job, broadcast=True)
         done = 0
 
@@ -486,7 +478,4 @@ def _run_dask(job, store: SweepStore, scheduler: str | None, workers: int | None
                 f = client.submit(eval_point, job_f, site, j, r, pure=False)
             futures[f] = (i, j, r)
         collect(futures)
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+

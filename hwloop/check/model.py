@@ -1,0 +1,200 @@
+"""``check_model``: a model on the emulator under a profile, decided by the sequential gate.
+
+Static effects (weight programming, gain/offset spread) are drawn once per
+check from ``seed``: the claim is about one programmed chip.  Each look runs
+fresh repeats on that chip (run keys carry the look, so no two looks share a
+draw).  It also names the noisiest layer: per sample, the power ratio of the
+clean layer output to its deviation over the repetitions (both averaged over
+the layer's neurons), median over samples, in dB.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from ..data import Dataset, load_data
+from ..devices.base import Device
+from ..errors import HwloopError
+from ..graph import Model, load_model
+from ..profiles import Profile, load_profile
+from .bars import Bars, Observations, classifier_observations, sample_error
+from .gate import run_gate
+from .result import CheckResult, LayerSNR
+from .stats import SCOPES, looks
+
+_LOOK_TAG = 0xC4EC  # separates the run keys of a check's looks from those of a plain run
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a model is checked: a device profile on the emulator.
+
+    A hook for other targets (a bench file): anything with ``name``,
+    ``sha256`` and ``devices(model) -> {layer index: Device}``.
+    """
+
+    name: str
+    sha256: str
+    profile: Profile
+
+    def devices(self, model: Model) -> dict[int, Device]:
+        from ..devices.emulator import emulators
+
+        return emulators(self.profile, model.layers)
+
+
+def resolve_target(spec) -> Target:
+    """A ``Target`` from a profile (object, file or bare name) or a target itself."""
+    if hasattr(spec, "devices"):
+        return spec
+    prof = spec if isinstance(spec, Profile) else load_profile(spec)
+    return Target(prof.name, prof.sha256, prof)
+
+
+class _Look(Device):
+    """A device whose run keys carry the look: fresh noise per look on the same programmed chip."""
+
+    def __init__(self, inner: Device, look: int):
+        self.inner, self.look = inner, look
+        self.remote = inner.remote
+
+    @property
+    def layer(self):
+        return self.inner.layer
+
+    @property
+    def ideal(self) -> bool:
+        return bool(getattr(self.inner, "ideal", False))
+
+    @property
+    def hardware(self) -> object:
+        return self.inner.hardware
+
+    def program(self, layer, *, seed: int = 0) -> None:
+        self.inner.program(layer, seed=seed)
+
+    def run(self, x: np.ndarray, *, repeats: int, key: Sequence[int] = ()) -> np.ndarray:
+        return self.inner.run(x, repeats=repeats, key=(_LOOK_TAG, self.look, *key))
+
+    def describe(self) -> dict:
+        return self.inner.describe()
+
+
+class _SNR:
+    """Per-layer noise power per sample, accumulated over looks (see ``layer_snr_db``)."""
+
+    def __init__(self):
+        self.noise: list[np.ndarray] = []
+        self.signal: list[np.ndarray] = []
+        self.repeats = 0
+        self.clipped: dict[int, list[int]] = {}
+
+    def add(self, layers, clean_layers, devices: dict) -> None:
+        r = layers[0].shape[0]
+        for k, (y, c) in enumerate(zip(layers, clean_layers)):
+            err = ((np.asarray(y, np.float64) - c[None]) ** 2).mean(axis=2).sum(axis=0)
+            if len(self.noise) <= k:
+                self.noise.append(err)
+                self.signal.append((np.asarray(c, np.float64) ** 2).mean(axis=1))
+            else:
+                self.noise[k] += err
+        self.repeats += r
+        for k, dev in devices.items():
+            st = getattr(dev, "stats", {})
+            acc = self.clipped.setdefault(k, [0, 0])
+            acc[0] += st.get("dac_clipped", 0) + st.get("adc_clipped", 0)
+            acc[1] += st.get("dac_values", 0) + st.get("adc_values", 0)
+
+    def layers(self, model: Model) -> list[LayerSNR]:
+        out = []
+        for L, noise, signal in zip(model.layers, self.noise, self.signal):
+            clip = self.clipped.get(L.index, [0, 0])
+            out.append(LayerSNR(L.index, L.name, _median_db(signal, noise / self.repeats),
+                                clip[0] / clip[1] if clip[1] else 0.0))
+        return out
+
+
+def layer_snr_db(y: np.ndarray, clean: np.ndarray) -> float:
+    """Median over samples of 10 log10(mean clean^2 / mean (y - clean)^2), means over neurons (and repeats).
+
+    y (repeat, sample, neuron), clean (sample, neuron).  inf when nothing deviates.
+    """
+    noise = ((np.asarray(y, np.float64) - clean[None]) ** 2).mean(axis=(0, 2))
+    return _median_db((np.asarray(clean, np.float64) ** 2).mean(axis=1), noise)
+
+
+def _median_db(signal: np.ndarray, noise: np.ndarray) -> float:
+    if not np.any(noise > 0):
+        return math.inf
+    with np.errstate(divide="ignore"):
+        snr = 10 * np.log10(signal / np.where(noise > 0, noise, np.nan))
+    return float(np.median(np.where(noise > 0, snr, np.inf)))
+
+
+def regression_targets(data, ds: Dataset) -> np.ndarray:
+    """Float targets for --metric rmse/mae: an ``npz:PATH`` spec's ``y`` as stored (Dataset casts to int)."""
+    if isinstance(data, str) and data.strip().startswith("npz:"):
+        path = data.strip()[4:].split("@")[0]
+        with np.load(path, allow_pickle=False) as f:
+            return np.asarray(f["y"], dtype=np.float64)[:len(ds)]
+    if isinstance(data, Dataset):
+        return np.asarray(ds.y, dtype=np.float64)
+    raise HwloopError(f"data {data!r}: a regressor's float targets come from an npz:PATH data set (arrays x, y)")
+
+
+def check_model(model: Model | str | os.PathLike, *, profile, data: Dataset | str = "digits",
+                repeats: int | None = None, max_repeats: int = 100, min_accuracy: float | None = None,
+                max_drop: float | None = None, max_flip_rate: float | None = None,
+                class_min: Sequence[tuple[int, float]] = (), metric: str = "accuracy",
+                max_increase: float | None = None, confidence: float = 0.95, scope: str = "population",
+                seed: int = 0, batch_size: int | None = None, bars: Bars | None = None) -> CheckResult:
+    """Check ``model`` under ``profile`` (or another target) against the bars, sequentially.
+
+    ``repeats``: a fixed design, one look at exactly that many repeats;
+    otherwise looks at 4, 8, 16, ... up to ``max_repeats``, stopping at the
+    first decision.  The result's ``decision`` is pass, fail or undecided.
+    """
+    bars = bars or Bars(min_accuracy, max_drop, max_flip_rate, tuple(class_min), metric, max_increase)
+    if scope not in SCOPES:
+        raise HwloopError(f"--scope {scope!r}: not one of {', '.join(SCOPES)}")
+    schedule = looks(repeats, sequential=False) if repeats is not None else looks(max_repeats)
+    m = model if isinstance(model, Model) else load_model(model)
+    target = resolve_target(profile)
+    ds = data if isinstance(data, Dataset) else load_data(data)
+    from ..runner import run_model
+
+    snr, seen = _SNR(), {"acc": []}
+
+    def draw(look: int, r: int) -> np.ndarray:
+        devices = target.devices(m)
+        res = run_model(m, ds, devices={k: _Look(d, look) for k, d in devices.items()}, repeats=r, seed=seed,
+                        batch_size=batch_size)
+        snr.add(res.layers, res.clean_layers, devices)
+        seen.setdefault("clean", res.clean_output)
+        seen["acc"].append(np.asarray(res.accuracy, np.float64))
+        return res.output
+
+    obs = _observations(m, ds, data, bars.metric, seed, batch_size)
+    outcome = run_gate(draw, obs, bars, scope=scope, confidence=confidence, schedule=schedule)
+    return CheckResult(model=str(m.path), profile=target.name, profile_sha256=target.sha256,
+                       data=data if isinstance(data, str) else ds.name, repeats=outcome.repeats, seed=seed,
+                       decision=outcome.decision, bars=outcome.bars, scope=scope, confidence=confidence,
+                       max_repeats=schedule[-1], accuracy=np.concatenate(seen["acc"]),
+                       clean_accuracy=float((seen["clean"].argmax(axis=1) == ds.y).mean()),
+                       layers=snr.layers(m))
+
+
+def _observations(m: Model, ds: Dataset, data, metric: str, seed: int, batch_size: int | None) -> Observations:
+    """The noise-free reference: predicted classes, or per-sample errors of a regressor."""
+    from ..runner import run_model
+
+    clean = run_model(m, ds, devices=None, repeats=1, seed=seed, batch_size=batch_size).output[0]
+    if metric == "accuracy":
+        return classifier_observations(ds.y, clean)
+    targets = regression_targets(data, ds)
+    return Observations(targets, sample_error(clean, targets, metric))
