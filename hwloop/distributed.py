@@ -31,6 +31,7 @@ from typing import Mapping
 
 import numpy as np
 
+from .cluster import dask_client
 from .data import Dataset
 from .devices import Device, Emulator
 from .errors import HwloopError
@@ -131,7 +132,7 @@ def run_sharded(model: Model | str | Path, data: Dataset | str, *,
     bar = progress_bar(setup.n_batches, len(todo), progress)
     try:
         if todo:
-            with _connect(scheduler, workers) as client:
+            with dask_client(scheduler, workers) as client:
                 _compute(client, job, setup, todo, bar)
     finally:
         bar.close()
@@ -165,32 +166,3 @@ def _compute(client, job: ShardJob, setup, todo: list[int], bar) -> None:
                                  labels=setup.ds.y[setup.rows(b)])
         bar.update(1)
         submit()
-
-
-class _connect:
-    """A Dask client: to ``scheduler``, or to a local cluster of ``workers`` single-threaded processes."""
-
-    def __init__(self, scheduler: str | None, workers: int | None):
-        self.scheduler, self.workers = scheduler, workers
-        self.cluster = self.client = None
-
-    def __enter__(self):
-        from dask.distributed import Client, LocalCluster
-
-        try:
-            if self.scheduler:
-                self.client = Client(self.scheduler, timeout="10s")
-            else:
-                self.cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
-                                            dashboard_address=None)
-                self.client = Client(self.cluster)
-        except Exception as e:
-            self.__exit__()
-            raise HwloopError(f"Dask {self.scheduler or 'local cluster'}: cannot start or connect ({e})") from None
-        return self.client
-
-    def __exit__(self, *exc) -> None:
-        if self.client is not None:
-            self.client.close()
-        if self.cluster is not None:
-            self.cluster.close()
