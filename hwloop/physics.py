@@ -97,9 +97,6 @@ def conv_weight(wt: np.ndarray, spec) -> np.ndarray | None:
     return np.ascontiguousarray(wt.T).reshape(wt.shape[1], spec.in_channels, *k2)
 
 
-_ONEDNN_MIN_ROW = 256
-
-
 def conv(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec) -> np.ndarray:
     """x (rows, C_in, *spatial) convolved as ONNX Conv with ``spec`` -> (rows, C_out, *out_spatial) float32.
 
@@ -119,15 +116,7 @@ def conv(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec) -> np
     if begin != end:   # asymmetric (SAME_UPPER/LOWER): pad explicitly, F.pad takes (w_begin, w_end, h_begin, h_end)
         t = F.pad(t, (begin[1], end[1], begin[0], end[0]))
         begin = (0, 0)
-    mkldnn = torch.backends.mkldnn.enabled
-    # short rows (few input channels): torch's own kernel is up to 2x faster than oneDNN's on this
-    # machine's CPUs; long rows: oneDNN's (tools/bench_conv.py).  The flag is process-wide, so a
-    # torch conv in another thread meanwhile may take the other kernel: only its speed changes.
-    torch.backends.mkldnn.enabled = mkldnn and weight[0].size >= _ONEDNN_MIN_ROW
-    try:
-        y = F.conv2d(t, torch.from_numpy(weight), None if bias is None else _tensor(bias), strides, begin, dil)
-    finally:
-        torch.backends.mkldnn.enabled = mkldnn
+    y = F.conv2d(t, torch.from_numpy(weight), None if bias is None else _tensor(bias), strides, begin, dil)
     return (y.squeeze(2) if one_d else y).numpy()
 
 
