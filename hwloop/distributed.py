@@ -5,13 +5,17 @@ where or when it runs, so a worker computing batch b produces exactly the
 numbers the sequential runner would, and the store's chunks (one per batch
 along ``sample``) come out byte for byte the same.
 
-The client is the store's only writer, as in a sequential run: it creates (or
-reopens, to resume) the store with ``hwloop.runner.prepare``, sends each
-missing batch's inputs to a worker, and writes each result with its
-``batch_done`` marker as it arrives, in any order.  A few batches per worker
-are in flight at a time, so memory stays bounded however long the run.
-Killing a worker loses only its batches in flight, which Dask recomputes on
-another; killing the client leaves the finished batches marked, and
+The client creates (or reopens, to resume) the store with
+``hwloop.runner.prepare`` and sends each missing batch's inputs to a worker.
+A worker that sees the store (same path, same store: a local cluster or a
+shared file system) writes its batch's chunks and then its ``batch_done``
+marker itself, with the store's own ``write_batch``, so the results do not
+travel back through the client; otherwise the client writes each result as it
+arrives.  Either way batches land in any order, each chunk file atomically,
+the marker last.  A few batches per worker are in flight at a time, so memory
+stays bounded however long the run.  Killing a worker loses only its batches
+in flight (an unmarked batch is simply written again), which Dask recomputes
+on another; killing the client leaves the finished batches marked, and
 ``--resume`` computes only the rest (with or without Dask).
 
 Emulators only: a chip stays on the machine that holds its connection.
@@ -37,8 +41,9 @@ from .devices import Device, Emulator
 from .errors import HwloopError
 from .graph import Model, load_model
 from .runner import RunResult, _Devices, _Ideal, prepare, progress_bar, resolve_devices, run_batch
+from .store import RunWriter, read_attrs
 
-#: batches in flight per worker: enough to keep every worker busy while the client writes
+#: batches in flight per worker: enough to keep every worker busy while results are written
 IN_FLIGHT_PER_WORKER = 3
 
 
@@ -55,6 +60,8 @@ class ShardJob:
     repeats: int
     all_ideal: bool
     token: str                  # one per client session: what a worker caches its state under
+    store: str                  # the run store, as the client sees it
+    store_started: str          # its start time: a worker writes only into this very store
 
 
 class _WorkerState:
@@ -65,6 +72,19 @@ class _WorkerState:
         self.noisy = _Devices(self.model, list(job.devices), job.seed)
         self.ideal = _Ideal(self.model)
         self.lock = threading.Lock()          # a multi-threaded worker runs one batch at a time per job
+        self.writer = _own_writer(job)
+
+
+def _own_writer(job: ShardJob) -> RunWriter | None:
+    """A writer into the client's store when this worker sees it (else None: results go back)."""
+    if not job.store or not Path(job.store).is_dir():
+        return None
+    try:
+        if read_attrs(job.store).get("start_time") != job.store_started:
+            return None
+        return RunWriter(job.store)
+    except (HwloopError, OSError):
+        return None
 
 
 _STATES: dict[str, _WorkerState] = {}
@@ -78,16 +98,17 @@ def _load_model(job: ShardJob) -> Model:
         return load_model(path)
     folder = Path(tempfile.gettempdir()) / f"hwloop-shard-{job.model_sha256[:16]}"
     folder.mkdir(exist_ok=True)
-    copy = folder / job.model_name
-    if not copy.is_file():
+    local = folder / job.model_name
+    if not local.is_file():
         tmp = folder / f".{job.model_name}.{os.getpid()}"
         tmp.write_bytes(job.model_bytes)
-        os.replace(tmp, copy)
-    return load_model(copy)
+        os.replace(tmp, local)
+    return load_model(local)
 
 
-def compute_shard(job: ShardJob, batch: int, xb: np.ndarray):
-    """On a worker: batch ``batch`` of the run (inputs ``xb``) -> (layers, clean, output, clean output)."""
+def compute_shard(job: ShardJob, batch: int, xb: np.ndarray, labels: np.ndarray):
+    """On a worker: batch ``batch`` of the run (inputs ``xb``), written into the store (returns None)
+    when this worker sees it, else returned as (layers, clean, output, clean output)."""
     with _STATES_LOCK:
         state = _STATES.get(job.token)
         if state is None:
@@ -97,6 +118,10 @@ def compute_shard(job: ShardJob, batch: int, xb: np.ndarray):
     with state.lock:
         layers, clean, output, clean_out = run_batch(state.model, state.noisy, state.ideal, job.all_ideal, xb,
                                                      batch, job.repeats)
+        if state.writer is not None:
+            state.writer.write_batch(batch, layers=layers, clean=clean, output=output, clean_output=clean_out,
+                                     labels=labels)
+            return None
     return ([np.ascontiguousarray(a) for a in layers], [np.ascontiguousarray(a) for a in clean],
             np.ascontiguousarray(output), np.ascontiguousarray(clean_out))
 
@@ -114,8 +139,12 @@ def run_sharded(model: Model | str | Path, data: Dataset | str, *,
                 devices: Device | Mapping[int, Device] | None = None, repeats: int = 1, seed: int = 0,
                 batch_size: int | None = None, out: str | Path | None = None, resume: bool = False,
                 overwrite: bool = False, progress: bool = False, provenance: dict | None = None,
-                scheduler: str | None = None, workers: int | None = None) -> RunResult:
-    """``run_model`` with its batches computed on Dask (``scheduler`` or a local cluster of ``workers``)."""
+                scheduler: str | None = None, workers: int | None = None, worker_writes: bool = True) -> RunResult:
+    """``run_model`` with its batches computed on Dask (``scheduler`` or a local cluster of ``workers``).
+
+    ``worker_writes=False``: every result travels back and the client writes it (what happens anyway
+    for a worker that does not see the store).
+    """
     if out is None:
         raise HwloopError("a run on Dask workers needs a run store (out=/--out) to write into")
     model = model if isinstance(model, Model) else load_model(model)
@@ -127,7 +156,8 @@ def run_sharded(model: Model | str | Path, data: Dataset | str, *,
                     out=out, resume=resume, overwrite=overwrite, provenance={**(provenance or {}), "dask": where},
                     pipeline=False)
     job = ShardJob(model.path.read_bytes(), model.path.name, str(model.path.resolve()), model.sha256, job_devices,
-                   int(seed), int(repeats), setup.all_ideal, uuid.uuid4().hex)
+                   int(seed), int(repeats), setup.all_ideal, uuid.uuid4().hex,
+                   str(Path(out).resolve()) if worker_writes else "", str(setup.writer.attrs["start_time"]))
     todo = setup.todo()
     bar = progress_bar(setup.n_batches, len(todo), progress)
     try:
@@ -151,7 +181,7 @@ def _compute(client, job: ShardJob, setup, todo: list[int], bar) -> None:
     def submit() -> None:
         b = next(pending, None)
         if b is not None:
-            f = client.submit(compute_shard, job_f, b, setup.x[setup.rows(b)], pure=False)
+            f = client.submit(compute_shard, job_f, b, setup.x[setup.rows(b)], setup.ds.y[setup.rows(b)], pure=False)
             flight[f] = b
             queue.add(f)
 
@@ -160,9 +190,11 @@ def _compute(client, job: ShardJob, setup, todo: list[int], bar) -> None:
         submit()
     for f in queue:
         b = flight.pop(f)
-        layers, clean, output, clean_out = f.result()     # a task that failed raises here; done batches stay
+        result = f.result()     # a task that failed raises here; done batches stay
         f.release()
-        setup.writer.write_batch(b, layers=layers, clean=clean, output=output, clean_output=clean_out,
-                                 labels=setup.ds.y[setup.rows(b)])
+        if result is not None:  # the worker could not see the store
+            layers, clean, output, clean_out = result
+            setup.writer.write_batch(b, layers=layers, clean=clean, output=output, clean_output=clean_out,
+                                     labels=setup.ds.y[setup.rows(b)])
         bar.update(1)
         submit()

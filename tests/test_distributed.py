@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from hwloop.cli import main
+from hwloop.distributed import run_sharded
 from hwloop.runner import run_model
 from hwloop.store import open_run
 
@@ -67,6 +68,14 @@ def test_two_workers_write_the_same_store_bytes_as_one_process(cnn_onnx, referen
     assert files == store_files(reference)
     run = open_run(out)
     assert run.complete and run.attrs["dask"] == {"scheduler": cluster.scheduler_address}
+
+
+def test_results_written_by_the_client_give_the_same_bytes(cnn_onnx, reference, cluster, tmp_path):
+    """Workers that cannot see the store send their results back; the client writes them."""
+    out = tmp_path / "client-writes.zarr"
+    run_sharded(cnn_onnx, "digits", devices=_emulators(cnn_onnx), repeats=3, seed=11, batch_size=7, out=out,
+                scheduler=cluster.scheduler_address, worker_writes=False)
+    assert store_files(out) == store_files(reference)
 
 
 @pytest.mark.slow
