@@ -12,7 +12,7 @@ The goal is 2 workers >= 1.6x of 1 worker.  Overhead per shard = (1 worker - loc
 / batches: shipping inputs and results, the client's bookkeeping, each worker's set-up.
 Every store is checked to hold the same bytes as the local run.
 
-    .venv/bin/python tools/bench_dask.py [--samples 2000] [--batch-size 100] [--repeats 10] [--trials 2]
+    .venv/bin/python tools/bench_dask.py [--samples 4000] [--batch-size 100] [--repeats 10] [--trials 2]
 
 Other jobs on the machine slow the contenders unevenly; the load average is printed.
 """
@@ -50,7 +50,7 @@ def chunk_bytes(path: Path) -> dict[str, bytes]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--samples", type=int, default=2000)
+    ap.add_argument("--samples", type=int, default=4000)
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--trials", type=int, default=2)
@@ -102,7 +102,8 @@ def main() -> None:
         print(f"{k:10s}{t:9.2f}{rows / t:11.0f}{times['1 worker'] / t:12.2f}x")
     print(f"2 workers vs 1 worker: {times['1 worker'] / times['2 workers']:.2f}x (goal >= 1.6x)")
     print(f"overhead per shard: {(times['1 worker'] - times['local-1t']) / n_batches * 1e3:.1f} ms "
-          f"(1 worker vs this process on 1 thread, over {n_batches} batches)")
+          f"(1 worker vs this process on 1 thread, over {n_batches} batches; includes each run's set-up on "
+          "the worker: receiving and loading the model, programming the emulators)")
     print(f"cluster start-up: {start[1]:.1f} s (1 worker), {start[2]:.1f} s (2 workers)")
     print(f"every store holds the same bytes as the local run: {same}")
 
