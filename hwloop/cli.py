@@ -42,6 +42,7 @@ COMMANDS = {
     "calibrate": "calibrate",
     "validate": "validate",
     "walk": "walk",
+    "finetune": "finetune",
     "profile": "profile",
 }
 

@@ -33,7 +33,7 @@ import torch
 
 from .data import Dataset, load_data
 from .devices import Device, Emulator
-from .errors import HwloopError
+from .errors import DeviceError, HwloopError
 from .graph import Glue, Model, load_model, node_label
 from .layer import AnalogLayer
 from .store import LayerInfo, RunWriter
@@ -311,7 +311,17 @@ class _Devices:
 
     def _program(self, dev: Device, layer: AnalogLayer) -> None:
         if self.loaded.get(id(dev)) != layer.index:
-            dev.program(layer, seed=derive_seed(self.seed, layer.index))
+            try:
+                dev.program(layer, seed=derive_seed(self.seed, layer.index))
+            except HwloopError as e:
+                if dev.origin is None:
+                    raise
+                kind = DeviceError if isinstance(e, DeviceError) else HwloopError
+                raise kind(f"{dev.origin}: layer {layer.index} ({layer.name!r}): {e}") from None
+            except Exception as e:      # a plug-in's own failure: name where it was declared
+                where = dev.origin or type(dev).__name__
+                raise HwloopError(f"{where}: program(layer {layer.index} {layer.name!r}) failed: "
+                                  f"{type(e).__name__}: {e}") from None
             self.loaded[id(dev)] = layer.index
 
     def run(self, layer: AnalogLayer, x: np.ndarray, repeats: int, batch: int) -> np.ndarray:
@@ -574,7 +584,8 @@ def _versions() -> dict:
 
 
 def _describe_devices(model: Model, per_layer: list[Device]) -> list[dict]:
-    return [{"layer": L.index, "name": L.name, **dev.describe()} for L, dev in zip(model.layers, per_layer)]
+    return [{"layer": L.index, "name": L.name, **dev.describe(), **({"origin": dev.origin} if dev.origin else {})}
+            for L, dev in zip(model.layers, per_layer)]
 
 
 def _provenance(model: Model, ds: Dataset, x: np.ndarray, per_layer: list[Device], seed: int, repeats: int,

@@ -141,19 +141,20 @@ def test_driver_byte_orders(sim_bench, order):
 
 def test_out_of_range_refused_or_scaled_exactly(sim_bench):
     big_w = layer(8, 16, "relu", scale=3.0)               # weights beyond WEIG:RANG? 1.0
-    with VisaDevice(sim_bench.resource) as dev:
-        with pytest.raises(HwloopError, match=r"weights reach .*WEIG:RANG\?.*scale_weights=True"):
+    with VisaDevice(sim_bench.resource, strict_ranges=True) as dev:
+        with pytest.raises(HwloopError, match=r"weights reach .*WEIG:RANG\?.*strict_ranges"):
             dev.program(big_w)
         dev.program(layer(8, 16, "relu"))
         with pytest.raises(HwloopError, match=r"inputs span .*INP:RANG\?"):
             dev.run(inputs(5, 16, lo=-3, hi=3), repeats=1)
-    with VisaDevice(sim_bench.resource, scale_weights=True, scale_inputs=True) as dev:
+    with VisaDevice(sim_bench.resource) as dev:            # the default: exact power-of-two scaling
         for act in ("relu", "sigmoid"):
             L = layer(8, 16, act, scale=3.0)
             dev.program(L)
             s_w = dev.describe()["scaling"]["weights"]
             assert s_w in (8.0, 16.0)                     # a power of two bringing max|W| under 1
             assert dev.describe()["tiling"]["host_bias_and_activation"] == (act == "sigmoid")
+            assert dev.describe()["placement"]["activation"] == ("host" if act == "sigmoid" else "chip")
             x = inputs(30, 16, lo=-3, hi=3)               # scaled by 4 per measurement
             err = s_w * 4 * STEP / 2 * 1.01
             np.testing.assert_allclose(dev.run(x, repeats=2), ideal(L, x, 2), rtol=0, atol=err)

@@ -30,7 +30,7 @@ from ..data import load_data
 from ..errors import HwloopError
 from ..layer import AnalogLayer, activate, activation_slope
 from ..physics import affine, quantization_variance, weight_full_scale
-from ..profiles import ideal_profile, load_profile, parse_profile
+from ..profiles import load_profile
 from .measured import build_dataset, layer_summary, snr_db
 
 #: glue ops that leave the values of a (sample, features) tensor unchanged
@@ -521,7 +521,8 @@ def _check_glue(model, clean: Sequence[np.ndarray]) -> None:
 
 
 def predict(model, profile, data, *, average: Mapping[int, int] | None = None,
-            quantisation: bool = True, dtype: str = "float64") -> xr.Dataset:
+            quantisation: bool = True, dtype: str = "float64",
+            placements: Sequence[dict | None] | None = None) -> xr.Dataset:
     """Predicted per-layer noise statistics of ``model`` under ``profile`` on ``data``.
 
     ``model``: a ``hwloop.graph.Model`` (or anything with ``.layers``);
@@ -531,6 +532,8 @@ def predict(model, profile, data, *, average: Mapping[int, int] | None = None,
     The Dataset has the variable names of ``analyze_run`` (``var_mean``,
     ``cm_var``, ``snr_db_median``, ``mean_k``, ``var_k``, ...).  ``dtype``
     float32 trades ~1e-6 relative precision of the covariance for ~1.5x speed.
+    ``placements`` (one per layer, from a chip's provenance): where the chip really added its
+    noise when its layer was scaled into range (``hwloop.analysis.placed.as_placed``).
     """
     if isinstance(data, str):
         data = load_data(data)
@@ -549,6 +552,10 @@ def predict(model, profile, data, *, average: Mapping[int, int] | None = None,
             raise HwloopError(f"layer {l.name!r}: split into row tiles of {st.array.rows} inputs by the profile; "
                               "the prediction does not model row tiling")
     noises = [LayerNoise.from_settings(st, l, quantisation) for l, st in zip(layers, settings)]
+    if placements is not None:
+        from .placed import as_placed
+
+        noises = [as_placed(nz, pl) for nz, pl in zip(noises, placements)]
     skipped = sorted({n for st in settings for n in not_modelled(st)})
     res = propagate(layers, noises, _first_input(model, x), average, dtype)
     _check_glue(model, [r["mean"].astype(np.float32) for r in res])
@@ -567,6 +574,9 @@ def predict(model, profile, data, *, average: Mapping[int, int] | None = None,
 def predict_for_run(run, model=None, profile=None, data=None, quantisation: bool = True) -> xr.Dataset:
     """The prediction for a recorded run: model, per-layer profiles and data from its provenance unless given.
 
+    Each layer is predicted with its own device's description (``hwloop.analysis.placed``):
+    ``profile`` stands in only for devices without one (a chip with no ``twin:``).
+
     Checks that the data reproduce the run's noise-free first layer, so a
     prediction is never silently compared with a different set of samples.
     """
@@ -574,19 +584,9 @@ def predict_for_run(run, model=None, profile=None, data=None, quantisation: bool
 
     attrs = run.attrs
     model = load_model(model or attrs.get("model_path") or _missing("model_path", "--model"))
-    if profile is not None:
-        profiles = load_profile(profile)
-    else:
-        profiles = []
-        for k, dev in enumerate(attrs.get("devices") or _missing("devices", "--profile")):
-            prof = dev.get("profile")
-            if prof == "ideal":
-                profiles.append(ideal_profile())
-            elif isinstance(prof, dict) and "text" in prof:
-                profiles.append(parse_profile(prof["text"], prof.get("path") or f"<profile of layer {k}>"))
-            else:
-                raise HwloopError(f"layer {k} ran on {dev.get('type', 'a device')} without a profile in the run's "
-                                  "provenance: give --profile")
+    from .placed import layer_sources
+
+    sources = layer_sources(attrs, profile)   # each layer with its own device's profile and placement
     if data is None:
         name = attrs.get("data") or _missing("data", "--data")
         data = f"{name}@{int(attrs['n_samples'])}" if "n_samples" in attrs else name
@@ -605,7 +605,10 @@ def predict_for_run(run, model=None, profile=None, data=None, quantisation: bool
     if err > 1e-3 * max(1.0, float(np.max(np.abs(clean0)))):
         raise HwloopError(f"data {data!r} does not reproduce the run's noise-free outputs of layer 0 "
                           f"(max difference {err:.3g}): give the run's --data and --model")
-    return predict(model, profiles, x, quantisation=quantisation)
+    pred = predict(model, [src.profile for src in sources], x, quantisation=quantisation,
+                   placements=[src.placement for src in sources])
+    pred.attrs["devices"] = [src.label for src in sources]
+    return pred
 
 
 def _missing(key: str, option: str):

@@ -125,7 +125,7 @@ class ChipState:
         self.profile = profile
         self.seed = seed
         self.rng = np.random.default_rng(seed)     # programming seeds and the thermometer jitter
-        self.emulator = Emulator(profile, name=f"{spec.model} {spec.serial}")
+        self.emulator = Emulator(profile, name=f"{spec.model} {spec.serial}", mismatch_seed=seed)  # fixed silicon
         self.t0 = time.monotonic()
         self.errors: list[tuple[int, str]] = []
         self.esr = 0

@@ -97,13 +97,16 @@ def validate(profile: Profile, chip_devices: Mapping[int, Device], model, data, 
              seed: int = 0, tolerances: Tolerances = Tolerances(), batch_size: int | None = None) -> Validation:
     """Run ``model`` on the chip's devices and on the twin ``Emulator(profile)``; compare (see ``compare``)."""
     from ..data import Dataset, load_data
-    from ..devices.emulator import emulators
     from ..graph import Model, load_model
     from ..runner import run_model
 
     model = model if isinstance(model, Model) else load_model(model)
     ds = data if isinstance(data, Dataset) else load_data(data)
-    twin_devices = emulators(profile, model.layers, name="twin")
+    from ..bench.twin import twin_of
+
+    profile.check_layers(model.layers)
+    # the twin runs each layer as its chip does (scaling, tiles, activation on the host or the chip)
+    twin_devices = {i: twin_of(d, profile) for i, d in chip_devices.items()}
     chip = run_model(model, ds, devices=dict(chip_devices), repeats=repeats, seed=seed, batch_size=batch_size)
     twin = run_model(model, ds, devices=twin_devices,
                      repeats=repeats, seed=seed, batch_size=batch_size)

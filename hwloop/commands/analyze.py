@@ -36,12 +36,14 @@ def main(args: argparse.Namespace) -> int:
     out = args.out or default_analysis_path(args.run)
     save_analysis(ds, out)
     print(layer_table(ds, pred))
+    if pred is not None:
+        print("predicted with, per layer: " + "; ".join(f"{k}: {d}" for k, d in enumerate(pred.attrs["devices"])))
     print(f"analysis written to {out}")
     if args.report:
         from ..report import analysis_sections, write_report
 
-        write_report(args.report, f"hwloop analysis of {args.run.name}", analysis_sections(ds, pred),
-                     provenance=run.attrs)
+        write_report(args.report, f"hwloop analysis of {args.run.name}",
+                     analysis_sections(ds, pred) + _device_sections(pred), provenance=run.attrs)
         print(f"report written to {args.report}")
     return 0
 
@@ -51,3 +53,13 @@ def default_analysis_path(run: Path) -> Path:
     run = Path(run)
     stem = run.name[:-5] if run.name.endswith(".zarr") else run.name
     return run.with_name(stem + ".analysis.nc")
+
+
+def _device_sections(pred) -> list:
+    """A report section saying which device ran which layer, and what described it for the prediction."""
+    if pred is None:
+        return []
+    from ..report import Section, table_html
+
+    rows = [[k, str(pred["layer_name"].values[k]), d] for k, d in enumerate(pred.attrs["devices"])]
+    return [Section("Devices per layer", table_html(rows, ["#", "layer", "device (description used)"]))]

@@ -69,7 +69,7 @@ def _add_diff(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..calibration import DEFAULT_BUDGET, calibrate, open_chip, refit
+    from ..calibration import DEFAULT_BUDGET, calibrate, refit
     from ..errors import HwloopError
 
     if getattr(args, "action", None) == "diff":
@@ -79,7 +79,7 @@ def main(args: argparse.Namespace) -> int:
         print(d.table())
         return 1 if d.changed else 0
     if args.dry_run:
-        return _dry_run(args, open_chip)
+        return _dry_run(args)
     if args.out is None:
         raise HwloopError("calibrate: --out PROFILE.yaml is required")
     if args.out.exists() and not (args.overwrite or args.resume):
@@ -88,12 +88,10 @@ def main(args: argparse.Namespace) -> int:
         prof, fit = refit(args.refit, args.out, name=args.name)
         _summary(prof, fit, args.out, args.report)
         return 0
-    if args.bench and not args.device:
-        raise HwloopError("calibrate: --bench needs --device NAME (the chip to calibrate)")
     store = args.store or args.out.with_suffix(".cal.zarr")
     if store.exists() and not (args.resume or args.overwrite):   # before touching the chip
         raise HwloopError(f"{store}: exists (use --resume to continue that calibration or --overwrite)")
-    chip = open_chip(args.resource, str(args.bench) if args.bench else None, args.device)
+    chip = _chip(args)
     try:
         with tqdm(desc="calibrating", unit="block", leave=False, disable=None) as bar:  # None: off unless a tty
             def progress(done: int, total: int) -> None:
@@ -130,12 +128,12 @@ def _to_precision(args: argparse.Namespace, chip, store: Path, progress) -> int:
     return 0 if r.reached else 1
 
 
-def _dry_run(args: argparse.Namespace, open_chip) -> int:
+def _dry_run(args: argparse.Namespace) -> int:
     """``--dry-run``: the plan and its bench time at the chip's timing, from what the chip reports."""
     from ..calibration.precision import dry_run
     from ..profiles import load_profile
 
-    chip = open_chip(args.resource, str(args.bench) if args.bench else None, args.device)
+    chip = _chip(args)
     try:
         prior = load_profile(args.prior).data if args.prior else None
         print(dry_run(chip.info, args.target_precision, args.budget, args.seed, prior=prior))
@@ -172,3 +170,28 @@ def _summary(prof, fit, out: Path, report: Path | None) -> None:
         from ..calibration.report import write_calibration_report
 
         print(f"report: {write_calibration_report(fit, report, provenance=prof.provenance)}")
+
+
+def _chip(args: argparse.Namespace):
+    """The device to calibrate, chosen as every command chooses one (``hwloop.bench.open_device``):
+    a chip at --resource, or any device of --bench (its only one, or --device), plug-ins included;
+    a bench file's ``capabilities:`` tell the calibration what a plug-in does not report."""
+    from ..bench import load_bench, open_device
+    from ..calibration import chip_from_device
+    from ..errors import HwloopError
+
+    caps = None
+    if args.bench:
+        bench = load_bench(args.bench)
+        name = args.device or bench.only_device()
+        spec = bench.devices_spec.get(name)
+        if spec is not None and spec.kind == "emulator":
+            raise HwloopError(f"{spec.where}: an emulator, not a chip; calibration measures a chip or a plug-in")
+        caps = spec.capabilities if spec is not None else None
+    # a clipped level is dropped by the fits, not fatal
+    device = open_device(args.bench, args.device, resource=args.resource, on_clip="warn")
+    try:
+        return chip_from_device(device, caps)
+    except BaseException:
+        device.close()
+        raise

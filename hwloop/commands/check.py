@@ -31,14 +31,18 @@ annotations, and the Markdown table goes to the job summary.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 HELP = "CI gate: do the models keep their bars under device profiles? (exit 0 pass, 1 fail, 3 undecided)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("models", nargs="+", metavar="MODEL.onnx")
-    p.add_argument("--profile", action="append", required=True, metavar="PROFILE",
+    p.add_argument("--profile", action="append", metavar="PROFILE",
                    help="profile file or bare name (e.g. semenova); repeat it or give a comma list for a matrix")
+    p.add_argument("--bench", type=Path, help="bench file: every layer on one of its devices (--device; a chip "
+                                              "or a plug-in), in this process, results not cached")
+    p.add_argument("--device", help="the device name in --bench (default: its only device)")
     p.add_argument("--data", default="digits", help="data spec (default: digits)")
     bars = p.add_argument_group("bars (several at once)")
     bars.add_argument("--min-accuracy", type=float, help="required noisy accuracy in [0, 1]")
@@ -77,10 +81,13 @@ def main(args: argparse.Namespace) -> int:
     settings = Settings(bars, data=args.data, repeats=args.repeats, max_repeats=args.max_repeats,
                         confidence=args.confidence, scope=args.scope, seed=args.seed, batch_size=args.batch_size,
                         analytic=args.analytic)
-    profiles = [p.strip() for item in args.profile for p in item.split(",") if p.strip()]
+    profiles = [p.strip() for item in args.profile or [] for p in item.split(",") if p.strip()]
     cache = None if args.no_cache else (args.cache or default_cache_dir())
-    results = run_matrix(args.models, profiles, settings, workers=args.workers, scheduler=args.scheduler,
-                         cache=cache)
+    if args.bench:
+        results = _on_bench(args, settings, profiles)
+    else:
+        results = run_matrix(args.models, profiles, settings, workers=args.workers, scheduler=args.scheduler,
+                             cache=cache)
     print("\n\n".join(r.summary() for r in results))
     if len(results) > 1:
         print("\n" + markdown(results), end="")
@@ -92,3 +99,19 @@ def main(args: argparse.Namespace) -> int:
     publish(results)
     codes = {r.exit_code for r in results}
     return 1 if 1 in codes else (3 if 3 in codes else 0)
+
+
+def _on_bench(args: argparse.Namespace, settings, profiles: list[str]) -> list:
+    """The models on the bench file's device (``hwloop.bench.target``), one after the other, uncached."""
+    from ..bench.target import BenchTarget
+    from ..check.matrix import run_matrix
+    from ..errors import HwloopError
+
+    if profiles or args.workers or args.scheduler:
+        raise HwloopError("check: --bench runs on the bench's device here; give it without --profile, --workers "
+                          "and --scheduler")
+    target = BenchTarget(args.bench, args.device)
+    try:
+        return run_matrix(args.models, [target], settings, cache=None)
+    finally:
+        target.close()

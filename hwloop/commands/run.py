@@ -31,7 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     mode.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     dev = p.add_mutually_exclusive_group()
     dev.add_argument("--profile", help="device profile (YAML path or name in device_profiles/) for every layer")
-    dev.add_argument("--bench", type=Path, help="bench file (YAML) mapping layers to chips and emulators")
+    dev.add_argument("--bench", type=Path, help="bench file (YAML) mapping layers to chips, plug-in devices and "
+                                                "emulators (docs/own-chip.md)")
     p.add_argument("--dry-run", action="store_true", help="show the plan without running anything")
     dask = p.add_mutually_exclusive_group()
     dask.add_argument("--workers", type=_positive, help="shard the batches across a local Dask cluster of N "

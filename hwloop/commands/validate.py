@@ -1,6 +1,7 @@
 """Validate a calibrated profile: run a model on the chip and on the profile's emulator, compare per layer.
 
-Every analog layer runs on the chip (--resource) and, separately, on the
+Every analog layer runs on the chip (--resource, or --bench BENCH.yaml
+[--device NAME], any device a bench file can name) and, separately, on the
 emulator with PROFILE; per layer the mean noise variance, the median SNR and
 the common-mode share are compared, and the accuracy.  Exit status 0 when
 every check is within its tolerance, 1 when not (2: bad input).
@@ -23,8 +24,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..calibration.validate import Tolerances
 
     t = Tolerances()
-    p.add_argument("profile", help="calibrated device profile (YAML path or name)")
-    p.add_argument("--resource", required=True, help="VISA resource of the chip's bench controller")
+    p.add_argument("profile", nargs="?", help="calibrated device profile (YAML path or name; default: the "
+                                              "bench device's twin:)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--resource", help="VISA resource of the chip's bench controller")
+    src.add_argument("--bench", type=Path, help="bench file (YAML) naming the chip (with --device)")
+    p.add_argument("--device", help="the chip's device name in --bench (default: its only device)")
     p.add_argument("--model", type=Path, help="ONNX model file (required unless --terms)")
     p.add_argument("--terms", action="store_true", help="no model: calibrate again (--budget) and check every "
                                                         "term of PROFILE for a significant change")
@@ -45,12 +50,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..bench import VisaDevice
+    from ..bench import layer_devices
     from ..calibration.validate import Tolerances, validate, write_validation_report
     from ..graph import load_model
     from ..profiles import load_profile
 
-    profile = load_profile(args.profile)
+    profile = load_profile(args.profile or _twin(args))
     if args.terms:
         return _terms(args, profile)
     if args.model is None:
@@ -59,12 +64,12 @@ def main(args: argparse.Namespace) -> int:
         raise HwloopError("validate: --model is required (or --terms to check the calibrated terms)")
     model = load_model(args.model)
     tol = Tolerances(args.tol_variance, args.tol_accuracy, args.tol_snr_db, args.tol_cm)
-    first = VisaDevice(args.resource, on_clip="warn")   # clipping is part of what the twin must reproduce
-    devices = {L.index: (first if i == 0 else first.sibling()) for i, L in enumerate(model.layers)}
+    # clipping is part of what the twin must reproduce: warn, do not stop
+    devices = layer_devices(model, args.bench, args.device, resource=args.resource, on_clip="warn")
     try:
         v = validate(profile, devices, model, args.data, repeats=args.repeats, seed=args.seed, tolerances=tol)
     finally:
-        for d in devices.values():
+        for d in {id(d): d for d in devices.values()}.values():
             d.close()
     print(v.table())
     if args.report:
@@ -74,14 +79,26 @@ def main(args: argparse.Namespace) -> int:
 
 def _terms(args: argparse.Namespace, profile) -> int:
     """Calibrate the chip again and check every term of ``profile``; exit 1 when one changed."""
-    from ..calibration import open_chip
     from ..calibration.validate import validate_terms
+    from .calibrate import _chip
 
-    bench = getattr(args, "bench", None)   # --bench/--device, where the command offers them
-    chip = open_chip(args.resource, str(bench) if bench else None, getattr(args, "device", None))
+    chip = _chip(args)
     try:
         d = validate_terms(profile, chip, budget=args.budget, seed=args.seed, alpha=args.alpha)
     finally:
         chip.device.close()
     print(d.table())
     return 1 if d.changed else 0
+
+
+def _twin(args: argparse.Namespace) -> str:
+    """The calibrated profile a bench file names for the device (``twin:``), when no PROFILE is given."""
+    from ..bench import load_bench
+    from ..errors import HwloopError
+
+    if args.bench:
+        bench = load_bench(args.bench)
+        spec = bench.devices_spec.get(args.device or bench.only_device())
+        if spec is not None and spec.twin:
+            return spec.twin
+    raise HwloopError("validate: give the calibrated PROFILE (or a twin: for the device in --bench)")

@@ -2,6 +2,7 @@
 
   hwloop walk MODEL.onnx --list-sites
   hwloop walk MODEL.onnx --sigmas logspace:1e-2:1e8:41 --data digits --repeats 3 --out SWEEP.zarr
+  hwloop walk MODEL.onnx --bench BENCH.yaml --sites 4 --sigmas 0.01,0.1,1 --out SWEEP.zarr   (chips in the loop)
   hwloop walk --train-noise --model-def tfc --epochs 5 --sigmas 0.1,1,10 --out SWEEP.zarr [--workers 2]
   hwloop walk report SWEEP.zarr --report walk.html
   hwloop walk plan SWEEP.zarr --budget 24 --sigma 0.5
@@ -43,6 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="local Dask cluster of N single-threaded workers (0: in this process); default: one "
                         "per core for --train-noise sweeps, in this process for evaluation-only sweeps, "
                         "whose points are too short to pay for a cluster")
+    p.add_argument("--bench", type=Path, help="bench file: its layers run on their devices (chips) while the walk "
+                                              "visits --sites (outputs of the other analog layers); evaluation-only")
     p.add_argument("--report", type=Path, help="write the sweep's HTML report here")
     p.add_argument("--budget", type=int, help="plan: total executions to share among the sites")
     p.add_argument("--sigma", type=float, help="plan: global noise level to evaluate the allocations at")
@@ -80,7 +83,7 @@ def main(args: argparse.Namespace) -> int:
     if workers is None and args.train_noise and not args.scheduler:
         workers = os.cpu_count() or 1
     run_sweep(settings, args.out, model, scheduler=args.scheduler, workers=workers or None,
-              progress=_progress())
+              progress=_progress(), bench=args.bench)
     print("\n".join(midpoint_lines(open_sweep(args.out))))
     print(f"sweep written to {args.out}")
     if args.report:

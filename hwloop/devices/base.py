@@ -1,16 +1,42 @@
-"""The one interface every device implements.
+"""The one interface every device implements: a public, versioned contract (``DEVICE_API_VERSION``).
 
-A device is programmed with one layer (``program``), then fed many batches
-(``run``).  ``run`` takes inputs shaped (R_in, batch, n_in) and returns
-(repeats, batch, n_out) float32, where R_in is 1 (the same input evaluated
-``repeats`` times, e.g. the first analog layer) or equal to ``repeats`` (each
-repetition of the previous layer evaluated once: repetitions are carried
-through the network so noise accumulates as on hardware).
+Bring your own chip (docs/own-chip.md): subclass ``Device``, implement
+``program`` and ``run``, and name the class in a bench file (``type:
+module:Class`` plus keyword arguments, or a short name registered under the
+entry-point group ``hwloop.devices``).  Every hwloop command that takes
+``--bench`` can then use it.  Version 1 of the contract:
+
+- ``program(layer, seed=)``: load one ``AnalogLayer`` (``weight`` (n_out,
+  n_in), ``bias`` (n_out,), ``activation`` in sigmoid/tanh/relu/linear).  Raise
+  ``hwloop.errors.DeviceError`` with a sentence the user can act on when the
+  chip cannot take it; any other exception is reported as a failed ``program``
+  naming the bench file's line.
+- ``run(x, repeats=, key=)``: x is (R_in, batch, n_in) float32, R_in 1 (the
+  same input evaluated ``repeats`` times, e.g. the first analog layer) or equal
+  to ``repeats`` (each repetition of the previous layer evaluated once:
+  repetitions are carried through the network so noise accumulates as on
+  hardware).  Return (repeats, batch, n_out) float32.  ``check_input`` checks
+  the shapes for you.
+- optional: ``describe()`` (provenance, JSON-serialisable; say where bias and
+  activation really ran in ``{"placement": {"activation": "host"|"chip",
+  "scale": s}}`` when the chip does not do them itself), ``close()``,
+  ``remote`` (True when the work happens outside this process, so the runner
+  overlaps layers), ``hardware`` (devices sharing one unit are not run at the
+  same time), ``interrupt()``, ``sibling()`` (another device on the same
+  connection, for a second layer; without it one instance serves every layer
+  mapped to it and is reprogrammed as the batches go through), and the static
+  ``check_options(**kwargs) -> {key: problem}``, called when a bench file is
+  read, so a bad argument is reported at its line before anything connects.
 
 Randomness is keyed, never global: ``program`` gets a seed for static effects
 (weight programming noise, gain/offset spread), ``run`` gets a key for that
 batch (e.g. ``(seed, layer, batch)``), so a resumed run draws exactly what an
 uninterrupted run would.  Physical chips ignore both.
+
+Compatibility: additions to this contract keep ``DEVICE_API_VERSION``; a change
+that breaks existing devices raises it.  A class may declare the version it
+was written for in ``api_version``; newer than this hwloop is refused when the
+bench file is loaded.
 """
 
 from __future__ import annotations
@@ -22,6 +48,9 @@ import numpy as np
 
 from ..layer import AnalogLayer
 
+#: the version of the Device contract this hwloop implements (see the module docstring)
+DEVICE_API_VERSION = 1
+
 
 class Device(ABC):
     """Runs one programmed analog layer on batches of inputs."""
@@ -31,6 +60,10 @@ class Device(ABC):
     #: True when the work happens outside this process (a chip): the runner then overlaps
     #: the layers' devices across batches instead of waiting on each in turn
     remote: bool = False
+    #: the contract version the class was written for
+    api_version: int = 1
+    #: where the device was declared (``FILE:LINE: devices: NAME``, set by the bench loader), for errors
+    origin: str | None = None
 
     @property
     def hardware(self) -> object:

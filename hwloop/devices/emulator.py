@@ -32,7 +32,11 @@ _STATIC_TAG = 0x57A71C  # separates static draws from any run key with the same 
 class Emulator(Device):
     """Runs a layer as ``act(x @ W.T + b)`` in float32, plus the physics of ``profile`` when given."""
 
-    def __init__(self, profile: Profile | str | os.PathLike | None = None, name: str = "emulator"):
+    def __init__(self, profile: Profile | str | os.PathLike | None = None, name: str = "emulator",
+                 mismatch_seed: int | None = None):
+        #: a chip's per-neuron gain/offset is its silicon's, the same at every programming: when set, it is
+        #: drawn from this seed instead of ``program``'s (the simulated bench controller sets it)
+        self.mismatch_seed = mismatch_seed
         self.profile = profile if profile is None or isinstance(profile, Profile) else load_profile(profile)
         self.name = name
         self.layer = None
@@ -77,6 +81,8 @@ class Emulator(Device):
         self._post_noise = n if n.post and n.active else (only_out if only_out.active else None)
         self._tile_noise = n if n.active else None
         # one static gain/offset per row tile (each tile is its own piece of silicon)
+        if self.mismatch_seed is not None:
+            rng = physics.static_rng(self.mismatch_seed, layer.index, _STATIC_TAG, 1)
         self._gain, self._offset = physics.gain_offset_draw(layer.n_out, s.gain_offset.gain, s.gain_offset.offset,
                                                             rng, shape=(len(self._rows),))
         # inputs that reach the array as whole rows (DAC, read noise, row tiles) need the unfolded rows

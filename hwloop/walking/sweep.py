@@ -365,8 +365,10 @@ def _provenance() -> dict:
             "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
 
 
-def _prepare(settings: SweepSettings, model: str | os.PathLike | None):
+def _prepare(settings: SweepSettings, model: str | os.PathLike | None, bench: str | os.PathLike | None = None):
     """The job, its sites, and the attributes of a new store."""
+    if bench is not None:
+        return _prepare_hardware(settings, model, bench)
     if settings.train_noise:
         if model is not None:
             raise HwloopError(f"{model}: noisy training builds its model from --model-def; "
@@ -395,9 +397,24 @@ def _prepare(settings: SweepSettings, model: str | os.PathLike | None):
     return job, sm.sites, attrs, None, sha
 
 
+def _prepare_hardware(settings: SweepSettings, model, bench):
+    """``_prepare`` for a walk with the bench file's layers on their hardware (``hardware.HardwareJob``)."""
+    from .hardware import HardwareJob
+    from .sites import load_onnx, onnx_sites
+
+    if settings.train_noise or model is None or not Path(model).exists():
+        raise HwloopError("a walk with --bench is evaluation-only on an existing ONNX model")
+    job = HardwareJob.create(settings, model, bench)
+    _, data, _, _ = job.open()
+    attrs = {"n_classes": data.n_classes, "model": str(model), "model_sha256": job.sha256, "bench": str(bench),
+             "clean_accuracy": job.clean_accuracy()}
+    return job, onnx_sites(load_onnx(model)), attrs, None, job.sha256
+
+
 def run_sweep(settings: SweepSettings, out: str | os.PathLike, model: str | os.PathLike | None = None, *,
               scheduler: str | None = None, workers: int | None = None,
-              progress: Callable[[int, int], None] | None = None) -> Path:
+              progress: Callable[[int, int], None] | None = None,
+              bench: str | os.PathLike | None = None) -> Path:
     """Run (or resume) a sweep into ``out``; ``scheduler``/``workers`` put the points on Dask.
 
     ``workers`` alone starts a local Dask cluster of that many single-threaded
@@ -405,17 +422,22 @@ def run_sweep(settings: SweepSettings, out: str | os.PathLike, model: str | os.P
     neither runs every point in this process.
     """
     out = Path(out)
-    job, sites, attrs, layers, sha = _prepare(settings, model)
+    if bench is not None and (scheduler or workers):
+        raise HwloopError("a walk with --bench runs in this process (hardware is not shipped to Dask workers)")
+    job, sites, attrs, layers, sha = _prepare(settings, model, bench)
     attrs["sites"] = [{"index": x.index, "name": x.name, "op": x.op, "shape": list(x.shape)} for x in sites]
     if out.exists():
         store = SweepStore(out)
         store.check(settings, sha)
     else:
         store = SweepStore.create(out, settings, sites, {**attrs, "provenance": _provenance()}, layers)
-    if scheduler or workers:
-        _run_dask(job, store, scheduler, workers, progress)
-    else:
-        _run_local(job, store, progress)
+    try:
+        if scheduler or workers:
+            _run_dask(job, store, scheduler, workers, progress)
+        else:
+            _run_local(job, store, progress)
+    finally:
+        getattr(job, "close", lambda: None)()          # a walk with --bench: release the hardware
     store.finish()
     return out
 
@@ -437,6 +459,8 @@ def _run_local(job, store: SweepStore, progress) -> None:
     for i, site, j, r in points:
         if isinstance(job, TrainJob):
             result = train_point(job, site, j, r, store.group["clean_state"][r])
+        elif hasattr(job, "point"):                   # hardware.HardwareJob
+            result = job.point(site, j, r)
         else:
             result = eval_point(job, site, j, r)
         store.write(result, (i, j, r))
