@@ -130,7 +130,8 @@ def check_shardable(per_layer: list[Device]) -> None:
     """Only emulators can move to a worker; one clear line for anything else."""
     for k, dev in enumerate(per_layer):
         if dev.remote or not isinstance(dev, Emulator):
-            raise HwloopError(f"layer {k} runs on {type(dev).__name__} {getattr(dev, 'name', '')!s}: --workers and "
+            where = f"{type(dev).__name__} ({dev.origin})" if getattr(dev, "origin", None) else type(dev).__name__
+            raise HwloopError(f"layer {k} runs on {where}: --workers and "
                               "--scheduler shard emulator runs only (a chip stays on the machine that holds its "
                               "connection); run it without them")
 
