@@ -261,6 +261,49 @@ def apply_noise(x: np.ndarray, noise: NoiseSettings, gen: torch.Generator, repea
     return y.numpy()
 
 
+def apply_noise_blocks(x: np.ndarray, noise: NoiseSettings, gen: torch.Generator, repeats: int) -> np.ndarray:
+    """``apply_noise`` for a Conv's outputs x (R_in, B, C, positions) in one pass per block.
+
+    The output is cut into blocks of whole samples (about ``_CHUNK`` values each), and each
+    block draws and combines all its terms while they are in cache, on the RNG threads, from
+    its own generator seeded by ``gen``: the same distribution as ``apply_noise`` (common-mode
+    terms per (repeat, sample, position)), another order of draws; blocks are fixed by the
+    shape, so the numbers do not depend on the thread count.
+    """
+    t = _tensor(x)
+    r_in, b = t.shape[:2]
+    per_sample = int(np.prod(t.shape[2:]))
+    step = max(1, _CHUNK // per_sample)
+    units = [(r, lo) for r in range(repeats) for lo in range(0, b, step)]
+    seeds = torch.randint(0, 2 ** 62, (len(units),), generator=gen).tolist()
+    out = torch.empty((repeats, *t.shape[1:]), dtype=torch.float32)
+
+    def block(i: int) -> None:
+        r, lo = units[i]
+        g = torch.Generator().manual_seed(seeds[i])
+        xs, ys = t[r if r_in > 1 else 0, lo:lo + step], out[r, lo:lo + step]
+        common = (xs.shape[0], 1, *xs.shape[2:])
+        ys.normal_(generator=g)
+        if noise.D_M or noise.shot:
+            var = torch.addcmul(torch.tensor(noise.D_A, dtype=xs.dtype), xs, xs, value=noise.D_M)
+            if noise.shot:
+                var.add_(xs.abs(), alpha=noise.shot)
+            ys.mul_(var.sqrt_())
+        else:
+            ys.mul_(noise.D_A ** 0.5)
+        if noise.D_MC:
+            ys.addcmul_(xs, torch.empty(common).normal_(generator=g).mul_(noise.D_MC ** 0.5).add_(1.0))
+        else:
+            ys.add_(xs)
+        if noise.D_AC:
+            ys.add_(torch.empty(common).normal_(generator=g), alpha=noise.D_AC ** 0.5)
+        if noise.dither:
+            ys.add_(torch.rand(ys.shape, generator=g).sub_(0.5), alpha=noise.dither)
+
+    list(_executor().map(block, range(len(units))))
+    return out.numpy()
+
+
 # ---------------------------------------------------------------------------
 # Variance forms (for the analytic prediction and for tests)
 # ---------------------------------------------------------------------------

@@ -116,8 +116,9 @@ class Emulator(Device):
         Every deterministic step gives ``run``'s numbers on the unfolded rows (up to float32 rounding:
         a direct convolution sums in another order, well within 1e-5 of onnxruntime).  The noise has
         the same distribution (a row is one output position: common-mode terms are shared by the
-        channels of a position) but is drawn in channel-major order, (R, B, C_out, positions), not in
-        row order (R, B * positions, C_out): the same seed gives other draws than ``run`` on the rows.
+        channels of a position) but is drawn in channel-major order, (R, B, C_out, positions), in blocks of
+        samples (``physics.apply_noise_blocks``), not in row order (R, B * positions, C_out): the same
+        seed gives other draws than ``run`` on the rows.
         """
         if self._conv_w is None:
             return None
@@ -189,6 +190,8 @@ class Emulator(Device):
     def _noise(self, y: np.ndarray, noise: NoiseSettings, gen, repeats: int) -> np.ndarray:
         """Neuron noise, drawn separately for every column tile (correlated terms are per tile)."""
         if len(self._cols) == 1:
+            if y.ndim == 4:     # a Conv taken whole (run_conv): every term in one pass per block
+                return physics.apply_noise_blocks(y, noise, gen, repeats)
             return physics.apply_noise(y, noise, gen, repeats)
         out = np.empty((repeats, *y.shape[1:]), np.float32)
         for cols in self._cols:
