@@ -43,6 +43,7 @@ COMMANDS = {
     "validate": "validate",
     "walk": "walk",
     "finetune": "finetune",
+    "mitigate": "mitigate",
     "profile": "profile",
 }
 

@@ -28,8 +28,11 @@ def main(args: argparse.Namespace) -> int:
     from ..analysis.predict import predict
     from ..graph import load_model
 
-    ds = predict(load_model(args.model), args.profile, args.data, quantisation=not args.no_quantisation,
-                 dtype=args.dtype)
+    from ..mitigate.multiexec import read_plan
+
+    model = load_model(args.model)
+    ds = predict(model, args.profile, args.data, quantisation=not args.no_quantisation, dtype=args.dtype,
+                 average=read_plan(model))   # a mitigated model's multi-execution plan (ONNX metadata)
     print(layer_table(ds))
     if args.out:
         save_analysis(ds, args.out)

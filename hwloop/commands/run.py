@@ -88,6 +88,9 @@ def main(args: argparse.Namespace) -> int:
     if bench is not None:
         devices = bench.devices(model)
         provenance["bench"] = bench.describe()
+    from ..mitigate.multiexec import wrap_devices
+
+    devices = wrap_devices(model, devices)   # a mitigated model's multi-execution plan (ONNX metadata)
     try:
         result = run_model(model, ds, devices=devices, repeats=args.repeats, seed=args.seed, batch_size=batch,
                            out=args.out, resume=args.resume, overwrite=args.overwrite, progress=True,
