@@ -38,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     dask.add_argument("--workers", type=_positive, help="shard the batches across a local Dask cluster of N "
                       "single-threaded processes (emulators only; same store bytes as without)")
     dask.add_argument("--scheduler", help="shard the batches across an existing Dask cluster tcp://HOST:PORT "
-                      "(emulators only; the client writes the store)")
+                      "(emulators only; same store bytes as without)")
 
 
 def _positive(text: str) -> int:
