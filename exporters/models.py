@@ -100,3 +100,30 @@ class LeNet5(nn.Sequential):
             nn.Linear(120, 84), *bn(84, 1), nn.ReLU(),
             nn.Linear(84, n_classes),
         )
+
+
+class _BasicBlock(nn.Module):
+    """ResNet's basic block: two 3x3 Conv+BN, a 1x1 Conv+BN shortcut when the shape changes."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(),
+                                  nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out))
+        self.short = (nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+                      if stride != 1 or c_in != c_out else nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.short(x))
+
+
+class ResNet18(nn.Sequential):
+    """ResNet-18 for 3x32x32 inputs (CIFAR form: 3x3 stem, no max pooling), plain torch (no torchvision)."""
+
+    def __init__(self, n_classes: int = 10, width: int = 64):
+        widths = [width, 2 * width, 4 * width, 8 * width]
+        blocks, c = [], widths[0]
+        for i, w in enumerate(widths):
+            blocks += [_BasicBlock(c, w, 1 if i == 0 else 2), _BasicBlock(w, w, 1)]
+            c = w
+        super().__init__(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(),
+                         *blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, n_classes))

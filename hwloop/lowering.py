@@ -1,7 +1,8 @@
 """How a product's tensors reach a device as rows, and the device's rows become tensors again.
 
 Devices see (repetitions, rows, n_in) -> (repetitions, rows, n_out).  A dense
-layer's rows are the samples; a Conv's are its unfolded patches (``im2col``);
+layer's rows are the samples; a Conv's are its unfolded patches (``im2col``,
+done in ``on_device`` unless the device takes the Conv whole, ``run_conv``);
 a per-token product's are its positions (``TensorMap``); a recurrent layer
 runs its device once per time step (``hwloop.recurrent``).  Each function
 returns the layer's output tensor as the graph holds it (repetitions merged
@@ -37,13 +38,11 @@ def run_recurrent_layer(layer: AnalogLayer, arr: np.ndarray, r: int, B: int, rep
 def run_product_layer(layer: AnalogLayer, arr: np.ndarray, r: int, B: int, repeats: int, run_layer: Callable):
     """Run one analog layer on its device; returns the tensor for the graph and the recorded (R, B, n)."""
     dtype = np.dtype(layer.meta["dtype"])
-    if layer.conv is not None:
+    if layer.conv is not None:                                            # whole: ``on_device`` unfolds it
         spatial = tuple(layer.meta["out_spatial"])
-        cols = im2col(np.asarray(arr, np.float32), layer)                 # (r*B*P, n_in)
-        y = run_layer(layer, cols.reshape(r, -1, layer.n_in), repeats)    # (R, B*P, C_out)
-        y = np.asarray(y).reshape(repeats, B, -1, layer.n_out).transpose(0, 1, 3, 2)  # (R, B, C_out, P)
-        rec = np.ascontiguousarray(y).reshape(repeats, B, -1)
-        return rec.reshape((repeats * B, layer.n_out) + spatial).astype(dtype, copy=False), rec
+        a = np.asarray(arr, np.float32)
+        rec = run_layer(layer, a.reshape((r, B) + a.shape[1:]), repeats)  # (R, B, C_out * P)
+        return np.asarray(rec).reshape((repeats * B, layer.n_out) + spatial).astype(dtype, copy=False), rec
     if layer.tmap is not None:                                            # one row per token / position
         m = layer.tmap
         a = np.asarray(arr, np.float32)
@@ -64,6 +63,24 @@ def run_product_layer(layer: AnalogLayer, arr: np.ndarray, r: int, B: int, repea
                           "samples, and the graph does not say how they map to samples")
     y = run_layer(layer, arr.reshape(r, B, -1), repeats)          # (R, B, n_out)
     return np.asarray(y, dtype=dtype).reshape(repeats * B, -1), y
+
+
+def on_device(dev, layer: AnalogLayer, x: np.ndarray, repeats: int, key: tuple = ()) -> np.ndarray:
+    """``layer`` on ``dev``: rows x (r, B, n_in) -> (R, B, n_out); a Conv's x (r, B, C, *spatial) ->
+    (R, B, C_out * positions), channel-major.  A Conv goes to the device as unfolded rows, as a chip
+    sees them, unless the device takes it whole (``run_conv``, e.g. an emulator needing no per-row step)."""
+    if layer.conv is None:
+        return dev.run(x, repeats=repeats, key=key)
+    x = np.asarray(x, np.float32)
+    direct = getattr(dev, "run_conv", None)
+    y = direct(x, repeats=repeats, key=key) if direct is not None else None
+    if y is not None:
+        return y
+    r, B = x.shape[:2]
+    cols = im2col(x.reshape(r * B, *x.shape[2:]), layer)                       # (r*B*P, n_in)
+    y = dev.run(cols.reshape(r, -1, layer.n_in), repeats=repeats, key=key)      # (R, B*P, C_out)
+    y = np.asarray(y).reshape(repeats, B, -1, layer.n_out).transpose(0, 1, 3, 2)  # (R, B, C_out, P)
+    return np.ascontiguousarray(y).reshape(repeats, B, -1)
 
 
 def per_sample(layer: AnalogLayer, tensor: np.ndarray, n: int) -> np.ndarray:

@@ -93,6 +93,40 @@ def affine(x: np.ndarray, wt: np.ndarray, bias: np.ndarray | None = None) -> np.
     return (tx @ tw if bias is None else torch.addmm(_tensor(bias), tx, tw)).numpy()
 
 
+def conv_weight(wt: np.ndarray, spec) -> np.ndarray | None:
+    """A Conv layer's (n_in, n_out) product matrix as a torch conv kernel (C_out, C_in, kh, kw); None
+    when the layer is not a plain (ungrouped) Conv whose rows are channel-major patches."""
+    k = tuple(spec.kernel_shape)
+    if (wt.ndim != 2 or getattr(spec, "groups", 1) != 1 or getattr(spec, "transposed", False)
+            or len(k) not in (1, 2) or spec.in_channels * int(np.prod(k)) != wt.shape[0]):
+        return None
+    k2 = (1, *k) if len(k) == 1 else k
+    return np.ascontiguousarray(wt.T).reshape(wt.shape[1], spec.in_channels, *k2)
+
+
+def conv(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec) -> np.ndarray:
+    """x (rows, C_in, *spatial) convolved as ONNX Conv with ``spec`` -> (rows, C_out, *out_spatial) float32.
+
+    The same sums as the unfolded rows times the product matrix (im2col), without building
+    the unfolded matrix: torch's direct convolution, a 1-D Conv as a 2-D one of height 1.
+    """
+    import torch.nn.functional as F
+
+    t = _tensor(x)
+    one_d = t.dim() == 3
+    if one_d:
+        t = t.unsqueeze(2)
+        pads, strides, dil = (0, spec.pads[0], 0, spec.pads[1]), (1, *spec.strides), (1, *spec.dilations)
+    else:
+        pads, strides, dil = tuple(spec.pads), tuple(spec.strides), tuple(spec.dilations)
+    begin, end = pads[:2], pads[2:]
+    if begin != end:   # asymmetric (SAME_UPPER/LOWER): pad explicitly, F.pad takes (w_begin, w_end, h_begin, h_end)
+        t = F.pad(t, (begin[1], end[1], begin[0], end[0]))
+        begin = (0, 0)
+    y = F.conv2d(t, torch.from_numpy(weight), None if bias is None else _tensor(bias), strides, begin, dil)
+    return (y.squeeze(2) if one_d else y).numpy()
+
+
 # ---------------------------------------------------------------------------
 # Converters (DAC / ADC) and weight programming
 # ---------------------------------------------------------------------------
@@ -204,7 +238,8 @@ def gain_offset_draw(n: int, gain_std: float, offset_std: float, rng: np.random.
 
 
 def apply_noise(x: np.ndarray, noise: NoiseSettings, gen: torch.Generator, repeats: int | None = None) -> np.ndarray:
-    """The neuron noise model on ``x`` (R_in, B, n): one layer (or tile) per call; returns a new array.
+    """The neuron noise model on ``x`` (R_in, B, n) or, for a Conv, (R_in, B, C, positions) (the neurons
+    are axis 2 either way): one layer (or tile) per call; returns a new array.
 
         y_i = x_i (1 + xi_M,i + xi_MC) + xi_A,i + xi_AC  [+ shot + dither]
 
@@ -217,8 +252,8 @@ def apply_noise(x: np.ndarray, noise: NoiseSettings, gen: torch.Generator, repea
     (block-wise processing was faster single-threaded but far slower when threads wait).
     """
     t = _tensor(x)
-    r_in, b, n = t.shape
-    shape, common = (repeats or r_in, b, n), (repeats or r_in, b, 1)
+    shape = (repeats or t.shape[0], *t.shape[1:])
+    common = shape[:2] + (1,) + shape[3:]     # one draw per (repeat, sample[, position]), shared by the neurons
     if noise.D_M or noise.shot:
         var = torch.addcmul(torch.tensor(noise.D_A, dtype=t.dtype), t, t, value=noise.D_M)
         if noise.shot:
@@ -238,6 +273,49 @@ def apply_noise(x: np.ndarray, noise: NoiseSettings, gen: torch.Generator, repea
     if noise.dither:
         y.add_(torch.rand(shape, generator=gen, dtype=t.dtype).sub_(0.5), alpha=noise.dither)
     return y.numpy()
+
+
+def apply_noise_blocks(x: np.ndarray, noise: NoiseSettings, gen: torch.Generator, repeats: int) -> np.ndarray:
+    """``apply_noise`` for a Conv's outputs x (R_in, B, C, positions) in one pass per block.
+
+    The output is cut into blocks of whole samples (about ``_CHUNK`` values each), and each
+    block draws and combines all its terms while they are in cache, on the RNG threads, from
+    its own generator seeded by ``gen``: the same distribution as ``apply_noise`` (common-mode
+    terms per (repeat, sample, position)), another order of draws; blocks are fixed by the
+    shape, so the numbers do not depend on the thread count.
+    """
+    t = _tensor(x)
+    r_in, b = t.shape[:2]
+    per_sample = int(np.prod(t.shape[2:]))
+    step = max(1, _CHUNK // per_sample)
+    units = [(r, lo) for r in range(repeats) for lo in range(0, b, step)]
+    seeds = torch.randint(0, 2 ** 62, (len(units),), generator=gen).tolist()
+    out = torch.empty((repeats, *t.shape[1:]), dtype=torch.float32)
+
+    def block(i: int) -> None:
+        r, lo = units[i]
+        g = torch.Generator().manual_seed(seeds[i])
+        xs, ys = t[r if r_in > 1 else 0, lo:lo + step], out[r, lo:lo + step]
+        common = (xs.shape[0], 1, *xs.shape[2:])
+        ys.normal_(generator=g)
+        if noise.D_M or noise.shot:
+            var = torch.addcmul(torch.tensor(noise.D_A, dtype=xs.dtype), xs, xs, value=noise.D_M)
+            if noise.shot:
+                var.add_(xs.abs(), alpha=noise.shot)
+            ys.mul_(var.sqrt_())
+        else:
+            ys.mul_(noise.D_A ** 0.5)
+        if noise.D_MC:
+            ys.addcmul_(xs, torch.empty(common).normal_(generator=g).mul_(noise.D_MC ** 0.5).add_(1.0))
+        else:
+            ys.add_(xs)
+        if noise.D_AC:
+            ys.add_(torch.empty(common).normal_(generator=g), alpha=noise.D_AC ** 0.5)
+        if noise.dither:
+            ys.add_(torch.rand(ys.shape, generator=g).sub_(0.5), alpha=noise.dither)
+
+    list(_executor().map(block, range(len(units))))
+    return out.numpy()
 
 
 # ---------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from .devices import Device, Emulator
 from .errors import DeviceError, HwloopError
 from .graph import Glue, Model, load_model, node_label
 from .layer import AnalogLayer
-from .lowering import im2col, per_sample, run_product_layer, run_recurrent_layer  # noqa: F401 (im2col, per_sample: API)
+from .lowering import im2col, on_device, per_sample, run_product_layer, run_recurrent_layer  # noqa: F401 (im2col, per_sample: API)
 from .store import LayerInfo, RunWriter
 
 #: default batch: the largest whose widest step (repeat x batch x values) stays under this many float32
@@ -64,66 +64,45 @@ def run_model(model: Model | str | Path, data: Dataset | str, *,
               devices: Device | Mapping[int, Device] | None = None, repeats: int = 1, seed: int = 0,
               batch_size: int | None = None, out: str | Path | None = None, resume: bool = False,
               overwrite: bool = False, progress: bool = False, provenance: dict | None = None,
-              pipeline: bool | None = None) -> RunResult:
+              pipeline: bool | None = None, scheduler: str | None = None,
+              workers: int | None = None) -> RunResult:
     """Run ``model`` on ``data`` with ``repeats`` repetitions; record into ``out`` (a run store) if given.
 
     ``pipeline``: overlap the layers' devices across batches (see the module docstring); by
     default on when a device is remote and no two layers share one.  Same numbers either way.
+    ``scheduler`` (``tcp://HOST:PORT``) or ``workers`` (a local Dask cluster of that many
+    processes): shard the batches across Dask workers (emulators only; ``hwloop.distributed``),
+    writing the same store bytes as this process would.
     """
-    model = model if isinstance(model, Model) else load_model(model)
-    ds = data if isinstance(data, Dataset) else load_data(data)
-    if repeats < 1:
-        raise HwloopError(f"repeats must be at least 1, got {repeats}")
-    x = model_inputs(model, ds)
-    per_layer = resolve_devices(model, devices)
-    pipelined = _pipelined(per_layer, pipeline)
-    n = len(ds)
-    bs = int(batch_size) if batch_size else default_batch_size(model, repeats, n, pipelined)
-    if bs < 1:
-        raise HwloopError(f"batch size must be at least 1, got {batch_size}")
-    bs = min(bs, n)
-    n_batches = -(-n // bs)
-    ideal = _Ideal(model)
-    probe_layers, probe = _forward(model, _rows(x, slice(0, 2)), ideal.run, repeats=1)  # a bad shape fails here, storeless
-    noisy = _Devices(model, per_layer, seed)   # programmed first: describe() then reports tiling etc.
-    attrs = _provenance(model, ds, x, per_layer, seed, repeats, bs, provenance, hash_data=out is not None)
-    attrs["pipelined"] = pipelined
+    if scheduler or workers:
+        from .distributed import run_sharded
 
-    writer = None
-    if out is not None:
-        if resume and Path(out).exists():
-            writer = RunWriter.resume(out, attrs)
-        else:
-            writer = RunWriter.create(out, layers=[_layer_info(L, p) for L, p in zip(model.layers, probe_layers)], n_samples=n,
-                                      n_classes=probe.shape[2], batch_size=bs, repeats=repeats, attrs=attrs,
-                                      overwrite=overwrite)
-    todo = [b for b, done in enumerate(writer.done() if writer else np.zeros(n_batches, bool)) if not done]
+        return run_sharded(model, data, devices=devices, repeats=repeats, seed=seed, batch_size=batch_size,
+                           out=out, resume=resume, overwrite=overwrite, progress=progress,
+                           provenance=provenance, scheduler=scheduler, workers=workers)
+    setup = prepare(model, data, devices, repeats=repeats, seed=seed, batch_size=batch_size, out=out,
+                    resume=resume, overwrite=overwrite, provenance=provenance, pipeline=pipeline)
+    model, ds, x, writer, attrs, per_layer = setup.model, setup.ds, setup.x, setup.writer, setup.attrs, setup.per_layer
+    todo = setup.todo()
     mem = None if writer else _Memory()
-    all_ideal = all(getattr(d, "ideal", False) for d in per_layer)
     stages = _stages(model)
     flights: dict[int, _Flight] = {}
-
-    from .progress import Progress
-    bar = Progress(n_batches, "hwloop run", unit="batch", initial=n_batches - len(todo), enabled=progress)
+    bar = progress_bar(setup.n_batches, len(todo), progress)
 
     def work(stage: int, item: int) -> None:
         """Stage ``stage`` of batch ``todo[item]``: an analog layer and its glue, or (last) the record."""
         b = todo[item]
         if stage == 0:
-            sl = slice(b * bs, min(n, (b + 1) * bs))
+            sl = setup.rows(b)
             flights[item] = _Flight(sl, {k: (v, 1) for k, v in _rows(x, sl).items()})
         f = flights[item]
         if stage < len(stages):
             _run_steps(model, stages[stage], f.env, f.recorded,
-                       lambda L, v, r, step=None: noisy.run(L, v, r, b, step), repeats)
+                       lambda L, v, r, step=None: setup.noisy.run(L, v, r, b, step), repeats)
             return
         del flights[item]
         layers, output = f.recorded, _output(model, f.env, repeats)
-        if all_ideal:  # ideal devices: the reference pass is repetition 0 of the run itself
-            clean, clean_out = [a[0] for a in layers], output[0]
-        else:
-            c_layers, c_out = _forward(model, _rows(x, f.rows), ideal.run, repeats=1)
-            clean, clean_out = [a[0] for a in c_layers], c_out[0]
+        clean, clean_out = setup.reference(_rows(x, f.rows), layers, output)
         if writer:
             writer.write_batch(b, layers=layers, clean=clean, output=output, clean_output=clean_out,
                                labels=ds.y[f.rows])
@@ -151,6 +130,104 @@ def run_model(model: Model | str | Path, data: Dataset | str, *,
     pred = output.argmax(axis=2)
     return RunResult(accuracy=(pred == ds.y[None, :]).mean(axis=1), layers=layers, clean_layers=clean,
                      output=output, clean_output=clean_out, labels=ds.y, attrs=attrs)
+
+
+@dataclass
+class Setup:
+    """A run ready to go: inputs, programmed devices, batch geometry, provenance, and its store if any."""
+
+    model: Model
+    ds: Dataset
+    x: dict[str, np.ndarray]        # the model's graph inputs (name -> all samples)
+    per_layer: list[Device]
+    noisy: "_Devices"
+    ideal: "_Ideal"
+    repeats: int
+    batch_size: int
+    attrs: dict
+    writer: RunWriter | None
+
+    @property
+    def n_batches(self) -> int:
+        return -(-len(self.ds) // self.batch_size)
+
+    @property
+    def all_ideal(self) -> bool:
+        return all(getattr(d, "ideal", False) for d in self.per_layer)
+
+    def rows(self, b: int) -> slice:
+        """The samples of batch ``b``."""
+        return slice(b * self.batch_size, min(len(self.ds), (b + 1) * self.batch_size))
+
+    def inputs(self, b: int) -> dict[str, np.ndarray]:
+        """The graph inputs of batch ``b``."""
+        return _rows(self.x, self.rows(b))
+
+    def todo(self) -> list[int]:
+        """The batches still to run (all of them, or those without a marker in a resumed store)."""
+        done = self.writer.done() if self.writer else np.zeros(self.n_batches, bool)
+        return [b for b, d in enumerate(done) if not d]
+
+    def reference(self, xb: dict[str, np.ndarray], layers: list[np.ndarray], output: np.ndarray):
+        """The noise-free (layers, output) of one batch, given its noisy run."""
+        return reference(self.model, self.ideal, self.all_ideal, xb, layers, output)
+
+
+def prepare(model: Model | str | Path, data: Dataset | str, devices: Device | Mapping[int, Device] | None, *,
+            repeats: int, seed: int, batch_size: int | None, out: str | Path | None, resume: bool,
+            overwrite: bool, provenance: dict | None, pipeline: bool | None) -> Setup:
+    """Check everything, program the devices and create (or reopen, to resume) the store."""
+    model = model if isinstance(model, Model) else load_model(model)
+    ds = data if isinstance(data, Dataset) else load_data(data)
+    if repeats < 1:
+        raise HwloopError(f"repeats must be at least 1, got {repeats}")
+    x = model_inputs(model, ds)
+    per_layer = resolve_devices(model, devices)
+    pipelined = _pipelined(per_layer, pipeline)
+    n = len(ds)
+    bs = int(batch_size) if batch_size else default_batch_size(model, repeats, n, pipelined)
+    if bs < 1:
+        raise HwloopError(f"batch size must be at least 1, got {batch_size}")
+    bs = min(bs, n)
+    ideal = _Ideal(model)
+    probe_layers, probe = _forward(model, _rows(x, slice(0, 2)), ideal.run, repeats=1)  # a bad shape fails here, storeless
+    noisy = _Devices(model, per_layer, seed)   # programmed first: describe() then reports tiling etc.
+    attrs = _provenance(model, ds, x, per_layer, seed, repeats, bs, provenance, hash_data=out is not None)
+    attrs["pipelined"] = pipelined
+
+    writer = None
+    if out is not None:
+        if resume and Path(out).exists():
+            writer = RunWriter.resume(out, attrs)
+        else:
+            writer = RunWriter.create(out, layers=[_layer_info(L, p) for L, p in zip(model.layers, probe_layers)], n_samples=n,
+                                      n_classes=probe.shape[2], batch_size=bs, repeats=repeats, attrs=attrs,
+                                      overwrite=overwrite)
+    return Setup(model, ds, x, per_layer, noisy, ideal, repeats, bs, attrs, writer)
+
+
+def run_batch(model: Model, noisy: "_Devices", ideal: "_Ideal", all_ideal: bool, xb: dict[str, np.ndarray], batch: int,
+              repeats: int) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray]:
+    """Batch number ``batch`` (inputs ``xb``) through every step: (layers, clean layers, output, clean output),
+    exactly what the sequential runner records for it."""
+    layers, output = _forward(model, xb, lambda L, v, r, step=None: noisy.run(L, v, r, batch, step), repeats)
+    clean, clean_out = reference(model, ideal, all_ideal, xb, layers, output)
+    return layers, clean, output, clean_out
+
+
+def reference(model: Model, ideal: "_Ideal", all_ideal: bool, xb: dict[str, np.ndarray], layers: list[np.ndarray],
+              output: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """The noise-free (layers, output) of a batch; with ideal devices, repetition 0 of the run itself."""
+    if not all_ideal:
+        layers, output = _forward(model, xb, ideal.run, repeats=1)
+    return [a[0] for a in layers], output[0]
+
+
+def progress_bar(total: int, todo: int, show: bool):
+    """The run's progress (``hwloop.progress``, batches), starting at those already done."""
+    from .progress import Progress
+
+    return Progress(total, "hwloop run", unit="batch", initial=total - todo, enabled=show)
 
 
 def model_input(model: Model, ds: Dataset) -> np.ndarray:
@@ -286,7 +363,7 @@ class _Devices:
         self._program(dev, layer)
         key = (self.seed, layer.index, batch) + (() if step is None else (step,))
         try:
-            return dev.run(x, repeats=repeats, key=key)
+            return on_device(dev, layer, x, repeats, key=key)
         except ValueError as e:
             raise HwloopError(f"layer {layer.index} ({layer.name!r}): {e}") from None
 
@@ -302,7 +379,7 @@ class _Ideal:
             self.emulators.append(emu)
 
     def run(self, layer: AnalogLayer, x: np.ndarray, repeats: int, step: int | None = None) -> np.ndarray:
-        return self.emulators[layer.index].run(x, repeats=repeats)
+        return on_device(self.emulators[layer.index], layer, x, repeats)
 
 
 class _Memory:

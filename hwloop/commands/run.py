@@ -3,7 +3,9 @@
 Default device: the ideal emulator for every analog layer.  --profile runs
 every layer on the emulator with that device profile; --bench maps layers to
 chips and emulators from a bench file.  The store is written batch by batch
-and survives a kill: continue it with --resume.
+and survives a kill: continue it with --resume.  --workers N (a local Dask
+cluster) or --scheduler tcp://HOST:PORT computes the batches on Dask workers
+(emulators only) into the same store bytes.
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     dev.add_argument("--bench", type=Path, help="bench file (YAML) mapping layers to chips, plug-in devices and "
                                                 "emulators (docs/own-chip.md)")
     p.add_argument("--dry-run", action="store_true", help="show the plan without running anything")
+    dask = p.add_mutually_exclusive_group()
+    dask.add_argument("--workers", type=_positive, help="shard the batches across a local Dask cluster of N "
+                      "single-threaded processes (emulators only; same store bytes as without)")
+    dask.add_argument("--scheduler", help="shard the batches across an existing Dask cluster tcp://HOST:PORT "
+                      "(emulators only; same store bytes as without)")
 
 
 def _positive(text: str) -> int:
@@ -97,7 +104,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         result = run_model(model, ds, devices=devices, repeats=args.repeats, seed=args.seed, batch_size=batch,
                            out=args.out, resume=args.resume, overwrite=args.overwrite, progress=True,
-                           provenance=provenance)
+                           provenance=provenance, scheduler=args.scheduler, workers=args.workers)
     finally:
         for dev in ({id(d): d for d in devices.values()}.values() if isinstance(devices, dict) else []):
             dev.close()

@@ -63,8 +63,10 @@ class Emulator(Device):
                       "weights_clipped": 0}
         self.settings = self.profile.for_layer(layer.index, layer.name) if self.profile is not None else None
         self._b = layer.bias.astype(np.float32)
+        self._conv_w = None
         if self.settings is None or self.settings.ideal:
             self._wt = _transposed(layer.weight)
+            self._conv_w = _conv_kernel(layer, self._wt, row_exact=False)
             return
         s = self.settings
         rng = physics.static_rng(self._seed, layer.index, _STATIC_TAG)
@@ -89,21 +91,19 @@ class Emulator(Device):
             rng = physics.static_rng(self.mismatch_seed, layer.index, _STATIC_TAG, 1)
         self._gain, self._offset = physics.gain_offset_draw(layer.n_out, s.gain_offset.gain, s.gain_offset.offset,
                                                             rng, shape=(len(self._rows),))
+        # inputs that reach the array as whole rows (DAC, read noise, row tiles) need the unfolded rows
+        self._conv_w = _conv_kernel(layer, self._wt, s.dac.active or bool(self._read_std) or len(self._rows) > 1)
 
     def run(self, x: np.ndarray, *, repeats: int, key: Sequence[int] = ()) -> np.ndarray:
         x = check_input(self, x, repeats)
         s = self.settings
         if s is None or s.ideal:
             return self._exact(x, repeats)
-        key = tuple(key) if len(key) else (self._seed, self.layer.index, self._calls)
-        gen = physics.generator(key)
-        self._calls += 1
-        self.stats["runs"] += 1
+        gen, t = self._session(key, repeats)
         if s.dac.active:
             x = x.copy()
             self.stats["dac_clipped"] += physics.convert(x, s.dac)
             self.stats["dac_values"] += x.size
-        t = self._drift_time(key, repeats)
         if len(self._rows) == 1:
             y = self._analog(x, self._wt, self._b, 0, t, repeats, gen, s.transfer.function)
             return self.layer.activate(np.array(y)) if s.transfer.on_host(self.layer.activation) else y
@@ -115,6 +115,45 @@ class Emulator(Device):
         y += self._b
         return self.layer.activate(y)
 
+    def run_conv(self, x: np.ndarray, *, repeats: int, key: Sequence[int] = ()) -> np.ndarray | None:
+        """A Conv layer on its un-unfolded input x (R_in, B, C_in, *spatial) -> (repeats, B, C_out * positions),
+        channel-major as recorded; None when this device needs the unfolded rows themselves (an input DAC,
+        weight read noise, row tiles), and the caller unfolds them for ``run``.
+
+        Every deterministic step gives ``run``'s numbers on the unfolded rows (up to float32 rounding:
+        a direct convolution sums in another order, well within 1e-5 of onnxruntime).  The noise has
+        the same distribution (a row is one output position: common-mode terms are shared by the
+        channels of a position) but is drawn in channel-major order, (R, B, C_out, positions), in blocks of
+        samples (``physics.apply_noise_blocks``), not in row order (R, B * positions, C_out): the same
+        seed gives other draws than ``run`` on the rows.
+        """
+        if self._conv_w is None:
+            return None
+        r_in, b = x.shape[:2]
+        y = physics.conv(x.reshape(r_in * b, *x.shape[2:]), self._conv_w, self._b, self.layer.conv)
+        y = y.reshape(r_in, b, y.shape[1], -1)            # (R_in, B, C_out, positions): neurons on axis 2
+        s = self.settings
+        if s is None or s.ideal:
+            y = self._activate_channels(y).reshape(r_in, b, -1)
+            return y if r_in == repeats else np.broadcast_to(y, (repeats, *y.shape[1:]))
+        gen, t = self._session(key, repeats)
+        out = self._analog(None, None, self._b, 0, t, repeats, gen, s.transfer.function, y)
+        if s.transfer.on_host(self.layer.activation):
+            out = self._activate_channels(np.array(out))
+        return out.reshape(repeats, b, -1)
+
+    def _activate_channels(self, y: np.ndarray) -> np.ndarray:
+        """The layer's activation (with its parameters, per-neuron ones included) on channel-major
+        (..., C_out, positions) values: applied with the channels last, as on the rows."""
+        return np.moveaxis(self.layer.activate(np.moveaxis(y, -2, -1)), -1, -2)
+
+    def _session(self, key: Sequence[int], repeats: int):
+        """One run's random generator (from ``key``, else the call count) and drift time."""
+        key = tuple(key) if len(key) else (self._seed, self.layer.index, self._calls)
+        self._calls += 1
+        self.stats["runs"] += 1
+        return physics.generator(key), self._drift_time(key, repeats)
+
     def _exact(self, x: np.ndarray, repeats: int) -> np.ndarray:
         r_in, b, n_in = x.shape
         a = physics.affine(x.reshape(r_in * b, n_in), self._wt, self._b)
@@ -123,25 +162,32 @@ class Emulator(Device):
             y = np.broadcast_to(y, (repeats, b, y.shape[2]))
         return y
 
-    def _analog(self, x: np.ndarray, wt: np.ndarray, bias: np.ndarray | None, tile: int, t, repeats: int,
-                gen, function: str) -> np.ndarray:
+    def _analog(self, x: np.ndarray | None, wt: np.ndarray | None, bias: np.ndarray | None, tile: int, t,
+                repeats: int, gen, function: str, products: np.ndarray | None = None) -> np.ndarray:
         """One pass through the array: products, noise, transfer, gain/offset, ADC -> (repeats, B, n_out).
 
         ``bias is None`` marks a row tile: it runs linearly and all its noise lands on the partial sums.
         Deterministic steps run on the R_in copies they get; the first random step expands to ``repeats``.
+        ``products`` (R_in, B, n_out): the weighted sums plus bias, already computed (``x`` is then unused).
         """
         s, tiled = self.settings, bias is None
-        r_in, b, n_in = x.shape
-        y = physics.affine(x.reshape(r_in * b, n_in), wt, bias).reshape(r_in, b, -1)
+        if products is None:
+            r_in, b, n_in = x.shape
+            y = physics.affine(x.reshape(r_in * b, n_in), wt, bias).reshape(r_in, b, -1)
+        else:
+            y = products
         if self._read_std:
             y = physics.apply_read_noise(y, x, self._read_std, gen, repeats, self.layer.groups)
         if self._pre_noise is not None and not tiled:
             y = self._noise(y, self._pre_noise, gen, repeats)
         if not tiled:
-            act = _identity if s.transfer.on_host(self.layer.activation) else self.layer.activate
+            act = _identity if s.transfer.on_host(self.layer.activation) else \
+                self._activate_channels if y.ndim == 4 else self.layer.activate
             y = physics.transfer(y, function, s.transfer.slope, s.transfer.scale, act)
         if s.gain_offset.active or s.drift.active:
             g, o = self._gain[tile], self._offset[tile]
+            if y.ndim == 4:      # a Conv taken whole: per-channel values along axis 2, positions after
+                g, o, t = g[:, None], o[:, None], np.expand_dims(t, -1) if np.ndim(t) else t
             if s.drift.active:
                 g = g * (1 + s.drift.gain * t)
                 o = o + s.drift.offset * t
@@ -161,6 +207,8 @@ class Emulator(Device):
     def _noise(self, y: np.ndarray, noise: NoiseSettings, gen, repeats: int) -> np.ndarray:
         """Neuron noise, drawn separately for every column tile (correlated terms are per tile)."""
         if len(self._cols) == 1:
+            if y.ndim == 4:     # a Conv taken whole (run_conv): every term in one pass per block
+                return physics.apply_noise_blocks(y, noise, gen, repeats)
             return physics.apply_noise(y, noise, gen, repeats)
         out = np.empty((repeats, *y.shape[1:]), np.float32)
         for cols in self._cols:
@@ -201,6 +249,14 @@ def host_activations(profile: Profile, layers: Sequence[AnalogLayer]) -> list[st
 def _transposed(w: np.ndarray) -> np.ndarray:
     """(n_out, n_in) -> (n_in, n_out) float32; a grouped (g, o, i) -> (g, i, o)."""
     return np.ascontiguousarray(np.swapaxes(w, -1, -2), dtype=np.float32)
+
+
+def _conv_kernel(layer: AnalogLayer, wt: np.ndarray, row_exact: bool) -> np.ndarray | None:
+    """The conv kernel for ``run_conv``, or None: not a plain Conv (grouped (g, o, i) weights and transposed
+    convolutions go as rows), or the device must see the unfolded rows."""
+    if layer.conv is None or row_exact or layer.groups > 1 or layer.conv.transposed:
+        return None
+    return physics.conv_weight(wt, layer.conv)
 
 
 def _tiles(n: int, size: int | None) -> list[slice]:

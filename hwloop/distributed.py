@@ -1,0 +1,201 @@
+"""Runs that outgrow one machine: a run's batches sharded across Dask workers, one store.
+
+Why batches: the noise of a batch is keyed by (seed, layer, batch), never by
+where or when it runs, so a worker computing batch b produces exactly the
+numbers the sequential runner would, and the store's chunks (one per batch
+along ``sample``) come out byte for byte the same.
+
+The client creates (or reopens, to resume) the store with
+``hwloop.runner.prepare`` and sends each missing batch's inputs to a worker.
+A worker that sees the store (same path, same store: a local cluster or a
+shared file system) writes its batch's chunks and then its ``batch_done``
+marker itself, with the store's own ``write_batch``, so the results do not
+travel back through the client; otherwise the client writes each result as it
+arrives.  Either way batches land in any order, each chunk file atomically,
+the marker last.  A few batches per worker are in flight at a time, so memory
+stays bounded however long the run.  Killing a worker loses only its batches
+in flight (an unmarked batch is simply written again), which Dask recomputes
+on another; killing the client leaves the finished batches marked, and
+``--resume`` computes only the rest (with or without Dask).
+
+Emulators only: a chip stays on the machine that holds its connection.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import tempfile
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from .cluster import dask_client
+from .data import Dataset
+from .devices import Device, Emulator
+from .errors import HwloopError
+from .graph import Model, load_model
+from .runner import RunResult, _Devices, _Ideal, prepare, progress_bar, resolve_devices, run_batch
+from .store import RunWriter, read_attrs
+
+#: batches in flight per worker: enough to keep every worker busy while results are written
+IN_FLIGHT_PER_WORKER = 3
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """What a worker needs to compute any batch of one run (sent to each worker once)."""
+
+    model_bytes: bytes
+    model_name: str
+    model_path: str
+    model_sha256: str
+    devices: tuple              # unprogrammed devices, one per layer (shared ones stay shared)
+    seed: int
+    repeats: int
+    all_ideal: bool
+    token: str                  # one per client session: what a worker caches its state under
+    store: str                  # the run store, as the client sees it
+    store_started: str          # its start time: a worker writes only into this very store
+
+
+class _WorkerState:
+    """One worker process's model and programmed devices for a job (built once, reused by every batch)."""
+
+    def __init__(self, job: ShardJob):
+        self.model = _load_model(job)
+        self.noisy = _Devices(self.model, list(job.devices), job.seed)
+        self.ideal = _Ideal(self.model)
+        self.lock = threading.Lock()          # a multi-threaded worker runs one batch at a time per job
+        self.writer = _own_writer(job)
+
+
+def _own_writer(job: ShardJob) -> RunWriter | None:
+    """A writer into the client's store when this worker sees it (else None: results go back)."""
+    if not job.store or not Path(job.store).is_dir():
+        return None
+    try:
+        if read_attrs(job.store).get("start_time") != job.store_started:
+            return None
+        return RunWriter(job.store)
+    except (HwloopError, OSError):
+        return None
+
+
+_STATES: dict[str, _WorkerState] = {}
+_STATES_LOCK = threading.Lock()
+
+
+def _load_model(job: ShardJob) -> Model:
+    """The job's model: the client's file when this machine sees the same bytes, else a private copy."""
+    path = Path(job.model_path)
+    if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == job.model_sha256:
+        return load_model(path)
+    folder = Path(tempfile.gettempdir()) / f"hwloop-shard-{job.model_sha256[:16]}"
+    folder.mkdir(exist_ok=True)
+    local = folder / job.model_name
+    if not local.is_file():
+        tmp = folder / f".{job.model_name}.{os.getpid()}"
+        tmp.write_bytes(job.model_bytes)
+        os.replace(tmp, local)
+    return load_model(local)
+
+
+def compute_shard(job: ShardJob, batch: int, xb: np.ndarray, labels: np.ndarray):
+    """On a worker: batch ``batch`` of the run (inputs ``xb``), written into the store (returns None)
+    when this worker sees it, else returned as (layers, clean, output, clean output)."""
+    with _STATES_LOCK:
+        state = _STATES.get(job.token)
+        if state is None:
+            if len(_STATES) > 4:
+                _STATES.clear()
+            state = _STATES[job.token] = _WorkerState(job)
+    with state.lock:
+        layers, clean, output, clean_out = run_batch(state.model, state.noisy, state.ideal, job.all_ideal, xb,
+                                                     batch, job.repeats)
+        if state.writer is not None:
+            state.writer.write_batch(batch, layers=layers, clean=clean, output=output, clean_output=clean_out,
+                                     labels=labels)
+            return None
+    return ([np.ascontiguousarray(a) for a in layers], [np.ascontiguousarray(a) for a in clean],
+            np.ascontiguousarray(output), np.ascontiguousarray(clean_out))
+
+
+def check_shardable(per_layer: list[Device]) -> None:
+    """Only emulators can move to a worker; one clear line for anything else."""
+    for k, dev in enumerate(per_layer):
+        if dev.remote or not isinstance(dev, Emulator):
+            where = f"{type(dev).__name__} ({dev.origin})" if getattr(dev, "origin", None) else type(dev).__name__
+            raise HwloopError(f"layer {k} runs on {where}: --workers and "
+                              "--scheduler shard emulator runs only (a chip stays on the machine that holds its "
+                              "connection); run it without them")
+
+
+def run_sharded(model: Model | str | Path, data: Dataset | str, *,
+                devices: Device | Mapping[int, Device] | None = None, repeats: int = 1, seed: int = 0,
+                batch_size: int | None = None, out: str | Path | None = None, resume: bool = False,
+                overwrite: bool = False, progress: bool = False, provenance: dict | None = None,
+                scheduler: str | None = None, workers: int | None = None, worker_writes: bool = True) -> RunResult:
+    """``run_model`` with its batches computed on Dask (``scheduler`` or a local cluster of ``workers``).
+
+    ``worker_writes=False``: every result travels back and the client writes it (what happens anyway
+    for a worker that does not see the store).
+    """
+    if out is None:
+        raise HwloopError("a run on Dask workers needs a run store (out=/--out) to write into")
+    model = model if isinstance(model, Model) else load_model(model)
+    per_layer = resolve_devices(model, devices)
+    check_shardable(per_layer)
+    job_devices = tuple(copy.deepcopy(per_layer))     # unprogrammed: each worker programs its own
+    where = {"scheduler": scheduler} if scheduler else {"local_workers": int(workers)}
+    setup = prepare(model, data, dict(enumerate(per_layer)), repeats=repeats, seed=seed, batch_size=batch_size,
+                    out=out, resume=resume, overwrite=overwrite, provenance={**(provenance or {}), "dask": where},
+                    pipeline=False)
+    job = ShardJob(model.path.read_bytes(), model.path.name, str(model.path.resolve()), model.sha256, job_devices,
+                   int(seed), int(repeats), setup.all_ideal, uuid.uuid4().hex,
+                   str(Path(out).resolve()) if worker_writes else "", str(setup.writer.attrs["start_time"]))
+    todo = setup.todo()
+    bar = progress_bar(setup.n_batches, len(todo), progress)
+    try:
+        if todo:
+            with dask_client(scheduler, workers) as client:
+                _compute(client, job, setup, todo, bar)
+    finally:
+        bar.close()
+    return RunResult(accuracy=setup.writer.finish(), path=setup.writer.path, labels=setup.ds.y, attrs=setup.attrs)
+
+
+def _compute(client, job: ShardJob, setup, todo: list[int], bar) -> None:
+    """Keep a few batches per worker in flight; write each result (and its marker) as it arrives."""
+    from dask.distributed import as_completed
+
+    n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+    job_f = client.scatter(job, broadcast=True, hash=False)
+    pending = iter(todo)
+    flight: dict = {}
+
+    def submit() -> None:
+        b = next(pending, None)
+        if b is not None:
+            f = client.submit(compute_shard, job_f, b, setup.inputs(b), setup.ds.y[setup.rows(b)], pure=False)
+            flight[f] = b
+            queue.add(f)
+
+    queue = as_completed()
+    for _ in range(IN_FLIGHT_PER_WORKER * n_workers):
+        submit()
+    for f in queue:
+        b = flight.pop(f)
+        result = f.result()     # a task that failed raises here; done batches stay
+        f.release()
+        if result is not None:  # the worker could not see the store
+            layers, clean, output, clean_out = result
+            setup.writer.write_batch(b, layers=layers, clean=clean, output=output, clean_output=clean_out,
+                                     labels=setup.ds.y[setup.rows(b)])
+        bar.update(1)
+        submit()

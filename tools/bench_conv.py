@@ -1,0 +1,93 @@
+"""Benchmark: convolutional models on the emulator vs onnxruntime, and vs the random-number floor.
+
+LeNet-5 (1x28x28) and a ResNet-18 (CIFAR form, 3x32x32), random weights and
+inputs, run in memory by ``hwloop.runner.run_model`` with R repeats carried
+through.  Measured in this same run, best of ``--trials`` (contenders taking turns):
+  ort       onnxruntime, the whole model, clean, on the same number of rows (samples x R)
+  ideal     hwloop with the ideal emulator on every layer (goal >= 0.6x of ort)
+  noisy     hwloop with the ``semenova`` profile on every layer (goal >= 0.3x of ort)
+  floor     only the normal draws the noisy run needs (one per recorded value), three ways:
+            hwloop.physics.normal (torch, chunked over threads), torch.randn, numpy float32
+Throughput is rows/s (a row: one sample, one repetition); "vs ort" = ort time / time.
+
+    .venv/bin/python tools/bench_conv.py [--trials 3] [--only lenet5|resnet18]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from exporters.models import LeNet5, ResNet18, seeded  # noqa: E402
+from exporters.torch_onnx import export_torch  # noqa: E402
+from hwloop import physics  # noqa: E402
+from hwloop.data import Dataset  # noqa: E402
+from hwloop.devices.emulator import emulators  # noqa: E402
+from hwloop.graph import load_model  # noqa: E402
+from hwloop.profiles import load_profile  # noqa: E402
+from hwloop.runner import run_model  # noqa: E402
+from timing import best  # noqa: E402  (tools/timing.py)
+
+#: name -> (model factory, input shape, samples, repeats)
+CASES = {"lenet5": (LeNet5, (1, 28, 28), 1000, 10), "resnet18": (ResNet18, (3, 32, 32), 32, 4)}
+
+
+def bench(name: str, trials: int, tmp: Path) -> None:
+    import onnxruntime as ort
+
+    make, shape, n, R = CASES[name]
+    with seeded(0):
+        net = make().eval()
+    path = export_torch(net, tmp / f"{name}.onnx", torch.zeros(2, *shape))
+    model = load_model(path)
+    rng = np.random.default_rng(0)
+    x = rng.random((n, *shape), dtype=np.float32)
+    ds = Dataset("random", x, rng.integers(0, 10, n), 10)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rows = np.ascontiguousarray(np.tile(x, (R, 1, 1, 1)))
+    profile = load_profile("semenova")
+    noisy_devices = emulators(profile, model.layers)
+
+    res = run_model(model, ds, repeats=R, batch_size=n)
+    values = sum(a.size for a in res.layers)         # recorded values = normal draws of the noisy run
+    err = float(np.abs(res.output[0] - sess.run(None, {"input": x})[0]).max())
+    del res
+    gen = torch.Generator().manual_seed(0)
+    t = best({
+        "ort": lambda: sess.run(None, {"input": rows}),
+        "ideal": lambda: run_model(model, ds, repeats=R, batch_size=n),
+        "noisy": lambda: run_model(model, ds, devices=noisy_devices, repeats=R, batch_size=n),
+        "floor hwloop": lambda: physics.normal((values,), gen),
+        "floor torch": lambda: torch.randn(values, generator=gen),
+        "floor numpy": lambda: rng.standard_normal(values, dtype=np.float32),
+    }, trials, block=1)
+    print(f"{name}: {n} samples x {R} repeats = {n * R} rows, {values / n / R:,.0f} recorded values per row; "
+          f"ideal vs onnxruntime max |diff| {err:.1e}")
+    print(f"  {'':14s}{'seconds':>9s}{'rows/s':>11s}{'vs ort':>9s}{'vs floor':>10s}")
+    for k, s in t.items():
+        print(f"  {k:14s}{s:9.4f}{n * R / s:11.0f}{t['ort'] / s:8.2f}x{t['floor hwloop'] / s:9.2f}x")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trials", type=int, default=3)
+    ap.add_argument("--only", choices=sorted(CASES))
+    args = ap.parse_args()
+    print(f"torch threads {torch.get_num_threads()}, {os.cpu_count()} cores, load average "
+          f"{os.getloadavg()[0]:.2f} at the start")
+    tmp = Path(tempfile.mkdtemp())
+    for name in [args.only] if args.only else CASES:
+        bench(name, args.trials, tmp)
+    print(f"load average {os.getloadavg()[0]:.2f} at the end")
+
+
+if __name__ == "__main__":
+    main()
