@@ -34,6 +34,7 @@ import torch
 from .data import Dataset, load_data
 from .devices import Device, Emulator
 from .errors import HwloopError
+from .files import store_lock
 from .graph import Glue, Model, load_model, node_label
 from .layer import AnalogLayer
 from .store import LayerInfo, RunWriter
@@ -68,7 +69,23 @@ def run_model(model: Model | str | Path, data: Dataset | str, *,
 
     ``pipeline``: overlap the layers' devices across batches (see the module docstring); by
     default on when a device is remote and no two layers share one.  Same numbers either way.
+
+    ``out`` is written under its writer's lock (``hwloop.files.store_lock``): a second process
+    writing the same path gets a HwloopError.
     """
+    if out is None:
+        return _run_model(model, data, devices=devices, repeats=repeats, seed=seed, batch_size=batch_size,
+                          progress=progress, provenance=provenance, pipeline=pipeline)
+    with store_lock(out):
+        return _run_model(model, data, devices=devices, repeats=repeats, seed=seed, batch_size=batch_size,
+                          out=out, resume=resume, overwrite=overwrite, progress=progress,
+                          provenance=provenance, pipeline=pipeline)
+
+
+def _run_model(model: Model | str | Path, data: Dataset | str, *, devices: Device | Mapping[int, Device] | None,
+               repeats: int, seed: int, batch_size: int | None, out: str | Path | None = None,
+               resume: bool = False, overwrite: bool = False, progress: bool, provenance: dict | None,
+               pipeline: bool | None) -> RunResult:
     model = model if isinstance(model, Model) else load_model(model)
     ds = data if isinstance(data, Dataset) else load_data(data)
     if repeats < 1:
@@ -77,7 +94,7 @@ def run_model(model: Model | str | Path, data: Dataset | str, *,
     per_layer = resolve_devices(model, devices)
     pipelined = _pipelined(per_layer, pipeline)
     n = len(ds)
-    bs = int(batch_size) if batch_size else default_batch_size(model, repeats, n, pipelined)
+    bs = int(batch_size) if batch_size is not None else default_batch_size(model, repeats, n, pipelined)
     if bs < 1:
         raise HwloopError(f"batch size must be at least 1, got {batch_size}")
     bs = min(bs, n)

@@ -13,11 +13,17 @@ Layout (a Zarr v3 group; ``xarray.open_zarr`` opens it with named dims)::
     layers/<k>/output (repeat, sample, neuron), layers/<k>/clean (sample, neuron)
 
 Why it survives SIGKILL: all metadata is written into a temporary folder that
-is renamed into place, so a store either exists with every array or not at
-all; afterwards every array is chunked by batch along ``sample``, zarr's
-LocalStore writes each chunk file atomically (tmp + rename), and a batch's
-``batch_done`` marker is written last.  A batch without its marker is
-unfinished and is simply written again on ``--resume``.
+is renamed into place (``--overwrite`` renames the old store aside first and
+deletes it only after, see ``hwloop.files.atomic_dir``), so a store either
+exists with every array or not at all; afterwards every array is chunked by
+batch along ``sample``, zarr's LocalStore writes each chunk file atomically
+(tmp + rename), every chunk of a batch is written (even one equal to the fill
+value) and a batch's ``batch_done`` marker is written last.  ``accuracy`` is
+written before the last marker, so a store whose markers are all set is
+complete.  A batch without its marker is unfinished and is simply written again
+on ``--resume``.  Readers check the store against its manifest (every array's
+metadata, every chunk of every marked batch) and refuse a damaged one.  The
+writer holds ``hwloop.files.store_lock`` (one writer per path).
 """
 
 from __future__ import annotations
@@ -32,9 +38,14 @@ import xarray as xr
 import zarr
 
 from .errors import HwloopError
-from .files import atomic_dir
+from .files import atomic_dir, restore_for_reading
 
 FORMAT = "hwloop-run/1"
+
+#: manifest: per-batch arrays -> the chunk key of batch {b} (zarr v3 default encoding)
+_BATCH_CHUNKS = {"output": "0/{b}/0", "clean_output": "{b}/0", "label": "{b}", "prediction": "0/{b}",
+                 "correct": "0/{b}"}
+_LAYER_CHUNKS = {"output": "0/{b}/0", "clean": "{b}/0"}
 
 #: provenance keys a resumed run must share with the store it continues
 RESUME_KEYS = ("model_sha256", "data_sha256", "n_samples", "seed", "repeats", "batch_size", "profile_sha256")
@@ -60,11 +71,12 @@ class RunWriter:
         self.attrs = dict(self.root.attrs["hwloop"])
         self.batch_size = int(self.attrs["batch_size"])
         self.n_layers = len(self.attrs["layers"])
-        # open every array once: each lookup through the group reads metadata from disk
-        names = ["output", "clean_output", "label", "prediction", "correct", "accuracy", "batch_done"]
-        names += [f"layers/{k}/{a}" for k in range(self.n_layers) for a in ("output", "clean")]
-        self._a = {name: self.root[name] for name in names}
+        # open every array once (each lookup through the group reads metadata from disk); every chunk
+        # is written, even one equal to the fill value, so readers can check a batch's chunks exist
+        names = list(_manifest(self.n_layers)) + ["accuracy", "batch_done"]
+        self._a = {name: self.root[name].with_config({"write_empty_chunks": True}) for name in names}
         self._done = self._a["batch_done"]
+        self._todo = set(np.flatnonzero(self._done[:] == 0).tolist())
 
     @classmethod
     def create(cls, path: str | Path, *, layers: list[LayerInfo], n_samples: int, n_classes: int,
@@ -109,14 +121,22 @@ class RunWriter:
 
     @classmethod
     def resume(cls, path: str | Path, expect: dict) -> "RunWriter":
-        """Reopen ``path`` to continue it; every key of RESUME_KEYS must match ``expect``."""
+        """Reopen ``path`` to continue it; every key of RESUME_KEYS must match ``expect``.
+
+        A marked batch with a chunk missing (a damaged store) loses its marker and is written again.
+        """
         path = Path(path)
         attrs = read_attrs(path)
         for key in RESUME_KEYS:
             if attrs.get(key) != expect.get(key):
                 raise HwloopError(f"{path}: cannot resume: {key} differs "
                                   f"(store has {attrs.get(key)!r}, this run has {expect.get(key)!r})")
-        return cls(path)
+        damaged = check_store(path, attrs)
+        writer = cls(path)
+        for b in damaged:
+            writer._done[b] = 0
+            writer._todo.add(b)
+        return writer
 
     def done(self) -> np.ndarray:
         """Per batch: True where its marker is set."""
@@ -134,7 +154,10 @@ class RunWriter:
             writes += [(f"layers/{k}/output", (slice(None), sl), layers[k]), (f"layers/{k}/clean", sl, clean[k])]
         for name, sel, value in writes:
             self._a[name][sel] = value
+        if self._todo == {index}:   # the last batch: accuracy before its marker, so "all marked" means complete
+            self._write_accuracy()
         self._done[index] = 1   # last: the batch counts only once all its chunks are on disk
+        self._todo.discard(index)
 
     def update_attrs(self, **changes) -> None:
         """Replace provenance keys (e.g. the devices' counters at the end of a session).
@@ -147,10 +170,41 @@ class RunWriter:
         _consolidate(self.path)
 
     def finish(self) -> np.ndarray:
-        """Once every batch is done: write the per-repeat accuracy and return it."""
+        """Once every batch is done: the per-repeat accuracy (written, if a kill of an older version missed it)."""
+        acc = self._a["accuracy"][:]
+        return self._write_accuracy() if np.isnan(acc).any() else acc
+
+    def _write_accuracy(self) -> np.ndarray:
         acc = self._a["correct"][:].mean(axis=1)
         self._a["accuracy"][:] = acc
         return acc
+
+
+def _manifest(n_layers: int) -> dict[str, str]:
+    """Every per-batch array of a store with ``n_layers`` analog layers -> its chunk key pattern."""
+    out = dict(_BATCH_CHUNKS)
+    out.update({f"layers/{k}/{a}": key for k in range(n_layers) for a, key in _LAYER_CHUNKS.items()})
+    return out
+
+
+def check_store(path: Path, attrs: dict) -> list[int]:
+    """Check the store against its manifest; returns the marked batches with a chunk missing.
+
+    Raises HwloopError when an array is missing altogether (its own metadata gone)."""
+    n_layers = len(attrs["layers"])
+    for name in list(_manifest(n_layers)) + ["accuracy", "batch_done"]:
+        if not (path / name / "zarr.json").is_file():
+            raise HwloopError(f"{path}: damaged run store: array {name!r} is missing; "
+                              "run it again with --overwrite")
+    try:
+        done = np.asarray(zarr.open_array(str(path / "batch_done"), mode="r")[:], bool)
+    except Exception as e:
+        raise HwloopError(f"{path}: damaged run store: cannot read batch_done ({e})") from None
+    damaged = []
+    for b in np.flatnonzero(done).tolist():
+        if any(not (path / name / "c" / key.format(b=b)).is_file() for name, key in _manifest(n_layers).items()):
+            damaged.append(b)
+    return damaged
 
 
 def _consolidate(path: Path) -> None:
@@ -163,6 +217,7 @@ def _consolidate(path: Path) -> None:
 def read_attrs(path: str | Path) -> dict:
     """The provenance of the store at ``path``; HwloopError when it is not a run store."""
     path = Path(path)
+    restore_for_reading(path)
     if not path.exists():
         raise HwloopError(f"{path}: no such run store")
     try:
@@ -180,9 +235,20 @@ class Run:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.attrs: dict = read_attrs(self.path)
-        self._root = xr.open_zarr(str(self.path))
-        done = self._root["batch_done"].values.astype(bool)
-        self.complete: bool = bool(done.all())
+        damaged = check_store(self.path, self.attrs)
+        if damaged:
+            raise HwloopError(f"{self.path}: damaged run store: batch {damaged[0]} is marked done but "
+                              f"some of its data is missing ({len(damaged)} batch(es)); --resume writes them again")
+        try:
+            self._root = xr.open_zarr(str(self.path))
+            done = self._root["batch_done"].values.astype(bool)
+            self.complete: bool = bool(done.all())
+            if self.complete and np.isnan(self._root["accuracy"].values).any():
+                raise HwloopError(f"{self.path}: run not finalised (accuracy missing); --resume completes it")
+        except HwloopError:
+            raise
+        except Exception as e:
+            raise HwloopError(f"{self.path}: damaged run store: {e}") from None
         n, bs = int(self.attrs["n_samples"]), int(self.attrs["batch_size"])
         self._samples = None if self.complete else np.flatnonzero(np.repeat(done, bs)[:n])
         self._layers = {i["index"]: LayerInfo(**i) for i in self.attrs["layers"]}

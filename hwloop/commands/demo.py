@@ -35,6 +35,7 @@ def main(args: argparse.Namespace) -> int:
     from ..analysis.predict import predict_for_run
     from ..bench import ChipSpec, SimulatedBench, VisaDevice
     from ..devices.emulator import emulators
+    from ..errors import HwloopError
     from ..graph import format_table, load_model
     from ..profiles import load_profile
     from ..report import Section, analysis_sections, text_html, write_report
@@ -43,7 +44,13 @@ def main(args: argparse.Namespace) -> int:
     from .analyze import default_analysis_path
 
     out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    profile = load_profile(args.profile)     # every option checked before anything is written
+    if out.exists() and not out.is_dir():
+        raise HwloopError(f"{out}: not a folder (demo --out names the folder for everything)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise HwloopError(f"{out}: cannot create the demo folder: {e.strerror or e}") from None
 
     step("1. train the demo model on digits and export it to ONNX")
     model_path, _ = train_demo(out / "demo.onnx", seed=args.seed)
@@ -52,7 +59,6 @@ def main(args: argparse.Namespace) -> int:
     model = load_model(model_path)
     print(format_table(model.table()))
 
-    profile = load_profile(args.profile)
     provenance = {"profile": profile.describe(), "profile_sha256": profile.sha256}
     step(f"3. execute + record on the emulator under profile '{profile.name}' ({args.repeats} repeats)")
     emu_store = out / "emulator.zarr"

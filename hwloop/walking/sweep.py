@@ -29,7 +29,7 @@ import numpy as np
 
 from ..data import Dataset, load_data
 from ..errors import HwloopError
-from ..files import atomic_dir
+from ..files import atomic_dir, restore_for_reading, store_lock
 from .sites import KINDS, Noise, Site
 
 MODES = ("walk", "global")
@@ -255,8 +255,26 @@ def _settings_json(settings: SweepSettings) -> dict:
     return json.loads(json.dumps(asdict(settings)))
 
 
+#: manifest: the arrays every sweep store has, and those of noisy-training sweeps
+_ARRAYS = ("accuracy",)
+_TRAIN_ARRAYS = ("accuracy_eval_only", "weight_mag", "binarization", "clean_accuracy", "clean_weight_mag",
+                 "clean_binarization", "clean_state")
+
+
+def _check_manifest(path: Path, attrs: dict, present) -> None:
+    """HwloopError unless ``attrs`` are a sweep's and every array it needs is ``present``."""
+    settings = attrs.get("settings")
+    if not isinstance(settings, dict):
+        what = "a run store" if "hwloop" in attrs else "not made by hwloop walk"
+        raise HwloopError(f"{path}: not a sweep store ({what})")
+    need = _ARRAYS + (_TRAIN_ARRAYS if settings.get("train_noise") else ())
+    missing = [k for k in need if k not in present]
+    if missing:
+        raise HwloopError(f"{path}: damaged sweep store: array(s) {', '.join(missing)} missing")
+
+
 class SweepStore:
-    """The sweep's Zarr store; the client is its only writer."""
+    """The sweep's Zarr store; the client is its only writer (under ``store_lock``)."""
 
     def __init__(self, path: str | os.PathLike):
         import zarr
@@ -265,10 +283,12 @@ class SweepStore:
         try:
             self.group = zarr.open_group(str(self.path), mode="r+")
             self.attrs = dict(self.group.attrs)
-            self.settings = self.attrs["settings"]
-            self._arrays: dict = {}
+            present = set(self.group.array_keys())
         except Exception as e:
             raise HwloopError(f"{self.path}: not a sweep store ({e})") from None
+        _check_manifest(self.path, self.attrs, present)
+        self.settings = self.attrs["settings"]
+        self._arrays: dict = {}
 
     @classmethod
     def create(cls, path: Path, settings: SweepSettings, sites: list[Site], attrs: dict,
@@ -345,12 +365,18 @@ def open_sweep(path: str | os.PathLike):
     """The sweep as an ``xarray.Dataset`` (dims site, sigma, repeat); unfinished points are NaN."""
     import xarray as xr
 
+    restore_for_reading(path)
     if not Path(path).exists():
         raise HwloopError(f"{path}: no such sweep store")
     try:
-        return xr.open_zarr(str(path), consolidated=False).load()
+        ds = xr.open_zarr(str(path), consolidated=False)
     except Exception as e:
         raise HwloopError(f"{path}: not a sweep store ({e})") from None
+    _check_manifest(Path(path), dict(ds.attrs), set(ds.data_vars))
+    try:
+        return ds.load()
+    except Exception as e:
+        raise HwloopError(f"{path}: damaged sweep store: {e}") from None
 
 
 # -- running ---------------------------------------------------------------------------------
@@ -402,9 +428,14 @@ def run_sweep(settings: SweepSettings, out: str | os.PathLike, model: str | os.P
 
     ``workers`` alone starts a local Dask cluster of that many single-threaded
     processes; ``scheduler`` (``tcp://HOST:PORT``) uses an existing one;
-    neither runs every point in this process.
+    neither runs every point in this process.  ``out`` is written under its writer's lock
+    (``hwloop.files.store_lock``).
     """
-    out = Path(out)
+    with store_lock(out):
+        return _run_sweep(settings, Path(out), model, scheduler, workers, progress)
+
+
+def _run_sweep(settings: SweepSettings, out: Path, model, scheduler, workers, progress) -> Path:
     job, sites, attrs, layers, sha = _prepare(settings, model)
     attrs["sites"] = [{"index": x.index, "name": x.name, "op": x.op, "shape": list(x.shape)} for x in sites]
     if out.exists():
