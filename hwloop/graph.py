@@ -22,6 +22,7 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from .errors import HwloopError
+from .inputs import finite_initializers
 from .layer import AnalogLayer, ConvSpec
 
 _ACTIVATIONS = {"Sigmoid": "sigmoid", "Tanh": "tanh", "Relu": "relu"}
@@ -140,6 +141,7 @@ def load_model(path: str | Path) -> Model:
         proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True, data_prop=True)
     except Exception as e:
         raise HwloopError(f"{path}: shape inference failed: {_first_line(e)}") from None
+    finite_initializers(proto, path)
     return _Importer(path, proto, hashlib.sha256(raw).hexdigest()).build()
 
 

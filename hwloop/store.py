@@ -28,10 +28,12 @@ writer holds ``hwloop.files.store_lock`` (one writer per path).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import xarray as xr
@@ -303,3 +305,27 @@ class Run:
 def open_run(path: str | Path) -> Run:
     """Open a run store for reading (the contract in docs/design.md)."""
     return Run(path)
+
+
+@contextlib.contextmanager
+def reading(path: str | Path) -> Iterator[None]:
+    """Around code that reads a store's arrays: a chunk zarr cannot read or decode (a corrupt or
+    truncated file) becomes one HwloopError naming the store; other errors pass unchanged."""
+    try:
+        yield
+    except HwloopError:
+        raise
+    except Exception as e:
+        if not (isinstance(e, OSError) or _raised_in_zarr(e.__traceback__)):
+            raise
+        text = str(e).strip().splitlines()
+        raise HwloopError(f"{path}: damaged store: cannot read its data "
+                          f"({type(e).__name__}: {text[0] if text else 'unreadable chunk'})") from None
+
+
+def _raised_in_zarr(tb) -> bool:
+    while tb is not None:
+        if str(tb.tb_frame.f_globals.get("__name__", "")).startswith(("zarr.", "numcodecs")):
+            return True
+        tb = tb.tb_next
+    return False

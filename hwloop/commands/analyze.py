@@ -28,11 +28,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from ..analysis.measured import analyze_run, layer_table, save_analysis
     from ..analysis.predict import predict_for_run
-    from ..store import open_run
+    from ..store import open_run, reading
 
     run = open_run(args.run)
-    ds = analyze_run(run, shot=args.shot)
-    pred = predict_for_run(run, model=args.model, profile=args.profile, data=args.data) if args.predict else None
+    with reading(args.run):
+        ds = analyze_run(run, shot=args.shot)
+        pred = predict_for_run(run, model=args.model, profile=args.profile, data=args.data) if args.predict else None
     out = args.out or default_analysis_path(args.run)
     save_analysis(ds, out)
     print(layer_table(ds, pred))

@@ -30,9 +30,15 @@ import numpy as np
 from ..data import Dataset, load_data
 from ..errors import HwloopError
 from ..files import atomic_dir, restore_for_reading, store_lock
+from ..inputs import labels_in_range, require_memory
 from .sites import KINDS, Noise, Site
 
 MODES = ("walk", "global")
+
+
+#: memory per sigma of a grid (numpy, Python float, JSON in the store's attributes) and per point of a sweep
+_BYTES_PER_SIGMA = 100
+_BYTES_PER_POINT = 250
 
 
 def parse_sigmas(text: str) -> tuple[float, ...]:
@@ -44,6 +50,7 @@ def parse_sigmas(text: str) -> tuple[float, ...]:
             a, b, n = float(a), float(b), int(n)
             if n < 1:
                 raise ValueError
+            require_memory(n * _BYTES_PER_SIGMA, f"sigmas {text!r}: a grid of {n} values", "use fewer points")
             if kind == "logspace":
                 if a <= 0 or b <= 0:
                     raise HwloopError(f"sigmas {text!r}: logspace bounds must be > 0")
@@ -416,6 +423,8 @@ def _prepare(settings: SweepSettings, model: str | os.PathLike | None):
     sm, data, cache = job.evaluator()
     from .evaluate import accuracy
 
+    labels_in_range(data.y, cache[sm.output].reshape(len(data.y), -1).shape[1], data.name, path)
+
     attrs = {"n_classes": data.n_classes, "model": str(path), "model_sha256": sha,
              "clean_accuracy": accuracy(cache[sm.output], data.y)}
     return job, sm.sites, attrs, None, sha
@@ -437,6 +446,11 @@ def run_sweep(settings: SweepSettings, out: str | os.PathLike, model: str | os.P
 
 def _run_sweep(settings: SweepSettings, out: Path, model, scheduler, workers, progress) -> Path:
     job, sites, attrs, layers, sha = _prepare(settings, model)
+    n_walk = 1 if settings.mode == "global" else len(settings.walk_sites(len(sites)))
+    points = n_walk * len(settings.sigmas) * settings.repeats
+    width = 1 + (2 + len(layers or ()) + len(sites) if settings.train_noise else 0)
+    require_memory(points * (_BYTES_PER_POINT + 16 * width), f"a sweep of {points} points",
+                   "use fewer sigmas, sites or --repeats")
     attrs["sites"] = [{"index": x.index, "name": x.name, "op": x.op, "shape": list(x.shape)} for x in sites]
     if out.exists():
         store = SweepStore(out)
