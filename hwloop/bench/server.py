@@ -676,10 +676,11 @@ class SimulatedBench:
                 _shutdown(conn)
                 continue
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.connections += 1
             self._conn = conn
-            self._handler = threading.Thread(target=self._serve, args=(conn,), daemon=True)
-            self._handler.start()
+            handler = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            handler.start()                   # started before it is seen: wait_disconnected may join it
+            self._handler = handler
+            self.connections += 1             # counted once wait_disconnected can see it
 
     def _serve(self, conn: socket.socket) -> None:
         s = self.spec    # the largest block the chip can take: a weight matrix or a batch of inputs
