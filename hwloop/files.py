@@ -216,7 +216,7 @@ def restore_for_reading(path: str | os.PathLike) -> None:
     if path.exists() or not leftovers(path, ".old"):
         return
     try:
-        with store_lock(path, quiet=True):
+        with store_lock(path):                # prints what it restored
             pass
     except HwloopError:
         pass                                  # a writer is busy with it; it will finish or recover
