@@ -266,3 +266,33 @@ def test_sweep_and_calibration_stores_take_the_same_lock(tmp_path, mlp_onnx, mak
         assert cal.exists() and not lock_path(cal).exists()
     finally:
         chip.device.close()
+
+
+@pytest.mark.slow
+def test_random_sigkills_of_a_real_overwrite_never_leave_a_mix(tmp_path, mlp_onnx):
+    """Kill -9 `hwloop run --overwrite` at seeded random moments around the replacement of the store."""
+    import time
+
+    path = tmp_path / "r.zarr"
+    base = [sys.executable, "-m", "hwloop", "run", str(mlp_onnx), "--data", "digits@60", "--batch-size", "6",
+            "--repeats", "2", "--out", str(path)]
+    assert subprocess.run(base + ["--seed", "1"], capture_output=True).returncode == 0
+    rng = np.random.default_rng(5)
+    for seed in (2, 3):
+        before = open_run(path)
+        before_seed, before_values = before.attrs["seed"], before.layer(0).values
+        proc = subprocess.Popen(base + ["--seed", str(seed), "--overwrite"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        while proc.poll() is None and not any(p.name.endswith(".partial") for p in tmp_path.iterdir()):
+            time.sleep(0.001)                     # the new store is being built: kill around its rename
+        time.sleep(float(rng.uniform(0, 0.03)))
+        proc.kill()
+        proc.wait()
+        run = open_run(path)                      # whole: the store that was there, or the new one
+        if run.attrs["seed"] == before_seed:
+            assert np.array_equal(run.layer(0).values, before_values)
+        else:
+            assert run.attrs["seed"] == seed and run.layer(0).sizes["sample"] <= 60
+        with store_lock(path):
+            pass
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["r.zarr"]
