@@ -139,7 +139,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, capsys):
 @pytest.mark.slow
 def test_two_concurrent_writers_exactly_one_succeeds(tmp_path, demo_onnx):
     out = tmp_path / "r.zarr"
-    args = [sys.executable, "-m", "hwloop", "run", str(demo_onnx), "--data", "digits@200", "--repeats", "20",
+    args = [sys.executable, "-m", "hwloop", "run", str(demo_onnx), "--data", "digits@120", "--repeats", "10",
             "--batch-size", "10", "--seed", "3", "--profile", "semenova", "--out", str(out)]
     procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     results = [(p.wait(120), p.stderr.read()) for p in procs]
@@ -262,10 +262,23 @@ def test_sweep_and_calibration_stores_take_the_same_lock(tmp_path, mlp_onnx, mak
             with pytest.raises(HwloopError, match="in use by another writer"):
                 calibrate(chip, tmp_path / "p.yaml", store=cal, budget=20_000, stop_after=1)
         assert not cal.exists()
-        calibrate(chip, tmp_path / "p.yaml", store=cal, budget=20_000, stop_after=1)
+        calibrate(chip, tmp_path / "p.yaml", store=cal, budget=20_000, stop_after=2)
         assert cal.exists() and not lock_path(cal).exists()
     finally:
         chip.device.close()
+    # readers check the manifest: a marked block whose data is gone is refused
+    from hwloop.calibration.measure import CalibrationStore
+
+    done = np.flatnonzero(CalibrationStore(cal).done)
+    shutil.rmtree(cal / "blocks" / str(done[0]))
+    with pytest.raises(HwloopError, match=f"block {done[0]} is marked done but missing"):
+        CalibrationStore(cal)
+    # and so do sweep readers
+    assert main(["walk", str(mlp_onnx), "--sigmas", "0.1", "--data", "digits@20", "--out", str(sweep)]) == 0
+    shutil.rmtree(sweep / "accuracy")
+    capsys.readouterr()
+    assert main(["walk", "report", str(sweep)]) == 2
+    assert "damaged sweep store: array(s) accuracy missing" in capsys.readouterr().err
 
 
 @pytest.mark.slow
