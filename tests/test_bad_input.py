@@ -161,6 +161,13 @@ def test_jobs_that_cannot_fit_are_refused_with_the_figure(inputs, mlp_onnx, caps
                    "of memory", capsys)
     expect_refused(["walk", mlp_onnx, "--sigmas", "linspace:0:1:100000000000", "--out", d / "s.zarr"],
                    "of memory", capsys, [d / "s.zarr"])
+    from hwloop.calibration.plan import ChipInfo, design_plan
+
+    chip = ChipInfo(idn="x", max_inputs=64, max_outputs=64, max_batch=4096, max_repeats=1000,
+                    input_range=(-1, 1), weight_max=1, bias_max=4, output_range=(-16, 16), output_bits=16,
+                    activations=("linear",))
+    with pytest.raises(HwloopError, match="a calibration of 10000000000000 evaluations needs about .* of memory"):
+        design_plan(chip, 10 ** 13)
 
 
 def test_yaml_alias_bombs_and_deep_nesting_are_refused_fast(inputs, mlp_onnx, capsys):
