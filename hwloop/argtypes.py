@@ -4,8 +4,8 @@
 option a check by its name: counts (``--repeats``, ``--batch-size``,
 ``--budget``, ``--epochs``) are at least 1, ``--seed`` and ``--workers`` at
 least 0, ``--port`` in 0..65535, durations (``--delay-s``, ``--refuse-s``,
-``--time-scale``) and tolerances at least 0, probabilities and
-``--min-accuracy``/``--ratio`` in [0, 1]; every float option must be finite;
+``--time-scale``) and tolerances at least 0, probabilities and ``--ratio``
+in [0, 1]; every float option must be finite;
 every output option (``--out``, ``--report``, ``--junit``, ``--store``) must
 lie in a folder that exists or can be made and is writable.  A bad value is
 one line from argparse (``argument --port: ...``) and exit status 2, before
@@ -36,7 +36,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "--seed": _at_least(0), "--workers": _at_least(0), "--port": _within(0, 65535),
     "--delay-s": _at_least(0), "--refuse-s": _at_least(0), "--time-scale": _at_least(0), "--sigma": _at_least(0),
     "--clamp": lambda v: None if v > 0 else f"must be greater than 0, got {v}",
-    "--min-accuracy": _within(0, 1), "--ratio": _within(0, 1),
+    "--ratio": _within(0, 1),
 }
 #: options naming a file or folder to write
 OUTPUTS = ("--out", "--report", "--junit", "--store")

@@ -116,9 +116,7 @@ def _finish(name: str, x: np.ndarray, y: np.ndarray, path: Path, keys: tuple[str
     if len(x) != len(y):
         raise HwloopError(f"{path}: {len(x)} inputs but {len(y)} labels")
     y = y.reshape(-1)
-    if y.dtype.kind == "f" and not (np.isfinite(y).all() and (y == np.round(y)).all()):
-        raise HwloopError(f"{path}: array {keys[1]!r}: labels must be whole numbers (class indices)")
-    if len(y) and y.min() < 0:
+    if y.dtype.kind in "iu" and len(y) and y.min() < 0:   # float y may be a regressor's targets
         i = int(np.argmin(y))
         raise HwloopError(f"{path}: array {keys[1]!r}: label {y[i]:g} of sample {i} is negative (class indices "
                           "start at 0)")

@@ -102,7 +102,8 @@ def _run_model(model: Model | str | Path, data: Dataset | str, *, devices: Devic
     n_batches = -(-n // bs)
     ideal = _Ideal(model)
     _, probe = _forward(model, x[:2], ideal.run, repeats=1)  # a bad shape (or fixed batch) fails here, storeless
-    labels_in_range(ds.y, probe.shape[2], ds.name, model.path)
+    if probe.shape[2] > 1:      # a classifier's outputs: labels must name one (one output: no classes to check)
+        labels_in_range(ds.y, probe.shape[2], ds.name, model.path)
     _require_room(model, repeats, n, bs, probe.shape[2], out)
     noisy = _Devices(model, per_layer, seed)   # programmed first: describe() then reports tiling etc.
     attrs = _provenance(model, ds, x, per_layer, seed, repeats, bs, provenance, hash_data=out is not None)

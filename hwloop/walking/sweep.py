@@ -423,7 +423,9 @@ def _prepare(settings: SweepSettings, model: str | os.PathLike | None):
     sm, data, cache = job.evaluator()
     from .evaluate import accuracy
 
-    labels_in_range(data.y, cache[sm.output].reshape(len(data.y), -1).shape[1], data.name, path)
+    n_out = cache[sm.output].reshape(len(data.y), -1).shape[1]
+    if n_out > 1:               # a classifier's outputs: labels must name one
+        labels_in_range(data.y, n_out, data.name, path)
 
     attrs = {"n_classes": data.n_classes, "model": str(path), "model_sha256": sha,
              "clean_accuracy": accuracy(cache[sm.output], data.y)}
