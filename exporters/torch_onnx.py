@@ -16,7 +16,6 @@ import contextlib
 import logging
 import os
 import re
-import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -103,14 +102,16 @@ def staged(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     if path.is_dir():
         raise HwloopError(f"{path}: is a folder; expected the path of an .onnx file")
-    with tempfile.TemporaryDirectory(prefix="hwloop-export-") as tmp:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # the scratch folder sits beside the target, so moving the file in is one atomic rename (a kill
+    # leaves the old file or the new one, never a partial copy from another file system)
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", suffix=".partial", dir=path.parent) as tmp:
         scratch = Path(tmp) / path.name
         yield scratch
-        path.parent.mkdir(parents=True, exist_ok=True)
         for src, dst in ((scratch.with_name(path.name + ".data"), path.with_name(path.name + ".data")),
                          (scratch, path)):
             if src.exists():
-                shutil.move(src, dst)
+                os.replace(src, dst)
             elif dst.exists():
                 dst.unlink()
 

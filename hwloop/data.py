@@ -102,8 +102,9 @@ def _npz(path: Path, keys: tuple[str, str], name: str, named: bool = False) -> D
     except HwloopError:
         raise
     except Exception as e:  # zip/format errors, object arrays (pickles are refused)
-        raise HwloopError(f"{path}: cannot read as .npz: {e}") from None
-    return _finish(name, x, y, path)
+        raise HwloopError(f"{path}: cannot read as .npz: {str(e).splitlines()[0] if str(e) else type(e).__name__}") \
+            from None
+    return _finish(name, x, y, path, keys)
 
 
 def _named(name: str, arrays: dict, y: np.ndarray, path: Path) -> Dataset:
@@ -116,14 +117,29 @@ def _named(name: str, arrays: dict, y: np.ndarray, path: Path) -> Dataset:
     return Dataset(f"{name}:{path}", first, y, int(max(10, y.max() + 1)) if len(y) else 10, arrays)
 
 
-def _finish(name: str, x: np.ndarray, y: np.ndarray, path: Path) -> Dataset:
+def _finish(name: str, x: np.ndarray, y: np.ndarray, path: Path, keys: tuple[str, str] = ("x", "y")) -> Dataset:
+    x, y = np.asarray(x), np.asarray(y)
+    for key, a in zip(keys, (x, y)):
+        if a.dtype.kind not in "biuf":
+            raise HwloopError(f"{path}: array {key!r} holds {a.dtype} values, not real numbers")
+        if a.ndim == 0:
+            raise HwloopError(f"{path}: array {key!r} is a single value, not one entry per sample")
+    if x.ndim < 2:
+        raise HwloopError(f"{path}: array {keys[0]!r} has shape {x.shape}: expected one row of inputs per sample")
+    if y.ndim > 1 and y.size != len(y):
+        raise HwloopError(f"{path}: array {keys[1]!r} has shape {y.shape}: expected one integer label per sample "
+                          "(not one-hot)")
     if len(x) != len(y):
         raise HwloopError(f"{path}: {len(x)} inputs but {len(y)} labels")
-    x = np.asarray(x)
+    y = y.reshape(-1)
+    if y.dtype.kind in "iu" and len(y) and y.min() < 0:   # float y may be a regressor's targets
+        i = int(np.argmin(y))
+        raise HwloopError(f"{path}: array {keys[1]!r}: label {y[i]:g} of sample {i} is negative (class indices "
+                          "start at 0)")
     if x.dtype == np.uint8:
         x = x.astype(np.float32) / 255.0
     x = x.astype(np.float32).reshape(len(x), -1) if x.ndim == 3 else x.astype(np.float32)
-    y = np.asarray(y).astype(np.int64).reshape(-1)
+    y = y.astype(np.int64)
     return Dataset(f"{name}:{path}", x, y, int(max(10, y.max() + 1)) if len(y) else 10)
 
 
@@ -132,8 +148,11 @@ def _mnist_like(kind: str, path: Path, train: bool) -> Dataset:
     if not path.exists():
         raise HwloopError(f"{path}: no such file or folder")
     if path.is_file() and path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as f:
-            names = f.files
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                names = f.files
+        except Exception as e:
+            raise HwloopError(f"{path}: cannot read as .npz: {e}") from None
         if f"x_{split}" in names:
             return _npz(path, (f"x_{split}", f"y_{split}"), kind)
         return _npz(path, ("x", "y"), kind)
@@ -154,8 +173,11 @@ def _find(folder: Path, stem: str) -> Path:
 
 def _read_idx(path: Path) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise HwloopError(f"{path}: cannot read IDX file: {e}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise HwloopError(f"{path}: not an IDX file of unsigned bytes")
     nd = raw[3]

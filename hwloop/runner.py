@@ -34,6 +34,8 @@ import torch
 from .data import Dataset, load_data
 from .devices import Device, Emulator
 from .errors import DeviceError, HwloopError
+from .files import store_lock
+from .inputs import labels_in_range, require_disk, require_memory
 from .graph import Glue, Model, load_model, node_label
 from .layer import AnalogLayer
 from .lowering import im2col, on_device, per_sample, run_product_layer, run_recurrent_layer  # noqa: F401 (im2col, per_sample: API)
@@ -73,7 +75,23 @@ def run_model(model: Model | str | Path, data: Dataset | str, *,
     ``scheduler`` (``tcp://HOST:PORT``) or ``workers`` (a local Dask cluster of that many
     processes): shard the batches across Dask workers (emulators only; ``hwloop.distributed``),
     writing the same store bytes as this process would.
+
+    ``out`` is written under its writer's lock (``hwloop.files.store_lock``): a second process
+    writing the same path gets a HwloopError.
     """
+    kw = dict(devices=devices, repeats=repeats, seed=seed, batch_size=batch_size, out=out, resume=resume,
+              overwrite=overwrite, progress=progress, provenance=provenance, pipeline=pipeline,
+              scheduler=scheduler, workers=workers)
+    if out is None:
+        return _run_model(model, data, **kw)
+    with store_lock(out):
+        return _run_model(model, data, **kw)
+
+
+def _run_model(model: Model | str | Path, data: Dataset | str, *, devices: Device | Mapping[int, Device] | None,
+               repeats: int, seed: int, batch_size: int | None, out: str | Path | None, resume: bool,
+               overwrite: bool, progress: bool, provenance: dict | None, pipeline: bool | None,
+               scheduler: str | None, workers: int | None) -> RunResult:
     if scheduler or workers:
         from .distributed import run_sharded
 
@@ -185,12 +203,15 @@ def prepare(model: Model | str | Path, data: Dataset | str, devices: Device | Ma
     per_layer = resolve_devices(model, devices)
     pipelined = _pipelined(per_layer, pipeline)
     n = len(ds)
-    bs = int(batch_size) if batch_size else default_batch_size(model, repeats, n, pipelined)
+    bs = int(batch_size) if batch_size is not None else default_batch_size(model, repeats, n, pipelined)
     if bs < 1:
         raise HwloopError(f"batch size must be at least 1, got {batch_size}")
     bs = min(bs, n)
     ideal = _Ideal(model)
     probe_layers, probe = _forward(model, _rows(x, slice(0, 2)), ideal.run, repeats=1)  # a bad shape fails here, storeless
+    if probe.shape[2] > 1:      # a classifier's outputs: labels must name one (one output: no classes to check)
+        labels_in_range(ds.y, probe.shape[2], ds.name, model.path)
+    _require_room(model, repeats, n, bs, probe.shape[2], out)
     noisy = _Devices(model, per_layer, seed)   # programmed first: describe() then reports tiling etc.
     attrs = _provenance(model, ds, x, per_layer, seed, repeats, bs, provenance, hash_data=out is not None)
     attrs["pipelined"] = pipelined
@@ -280,16 +301,35 @@ def _all_finite(x: np.ndarray) -> bool:
 
 
 def resolve_devices(model: Model, devices: Device | Mapping[int, Device] | None) -> list[Device]:
-    """One device per analog layer: None -> a fresh ideal Emulator each; one Device -> shared by all."""
+    """One device per analog layer: None -> a fresh ideal Emulator each; one Device -> shared by all.
+
+    A device profile's per-layer overrides must name layers of this model (however the devices were made)."""
     if devices is None:
         return [Emulator() for _ in model.layers]
     if isinstance(devices, Device):
-        return [devices] * len(model.layers)
-    extra = sorted(set(devices) - set(range(len(model.layers))))
-    if extra:
-        raise HwloopError(f"devices given for layer(s) {extra}, but {model.path.name} has analog layers "
-                          f"0..{len(model.layers) - 1}")
-    return [devices.get(k) or Emulator() for k in range(len(model.layers))]
+        per_layer = [devices] * len(model.layers)
+    else:
+        extra = sorted(set(devices) - set(range(len(model.layers))))
+        if extra:
+            raise HwloopError(f"devices given for layer(s) {extra}, but {model.path.name} has analog layers "
+                              f"0..{len(model.layers) - 1}")
+        per_layer = [devices.get(k) or Emulator() for k in range(len(model.layers))]
+    for profile in {id(p): p for p in (getattr(d, "profile", None) for d in per_layer)
+                    if hasattr(p, "check_layers")}.values():
+        profile.check_layers(model.layers)
+    return per_layer
+
+
+def _require_room(model: Model, repeats: int, n: int, bs: int, n_classes: int, out: str | Path | None) -> None:
+    """Refuse, with the figure, a run whose arrays cannot fit in memory (or its store on disk)."""
+    neurons = sum(L.n_out * _positions(L) for L in model.layers) + n_classes
+    # one batch in flight per stage: every layer's input and output, noisy and noise-free, float32
+    per_batch = 4.0 * 2 * (repeats + 1) * bs * sum((L.n_in + L.n_out) * _positions(L) for L in model.layers)
+    held = 0.0 if out is not None else 4.0 * (repeats + 1) * n * neurons   # without a store: all in memory
+    hint = "lower --repeats or --batch-size" + ("" if out is not None else ", or record into a store")
+    require_memory(per_batch * (len(model.layers) + 1) + held, f"a run of {repeats} repeats x {n} samples", hint)
+    if out is not None:
+        require_disk(4.0 * (repeats + 1) * n * neurons + 9.0 * repeats * n, out, "the run store", "lower --repeats")
 
 
 def _pipelined(per_layer: list[Device], asked: bool | None) -> bool:

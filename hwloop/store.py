@@ -15,19 +15,27 @@ Layout (a Zarr v3 group; ``xarray.open_zarr`` opens it with named dims)::
     layers/<k>/output (repeat, sample, neuron), layers/<k>/clean (sample, neuron)  (+ coordinates)
 
 Why it survives SIGKILL: all metadata is written into a temporary folder that
-is renamed into place, so a store either exists with every array or not at
-all; afterwards every array is chunked by batch along ``sample``, zarr's
-LocalStore writes each chunk file atomically (tmp + rename), and a batch's
-``batch_done`` marker is written last.  A batch without its marker is
-unfinished and is simply written again on ``--resume``.
+is renamed into place (``--overwrite`` renames the old store aside first and
+deletes it only after, see ``hwloop.files.atomic_dir``), so a store either
+exists with every array or not at all; afterwards every array is chunked by
+batch along ``sample``, zarr's LocalStore writes each chunk file atomically
+(tmp + rename), every chunk of a batch is written (even one equal to the fill
+value) and a batch's ``batch_done`` marker is written last.  ``accuracy`` is
+written before the last marker, so a store whose markers are all set is
+complete.  A batch without its marker is unfinished and is simply written again
+on ``--resume``.  Readers check the store against its manifest (every array's
+metadata, every chunk of every marked batch) and refuse a damaged one.  The
+writer holds ``hwloop.files.store_lock`` (one writer per path).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import xarray as xr
@@ -35,9 +43,14 @@ import zarr
 
 from . import cf
 from .errors import HwloopError
-from .files import atomic_dir
+from .files import atomic_dir, restore_for_reading
 
 FORMAT = "hwloop-run/1"
+
+#: manifest: per-batch arrays -> the chunk key of batch {b} (zarr v3 default encoding)
+_BATCH_CHUNKS = {"output": "0/{b}/0", "clean_output": "{b}/0", "label": "{b}", "prediction": "0/{b}",
+                 "correct": "0/{b}"}
+_LAYER_CHUNKS = {"output": "0/{b}/0", "clean": "{b}/0"}
 
 #: provenance keys a resumed run must share with the store it continues
 RESUME_KEYS = ("model_sha256", "data_sha256", "n_samples", "seed", "repeats", "batch_size", "profile_sha256")
@@ -65,11 +78,12 @@ class RunWriter:
         self.attrs = _provenance(self.root.attrs)
         self.batch_size = int(self.attrs["batch_size"])
         self.n_layers = len(self.attrs["layers"])
-        # open every array once: each lookup through the group reads metadata from disk
-        names = ["output", "clean_output", "label", "prediction", "correct", "accuracy", DONE]
-        names += [f"layers/{k}/{a}" for k in range(self.n_layers) for a in ("output", "clean")]
-        self._a = {name: self.root[name] for name in names}
+        # open every array once (each lookup through the group reads metadata from disk); every chunk
+        # is written, even one equal to the fill value, so readers can check a batch's chunks exist
+        names = list(_manifest(self.n_layers)) + ["accuracy", DONE]
+        self._a = {name: self.root[name].with_config({"write_empty_chunks": True}) for name in names}
         self._done = self._a[DONE]
+        self._todo = set(np.flatnonzero(self._done[:] == 0).tolist())
 
     @classmethod
     def create(cls, path: str | Path, *, layers: list[LayerInfo], n_samples: int, n_classes: int,
@@ -116,14 +130,22 @@ class RunWriter:
 
     @classmethod
     def resume(cls, path: str | Path, expect: dict) -> "RunWriter":
-        """Reopen ``path`` to continue it; every key of RESUME_KEYS must match ``expect``."""
+        """Reopen ``path`` to continue it; every key of RESUME_KEYS must match ``expect``.
+
+        A marked batch with a chunk missing (a damaged store) loses its marker and is written again.
+        """
         path = Path(path)
         attrs = read_attrs(path)
         for key in RESUME_KEYS:
             if attrs.get(key) != expect.get(key):
                 raise HwloopError(f"{path}: cannot resume: {key} differs "
                                   f"(store has {attrs.get(key)!r}, this run has {expect.get(key)!r})")
-        return cls(path)
+        damaged = check_store(path, attrs)
+        writer = cls(path)
+        for b in damaged:
+            writer._done[b] = 0
+            writer._todo.add(b)
+        return writer
 
     def done(self) -> np.ndarray:
         """Per batch: True where its marker is set."""
@@ -141,7 +163,10 @@ class RunWriter:
             writes += [(f"layers/{k}/output", (slice(None), sl), layers[k]), (f"layers/{k}/clean", sl, clean[k])]
         for name, sel, value in writes:
             self._a[name][sel] = value
+        if self._todo == {index}:   # the last batch: accuracy before its marker, so "all marked" means complete
+            self._write_accuracy()
         self._done[index] = 1   # last: the batch counts only once all its chunks are on disk
+        self._todo.discard(index)
 
     def update_attrs(self, **changes) -> None:
         """Replace provenance keys (e.g. the devices' counters at the end of a session).
@@ -154,7 +179,11 @@ class RunWriter:
         _consolidate(self.path)
 
     def finish(self) -> np.ndarray:
-        """Once every batch is done: write the per-repeat accuracy and return it."""
+        """Once every batch is done: the per-repeat accuracy (written, if a kill of an older version missed it)."""
+        acc = self._a["accuracy"][:]
+        return self._write_accuracy() if np.isnan(acc).any() else acc
+
+    def _write_accuracy(self) -> np.ndarray:
         acc = self._a["correct"][:].mean(axis=1)
         self._a["accuracy"][:] = acc
         return acc
@@ -172,6 +201,39 @@ def _provenance(attrs) -> dict:
     return dict(attrs["hwloop"]) if "hwloop" in attrs else cf.decode_attrs(attrs)
 
 
+def _manifest(n_layers: int) -> dict[str, str]:
+    """Every per-batch array of a store with ``n_layers`` analog layers -> its chunk key pattern."""
+    out = dict(_BATCH_CHUNKS)
+    out.update({f"layers/{k}/{a}": key for k in range(n_layers) for a, key in _LAYER_CHUNKS.items()})
+    return out
+
+
+def _done_name(path: Path) -> str:
+    """The batch markers' array (older stores kept them at the root)."""
+    return DONE if (path / "bookkeeping").is_dir() else "batch_done"
+
+
+def check_store(path: Path, attrs: dict) -> list[int]:
+    """Check the store against its manifest; returns the marked batches with a chunk missing.
+
+    Raises HwloopError when an array is missing altogether (its own metadata gone)."""
+    n_layers = len(attrs["layers"])
+    done_name = _done_name(path)
+    for name in list(_manifest(n_layers)) + ["accuracy", done_name]:
+        if not (path / name / "zarr.json").is_file():
+            raise HwloopError(f"{path}: damaged run store: array {name!r} is missing; "
+                              "run it again with --overwrite")
+    try:
+        done = np.asarray(zarr.open_array(str(path / done_name), mode="r")[:], bool)
+    except Exception as e:
+        raise HwloopError(f"{path}: damaged run store: cannot read {done_name} ({e})") from None
+    damaged = []
+    for b in np.flatnonzero(done).tolist():
+        if any(not (path / name / "c" / key.format(b=b)).is_file() for name, key in _manifest(n_layers).items()):
+            damaged.append(b)
+    return damaged
+
+
 def _consolidate(path: Path) -> None:
     """Rewrite the store's consolidated metadata (one read for xarray and open_run)."""
     with warnings.catch_warnings():
@@ -182,6 +244,7 @@ def _consolidate(path: Path) -> None:
 def read_attrs(path: str | Path) -> dict:
     """The provenance of the store at ``path``; HwloopError when it is not a run store."""
     path = Path(path)
+    restore_for_reading(path)
     if not path.exists():
         raise HwloopError(f"{path}: no such run store")
     try:
@@ -199,10 +262,20 @@ class Run:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.attrs: dict = read_attrs(self.path)
-        self._root = xr.open_zarr(str(self.path))
-        group = zarr.open_group(str(self.path), mode="r")
-        done = np.asarray(group[DONE if "bookkeeping" in group else "batch_done"][:]).astype(bool)
-        self.complete: bool = bool(done.all())
+        damaged = check_store(self.path, self.attrs)
+        if damaged:
+            raise HwloopError(f"{self.path}: damaged run store: batch {damaged[0]} is marked done but "
+                              f"some of its data is missing ({len(damaged)} batch(es)); --resume writes them again")
+        try:
+            self._root = xr.open_zarr(str(self.path))
+            done = np.asarray(zarr.open_array(str(self.path / _done_name(self.path)), mode="r")[:]).astype(bool)
+            self.complete: bool = bool(done.all())
+            if self.complete and np.isnan(self._root["accuracy"].values).any():
+                raise HwloopError(f"{self.path}: run not finalised (accuracy missing); --resume completes it")
+        except HwloopError:
+            raise
+        except Exception as e:
+            raise HwloopError(f"{self.path}: damaged run store: {e}") from None
         n, bs = int(self.attrs["n_samples"]), int(self.attrs["batch_size"])
         self._samples = None if self.complete else np.flatnonzero(np.repeat(done, bs)[:n])
         self._layers = {i["index"]: LayerInfo(**i) for i in self.attrs["layers"]}
@@ -258,3 +331,27 @@ class Run:
 def open_run(path: str | Path) -> Run:
     """Open a run store for reading (the contract in docs/design.md)."""
     return Run(path)
+
+
+@contextlib.contextmanager
+def reading(path: str | Path) -> Iterator[None]:
+    """Around code that reads a store's arrays: a chunk zarr cannot read or decode (a corrupt or
+    truncated file) becomes one HwloopError naming the store; other errors pass unchanged."""
+    try:
+        yield
+    except HwloopError:
+        raise
+    except Exception as e:
+        if not (isinstance(e, OSError) or _raised_in_zarr(e.__traceback__)):
+            raise
+        text = str(e).strip().splitlines()
+        raise HwloopError(f"{path}: damaged store: cannot read its data "
+                          f"({type(e).__name__}: {text[0] if text else 'unreadable chunk'})") from None
+
+
+def _raised_in_zarr(tb) -> bool:
+    while tb is not None:
+        if str(tb.tb_frame.f_globals.get("__name__", "")).startswith(("zarr.", "numcodecs")):
+            return True
+        tb = tb.tb_next
+    return False

@@ -5,6 +5,11 @@ read.  Every mapping comes back as a ``LineMap`` (a ``dict`` that knows the
 line of itself and of each key); duplicate keys are refused.  Numbers such as
 ``1e-3`` (no dot, which YAML 1.1 reads as text) are floats, and dates stay
 text.
+
+Bounded: a document is refused when its aliases would expand it beyond
+``MAX_NODES`` nodes (the "billion laughs": a 1 KB file of nested aliases that
+validation would walk for minutes), when an alias refers to itself, when it is
+nested too deeply, or when the text is longer than ``MAX_CHARS``.
 """
 
 from __future__ import annotations
@@ -18,7 +23,12 @@ import yaml
 
 from .errors import HwloopError
 
-__all__ = ["LineMap", "load_yaml", "load_yaml_file", "line_of"]
+__all__ = ["LineMap", "load_yaml", "load_yaml_file", "line_of", "MAX_NODES", "MAX_CHARS"]
+
+#: most nodes a document may have with every alias expanded (profiles and bench files have hundreds)
+MAX_NODES = 20_000
+#: longest YAML text read (characters)
+MAX_CHARS = 4 << 20
 
 
 class LineMap(dict):
@@ -69,21 +79,53 @@ def load_yaml(text: str, label: str) -> Any:
     ``HwloopError("LABEL:LINE: not valid YAML: ...")``, a duplicate key
     ``HwloopError("LABEL:LINE: duplicate key 'k'")``.
     """
+    if len(text) > MAX_CHARS:
+        raise HwloopError(f"{label}: {len(text)} characters, more than a settings file may have ({MAX_CHARS})")
     loader = _LineLoader(text)
     loader.name = label
     try:
-        return loader.get_single_data()
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node, {}, label)
+        return loader.construct_document(node)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = mark.line + 1 if mark else "?"
         raise HwloopError(f"{label}:{line}: not valid YAML: {getattr(e, 'problem', None) or e}") from None
+    except RecursionError:
+        raise HwloopError(f"{label}: nested too deeply to be a settings file") from None
     finally:
         loader.dispose()
+
+
+def _expanded_size(node: yaml.Node, sizes: dict, label: str) -> int:
+    """Nodes in ``node`` with every alias expanded (an alias is the same node object as its anchor,
+    so each distinct node is counted once here); HwloopError beyond MAX_NODES or on a cycle."""
+    key = id(node)
+    if key in sizes:
+        if sizes[key] is None:
+            raise HwloopError(f"{label}:{node.start_mark.line + 1}: an alias refers to the node it is in")
+        return sizes[key]
+    sizes[key] = None
+    if isinstance(node, yaml.SequenceNode):
+        n = 1 + sum(_expanded_size(c, sizes, label) for c in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        n = 1 + sum(_expanded_size(k, sizes, label) + _expanded_size(v, sizes, label) for k, v in node.value)
+    else:
+        n = 1
+    if n > MAX_NODES:
+        raise HwloopError(f"{label}:{node.start_mark.line + 1}: aliases expand this document beyond {MAX_NODES} "
+                          "values (nested aliases, a \"billion laughs\"?); write the values out instead")
+    sizes[key] = n
+    return n
 
 
 def load_yaml_file(path: str | os.PathLike, what: str) -> Any:
     """``load_yaml`` of a file's text; an unreadable file raises ``HwloopError("PATH: cannot read WHAT: ...")``."""
     try:
+        if Path(path).stat().st_size > 4 * MAX_CHARS:
+            raise HwloopError(f"{path}: too large to be a {what} ({Path(path).stat().st_size} bytes)")
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise HwloopError(f"{path}: cannot read {what}: {e}") from None

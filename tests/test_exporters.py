@@ -119,6 +119,8 @@ def test_export_refuses_mismatch_and_leaves_nothing(tmp_path):
     with pytest.raises(HwloopError, match=r"drift\.onnx: onnxruntime and torch differ"):
         export_torch(Drifting(), out, torch.zeros(2, 4))
     assert list(tmp_path.iterdir()) == []
+    export_torch(torch.nn.Linear(4, 3), out, torch.zeros(2, 4))     # staged beside the target, renamed in
+    assert [p.name for p in tmp_path.iterdir()] == ["drift.onnx"]
 
 
 @pytest.mark.parametrize("dynamo", [False, True], ids=["legacy", "dynamo"])

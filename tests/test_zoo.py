@@ -279,7 +279,9 @@ def test_sklearn_linear_models_are_analog_layers(sklearn_models, digits, name):
     original = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": digits.x})
     rewritten = ort.InferenceSession(model.proto.SerializeToString(), providers=["CPUExecutionProvider"])
     np.testing.assert_array_equal(rewritten.run(None, {"input": digits.x})[0], original[0])   # labels / values
-    res = run_model(model, digits, repeats=1)
+    # a binary model's labels are the parities it was trained on (labels it cannot output are refused)
+    data = Dataset(digits.name, digits.x, digits.y % 2, 2) if name.endswith("binary") else digits
+    res = run_model(model, data, repeats=1)
     want = onnx_probabilities(original) if len(original) > 1 else original[0]
     np.testing.assert_allclose(res.output[0], np.asarray(want).reshape(res.output[0].shape), atol=TOL, rtol=TOL)
 

@@ -537,6 +537,8 @@ def predict(model, profile, data, *, average: Mapping[int, int] | None = None,
     if len(per_layer) != len(layers):
         raise HwloopError(f"{len(per_layer)} profiles given for {len(layers)} analog layers")
     per_layer = [load_profile(p) if isinstance(p, str) or hasattr(p, "__fspath__") else p for p in per_layer]
+    for p in {id(p): p for p in per_layer}.values():   # overrides of layers the model lacks are an error
+        p.check_layers(layers)
     profile = per_layer[0]
     settings = [p.for_layer(l.index, l.name) for p, l in zip(per_layer, layers)]
     for l, st in zip(layers, settings):

@@ -40,6 +40,8 @@ class Faults:
                 raise ValueError(f"fault {f.name}={v}: a probability must lie in [0, 1]")
             if f.name.endswith("_after") and v is not None and v < 1:
                 raise ValueError(f"fault {f.name}={v}: must be a command count >= 1")
+            if f.name.endswith("_s") and not 0.0 <= v < float("inf"):
+                raise ValueError(f"fault {f.name}={v}: a duration must be a finite number of seconds >= 0")
         if self.corrupt_mode not in ("bytes", "nan", "short"):
             raise ValueError(f"fault corrupt_mode={self.corrupt_mode!r}: one of bytes, nan, short")
 

@@ -218,13 +218,26 @@ QUES_CLIPPED, QUES_TEMPERATURE = 1, 2
 STB_ERROR_QUEUE = 4
 
 
-@functools.lru_cache(maxsize=256)
+#: longest header the controller looks up (the longest long form is 30 characters)
+MAX_HEADER = 64
+_FOUND: dict[str, Command] = {}   # upper-cased spellings of known headers: a finite set, so bounded
+
+
 def find_command(header: str) -> Command | None:
-    """Server side: the command a received header names (``weights:data?`` -> weights?)."""
-    query = header.endswith("?")
-    words = header[:-1 if query else None].lstrip(":").split(":")
+    """Server side: the command a received header names (``weights:data?`` -> weights?).
+
+    Only headers that name a command are remembered (their spellings are finitely many), so a
+    client sending endless distinct unknown headers cannot grow the controller's memory.
+    """
+    key = header.upper()
+    found = _FOUND.get(key)
+    if found is not None or len(key) > MAX_HEADER:
+        return found
+    query = key.endswith("?")
+    words = key[:-1 if query else None].lstrip(":").split(":")
     for c in COMMANDS.values():
         if c.query == query and c.matches(words):
+            _FOUND[key] = c
             return c
     return None
 

@@ -458,24 +458,41 @@ class _Closed(Exception):
 
 
 class _Reader:
-    """Splits the byte stream into messages; a block's byte count, not LF, delimits it."""
+    """Splits the byte stream into messages; a block's byte count, not LF, delimits it.
 
-    def __init__(self, conn: socket.socket):
+    Bounded against abusive clients: a block longer than ``max_block`` (the chip's capacity) is
+    refused at once with -223 and its bytes discarded as they arrive, never stored; a line
+    longer than ``max_line`` is refused with -223 and discarded likewise; bytes are scanned for
+    LF and ``#`` once; a client silent for ``timeout`` seconds in the middle of a message loses
+    the connection (between messages it may stay idle).
+    """
+
+    def __init__(self, conn: socket.socket, max_block: int = 1 << 30, max_line: int = 1 << 16,
+                 timeout: float | None = None):
         self.conn = conn
         self.buf = bytearray()
+        self.scanned = 0                 # buf[:scanned] holds no LF and no '#'
+        self.skip = 0                    # bytes of a refused block still to discard
+        self.max_block, self.max_line, self.timeout = max_block, max_line, timeout
+
+    def _recv(self, n: int) -> bytes:
+        """Up to ``n`` bytes; the idle timeout applies once a message has started."""
+        self.conn.settimeout(self.timeout if (self.buf or self.skip) else None)
+        data = self.conn.recv(n)
+        if not data:
+            raise _Closed()
+        return data
 
     def _fill(self) -> None:
         # small reads: a block's payload should reach _take_block's recv_into, not three copies here
-        data = self.conn.recv(1 << 14)
-        if not data:
-            raise _Closed()
-        self.buf += data
+        self.buf += self._recv(1 << 14)
 
     def _take(self, n: int) -> bytes:
         while len(self.buf) < n:
             self._fill()
         out = bytes(self.buf[:n])
         del self.buf[:n]
+        self.scanned = 0
         return out
 
     def _take_block(self, n: int) -> bytearray:
@@ -485,23 +502,41 @@ class _Reader:
         with memoryview(self.buf) as buffered:       # released before the buffer shrinks
             out[:have] = buffered[:have]
         del self.buf[:have]
+        self.scanned = 0
         view = memoryview(out)
         while have < n:
+            self.conn.settimeout(self.timeout)
             got = self.conn.recv_into(view[have:], min(n - have, 1 << 22))
             if not got:
                 raise _Closed()
             have += got
         return out
 
+    def _discard(self) -> None:
+        """Drop the rest of a refused block as it arrives (without storing it)."""
+        while self.skip:
+            if not self.buf:
+                self.buf += self._recv(min(self.skip, 1 << 16))
+            n = min(self.skip, len(self.buf))
+            del self.buf[:n]
+            self.skip -= n
+        self.scanned = 0
+
     def _skip_line(self) -> None:
-        while b"\n" not in self.buf:
-            self._fill()
-        del self.buf[: self.buf.index(b"\n") + 1]
+        while True:
+            lf = self.buf.find(b"\n")
+            if lf >= 0:
+                del self.buf[: lf + 1]
+                self.scanned = 0
+                return
+            self.buf.clear()                 # a long line is dropped as it arrives, never stored whole
+            self.buf += self._recv(1 << 14)
 
     def message(self) -> tuple[str, str, bytes | None, int]:
         """Next message as (header, text parameters, block or None, SCPI error code or 0)."""
+        self._discard()
         while True:
-            lf, sharp = self.buf.find(b"\n"), self.buf.find(b"#")
+            lf, sharp = self.buf.find(b"\n", self.scanned), self.buf.find(b"#", self.scanned)
             if lf >= 0 and (sharp < 0 or lf < sharp):
                 line = self._take(lf + 1)[:-1].rstrip(b"\r").decode("ascii", "replace")
                 header, _, text = line.strip().partition(" ")
@@ -510,6 +545,11 @@ class _Reader:
                 return header, text, None, 0
             if sharp >= 0:
                 break
+            self.scanned = len(self.buf)
+            if self.scanned > self.max_line:
+                header = bytes(self.buf[:scpi.MAX_HEADER]).decode("ascii", "replace").split(" ")[0]
+                self._skip_line()
+                return header, "", None, -223
             self._fill()
         head = self._take(sharp).decode("ascii", "replace").strip()
         header, _, text = head.partition(" ")
@@ -522,6 +562,9 @@ class _Reader:
         if not digits.isdigit():
             self._skip_line()
             return header, text, None, -161
+        if int(digits) > self.max_block:     # refused before a byte of it is stored
+            self.skip = int(digits)
+            return header, text, None, -223
         data = self._take_block(int(digits))
         end = self._take(1)
         if end == b"\r":
@@ -540,7 +583,13 @@ class SimulatedBench:
     """
 
     def __init__(self, profile=None, port: int = 0, host: str = "127.0.0.1", *,
-                 faults: Faults | None = None, spec: ChipSpec | None = None, seed: int = 0):
+                 faults: Faults | None = None, spec: ChipSpec | None = None, seed: int = 0,
+                 message_timeout_s: float = 10.0):
+        if not 0 <= int(port) <= 65535:
+            raise HwloopError(f"bench serve: port {port} outside 0..65535")
+        if not message_timeout_s > 0:
+            raise HwloopError(f"bench serve: message timeout {message_timeout_s} s must be > 0")
+        self.message_timeout_s = float(message_timeout_s)
         if isinstance(profile, (str, Path)):
             from ..profiles import load_profile
             profile = load_profile(profile)
@@ -568,7 +617,7 @@ class SimulatedBench:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((self.host, self.port))
-        except OSError as e:
+        except (OSError, OverflowError) as e:
             s.close()
             raise HwloopError(f"bench serve: cannot listen on {self.host}:{self.port}: {e}") from None
         s.listen(4)
@@ -627,13 +676,17 @@ class SimulatedBench:
                 _shutdown(conn)
                 continue
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.connections += 1
             self._conn = conn
-            self._handler = threading.Thread(target=self._serve, args=(conn,), daemon=True)
-            self._handler.start()
+            handler = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            handler.start()                   # started before it is seen: wait_disconnected may join it
+            self._handler = handler
+            self.connections += 1             # counted once wait_disconnected can see it
 
     def _serve(self, conn: socket.socket) -> None:
-        reader = _Reader(conn)
+        s = self.spec    # the largest block the chip can take: a weight matrix or a batch of inputs
+        reader = _Reader(conn, max_block=4 * max(s.max_inputs * s.max_outputs, s.max_batch * s.max_inputs,
+                                                 s.max_outputs),
+                         timeout=self.message_timeout_s)
         try:
             while not self._stop.is_set():
                 header, text, block, code = reader.message()

@@ -121,16 +121,18 @@ def calibrate(chip: Chip, out: str | Path, *, store: str | Path, budget: int = D
     Returns ``(profile, fit, measurements)``; with ``stop_after`` (tests) it may
     return before the plan is complete, writing no profile: ``(None, None, measurements)``.
     """
+    from ..files import store_lock
     from .measure import CalibrationStore, measure
 
     plan = design_plan(chip.info, budget, seed)
-    if resume and Path(store).exists():
-        cal = CalibrationStore.resume(store, plan)
-    else:
-        cal = CalibrationStore.create(store, plan, {"idn": chip.info.idn}, overwrite=overwrite)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*clipped.*")
-        meas = measure(chip, cal, progress=progress, stop_after=stop_after)
+    with store_lock(store):      # one writer per calibration store
+        if resume and Path(store).exists():
+            cal = CalibrationStore.resume(store, plan)
+        else:
+            cal = CalibrationStore.create(store, plan, {"idn": chip.info.idn}, overwrite=overwrite)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*clipped.*")
+            meas = measure(chip, cal, progress=progress, stop_after=stop_after)
     if not cal.complete:
         return None, None, meas
     return (*_fit_and_write(meas, out, store, name), meas)

@@ -33,7 +33,7 @@ import zarr
 from .. import cf
 from ..devices.base import Device
 from ..errors import HwloopError
-from ..files import atomic_dir
+from ..files import atomic_dir, restore_for_reading
 from .plan import ChipInfo, Plan, Probe, plan_attrs, plan_from_attrs
 
 FORMAT = "hwloop-calibration/1"
@@ -80,6 +80,9 @@ class CalibrationStore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        restore_for_reading(self.path)    # a kill during --overwrite left the old store aside
+        if not self.path.is_dir():
+            raise HwloopError(f"{self.path}: not a calibration store (no such folder)")
         try:
             self.root = zarr.open_group(str(self.path), mode="r+")
             attrs = self.root.attrs
@@ -90,6 +93,19 @@ class CalibrationStore:
         if self.attrs.get("format") != FORMAT:
             raise HwloopError(f"{self.path}: format {self.attrs.get('format')!r}, expected {FORMAT!r}")
         self.plan = plan_from_attrs(self.attrs["plan"])
+        self._check_manifest()
+
+    def _check_manifest(self) -> None:
+        """Every array, and the block of every marked probe, must be on disk (not only the markers)."""
+        done_name = DONE if (self.path / "bookkeeping").is_dir() else "done"
+        for name in (done_name, "t", "temperature", "session", "blocks"):
+            if not (self.path / name / "zarr.json").is_file():
+                raise HwloopError(f"{self.path}: damaged calibration store: {name!r} is missing")
+        lost = [k for k in np.flatnonzero(self.done).tolist()
+                if not (self.path / "blocks" / str(k) / "zarr.json").is_file()]
+        if lost:
+            raise HwloopError(f"{self.path}: damaged calibration store: block {lost[0]} is marked done but "
+                              f"missing ({len(lost)} block(s)); measure again with --overwrite")
 
     @classmethod
     def create(cls, path: str | Path, plan: Plan, attrs: dict, overwrite: bool = False) -> "CalibrationStore":

@@ -182,6 +182,10 @@ def design_plan(chip: ChipInfo, budget: int = DEFAULT_BUDGET, seed: int = 0,
     """Design the probes for ``chip`` within ``budget`` evaluations (see the module doc)."""
     if budget < 1000:
         raise HwloopError(f"calibration budget {budget}: too small (at least 1000 evaluations)")
+    from ..inputs import require_memory   # the fits hold every measured value: refuse what cannot fit
+
+    require_memory(8.0 * budget * max(1, chip.max_outputs), f"a calibration of {budget} evaluations",
+                   "lower --budget")
     lo_in, hi_in = chip.input_range
     lo_out, hi_out = chip.output_range
     if not (hi_in > lo_in and hi_out > lo_out and chip.weight_max > 0):

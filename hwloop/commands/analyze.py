@@ -35,16 +35,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from ..analysis.measured import analyze_run, layer_table, save_analysis
     from ..analysis.predict import predict_for_run
-    from ..store import open_run
+    from ..store import open_run, reading
 
     run = open_run(args.run)
-    ds = analyze_run(run, shot=args.shot)
-    pred = None
-    if args.predict:
-        from ..progress import step
+    with reading(args.run):
+        ds = analyze_run(run, shot=args.shot)
+        pred = None
+        if args.predict:
+            from ..progress import step
 
-        with step(f"hwloop analyze: analytic prediction for {args.run}"):
-            pred = predict_for_run(run, model=args.model, profile=args.profile, data=args.data)
+            with step(f"hwloop analyze: analytic prediction for {args.run}"):
+                pred = predict_for_run(run, model=args.model, profile=args.profile, data=args.data)
     out = args.out or default_analysis_path(args.run)
     save_analysis(ds, out)
     print(layer_table(ds, pred))

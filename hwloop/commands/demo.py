@@ -36,6 +36,7 @@ def main(args: argparse.Namespace) -> int:
     from ..analysis.predict import predict_for_run
     from ..bench import ChipSpec, SimulatedBench, VisaDevice
     from ..devices.emulator import emulators
+    from ..errors import HwloopError
     from ..graph import format_table, load_model
     from ..numbers import pm
     from ..profiles import load_profile
@@ -45,7 +46,13 @@ def main(args: argparse.Namespace) -> int:
     from .analyze import default_analysis_path
 
     out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    profile = load_profile(args.profile)     # every option checked before anything is written
+    if out.exists() and not out.is_dir():
+        raise HwloopError(f"{out}: not a folder (demo --out names the folder for everything)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise HwloopError(f"{out}: cannot create the demo folder: {e.strerror or e}") from None
     if args.figures:
         from ..plotting import save_figures
 
@@ -58,7 +65,6 @@ def main(args: argparse.Namespace) -> int:
     model = load_model(model_path)
     print(format_table(model.table()))
 
-    profile = load_profile(args.profile)
     provenance = {"profile": profile.describe(), "profile_sha256": profile.sha256}
     step(f"3. execute + record on the emulator under profile '{profile.name}' ({args.repeats} repeats)")
     emu_store = out / "emulator.zarr"

@@ -19,6 +19,7 @@ import onnxruntime as ort
 from onnx import helper
 
 from ..errors import HwloopError
+from ..inputs import finite_initializers
 from ..layer import AnalogLayer
 from .folds import ACTIVATION_OPS, FOLDS, Fold, composite
 from .mlops import rewrite
@@ -61,6 +62,7 @@ def load_model(path: str | Path, output: str | None = None) -> Model:
         proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True, data_prop=True)
     except Exception as e:
         raise HwloopError(f"{path}: shape inference failed: {first_line(e)}") from None
+    finite_initializers(proto, path)
     return _Importer(path, proto, hashlib.sha256(raw).hexdigest(), output).build()
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 
 from ..errors import HwloopError
+from ..inputs import finite_initializers
 
 KINDS = ("additive", "multiplicative", "combined")
 
@@ -123,6 +124,7 @@ def load_onnx(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
         proto = onnx.shape_inference.infer_shapes(proto)
     except Exception as e:
         raise HwloopError(f"{where}: invalid ONNX model: {str(e).splitlines()[0]}") from None
+    finite_initializers(proto, where)
     inputs = data_inputs(proto)
     if len(inputs) != 1 or len(proto.graph.output) != 1:
         raise HwloopError(f"{where}: Walking Noise needs one data input and one output "

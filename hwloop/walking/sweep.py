@@ -30,10 +30,16 @@ import numpy as np
 from ..cf import SWEEP, annotate, decode_attrs, store_attrs
 from ..data import Dataset, load_data
 from ..errors import HwloopError
-from ..files import atomic_dir
+from ..files import atomic_dir, restore_for_reading, store_lock
+from ..inputs import labels_in_range, require_memory
 from .sites import KINDS, Noise, Site
 
 MODES = ("walk", "global")
+
+
+#: memory per sigma of a grid (numpy, Python float, JSON in the store's attributes) and per point of a sweep
+_BYTES_PER_SIGMA = 100
+_BYTES_PER_POINT = 250
 
 
 def parse_sigmas(text: str) -> tuple[float, ...]:
@@ -45,6 +51,7 @@ def parse_sigmas(text: str) -> tuple[float, ...]:
             a, b, n = float(a), float(b), int(n)
             if n < 1:
                 raise ValueError
+            require_memory(n * _BYTES_PER_SIGMA, f"sigmas {text!r}: a grid of {n} values", "use fewer points")
             if kind == "logspace":
                 if a <= 0 or b <= 0:
                     raise HwloopError(f"sigmas {text!r}: logspace bounds must be > 0")
@@ -256,8 +263,26 @@ def _settings_json(settings: SweepSettings) -> dict:
     return json.loads(json.dumps(asdict(settings)))
 
 
+#: manifest: the arrays every sweep store has, and those of noisy-training sweeps
+_ARRAYS = ("accuracy",)
+_TRAIN_ARRAYS = ("accuracy_eval_only", "weight_mag", "binarization", "clean_accuracy", "clean_weight_mag",
+                 "clean_binarization", "clean_state")
+
+
+def _check_manifest(path: Path, attrs: dict, present) -> None:
+    """HwloopError unless ``attrs`` are a sweep's and every array it needs is ``present``."""
+    settings = attrs.get("settings")
+    if not isinstance(settings, dict):
+        what = "a run store" if "hwloop" in attrs or "n_samples" in attrs else "not made by hwloop walk"
+        raise HwloopError(f"{path}: not a sweep store ({what})")
+    need = _ARRAYS + (_TRAIN_ARRAYS if settings.get("train_noise") else ())
+    missing = [k for k in need if k not in present]
+    if missing:
+        raise HwloopError(f"{path}: damaged sweep store: array(s) {', '.join(missing)} missing")
+
+
 class SweepStore:
-    """The sweep's Zarr store; the client is its only writer."""
+    """The sweep's Zarr store; the client is its only writer (under ``store_lock``)."""
 
     def __init__(self, path: str | os.PathLike):
         import zarr
@@ -266,10 +291,12 @@ class SweepStore:
         try:
             self.group = zarr.open_group(str(self.path), mode="r+")
             self.attrs = decode_attrs(self.group.attrs)
-            self.settings = self.attrs["settings"]
-            self._arrays: dict = {}
+            present = set(self.group.array_keys())
         except Exception as e:
             raise HwloopError(f"{self.path}: not a sweep store ({e})") from None
+        _check_manifest(self.path, self.attrs, present)
+        self.settings = self.attrs["settings"]
+        self._arrays: dict = {}
 
     @classmethod
     def create(cls, path: Path, settings: SweepSettings, sites: list[Site], attrs: dict,
@@ -351,14 +378,19 @@ def open_sweep(path: str | os.PathLike):
     """
     import xarray as xr
 
+    restore_for_reading(path)
     if not Path(path).exists():
         raise HwloopError(f"{path}: no such sweep store")
     try:
-        ds = xr.open_zarr(str(path), consolidated=False).load()
+        ds = xr.open_zarr(str(path), consolidated=False)
     except Exception as e:
         raise HwloopError(f"{path}: not a sweep store ({e})") from None
     ds.attrs = decode_attrs(ds.attrs)
-    return ds
+    _check_manifest(Path(path), dict(ds.attrs), set(ds.data_vars))
+    try:
+        return ds.load()
+    except Exception as e:
+        raise HwloopError(f"{path}: damaged sweep store: {e}") from None
 
 
 def sigma_attrs(noise: str) -> dict[str, str]:
@@ -409,6 +441,10 @@ def _prepare(settings: SweepSettings, model: str | os.PathLike | None, bench: st
     sm, data, cache = job.evaluator()
     from .evaluate import accuracy
 
+    n_out = cache[sm.output].reshape(len(data.y), -1).shape[1]
+    if n_out > 1:               # a classifier's outputs: labels must name one
+        labels_in_range(data.y, n_out, data.name, path)
+
     attrs = {"n_classes": data.n_classes, "model": str(path), "model_sha256": sha,
              "clean_accuracy": accuracy(cache[sm.output], data.y)}
     return job, sm.sites, attrs, None, sha
@@ -436,12 +472,23 @@ def run_sweep(settings: SweepSettings, out: str | os.PathLike, model: str | os.P
 
     ``workers`` alone starts a local Dask cluster of that many single-threaded
     processes; ``scheduler`` (``tcp://HOST:PORT``) uses an existing one;
-    neither runs every point in this process.
+    neither runs every point in this process.  ``out`` is written under its writer's lock
+    (``hwloop.files.store_lock``).
     """
     out = Path(out)
     if bench is not None and (scheduler or workers):
         raise HwloopError("a walk with --bench runs in this process (hardware is not shipped to Dask workers)")
+    with store_lock(out):
+        return _run_sweep(settings, out, model, scheduler, workers, progress, bench)
+
+
+def _run_sweep(settings: SweepSettings, out: Path, model, scheduler, workers, progress, bench) -> Path:
     job, sites, attrs, layers, sha = _prepare(settings, model, bench)
+    n_walk = 1 if settings.mode == "global" else len(settings.walk_sites(len(sites)))
+    points = n_walk * len(settings.sigmas) * settings.repeats
+    width = 1 + (2 + len(layers or ()) + len(sites) if settings.train_noise else 0)
+    require_memory(points * (_BYTES_PER_POINT + 16 * width), f"a sweep of {points} points",
+                   "use fewer sigmas, sites or --repeats")
     attrs["sites"] = [{"index": x.index, "name": x.name, "op": x.op, "shape": list(x.shape)} for x in sites]
     if out.exists():
         store = SweepStore(out)
