@@ -93,12 +93,12 @@ class CalibrationStore:
         if self.attrs.get("format") != FORMAT:
             raise HwloopError(f"{self.path}: format {self.attrs.get('format')!r}, expected {FORMAT!r}")
         self.plan = plan_from_attrs(self.attrs["plan"])
+        self._done_key = DONE if "bookkeeping" in self.root else "done"     # older stores kept it at the root
         self._check_manifest()
 
     def _check_manifest(self) -> None:
         """Every array, and the block of every marked probe, must be on disk (not only the markers)."""
-        done_name = DONE if (self.path / "bookkeeping").is_dir() else "done"
-        for name in (done_name, "t", "temperature", "session", "blocks"):
+        for name in (self._done_key, "t", "temperature", "session", "blocks"):
             if not (self.path / name / "zarr.json").is_file():
                 raise HwloopError(f"{self.path}: damaged calibration store: {name!r} is missing")
         lost = [k for k in np.flatnonzero(self.done).tolist()
@@ -138,7 +138,7 @@ class CalibrationStore:
 
     @property
     def done(self) -> np.ndarray:
-        return np.asarray(self.root[DONE if "bookkeeping" in self.root else "done"][:], bool)
+        return np.asarray(self.root[self._done_key][:], bool)
 
     @property
     def complete(self) -> bool:
@@ -153,7 +153,7 @@ class CalibrationStore:
         self.root["t"][k] = t
         self.root["temperature"][k] = temperature
         self.root["session"][k] = session
-        self.root[DONE if "bookkeeping" in self.root else "done"][k] = 1
+        self.root[self._done_key][k] = 1
 
     def set_attrs(self, **kw) -> None:
         self.attrs.update(json.loads(json.dumps(kw)))

@@ -41,11 +41,6 @@ def plan(model: Model) -> list[LayerPlan]:
     """The write-back plan of every analog layer; refuses layers whose weights are not plain initializers."""
     g = model.proto.graph
     inits = {i.name: i for i in g.initializer}
-    users: dict[str, int] = {}
-    for n in g.node:
-        for t in n.input:
-            users[t] = users.get(t, 0) + 1
-    by_out = {o: n for n in g.node for o in n.output}
     consumers: dict[str, list] = {}
     for n in g.node:
         for t in n.input:
@@ -57,7 +52,7 @@ def plan(model: Model) -> list[LayerPlan]:
             raise HwloopError(f"{model.path}: analog layer {L.index} ({L.name!r}): its product node was not found")
 
         def exclusive(t: str) -> bool:
-            return t in inits and users.get(t, 0) == 1
+            return t in inits and len(consumers.get(t, ())) == 1
 
         a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
         if not exclusive(node.input[1]):
