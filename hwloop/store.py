@@ -25,13 +25,14 @@ written before the last marker, so a store whose markers are all set is
 complete.  A batch without its marker is unfinished and is simply written again
 on ``--resume``.  Readers check the store against its manifest (every array's
 metadata, every chunk of every marked batch) and refuse a damaged one.  The
-writer holds ``hwloop.files.store_lock`` (one writer per path).
+writer holds ``hwloop.files.store_lock`` (one writer per path).  Creating,
+opening and marking are ``hwloop.resumable.ZarrStore``'s, shared with the
+calibration and sweep stores.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,7 @@ import zarr
 
 from . import cf
 from .errors import HwloopError
-from .files import atomic_dir, restore_for_reading
+from .resumable import ZarrStore, creating, json_attrs
 
 FORMAT = "hwloop-run/1"
 
@@ -69,38 +70,48 @@ class LayerInfo:
     neurons: int
 
 
-class RunWriter:
+class _RunStore(ZarrStore):
+    """A run store opened for reading or writing (checks and markers from ``ZarrStore``)."""
+
+    KIND = "run store"
+    NOT_A = "not an hwloop run store"
+    FORMAT = FORMAT
+    LEGACY_ATTRS = "hwloop"
+    DONE = DONE
+    LEGACY_DONE = "batch_done"
+
+    def check(self) -> list[int]:
+        """Check the store against its manifest; returns the marked batches with a chunk missing.
+
+        Raises HwloopError when an array is missing altogether (its own metadata gone)."""
+        manifest = _manifest(len(self.attrs["layers"]))
+        self.require([*manifest, "accuracy", self.done_name], "run it again with --overwrite")
+        return self.lost(lambda b: [f"{name}/c/{key.format(b=b)}" for name, key in manifest.items()])
+
+
+class RunWriter(_RunStore):
     """Writes one run batch by batch; create with :meth:`create` or :meth:`resume`."""
 
     def __init__(self, path: Path):
-        self.path = Path(path)
-        self.root = zarr.open_group(str(self.path), mode="r+")
-        self.attrs = _provenance(self.root.attrs)
+        super().__init__(path, mode="r+")
         self.batch_size = int(self.attrs["batch_size"])
         self.n_layers = len(self.attrs["layers"])
         # open every array once (each lookup through the group reads metadata from disk); every chunk
         # is written, even one equal to the fill value, so readers can check a batch's chunks exist
-        names = list(_manifest(self.n_layers)) + ["accuracy", DONE]
+        names = list(_manifest(self.n_layers)) + ["accuracy"]
         self._a = {name: self.root[name].with_config({"write_empty_chunks": True}) for name in names}
-        self._done = self._a[DONE]
-        self._todo = set(np.flatnonzero(self._done[:] == 0).tolist())
+        self._todo = set(np.flatnonzero(~self.marked()).tolist())
 
     @classmethod
     def create(cls, path: str | Path, *, layers: list[LayerInfo], n_samples: int, n_classes: int,
                batch_size: int, repeats: int, attrs: dict, overwrite: bool = False) -> "RunWriter":
         """Create an empty store at ``path`` atomically (built aside, then renamed into place)."""
-        path = Path(path)
-        if path.exists() and not overwrite:
-            raise HwloopError(f"{path}: output exists (use --resume to continue it or --overwrite to replace it)")
         n_batches = -(-n_samples // batch_size)
-        attrs = dict(attrs, format=FORMAT, n_samples=n_samples, batch_size=batch_size, repeats=repeats,
-                     n_batches=n_batches, n_classes=n_classes,
-                     layers=[vars(info) for info in layers])
-        try:
-            attrs = json.loads(json.dumps(attrs))
-        except TypeError as e:
-            raise HwloopError(f"{path}: provenance is not JSON-serialisable: {e}") from None
-        with atomic_dir(path) as tmp:  # --overwrite: the old store goes only once the new one is complete
+        attrs = json_attrs(dict(attrs, format=FORMAT, n_samples=n_samples, batch_size=batch_size, repeats=repeats,
+                                n_batches=n_batches, n_classes=n_classes, layers=[vars(info) for info in layers]),
+                           path)
+        with creating(path, overwrite=overwrite,
+                      exists="output exists (use --resume to continue it or --overwrite to replace it)") as tmp:
             root = zarr.open_group(str(tmp), mode="w")
             root.attrs.put(cf.store_attrs(attrs))
             R, N, B = repeats, n_samples, batch_size
@@ -134,22 +145,18 @@ class RunWriter:
 
         A marked batch with a chunk missing (a damaged store) loses its marker and is written again.
         """
-        path = Path(path)
-        attrs = read_attrs(path)
-        for key in RESUME_KEYS:
-            if attrs.get(key) != expect.get(key):
-                raise HwloopError(f"{path}: cannot resume: {key} differs "
-                                  f"(store has {attrs.get(key)!r}, this run has {expect.get(key)!r})")
-        damaged = check_store(path, attrs)
+        store = _RunStore(path, mode="r")
+        store.check_resume(expect, RESUME_KEYS)
+        damaged = store.check()
         writer = cls(path)
         for b in damaged:
-            writer._done[b] = 0
+            writer.mark_done(b, False)
             writer._todo.add(b)
         return writer
 
     def done(self) -> np.ndarray:
         """Per batch: True where its marker is set."""
-        return self._done[:].astype(bool)
+        return self.marked()
 
     def write_batch(self, index: int, *, layers: list[np.ndarray], clean: list[np.ndarray],
                     output: np.ndarray, clean_output: np.ndarray, labels: np.ndarray) -> None:
@@ -165,7 +172,7 @@ class RunWriter:
             self._a[name][sel] = value
         if self._todo == {index}:   # the last batch: accuracy before its marker, so "all marked" means complete
             self._write_accuracy()
-        self._done[index] = 1   # last: the batch counts only once all its chunks are on disk
+        self.mark_done(index)   # last: the batch counts only once all its chunks are on disk
         self._todo.discard(index)
 
     def update_attrs(self, **changes) -> None:
@@ -173,9 +180,7 @@ class RunWriter:
 
         Each metadata file is replaced atomically; the consolidated copy is rewritten after.
         """
-        attrs = json.loads(json.dumps(dict(self.attrs, **changes)))
-        self.root.attrs.put(cf.store_attrs(attrs))
-        self.attrs = attrs
+        self.set_attrs(**changes)
         _consolidate(self.path)
 
     def finish(self) -> np.ndarray:
@@ -196,42 +201,11 @@ def _coords(group, **sizes: int) -> None:
                            attributes=cf.var_attrs(cf.COORDS, dim))
 
 
-def _provenance(attrs) -> dict:
-    """The provenance dict from a store's root attributes (flat CF form, or the older nested "hwloop")."""
-    return dict(attrs["hwloop"]) if "hwloop" in attrs else cf.decode_attrs(attrs)
-
-
 def _manifest(n_layers: int) -> dict[str, str]:
     """Every per-batch array of a store with ``n_layers`` analog layers -> its chunk key pattern."""
     out = dict(_BATCH_CHUNKS)
     out.update({f"layers/{k}/{a}": key for k in range(n_layers) for a, key in _LAYER_CHUNKS.items()})
     return out
-
-
-def _done_name(path: Path) -> str:
-    """The batch markers' array (older stores kept them at the root)."""
-    return DONE if (path / "bookkeeping").is_dir() else "batch_done"
-
-
-def check_store(path: Path, attrs: dict) -> list[int]:
-    """Check the store against its manifest; returns the marked batches with a chunk missing.
-
-    Raises HwloopError when an array is missing altogether (its own metadata gone)."""
-    n_layers = len(attrs["layers"])
-    done_name = _done_name(path)
-    for name in list(_manifest(n_layers)) + ["accuracy", done_name]:
-        if not (path / name / "zarr.json").is_file():
-            raise HwloopError(f"{path}: damaged run store: array {name!r} is missing; "
-                              "run it again with --overwrite")
-    try:
-        done = np.asarray(zarr.open_array(str(path / done_name), mode="r")[:], bool)
-    except Exception as e:
-        raise HwloopError(f"{path}: damaged run store: cannot read {done_name} ({e})") from None
-    damaged = []
-    for b in np.flatnonzero(done).tolist():
-        if any(not (path / name / "c" / key.format(b=b)).is_file() for name, key in _manifest(n_layers).items()):
-            damaged.append(b)
-    return damaged
 
 
 def _consolidate(path: Path) -> None:
@@ -243,32 +217,21 @@ def _consolidate(path: Path) -> None:
 
 def read_attrs(path: str | Path) -> dict:
     """The provenance of the store at ``path``; HwloopError when it is not a run store."""
-    path = Path(path)
-    restore_for_reading(path)
-    if not path.exists():
-        raise HwloopError(f"{path}: no such run store")
-    try:
-        attrs = _provenance(zarr.open_group(str(path), mode="r").attrs)
-    except Exception:
-        raise HwloopError(f"{path}: not an hwloop run store") from None
-    if attrs.get("format") != FORMAT:
-        raise HwloopError(f"{path}: not an hwloop run store (format {attrs.get('format')!r})")
-    return attrs
+    return _RunStore(path, mode="r").attrs
 
 
-class Run:
+class Run(_RunStore):
     """Read side of a run store; exposes only the samples of completed batches."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.attrs: dict = read_attrs(self.path)
-        damaged = check_store(self.path, self.attrs)
+        super().__init__(path, mode="r")
+        damaged = self.check()
         if damaged:
             raise HwloopError(f"{self.path}: damaged run store: batch {damaged[0]} is marked done but "
                               f"some of its data is missing ({len(damaged)} batch(es)); --resume writes them again")
         try:
             self._root = xr.open_zarr(str(self.path))
-            done = np.asarray(zarr.open_array(str(self.path / _done_name(self.path)), mode="r")[:]).astype(bool)
+            done = self.marked()
             self.complete: bool = bool(done.all())
             if self.complete and np.isnan(self._root["accuracy"].values).any():
                 raise HwloopError(f"{self.path}: run not finalised (accuracy missing); --resume completes it")
