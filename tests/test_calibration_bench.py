@@ -345,7 +345,7 @@ def test_cli_bad_input(make_bench, tmp_path, capsys):
         (["--bench", str(bf)], "--device"),
         (["--bench", str(bf), "--device", "nope"], "no device 'nope'"),
         (["--bench", str(bf), "--device", "twin"], "an emulator, not a chip"),
-        (["--refit", str(tmp_path / "missing.zarr")], "not a calibration store"),
+        (["--refit", str(tmp_path / "missing.zarr")], "no such calibration store"),
         (["--resource", bench.resource, "--budget", "10"], "budget 10: too small"),
     ]
     for extra, message in cases:

@@ -1,7 +1,7 @@
 """Driving a chip through a calibration plan, and the calibration store the blocks go to.
 
-The store is a Zarr group written the way the run store is (``hwloop.store``):
-created aside and renamed into place, one array per measured block, the block's
+The store is a Zarr group written the way the run store is (both are
+``hwloop.resumable.ZarrStore``s): created aside and renamed into place, one array per measured block, the block's
 time and temperature, and a per-block completion marker written last.  A block
 without its marker is measured again on resume; a marked block is never
 re-measured, so a calibration killed at any moment continues where it stopped,
@@ -21,7 +21,6 @@ Layout::
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,7 @@ import zarr
 from .. import cf
 from ..devices.base import Device
 from ..errors import HwloopError
-from ..files import atomic_dir, restore_for_reading
+from ..resumable import ZarrStore, creating, json_attrs
 from .plan import ChipInfo, Plan, Probe, plan_attrs, plan_from_attrs
 
 FORMAT = "hwloop-calibration/1"
@@ -75,34 +74,25 @@ class Chip:
 
 
 # -- the store ------------------------------------------------------------------------
-class CalibrationStore:
+class CalibrationStore(ZarrStore):
     """Crash-safe, resumable record of one calibration (see the module doc)."""
 
+    KIND = "calibration store"
+    NOT_A = "not a calibration store"
+    FORMAT = FORMAT
+    LEGACY_ATTRS = "hwloop_calibration"
+    DONE = DONE
+    LEGACY_DONE = "done"       # older stores kept the markers at the root
+
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        restore_for_reading(self.path)    # a kill during --overwrite left the old store aside
-        if not self.path.is_dir():
-            raise HwloopError(f"{self.path}: not a calibration store (no such folder)")
-        try:
-            self.root = zarr.open_group(str(self.path), mode="r+")
-            attrs = self.root.attrs
-            self.attrs = dict(attrs["hwloop_calibration"]) if "hwloop_calibration" in attrs \
-                else cf.decode_attrs(attrs)
-        except Exception as e:  # not a store, or not a calibration store
-            raise HwloopError(f"{self.path}: not a calibration store ({e})") from None
-        if self.attrs.get("format") != FORMAT:
-            raise HwloopError(f"{self.path}: format {self.attrs.get('format')!r}, expected {FORMAT!r}")
+        super().__init__(path, mode="r+")
         self.plan = plan_from_attrs(self.attrs["plan"])
-        self._done_key = DONE if "bookkeeping" in self.root else "done"     # older stores kept it at the root
         self._check_manifest()
 
     def _check_manifest(self) -> None:
         """Every array, and the block of every marked probe, must be on disk (not only the markers)."""
-        for name in (self._done_key, "t", "temperature", "session", "blocks"):
-            if not (self.path / name / "zarr.json").is_file():
-                raise HwloopError(f"{self.path}: damaged calibration store: {name!r} is missing")
-        lost = [k for k in np.flatnonzero(self.done).tolist()
-                if not (self.path / "blocks" / str(k) / "zarr.json").is_file()]
+        self.require((self.done_name, "t", "temperature", "session", "blocks"), "measure again with --overwrite")
+        lost = self.lost(lambda k: [f"blocks/{k}/zarr.json"])
         if lost:
             raise HwloopError(f"{self.path}: damaged calibration store: block {lost[0]} is marked done but "
                               f"missing ({len(lost)} block(s)); measure again with --overwrite")
@@ -110,13 +100,11 @@ class CalibrationStore:
     @classmethod
     def create(cls, path: str | Path, plan: Plan, attrs: dict, overwrite: bool = False) -> "CalibrationStore":
         """Create an empty store atomically (built in a temporary folder, then renamed into place)."""
-        path = Path(path)
-        if path.exists() and not overwrite:
-            raise HwloopError(f"{path}: exists (use --resume to continue that calibration or --overwrite)")
-        with atomic_dir(path) as tmp:
+        meta = json_attrs(dict(attrs, format=FORMAT, plan=plan_attrs(plan), probes=len(plan.probes)), path)
+        with creating(path, overwrite=overwrite,
+                      exists="exists (use --resume to continue that calibration or --overwrite)") as tmp:
             root = zarr.open_group(str(tmp), mode="w")
-            meta = dict(attrs, format=FORMAT, plan=plan_attrs(plan), probes=len(plan.probes))
-            root.attrs.put(cf.store_attrs(json.loads(json.dumps(meta))))
+            root.attrs.put(cf.store_attrs(meta))
             n = len(plan.probes)
             for name, dtype, fill in ((DONE, "int8", 0), ("t", "float64", float("nan")),
                                       ("temperature", "float64", float("nan")), ("session", "int32", -1)):
@@ -131,14 +119,14 @@ class CalibrationStore:
     def resume(cls, path: str | Path, plan: Plan) -> "CalibrationStore":
         """Open an existing store for ``plan``; refuse one made for another chip, budget or seed."""
         store = cls(path)
-        if store.attrs["plan"] != json.loads(json.dumps(plan_attrs(plan))):
+        if store.attrs["plan"] != json_attrs(plan_attrs(plan), path):
             raise HwloopError(f"{path}: made for another plan (chip, budget or seed differ): "
                               f"{store.attrs['plan']} vs {plan_attrs(plan)}")
         return store
 
     @property
     def done(self) -> np.ndarray:
-        return np.asarray(self.root[self._done_key][:], bool)
+        return self.marked()
 
     @property
     def complete(self) -> bool:
@@ -153,11 +141,7 @@ class CalibrationStore:
         self.root["t"][k] = t
         self.root["temperature"][k] = temperature
         self.root["session"][k] = session
-        self.root[self._done_key][k] = 1
-
-    def set_attrs(self, **kw) -> None:
-        self.attrs.update(json.loads(json.dumps(kw)))
-        self.root.attrs.put(cf.store_attrs(self.attrs))
+        self.mark_done(k)
 
     def measurements(self) -> Measurements:
         """The completed blocks, in plan order (all of them once the calibration is complete)."""
