@@ -278,7 +278,7 @@ def test_sweep_and_calibration_stores_take_the_same_lock(tmp_path, mlp_onnx, mak
     shutil.rmtree(sweep / "accuracy")
     capsys.readouterr()
     assert main(["walk", "report", str(sweep)]) == 2
-    assert "damaged sweep store: array(s) accuracy missing" in capsys.readouterr().err
+    assert "damaged sweep store: array 'accuracy' is missing" in capsys.readouterr().err
 
 
 @pytest.mark.slow

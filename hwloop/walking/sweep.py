@@ -1,11 +1,11 @@
 """Walking Noise sweeps: points (site, sigma, repeat), run locally or on Dask, into a Zarr store.
 
 Every point is a task whose numbers depend only on the settings and its own
-key (seed, site, sigma index, repeat), never on execution order or worker.
-Tasks return their results to the client, the only writer: each point lands in
-its own Zarr chunk (written atomically) as soon as it finishes, ``accuracy``
-last, so a NaN accuracy means "not done" and a resumed sweep computes exactly
-the missing points.
+key (seed, site, sigma index, repeat), never on execution order or worker
+(``points``).  Tasks return their results to the client, the only writer: each
+point lands in its own Zarr chunk (written atomically) as soon as it finishes,
+``accuracy`` last, so a NaN accuracy means "not done" and a resumed sweep
+computes exactly the missing points (``sweep_store``).
 
 Evaluation-only sweeps run an ONNX model (``SiteModel``, clean prefix reused).
 Noisy-training sweeps (``train_noise``) train a torch model per point from a
@@ -17,22 +17,23 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import json
 import os
-import re
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
-from ..cf import SWEEP, annotate, decode_attrs, store_attrs
-from ..data import Dataset, load_data
 from ..errors import HwloopError
-from ..files import atomic_dir, restore_for_reading, store_lock
+from ..files import store_lock
 from ..inputs import labels_in_range, require_memory
-from .sites import KINDS, Noise, Site
+from .points import EvalJob, TrainJob, clean_point, eval_point, point_seed, train_point, train_spec
+from .sites import KINDS, Noise
+from .sweep_store import SweepStore, open_sweep, sigma_attrs
+
+__all__ = ["MODES", "SweepSettings", "parse_sigmas", "run_sweep", "open_sweep", "SweepStore", "sigma_attrs",
+           "EvalJob", "TrainJob", "eval_point", "clean_point", "train_point", "point_seed", "train_spec"]
 
 MODES = ("walk", "global")
 
@@ -65,14 +66,6 @@ def parse_sigmas(text: str) -> tuple[float, ...]:
     if len(vals) == 0 or np.any(~np.isfinite(vals)) or np.any(vals < 0):
         raise HwloopError(f"sigmas {text!r}: need finite values >= 0")
     return tuple(float(v) for v in vals)
-
-
-def train_spec(spec: str) -> str:
-    """The training split of a data spec (``digits@500`` -> ``digits+train@500``)."""
-    if "+train" in spec:
-        return spec
-    m = re.match(r"^(.*?)(@\d+)?$", spec)
-    return f"{m[1]}+train{m[2] or ''}"
 
 
 @dataclass(frozen=True)
@@ -132,276 +125,7 @@ class SweepSettings:
         return {k: n for k in range(n_sites)} if self.mode == "global" else {site: n}
 
 
-def point_seed(*key: int) -> int:
-    """A 63-bit seed from a key of non-negative integers (order-independent of execution)."""
-    return int(np.random.SeedSequence(list(key)).generate_state(1, np.uint64)[0] >> np.uint64(1))
-
-
-# -- the work of one point: plain functions of (job, key) so any process can run them ----------
-_CACHE: dict[str, Any] = {}
-
-
-def _cached(key: str, build: Callable[[], Any]) -> Any:
-    """One object per process and key (the clean activations of a model, a data set)."""
-    if key not in _CACHE:
-        if len(_CACHE) > 8:
-            _CACHE.clear()
-        _CACHE[key] = build()
-    return _CACHE[key]
-
-
-@dataclass(frozen=True)
-class EvalJob:
-    """Evaluation-only points on an ONNX model (given as bytes, so remote workers need no file)."""
-
-    settings: SweepSettings
-    model: bytes
-    sha256: str
-
-    def evaluator(self):
-        import onnx
-
-        from .evaluate import SiteModel
-
-        def build():
-            model = SiteModel(onnx.load_from_string(self.model))
-            data = load_data(self.settings.data)
-            return model, data, model.clean(data.x)
-        return _cached(f"eval:{self.sha256}:{self.settings.data}", build)
-
-
-def eval_point(job: EvalJob, site: int, sigma_index: int, repeat: int) -> dict:
-    """Accuracy of the ONNX model with noise at ``site`` (all sites in global mode)."""
-    from .evaluate import accuracy
-
-    model, data, cache = job.evaluator()
-    s = job.settings
-    rng = np.random.default_rng([s.seed, site, sigma_index, repeat])
-    logits = model.run(s.noise_at(site, s.sigmas[sigma_index], len(model.sites)), rng, cache=cache)
-    return {"accuracy": accuracy(logits, data.y)}
-
-
-@dataclass(frozen=True)
-class TrainJob:
-    """Noisy-training points of a torch model definition."""
-
-    settings: SweepSettings
-
-    def data(self) -> tuple[Dataset, Dataset]:
-        s = self.settings
-        return _cached(f"data:{s.data}:{s.train_data}",
-                       lambda: (load_data(s.train_data or train_spec(s.data)), load_data(s.data)))
-
-    def net(self, repeat: int):
-        """A fresh model for ``repeat``: the same initial weights for every point of that repeat."""
-        from .train import NoisyNet, build_model
-
-        train, test = self.data()
-        s = self.settings
-        module, in_shape = build_model(s.model_def, train.x.shape[1], test.n_classes, point_seed(s.seed, repeat))
-        return NoisyNet(module, in_shape)
-
-    def warm_up(self) -> None:
-        """Pay this process's one-time costs (imports, data loading, torch's first optimiser
-        step, several seconds) before timing anything."""
-        from .train import TrainConfig, train
-
-        train(self.net(0), self.data()[0].head(256), TrainConfig(epochs=1), 0, 0)
-
-    def config(self):
-        from .train import TrainConfig
-
-        s = self.settings
-        return TrainConfig(epochs=s.epochs, lr=s.lr, batch_size=s.batch_size, clamp=s.clamp)
-
-
-def _diagnose(net, test: Dataset, seed: int) -> dict:
-    from .diagnostics import binarization, weight_magnitude
-    from .train import evaluate
-
-    _, acts = evaluate(net, test, {}, seed, capture=True)
-    return {"weight_mag": weight_magnitude(net),
-            "binarization": np.array([binarization(acts[k]) for k in sorted(acts)])}
-
-
-def clean_point(job: TrainJob, repeat: int) -> dict:
-    """Train the clean model of ``repeat`` (no noise): its checkpoint, accuracy and diagnostics."""
-    from .train import evaluate, state_vector, train
-
-    train_data, test = job.data()
-    s = job.settings
-    net = job.net(repeat)
-    train(net, train_data, job.config(), point_seed(s.seed, repeat, 1), point_seed(s.seed, repeat, 2))
-    acc, _ = evaluate(net, test, {}, 0)
-    return {"repeat": repeat, "clean_state": state_vector(net), "clean_accuracy": acc,
-            **{f"clean_{k}": v for k, v in _diagnose(net, test, 0).items()}}
-
-
-def train_point(job: TrainJob, site: int, sigma_index: int, repeat: int, clean_state: np.ndarray) -> dict:
-    """One point: the clean checkpoint under noise (evaluation only), then a model trained with it."""
-    from .train import evaluate, load_state_vector, train
-
-    train_data, test = job.data()
-    s = job.settings
-    net = job.net(repeat)
-    noise_at = s.noise_at(site, s.sigmas[sigma_index], len(net.sites))
-    eval_seed = point_seed(s.seed, site, sigma_index, repeat, 0)
-    load_state_vector(net, clean_state)
-    acc_eval_only, _ = evaluate(net, test, noise_at, eval_seed)
-    net = job.net(repeat)
-    net.noise_at = noise_at
-    train(net, train_data, job.config(), point_seed(s.seed, repeat, 1),
-          point_seed(s.seed, site, sigma_index, repeat, 1))
-    acc, _ = evaluate(net, test, noise_at, eval_seed)
-    net.noise_at = {}
-    return {"accuracy_eval_only": acc_eval_only,
-            **_diagnose(net, test, 0), "accuracy": acc}
-
-
 # -- the store -------------------------------------------------------------------------------
-def _settings_json(settings: SweepSettings) -> dict:
-    return json.loads(json.dumps(asdict(settings)))
-
-
-#: manifest: the arrays every sweep store has, and those of noisy-training sweeps
-_ARRAYS = ("accuracy",)
-_TRAIN_ARRAYS = ("accuracy_eval_only", "weight_mag", "binarization", "clean_accuracy", "clean_weight_mag",
-                 "clean_binarization", "clean_state")
-
-
-def _check_manifest(path: Path, attrs: dict, present) -> None:
-    """HwloopError unless ``attrs`` are a sweep's and every array it needs is ``present``."""
-    settings = attrs.get("settings")
-    if not isinstance(settings, dict):
-        what = "a run store" if "hwloop" in attrs or "n_samples" in attrs else "not made by hwloop walk"
-        raise HwloopError(f"{path}: not a sweep store ({what})")
-    need = _ARRAYS + (_TRAIN_ARRAYS if settings.get("train_noise") else ())
-    missing = [k for k in need if k not in present]
-    if missing:
-        raise HwloopError(f"{path}: damaged sweep store: array(s) {', '.join(missing)} missing")
-
-
-class SweepStore:
-    """The sweep's Zarr store; the client is its only writer (under ``store_lock``)."""
-
-    def __init__(self, path: str | os.PathLike):
-        import zarr
-
-        self.path = Path(path)
-        try:
-            self.group = zarr.open_group(str(self.path), mode="r+")
-            self.attrs = decode_attrs(self.group.attrs)
-            present = set(self.group.array_keys())
-        except Exception as e:
-            raise HwloopError(f"{self.path}: not a sweep store ({e})") from None
-        _check_manifest(self.path, self.attrs, present)
-        self.settings = self.attrs["settings"]
-        self._arrays: dict = {}
-
-    @classmethod
-    def create(cls, path: Path, settings: SweepSettings, sites: list[Site], attrs: dict,
-               layers: list[str] | None = None) -> "SweepStore":
-        """Write an empty store beside ``path`` and rename it into place (never half-made)."""
-        import xarray as xr
-
-        s = settings
-        walk = s.walk_sites(len(sites))
-        names = ["global"] if s.mode == "global" else [sites[k].name for k in walk]
-        n, m, r = len(names), len(s.sigmas), s.repeats
-        coords = {"site": np.array(walk), "site_name": ("site", np.array(names, dtype=object)),
-                  "sigma": np.array(s.sigmas), "repeat": np.arange(r)}
-        nan = lambda *shape: np.full(shape, np.nan)  # noqa: E731
-        cell = ("site", "sigma", "repeat")
-        data: dict[str, tuple] = {"accuracy": (cell, nan(n, m, r))}
-        enc: dict[str, dict] = {"accuracy": {"chunks": (1, 1, 1)}}
-        if s.train_noise:
-            coords["layer"] = np.array(layers, dtype=object)
-            coords["probe"] = np.array([x.name for x in sites], dtype=object)
-            L, P = len(layers), len(sites)
-            data |= {"accuracy_eval_only": (cell, nan(n, m, r)),
-                     "weight_mag": (cell + ("layer",), nan(n, m, r, L)),
-                     "binarization": (cell + ("probe",), nan(n, m, r, P)),
-                     "clean_accuracy": (("repeat",), nan(r)),
-                     "clean_weight_mag": (("repeat", "layer"), nan(r, L)),
-                     "clean_binarization": (("repeat", "probe"), nan(r, P)),
-                     "clean_state": (("repeat", "param"), nan(r, int(attrs["n_state"])))}
-            enc |= {"accuracy_eval_only": {"chunks": (1, 1, 1)}, "weight_mag": {"chunks": (1, 1, 1, L)},
-                    "binarization": {"chunks": (1, 1, 1, P)}, "clean_accuracy": {"chunks": (1,)},
-                    "clean_weight_mag": {"chunks": (1, L)}, "clean_binarization": {"chunks": (1, P)},
-                    "clean_state": {"chunks": (1, int(attrs["n_state"]))}}
-        ds = xr.Dataset(data, coords=coords, attrs=store_attrs({**attrs, "settings": _settings_json(s), "complete": 0}))
-        annotate(ds, SWEEP, {"sigma": sigma_attrs(s.noise)})
-        with atomic_dir(path, overwrite=False) as tmp:
-            ds.to_zarr(str(tmp), mode="w", encoding=enc, consolidated=False)
-        return cls(path)
-
-    def check(self, settings: SweepSettings, sha256: str | None) -> None:
-        """Refuse to resume a store made with other settings (names the first differing key)."""
-        want = _settings_json(settings)
-        for k in sorted(set(want) | set(self.settings)):
-            if want.get(k) != self.settings.get(k):
-                raise HwloopError(f"{self.path}: made with {k}={self.settings.get(k)!r}, not {want.get(k)!r}; "
-                                  "use another --out or the same settings to resume")
-        if sha256 and self.attrs.get("model_sha256") != sha256:
-            raise HwloopError(f"{self.path}: made from another model (sha256 {self.attrs.get('model_sha256')})")
-
-    def missing(self, name: str = "accuracy") -> list[tuple[int, ...]]:
-        """Indices of points not yet written."""
-        return [tuple(int(i) for i in ix) for ix in np.argwhere(np.isnan(self.group[name][...]))]
-
-    def write(self, result: dict, index: tuple[int, int, int] | None = None) -> None:
-        """Write one finished point at store ``index``; ``accuracy`` (the done-marker) last."""
-        if index is None:
-            ix, keys = (result["repeat"],), ["clean_state", "clean_weight_mag", "clean_binarization", "clean_accuracy"]
-        else:
-            ix = index
-            keys = [k for k in result if k != "accuracy"] + ["accuracy"]
-        for k in keys:
-            self._array(k)[ix] = result[k]
-
-    def _array(self, name: str):
-        """Array handles opened once (each open reads its metadata)."""
-        if name not in self._arrays:
-            self._arrays[name] = self.group[name]
-        return self._arrays[name]
-
-    def finish(self) -> None:
-        if not self.missing() and ("clean_accuracy" not in self.group or not self.missing("clean_accuracy")):
-            self.group.attrs["complete"] = 1
-
-
-def open_sweep(path: str | os.PathLike):
-    """The sweep as an ``xarray.Dataset`` (dims site, sigma, repeat); unfinished points are NaN.
-
-    Its attrs are decoded (``settings``, ``sites`` as dicts); ``xarray.open_zarr`` gives the flat,
-    netCDF-ready form (``hwloop.cf``).
-    """
-    import xarray as xr
-
-    restore_for_reading(path)
-    if not Path(path).exists():
-        raise HwloopError(f"{path}: no such sweep store")
-    try:
-        ds = xr.open_zarr(str(path), consolidated=False)
-    except Exception as e:
-        raise HwloopError(f"{path}: not a sweep store ({e})") from None
-    ds.attrs = decode_attrs(ds.attrs)
-    _check_manifest(Path(path), dict(ds.attrs), set(ds.data_vars))
-    try:
-        return ds.load()
-    except Exception as e:
-        raise HwloopError(f"{path}: damaged sweep store: {e}") from None
-
-
-def sigma_attrs(noise: str) -> dict[str, str]:
-    """What the sweep's ``sigma`` coordinate means for a noise kind (a standard deviation, not a variance)."""
-    what = {"additive": ("standard deviation s of additive noise x + N(0, s^2)", "a.u."),
-            "multiplicative": ("standard deviation s of multiplicative noise x * N(1, s^2)", "1"),
-            "combined": ("amplitude A of combined noise (s_add = A r, s_mul = A (1 - r))", "1")}
-    long_name, units = what.get(noise, ("noise level", "1"))
-    return {"long_name": f"Walking Noise strength: {long_name}", "units": units}
-
-
 # -- running ---------------------------------------------------------------------------------
 def _provenance() -> dict:
     from .. import __version__
