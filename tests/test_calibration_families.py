@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from hwloop.calibration.adc import ADCFit
 from hwloop.calibration.measure import Block, Measurements
 from hwloop.calibration.plan import ChipInfo, design_plan
 from hwloop.calibration.transfer import TransferFit
@@ -42,8 +43,8 @@ def sweep(mode: str, function: str, slope: float, scale: float, seed: int, gain_
 
 def transfer(meas: Measurements, mode: str) -> dict:
     # as fit_all does: the mean gain and offset of 16 neurons with 8% and 3% spreads are known to 8%/4, 3%*sqrt(2)/4
-    return TransferFit(0.0, gain_sem=0.08 / 4, offset_sem=0.03 * np.sqrt(2 / 16), output_range=(-16.0, 16.0),
-                       step=STEP).fit(meas).results_[mode]
+    return TransferFit(0.0, gain_sem=0.08 / 4, offset_sem=0.03 * np.sqrt(2 / 16),
+                       adc=ADCFit.known((-16.0, 16.0), STEP)).fit(meas).results_[mode]
 
 
 def test_relu_chip_is_relu_although_a_degenerate_exp_sat_fits_as_well():

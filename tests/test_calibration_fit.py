@@ -92,10 +92,10 @@ def test_noise_terms_gains_and_offsets_on_synthetic_data():
     g, o = 1 + 0.05 * rng.standard_normal(16), 0.03 * rng.standard_normal(16)
     D = (2e-4, 5e-4, 5e-5, 1e-4)
     m = synthesise(plan, rng, D=D, gains=g, offsets=o)
-    go = GainOffsetFit((-4.0, 4.0)).fit(m)
+    go = GainOffsetFit(ADCFit.known((-4.0, 4.0))).fit(m)
     assert np.all(np.abs(go.gain_ - g) <= 4 * go.gain_stderr_)
     assert np.all(np.abs(go.offset_ - o) <= 4 * go.offset_stderr_)
-    nf = NoiseFit(go.gain_, go.offset_, output_range=(-4.0, 4.0)).fit(m)
+    nf = NoiseFit(go.gain_, go.offset_, ADCFit.known((-4.0, 4.0))).fit(m)
     for k, truth in zip(("D_A", "D_M", "D_AC", "D_MC"), D):
         assert abs(nf.intensities_[k] - truth) <= 4 * nf.stderr_[k], k
         assert abs(nf.intensities_[k] / truth - 1) < 0.1, k
@@ -107,9 +107,10 @@ def test_quantised_noise_is_corrected_by_sheppard():
     plan = design_plan(ChipInfo(**{**CHIP.to_dict(), "activations": ("linear",)}), 100_000)
     step = 4.0 / 63
     m = synthesise(plan, np.random.default_rng(2), D=((1.5 * step) ** 2, 0, 0, 0), step=step)
-    go = GainOffsetFit((-4.0, 4.0), step).fit(m)
-    nf = NoiseFit(go.gain_, go.offset_, step**2 / 12, (-4.0, 4.0), step).fit(m)
-    raw = NoiseFit(go.gain_, go.offset_, 0.0, (-4.0, 4.0), step).fit(m)
+    adc = ADCFit.known((-4.0, 4.0), step)
+    go = GainOffsetFit(adc).fit(m)
+    nf = NoiseFit(go.gain_, go.offset_, adc).fit(m)
+    raw = NoiseFit(go.gain_, go.offset_, adc, sheppard=False).fit(m)
     truth = (1.5 * step) ** 2
     assert abs(nf.D_A_ - truth) <= 4 * nf.D_A_stderr_
     assert raw.D_A_ - truth > 10 * raw.D_A_stderr_   # without the correction the bias is obvious

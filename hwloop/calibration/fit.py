@@ -23,83 +23,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import HwloopError
+from .adc import ADCFit, or_ideal
 from .drift import DriftFit
-from .groups import _RAIL, Group, _clipped, _quiet, groups, merge_sessions
+from .estimators import weighted_line
+from .groups import Group, _clipped, _quiet, groups, merge_sessions  # noqa: F401  (groups: re-exported)
 from .noise import NOISE_TERMS, NoiseFit, ReadNoiseFit
 from .transfer import FAMILIES, PlacementFit, TransferFit
 
-# the estimators live in their own modules (groups, noise, transfer, drift); this one keeps the ADC and
-# gain/offset fits and runs them all, and re-exports the public names
+# the estimators live in their own modules (adc, groups, noise, transfer, drift); this one keeps the
+# gain/offset fit and runs them all, and re-exports the public names
 __all__ = ["ADCFit", "GainOffsetFit", "NoiseFit", "ReadNoiseFit", "TransferFit", "PlacementFit", "DriftFit",
            "CalibrationFit", "fit_all", "groups", "merge_sessions", "Group", "NOISE_TERMS", "FAMILIES"]
-
-
-# -- ADC ------------------------------------------------------------------------------
-class ADCFit:
-    """ADC step and range from the spacing and limits of the measured codes.
-
-    Learned: ``step_`` (0.0 when the outputs are not on a grid), ``bits_``
-    (from the declared range and the step), ``range_`` (declared, checked
-    against the extremes seen), ``clip_fraction_``.
-    """
-
-    def __init__(self, declared_range: tuple[float, float] | None = None, declared_bits: int | None = None):
-        self.declared_range = declared_range
-        self.declared_bits = declared_bits
-
-    def fit(self, measurements) -> "ADCFit":
-        all_y = [b.y.ravel() for b in measurements.blocks]
-        self.min_seen_ = float(min(y.min() for y in all_y))
-        self.max_seen_ = float(max(y.max() for y in all_y))
-        # the grid shows in the first ~2M values already; sorting all of them would only cost time
-        head, n = [], 0
-        for y in all_y:
-            head.append(y)
-            n += y.size
-            if n >= 2_000_000:
-                break
-        vals = np.unique(np.concatenate(head)).astype(np.float64)
-        self.range_ = tuple(self.declared_range) if self.declared_range else (self.min_seen_, self.max_seen_)
-        self.step_, self.step_stderr_, self.bits_ = 0.0, 0.0, None
-        d = np.diff(vals)
-        d = d[d > 1e-6 * max(1e-12, self.max_seen_ - self.min_seen_)]
-        if len(vals) > 10 and len(d):
-            step, icpt, k = _grid_step(vals, float(np.median(d[d < 1.5 * d.min()])))
-            if step > 0:
-                resid = vals - (step * k + icpt)
-                sxx = float(np.sum((k - k.mean()) ** 2))
-                self.step_ = step
-                self.step_stderr_ = float(np.sqrt(np.sum(resid**2) / max(1, len(k) - 2) / sxx)) if sxx else 0.0
-                lo, hi = self.range_
-                self.bits_ = int(round(np.log2((hi - lo) / self.step_ + 1)))
-        lo, hi = self.range_
-        tol = self.step_ * _RAIL + 1e-7 * (hi - lo)
-        clipped = sum(int(np.count_nonzero((y <= lo + tol) | (y >= hi - tol))) for y in all_y)
-        self.clip_fraction_ = clipped / sum(y.size for y in all_y)
-        return self
-
-    @property
-    def quantisation_variance_(self) -> float:
-        """Sheppard's correction: a uniform rounding error adds step^2/12 to every variance."""
-        return self.step_**2 / 12.0
-
-
-def _grid_step(vals: np.ndarray, step: float) -> tuple[float, float, np.ndarray]:
-    """Refine a grid step over ever wider spans of codes (a float32 step error grows with the code index).
-
-    Returns (step, intercept, code indices), or step 0 when the values are not on one grid.
-    """
-    c = vals[len(vals) // 2]      # start where the codes are densest-ish: the middle of the seen values
-    span = 10.0
-    while True:
-        sel = np.abs(vals - c) <= span * step
-        k = np.round((vals[sel] - c) / step)
-        if np.mean(np.abs((vals[sel] - c) / step - k) < 0.05) < 0.99 or len(k) < 3 or np.ptp(k) > 2**24:
-            return 0.0, 0.0, k
-        step, icpt = (float(v) for v in np.polyfit(k, vals[sel], 1))
-        if sel.all():
-            return step, icpt, k
-        span *= 10.0
 
 
 # -- gain and offset ------------------------------------------------------------------
@@ -111,19 +45,19 @@ class GainOffsetFit:
     error removed) and ``offset_spread_``; ``mean_gain_``.
     """
 
-    def __init__(self, output_range: tuple[float, float] | None = None, step: float = 0.0):
-        self.output_range = output_range
-        self.step = step
+    def __init__(self, adc: ADCFit | None = None):
+        self.adc = adc
 
     def fit(self, measurements) -> "GainOffsetFit":
+        adc = or_ideal(self.adc)
         by_session: dict[int, list[Group]] = {}
-        for g in groups(measurements):
-            if not _clipped(g.y, self.output_range, self.step):
+        for g in measurements.groups():
+            if not _clipped(g.y, adc.range_, adc.step_):
                 by_session.setdefault(g.session, []).append(g)
         by_session = {k: v for k, v in by_session.items() if len(v) >= 2}
         if not by_session:
             raise HwloopError("calibration: fewer than two unclipped linear levels; cannot fit gain and offset")
-        fits = {k: self._line(gs) for k, gs in by_session.items()}
+        fits = {k: _line(gs, adc.step_) for k, gs in by_session.items()}
         counts = {k: sum(len(g.y) for g in gs) for k, gs in by_session.items()}
         main = max(counts, key=counts.get)
         self.sessions_ = sorted(fits)
@@ -143,28 +77,19 @@ class GainOffsetFit:
         self.offset_rms_ = float(np.sqrt(max(0.0, np.mean(offs**2) - np.mean(o_err**2))))
         return self
 
-    def _line(self, gs: list[Group]):
-        """Per-neuron weighted straight line through the level means of one session."""
-        a = np.array([g.level for g in gs])
-        m = np.stack([g.y.mean(0) for g in gs])                                  # (L, N)
-        var = np.stack([g.y.var(0, ddof=1) for g in gs])
-        n = np.array([len(g.y) for g in gs])[:, None]
-        # variance of each mean; where the noise is narrower than half a step the mean is off by up to half
-        # a step whatever n is (a noiseless level reads one code): its error is then the rounding's, step^2/12
-        q = self.step**2 / 12
-        v = np.where(_quiet(var, self.step), np.maximum(var / n, q), var / n) + 1e-30
-        w = 1.0 / v
-        sw, swa, swaa = w.sum(0), (w * a[:, None]).sum(0), (w * a[:, None] ** 2).sum(0)
-        swy, sway = (w * m).sum(0), (w * a[:, None] * m).sum(0)
-        det = sw * swaa - swa**2
-        gain = (sw * sway - swa * swy) / det
-        off = (swaa * swy - swa * sway) / det
-        resid = m - (gain * a[:, None] + off)
-        # Scale the errors by the reduced chi^2 when the line does not fit as well as the noise says
-        # (drift, non-linearity): honest errors, never smaller than the sample statistics give.
-        chi2 = (w * resid**2).sum(0) / max(1, len(a) - 2)
-        infl = np.maximum(1.0, chi2)
-        return gain, off, np.sqrt(sw / det * infl), np.sqrt(swaa / det * infl), chi2, a
+
+def _line(gs: list[Group], step: float):
+    """Per-neuron weighted straight line through the level means of one session."""
+    a = np.array([g.level for g in gs])
+    m = np.stack([g.y.mean(0) for g in gs])                                  # (L, N)
+    var = np.stack([g.y.var(0, ddof=1) for g in gs])
+    n = np.array([len(g.y) for g in gs])[:, None]
+    # variance of each mean; where the noise is narrower than half a step the mean is off by up to half
+    # a step whatever n is (a noiseless level reads one code): its error is then the rounding's, step^2/12
+    v = np.where(_quiet(var, step), np.maximum(var / n, step**2 / 12), var / n) + 1e-30
+    # errors scaled by the reduced chi^2 when the line does not fit as well as the noise says (drift, non-linearity)
+    line = weighted_line(a, m, 1.0 / v)
+    return line["slope"], line["intercept"], line["slope_stderr"], line["intercept_stderr"], line["chi2"], a
 
 
 def _spread(values: np.ndarray, errors: np.ndarray) -> tuple[float, float]:
@@ -195,19 +120,18 @@ def fit_all(measurements) -> CalibrationFit:
     chip = measurements.plan.chip
     adc = ADCFit(chip.output_range, chip.output_bits).fit(measurements)
     measurements = merge_sessions(measurements, adc.step_)
-    go = GainOffsetFit(adc.range_, adc.step_).fit(measurements)
+    go = GainOffsetFit(adc).fit(measurements)
     plan = measurements.plan
-    read = ReadNoiseFit(chip.weight_max, 1.0 + go.gain_spread_**2, adc.step_, output_range=adc.range_).fit(measurements)
+    read = ReadNoiseFit(chip.weight_max, 1.0 + go.gain_spread_**2, adc).fit(measurements)
     read_var = (lambda g: read.variance(plan.weight, g.norm2)) if read.significant_ else None
-    noise = NoiseFit(go.gain_by_session_, go.offset_by_session_, adc.quantisation_variance_, adc.range_,
-                     adc.step_, read_var=read_var).fit(measurements)
+    noise = NoiseFit(go.gain_by_session_, go.offset_by_session_, adc, read_var=read_var).fit(measurements)
     # the mean over a chip's neurons is itself a sample (and a chip may draw its neurons at each programming)
     n = len(go.gain_)
     transfer = TransferFit(go.mean_offset_, gain_sem=go.gain_spread_ / np.sqrt(n),
                            offset_sem=np.hypot(go.offset_spread_ * np.sqrt(2 / n), go.offset_stderr_.mean()),
-                           output_range=adc.range_, step=adc.step_).fit(measurements)
-    drift = DriftFit(output_range=adc.range_, step=adc.step_).fit(measurements)
-    placement = PlacementFit(noise, transfer, go.mean_gain_, adc.range_, adc.step_).fit(measurements)
+                           adc=adc).fit(measurements)
+    drift = DriftFit(adc=adc).fit(measurements)
+    placement = PlacementFit(noise, transfer, go.mean_gain_, adc).fit(measurements)
     if placement.placement_ == "pre":   # refit the curves with the noise where it is: before the transfer
         D = noise.intensities_
         G2 = go.mean_gain_**2
@@ -215,7 +139,6 @@ def fit_all(measurements) -> CalibrationFit:
         def pre_var(a):
             return (D["D_A"] + D["D_AC"]) / G2 + (D["D_M"] + D["D_MC"]) * a**2
 
-        transfer = TransferFit(go.mean_offset_, gain_sem=go.gain_spread_ / np.sqrt(n),
-                               offset_sem=np.hypot(go.offset_spread_ * np.sqrt(2 / n), go.offset_stderr_.mean()),
-                               output_range=adc.range_, step=adc.step_, pre_var=pre_var).fit(measurements)
+        transfer.pre_var = pre_var
+        transfer.fit(measurements)
     return CalibrationFit(adc, go, noise, transfer, drift, placement, read)

@@ -33,6 +33,7 @@ from .. import cf
 from ..devices.base import Device
 from ..errors import HwloopError
 from ..resumable import ZarrStore, creating, json_attrs
+from .groups import Group, groups
 from .plan import ChipInfo, Plan, Probe, plan_attrs, plan_from_attrs
 
 FORMAT = "hwloop-calibration/1"
@@ -62,6 +63,10 @@ class Measurements:
     @property
     def evaluations(self) -> int:
         return int(sum(b.y.shape[0] * b.y.shape[1] for b in self.blocks))
+
+    def groups(self, kinds: tuple[str, ...] = ("level",), activation: str | None = "linear") -> list[Group]:
+        """Every block's samples pooled by (activation, level, programming session), as the estimators read them."""
+        return groups(self, kinds, activation)
 
 
 @dataclass

@@ -6,12 +6,13 @@ transfer-function families is ``hwloop.calibration.families``.
 
 from __future__ import annotations
 
-import numpy as np
-
 from typing import TYPE_CHECKING
 
+import numpy as np
+
+from .adc import ADCFit, or_ideal
 from .families import FAMILIES, HOMOGENEOUS, fit_family, select_family
-from .groups import _clipped, _quiet, groups
+from .groups import _clipped, _quiet
 
 if TYPE_CHECKING:
     from .noise import NoiseFit
@@ -37,14 +38,13 @@ class TransferFit:
     """
 
     def __init__(self, offset: float = 0.0, gain: float = 1.0, gain_sem: float = 0.0, offset_sem: float = 1e-3,
-                 output_range: tuple[float, float] | None = None, step: float = 0.0, pre_var=None):
+                 adc: ADCFit | None = None, pre_var=None):
+        self.offset = offset
+        self.gain = gain
+        self.gain_sem = gain_sem     # relative uncertainty of the mean gain (finite number of neurons)
+        self.offset_sem = offset_sem
+        self.adc = adc
         self.pre_var = pre_var
-        self.offset = float(offset)
-        self.offset_sem = max(float(offset_sem), 1e-9)
-        self.gain = float(gain)
-        self.gain_sem = float(gain_sem)   # relative uncertainty of the mean gain (finite number of neurons)
-        self.output_range = output_range
-        self.step = step
 
     def fit(self, measurements) -> "TransferFit":
         self.results_, self.curves_ = {}, {}
@@ -55,7 +55,8 @@ class TransferFit:
                 continue
             a, h, err = curve
             sd = np.sqrt(np.maximum(self.pre_var(a), 0.0)) if self.pre_var is not None else None
-            fits = {fam: r for fam in FAMILIES if (r := fit_family(fam, a, h, err, self.offset_sem, sd)) is not None}
+            offset_sem = max(float(self.offset_sem), 1e-9)
+            fits = {fam: r for fam in FAMILIES if (r := fit_family(fam, a, h, err, offset_sem, sd)) is not None}
             if not fits:
                 continue
             fam, candidates, note = select_family(mode, fits)
@@ -70,17 +71,18 @@ class TransferFit:
 
     def _curve(self, measurements, mode: str):
         """Levels, neuron-averaged outputs (offset removed, per unit gain) and their errors; None if < 4 levels."""
-        gs = [g for g in groups(measurements, kinds=("act",), activation=mode)
-              if not _clipped(g.y, self.output_range, self.step)]
+        adc = or_ideal(self.adc)
+        gs = [g for g in measurements.groups(kinds=("act",), activation=mode)
+              if not _clipped(g.y, adc.range_, adc.step_)]
         if len(gs) < 4:
             return None
         a = np.array([g.level for g in gs])
-        h = np.array([(np.mean(g.y) - self.offset) / self.gain for g in gs])
+        h = np.array([(np.mean(g.y) - float(self.offset)) / float(self.gain) for g in gs])
         # error of the neuron-averaged mean: the common-mode noise does not average out over neurons
         err = np.array([np.sqrt(np.var(g.y.mean(1), ddof=1) / len(g.y)) for g in gs])
         # a (nearly) noiseless level reads one ADC code: its mean is off by up to half a step
-        quiet = _quiet([np.mean(g.y.var(0)) for g in gs], self.step)
-        err = np.maximum(np.where(quiet, np.maximum(err, self.step / np.sqrt(12)), err), 1e-9)
+        quiet = _quiet([np.mean(g.y.var(0)) for g in gs], adc.step_)
+        err = np.maximum(np.where(quiet, np.maximum(err, adc.step_ / np.sqrt(12)), err), 1e-9)
         return a, h, err
 
 
@@ -98,22 +100,24 @@ class PlacementFit:
     there is no saturating activation to tell them apart (``identified_`` False).
     """
 
-    def __init__(self, noise: "NoiseFit", transfer: "TransferFit", gain: float = 1.0,
-                 output_range: tuple[float, float] | None = None, step: float = 0.0):
-        self.noise, self.transfer, self.gain = noise, transfer, float(gain)
-        self.output_range, self.step = output_range, step
+    def __init__(self, noise: "NoiseFit", transfer: "TransferFit", gain: float = 1.0, adc: ADCFit | None = None):
+        self.noise = noise
+        self.transfer = transfer
+        self.gain = gain
+        self.adc = adc
 
     def fit(self, measurements) -> "PlacementFit":
         D = self.noise.intensities_
-        q = self.step**2 / 12
+        adc = or_ideal(self.adc)
+        q, G = adc.quantisation_variance_, float(self.gain)
         chi = {"post": 0.0, "pre": 0.0}
         used = 0
         for mode, r in self.transfer.results_.items():
             if r["function"] in ("linear", "relu"):
                 continue  # a constant slope cannot tell the two apart
             f = FAMILIES[r["function"]]
-            for g in groups(measurements, kinds=("act",), activation=mode):
-                if _clipped(g.y, self.output_range, self.step):
+            for g in measurements.groups(kinds=("act",), activation=mode):
+                if _clipped(g.y, adc.range_, adc.step_):
                     continue
                 C, dof = g.within_block_cov()
                 v = float(np.mean(np.diag(C))) - q
@@ -121,9 +125,9 @@ class PlacementFit:
                 a, eps = g.level, 1e-4
                 dh = r["scale"] * (f(np.array([r["slope"] * (a + eps)])) - f(np.array([r["slope"] * (a - eps)])))[0] / (2 * eps)
                 v_post = D["D_A"] + D["D_AC"] + (D["D_M"] + D["D_MC"]) * np.mean(x**2) + D["shot"] * np.mean(np.abs(x))
-                lin = self.gain * a   # what the linear mode's output would be at this pre-activation
+                lin = G * a   # what the linear mode's output would be at this pre-activation
                 v_lin = D["D_A"] + D["D_AC"] + (D["D_M"] + D["D_MC"]) * lin**2 + D["shot"] * abs(lin)
-                v_pre = dh**2 * v_lin / self.gain**2
+                v_pre = dh**2 * v_lin / G**2
                 err = max(v, 0.0) * np.sqrt(2.0 / (dof * C.shape[0])) + q + 1e-30  # + the rounding's own share
                 chi["post"] += ((v - v_post) / err) ** 2
                 chi["pre"] += ((v - v_pre) / err) ** 2
