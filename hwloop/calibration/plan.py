@@ -177,9 +177,8 @@ class Plan:
                 "activations": sorted({p.activation for p in self.probes})}
 
 
-def design_plan(chip: ChipInfo, budget: int = DEFAULT_BUDGET, seed: int = 0,
-                n_levels: int = 9, n_act_levels: int = 17) -> Plan:
-    """Design the probes for ``chip`` within ``budget`` evaluations (see the module doc)."""
+def _check_chip(chip: ChipInfo, budget: int) -> None:
+    """Refuse a budget too small or too large for memory, and a chip whose ranges leave nothing to measure."""
     if budget < 1000:
         raise HwloopError(f"calibration budget {budget}: too small (at least 1000 evaluations)")
     from ..inputs import require_memory   # the fits hold every measured value: refuse what cannot fit
@@ -194,18 +193,18 @@ def design_plan(chip: ChipInfo, budget: int = DEFAULT_BUDGET, seed: int = 0,
     if "linear" not in chip.activations:
         raise HwloopError(f"chip {chip.idn!r}: ACT:CAT? lists no LINear transfer function; the calibration "
                           "measures gains and noise in linear mode")
-    n_in = chip.max_inputs - (chip.max_inputs % 2) if chip.max_inputs > 1 else 1
-    n_out = chip.max_outputs
+
+
+def _signal_levels(chip: ChipInfo, n_in: int, weight: float, n_levels: int) -> tuple[np.ndarray, float, float]:
+    """The linear-mode levels (70% of the ADC range, as far as the inputs reach; 0 among them when
+    the range spans it), the highest of them before rounding, and the largest pre-activation the inputs reach."""
+    lo_in, hi_in = chip.input_range
+    lo_out, hi_out = chip.output_range
     n_half = max(1, n_in // 2)
     span_in = (hi_in - lo_in) if n_in > 1 else max(abs(lo_in), abs(hi_in))
     span_out = hi_out - lo_out
     # Signal levels for LIN: 70% of the ADC range, so gain/offset spread and noise stay off the rails.
     lev_lo, lev_hi = lo_out + 0.15 * span_out, hi_out - 0.15 * span_out
-    act_reach = 8.0  # pre-activation for the transfer sweeps: deep into saturation of a unit-slope sigmoid/tanh
-    # Full-scale weights: they sit exactly on any programming grid, make a static programming error the
-    # smallest share of each neuron's sum, and need the smallest inputs for a given signal, which keeps
-    # weight read noise (variance ~ ||x||^2) small in the level probes.
-    weight = chip.weight_max
     reach = weight * n_half * span_in if n_in > 1 else weight * span_in
     lev_lo, lev_hi = max(lev_lo, -reach), min(lev_hi, reach)
     if n_in == 1 and lo_in >= 0:
@@ -215,6 +214,22 @@ def design_plan(chip: ChipInfo, budget: int = DEFAULT_BUDGET, seed: int = 0,
     levels = np.round(np.linspace(lev_lo, lev_hi, n_levels), 9)
     if lev_lo < 0 < lev_hi:  # the zero point measures offsets directly
         levels[np.argmin(np.abs(levels))] = 0.0
+    return levels, lev_hi, reach
+
+
+def design_plan(chip: ChipInfo, budget: int = DEFAULT_BUDGET, seed: int = 0,
+                n_levels: int = 9, n_act_levels: int = 17) -> Plan:
+    """Design the probes for ``chip`` within ``budget`` evaluations (see the module doc)."""
+    _check_chip(chip, budget)
+    n_in = chip.max_inputs - (chip.max_inputs % 2) if chip.max_inputs > 1 else 1
+    n_out = chip.max_outputs
+    lo_in, hi_in = chip.input_range
+    act_reach = 8.0  # pre-activation for the transfer sweeps: deep into saturation of a unit-slope sigmoid/tanh
+    # Full-scale weights: they sit exactly on any programming grid, make a static programming error the
+    # smallest share of each neuron's sum, and need the smallest inputs for a given signal, which keeps
+    # weight read noise (variance ~ ||x||^2) small in the level probes.
+    weight = chip.weight_max
+    levels, lev_hi, reach = _signal_levels(chip, n_in, weight, n_levels)
     probes: list[Probe] = []
 
     def add(kind, act, lv, n_eval, commons=(), w=0.0):

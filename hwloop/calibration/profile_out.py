@@ -68,9 +68,33 @@ def build_profile(fit: CalibrationFit, meas: Measurements, *, name: str | None =
                   store_path: str | None = None, z: float = Z_WRITE) -> dict:
     """The profile mapping for a calibration (validated by ``write_profile``)."""
     chip = meas.plan.chip
-    nf, go, adc, dr = fit.noise, fit.gain_offset, fit.adc, fit.drift
+    go, adc, dr, rd = fit.gain_offset, fit.adc, fit.drift, fit.read
     serial = chip.idn.split(",")[2].strip() if chip.idn.count(",") >= 2 else "chip"
-    pl = fit.placement
+    prof: dict = {
+        "name": name or f"calibrated-{serial}",
+        "version": 1,
+        "description": f"Calibrated twin of {chip.idn} ({meas.evaluations} evaluations).",
+        "provenance": {},
+        "noise": _noise(fit),
+        "gain_offset": {"gain": _r(go.gain_spread_), "offset": _r(go.offset_rms_)},
+    }
+    if adc.step_ > 0 or chip.output_range:
+        prof["adc"] = {"bits": int(adc.bits_) if adc.bits_ else None, "range": [float(v) for v in adc.range_]}
+    if rd.significant_:
+        prof["weights"] = {"read_noise": _r(rd.read_noise_), "range": None if rd.relative_ else chip.weight_max}
+    transfer, t_unc = _transfer(fit, z)
+    if transfer:
+        prof["transfer"] = transfer
+    if dr.significant_ and dr.n_refs_ >= 3:
+        prof["drift"] = {"per": "second", "gain": _r(dr.gain_per_s_), "offset": _r(dr.offset_per_s_)}
+    prof["provenance"] = _provenance(fit, meas, store_path)
+    prof["uncertainty"] = _uncertainty(fit, t_unc)
+    return prof
+
+
+def _noise(fit: CalibrationFit) -> dict:
+    """The noise section: the fitted intensities at the placement found, 0 where not told from zero."""
+    nf, go, pl = fit.noise, fit.gain_offset, fit.placement
     noise = {"units": "variance", "placement": pl.placement_}
     # The fits measure the noise at the output, where gains have scaled it.  Noise before the transfer
     # function passes through the neuron's gain (and the transfer's scale * slope): additive terms shrink
@@ -86,26 +110,14 @@ def build_profile(fit: CalibrationFit, meas: Measurements, *, name: str | None =
             continue
         # a term the data cannot tell from zero (or a negative estimate) is written as 0
         noise[k] = _r(v) if v > Z_ZERO * e else 0.0
-    prof: dict = {
-        "name": name or f"calibrated-{serial}",
-        "version": 1,
-        "description": f"Calibrated twin of {chip.idn} ({meas.evaluations} evaluations).",
-        "provenance": {},
-        "noise": noise,
-        "gain_offset": {"gain": _r(go.gain_spread_), "offset": _r(go.offset_rms_)},
-    }
-    if adc.step_ > 0 or chip.output_range:
-        prof["adc"] = {"bits": int(adc.bits_) if adc.bits_ else None, "range": [float(v) for v in adc.range_]}
-    rd = fit.read
-    if rd.significant_:
-        prof["weights"] = {"read_noise": _r(rd.read_noise_), "range": None if rd.relative_ else chip.weight_max}
-    transfer, t_unc = _transfer(fit, z)
-    if transfer:
-        prof["transfer"] = transfer
-    if dr.significant_ and dr.n_refs_ >= 3:
-        prof["drift"] = {"per": "second", "gain": _r(dr.gain_per_s_), "offset": _r(dr.offset_per_s_)}
+    return noise
+
+
+def _provenance(fit: CalibrationFit, meas: Measurements, store_path: str | None) -> dict:
+    """Who measured what, when, with what plan; the per-neuron gains and offsets."""
+    chip, go = meas.plan.chip, fit.gain_offset
     temps = np.array([b.temperature for b in meas.blocks], float)
-    prof["provenance"] = {
+    return {
         "source": "calibrated",
         "instrument": chip.idn,
         "date": _dt.datetime.now(_dt.timezone.utc).date().isoformat(),
@@ -119,7 +131,12 @@ def build_profile(fit: CalibrationFit, meas: Measurements, *, name: str | None =
         "model": "x_i = g_i*scale*f(slope*a) + o_i; y_i = x_i(1 + xi_M,i + xi_MC) + xi_A,i + xi_AC; ADC",
         "per_neuron": {"gain": [_r(v, 5) for v in go.gain_], "offset": [_r(v, 5) for v in go.offset_]},
     }
-    prof["uncertainty"] = {
+
+
+def _uncertainty(fit: CalibrationFit, transfer: dict) -> dict:
+    """Every fitted value's estimate and standard error (and the fits' quality), for people and ``diff``."""
+    nf, go, adc, dr, rd, pl = fit.noise, fit.gain_offset, fit.adc, fit.drift, fit.read, fit.placement
+    return {
         "convention": "one standard error from sample-size statistics (see docs/calibration.md)",
         "noise": {k: {"estimate": _r(nf.intensities_[k]), "stderr": _r(nf.stderr_[k])} for k in NOISE_TERMS},
         "noise_fit": {"chi2_per_dof": _r(nf.chi2_, 4), "shot_fitted": bool(nf.shot_fitted_),
@@ -134,17 +151,14 @@ def build_profile(fit: CalibrationFit, meas: Measurements, *, name: str | None =
                         "mean_gain": _r(go.mean_gain_), "mean_offset": _r(go.mean_offset_)},
         "adc": {"step": _r(adc.step_), "step_stderr": _r(adc.step_stderr_), "min_seen": _r(adc.min_seen_),
                 "max_seen": _r(adc.max_seen_), "clip_fraction": _r(adc.clip_fraction_)},
-        "transfer": t_unc,
+        "transfer": transfer,
         "weights": {"read_noise": _r(rd.read_noise_), "read_noise_stderr": _r(rd.read_noise_stderr_),
                     "significant": bool(rd.significant_), "full_scale": "the layer's max |W|" if rd.relative_
                     else "the chip's WEIG:RANG?",
                     "D_R_per_weight": {str(w): {"value": _r(v[0]), "stderr": _r(v[1])} for w, v in rd.slopes_.items()}},
-        "drift": {k: _r(getattr(dr, k + "_")) for k in
-                  ("offset_per_s", "offset_per_s_stderr", "gain_per_s", "gain_per_s_stderr",
-                   "offset_per_K", "offset_per_K_stderr", "gain_per_K", "gain_per_K_stderr")}
-                 | {"significant": bool(dr.significant_), "references": dr.n_refs_},
+        "drift": {k: _r(v) for k, v in dr.rates_.items()} | {"significant": bool(dr.significant_),
+                                                              "references": dr.n_refs_},
     }
-    return prof
 
 
 def write_profile(fit: CalibrationFit, meas: Measurements, path: str | Path, **kw) -> Profile:
