@@ -10,6 +10,7 @@ See docs/calibration.md.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -17,7 +18,7 @@ from ..errors import HwloopError
 from ..lazy import lazy_attributes
 from .plan import DEFAULT_BUDGET, ChipInfo, Plan, design_plan
 
-__all__ = ["calibrate", "refit", "open_chip", "chip_from_visa", "chip_from_device", "CAPABILITY_DEFAULTS", "fit_all", "design_plan", "ChipInfo", "Plan",
+__all__ = ["calibrate", "CalibrationSettings", "refit", "open_chip", "chip_from_visa", "chip_from_device", "CAPABILITY_DEFAULTS", "fit_all", "design_plan", "ChipInfo", "Plan",
            "Chip", "Measurements", "CalibrationStore", "CalibrationFit", "DEFAULT_BUDGET"]
 
 # imported on first use: ``measure`` pulls in zarr, and the command line needs only ``plan``
@@ -113,29 +114,46 @@ def open_chip(resource: str | None = None, bench: str | None = None, device: str
     return chip_from_visa(VisaDevice(resource, **options))
 
 
-def calibrate(chip: Chip, out: str | Path, *, store: str | Path, budget: int = DEFAULT_BUDGET, seed: int = 0,
-              resume: bool = False, overwrite: bool = False, name: str | None = None,
-              progress: Callable[[int, int], None] | None = None, stop_after: int | None = None):
-    """Plan, measure (resumably, into ``store``), fit and write the profile to ``out``.
+@dataclass(frozen=True)
+class CalibrationSettings:
+    """How ``calibrate`` measures: the store, the budget of evaluations, the seed of the plan, whether to
+    continue (``resume``) or replace (``overwrite``) a store, the profile's ``name``, a ``progress(done, total)``
+    callback and, for tests, ``stop_after`` newly measured blocks."""
 
-    Returns ``(profile, fit, measurements)``; with ``stop_after`` (tests) it may
-    return before the plan is complete, writing no profile: ``(None, None, measurements)``.
+    store: str | Path
+    budget: int = DEFAULT_BUDGET
+    seed: int = 0
+    resume: bool = False
+    overwrite: bool = False
+    name: str | None = None
+    progress: Callable[[int, int], None] | None = None
+    stop_after: int | None = None
+
+
+def calibrate(chip: Chip, out: str | Path, settings: CalibrationSettings | None = None, **options):
+    """Plan, measure (resumably, into the store), fit and write the profile to ``out``.
+
+    ``options`` are ``CalibrationSettings``' fields as keywords (``store=...``, ``budget=...``), on their
+    own or replacing those of ``settings``.  Returns ``(profile, fit, measurements)``; with
+    ``stop_after`` (tests) it may return before the plan is complete, writing no profile:
+    ``(None, None, measurements)``.
     """
+    s = replace(settings, **options) if settings is not None else CalibrationSettings(**options)
     from ..files import store_lock
     from .measure import CalibrationStore, measure
 
-    plan = design_plan(chip.info, budget, seed)
-    with store_lock(store):      # one writer per calibration store
-        if resume and Path(store).exists():
-            cal = CalibrationStore.resume(store, plan)
+    plan = design_plan(chip.info, s.budget, s.seed)
+    with store_lock(s.store):      # one writer per calibration store
+        if s.resume and Path(s.store).exists():
+            cal = CalibrationStore.resume(s.store, plan)
         else:
-            cal = CalibrationStore.create(store, plan, {"idn": chip.info.idn}, overwrite=overwrite)
+            cal = CalibrationStore.create(s.store, plan, {"idn": chip.info.idn}, overwrite=s.overwrite)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*clipped.*")
-            meas = measure(chip, cal, progress=progress, stop_after=stop_after)
+            meas = measure(chip, cal, progress=s.progress, stop_after=s.stop_after)
     if not cal.complete:
         return None, None, meas
-    return (*_fit_and_write(meas, out, store, name), meas)
+    return (*_fit_and_write(meas, out, s.store, s.name), meas)
 
 
 def refit(store: str | Path, out: str | Path, name: str | None = None):

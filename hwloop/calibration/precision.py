@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -244,51 +244,69 @@ class PrecisionResult:
         return int(sum(s["evaluations"] for s in self.stages))
 
 
-def calibrate_to_precision(chip, out: str | Path, *, store: str | Path, targets, budget: int = PRECISION_BUDGET,
-                           max_seconds: float | None = None, seed: int = 0, overwrite: bool = False,
-                           name: str | None = None, pilot: int = PILOT, timing: Timing = Timing(),
-                           progress: Callable[[int, int], None] | None = None) -> PrecisionResult:
-    """Measure a pilot, then extend until every target is met or the budget or time runs out; write the profile."""
+@dataclass(frozen=True)
+class PrecisionSettings:
+    """How ``calibrate_to_precision`` measures: the store, the ``targets`` (relative standard errors), the
+    budget of evaluations and ``max_seconds`` it may spend, the seed, ``overwrite``, the profile's ``name``,
+    the ``pilot``'s size, the chip's ``timing`` (for the report) and a ``progress(done, total)`` callback."""
+
+    store: str | Path
+    targets: object
+    budget: int = PRECISION_BUDGET
+    max_seconds: float | None = None
+    seed: int = 0
+    overwrite: bool = False
+    name: str | None = None
+    pilot: int = PILOT
+    timing: Timing = Timing()
+    progress: Callable[[int, int], None] | None = None
+
+
+def calibrate_to_precision(chip, out: str | Path, settings: PrecisionSettings | None = None,
+                           **options) -> PrecisionResult:
+    """Measure a pilot, then extend until every target is met or the budget or time runs out; write the profile.
+
+    ``options`` are ``PrecisionSettings``' fields as keywords (``store=...``, ``targets=...``), on their own or
+    replacing those of ``settings``."""
     from . import _fit_and_write
     from .fit import fit_all
     from .measure import CalibrationStore, measure
 
-    targets = parse_targets(targets)
+    s = replace(settings, **options) if settings is not None else PrecisionSettings(**options)
+    s = replace(s, targets=parse_targets(s.targets), store=Path(s.store))
     t0 = time.monotonic()
-    base = design_plan(chip.info, min(pilot, budget), seed)
-    store = Path(store)
-    cal = CalibrationStore.create(store, base, {"idn": chip.info.idn, "targets": targets}, overwrite=overwrite)
-    meas = _measured(chip, cal, measure, progress, 0)
-    stages = [_stage_row(0, "pilot (designed plan)", base, meas, timing)]
+    base = design_plan(chip.info, min(s.pilot, s.budget), s.seed)
+    cal = CalibrationStore.create(s.store, base, {"idn": chip.info.idn, "targets": s.targets}, overwrite=s.overwrite)
+    meas = _measured(chip, cal, measure, s.progress, 0)
+    stages = [_stage_row(0, "pilot (designed plan)", base, meas, s.timing)]
     fit = fit_all(meas)
     why = ""
     for k in range(1, MAX_STAGES + 1):
-        if all(s["reached"] for s in precision_status(fit.noise, targets).values()):
+        if all(st["reached"] for st in precision_status(fit.noise, s.targets).values()):
             break
-        design, levels, n = design_extension(fit, base, targets)
-        spent = sum(s["evaluations"] for s in stages)
-        n = max(1000, math.ceil(MARGIN * n), int(MIN_SHARE * spent)) if math.isfinite(n) else budget - spent
+        design, levels, n = design_extension(fit, base, s.targets)
+        spent = sum(st["evaluations"] for st in stages)
+        n = max(1000, math.ceil(MARGIN * n), int(MIN_SHARE * spent)) if math.isfinite(n) else s.budget - spent
         rate = (time.monotonic() - t0) / max(1, spent)      # this bench's wall seconds per evaluation so far
-        left_t = math.inf if max_seconds is None else max_seconds - (time.monotonic() - t0)
-        cap = min(budget - spent, int(left_t / rate) if math.isfinite(left_t) else budget)
+        left_t = math.inf if s.max_seconds is None else s.max_seconds - (time.monotonic() - t0)
+        cap = min(s.budget - spent, int(left_t / rate) if math.isfinite(left_t) else s.budget)
         if n > cap:
-            why = "budget" if cap == budget - spent else "time limit"
+            why = "budget" if cap == s.budget - spent else "time limit"
             n = cap
         if n < 2 * len(levels):
             break
         plan = extension_plan(base, k, levels, n)
-        scal = CalibrationStore.create(store / "stages" / str(k), plan, {"idn": chip.info.idn}, overwrite=False)
-        more = _measured(chip, scal, measure, progress, k)
-        stages.append(_stage_row(k, design, plan, more, timing))
+        scal = CalibrationStore.create(s.store / "stages" / str(k), plan, {"idn": chip.info.idn}, overwrite=False)
+        more = _measured(chip, scal, measure, s.progress, k)
+        stages.append(_stage_row(k, design, plan, more, s.timing))
         meas = _combined(meas, more)
         fit = fit_all(meas)
         if why:
             break
-    status = precision_status(fit.noise, targets)
-    reached = all(s["reached"] for s in status.values())
-    prof, fit = _fit_and_write(meas, out, store, name)
-    return PrecisionResult(prof, fit, meas, status, reached,
-                           _message(status, reached, why, stages, budget, max_seconds, fit, base, targets, timing),
+    status = precision_status(fit.noise, s.targets)
+    reached = all(st["reached"] for st in status.values())
+    prof, fit = _fit_and_write(meas, out, s.store, s.name)
+    return PrecisionResult(prof, fit, meas, status, reached, _message(s, status, reached, why, stages, fit, base),
                            stages)
 
 
@@ -325,21 +343,22 @@ def _stage_row(k: int, design: str, plan: Plan, meas, timing: Timing) -> dict:
             "measure_s": float(meas.attrs.get("measure_s", float("nan")))}
 
 
-def _message(status, reached, why, stages, budget, max_seconds, fit, base, targets, timing) -> str:
-    spent = sum(s["evaluations"] for s in stages)
-    bench = sum(s["bench_s"] for s in stages)
-    terms = ", ".join(f"{k} {100 * s['relative']:.2g}%{' (bound)' if s['how'] == 'bound' else ''} "
-                      f"(asked {100 * s['target']:.2g}%)" for k, s in status.items())
+def _message(s: PrecisionSettings, status: dict, reached: bool, why: str, stages: list[dict], fit, base: Plan) -> str:
+    """One line: what was reached, or what stopped it and about how much more would reach it."""
+    spent = sum(st["evaluations"] for st in stages)
+    bench = sum(st["bench_s"] for st in stages)
+    terms = ", ".join(f"{k} {100 * st['relative']:.2g}%{' (bound)' if st['how'] == 'bound' else ''} "
+                      f"(asked {100 * st['target']:.2g}%)" for k, st in status.items())
     head = (f"{len(stages)} stage{'s' if len(stages) > 1 else ''}, {spent:,} evaluations "
             f"({bench:.3g} s at the chip's timing)")
     if reached:
         return f"target precision reached in {head}: {terms}"
-    missing = ", ".join(k for k, s in status.items() if not s["reached"])
-    _, _, more = design_extension(fit, base, targets)
-    extra = (f"; about {int(more):,} more evaluations ({more * timing.eval_s:.3g} s at the chip's timing) would "
+    missing = ", ".join(k for k, st in status.items() if not st["reached"])
+    _, _, more = design_extension(fit, base, s.targets)
+    extra = (f"; about {int(more):,} more evaluations ({more * s.timing.eval_s:.3g} s at the chip's timing) would "
              "reach it" if math.isfinite(more) else "")
-    limit = (f"the budget of {budget:,} evaluations" if why == "budget" else
-             f"the time limit of {max_seconds:g} s" if why == "time limit" else f"{MAX_STAGES} extensions")
+    limit = (f"the budget of {s.budget:,} evaluations" if why == "budget" else
+             f"the time limit of {s.max_seconds:g} s" if why == "time limit" else f"{MAX_STAGES} extensions")
     return f"target precision NOT reached for {missing}: stopped at {limit} after {head}: {terms}{extra}"
 
 
