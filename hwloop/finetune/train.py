@@ -15,7 +15,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 
@@ -69,13 +69,29 @@ class FinetuneResult:
     biases: list[np.ndarray] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class FinetuneOutput:
+    """Where a fine-tuning writes and how it shows progress: the tuned ONNX model (``out``), the checkpoint
+    after every step (``checkpoint_path``, default ``OUT.ckpt.npz``), whether to continue from it (``resume``),
+    a progress bar and the JSON report (``report_path``)."""
+
+    out: str | Path | None = None
+    checkpoint_path: str | Path | None = None
+    resume: bool = False
+    progress: bool = False
+    report_path: str | Path | None = None
+
+
 def finetune(model: Model | str | Path, data: Dataset | str, *, val: Dataset | str | None = None,
              devices: Mapping[int, Device] | None = None, twin: str | Path | list[TwinLayer] | None = None,
-             config: FinetuneConfig = FinetuneConfig(), out: str | Path | None = None,
-             checkpoint_path: str | Path | None = None, resume: bool = False, progress: bool = False,
-             report_path: str | Path | None = None) -> FinetuneResult:
+             config: FinetuneConfig = FinetuneConfig(), output: FinetuneOutput | None = None,
+             **outputs) -> FinetuneResult:
     """Fine-tune ``model``'s analog layers on ``data`` (see the module docstring); write ``out`` (ONNX),
-    a checkpoint after every step (``checkpoint_path``, default ``OUT.ckpt.npz``) and ``report_path`` (JSON)."""
+    a checkpoint after every step (``checkpoint_path``, default ``OUT.ckpt.npz``) and ``report_path`` (JSON).
+
+    ``outputs`` are ``FinetuneOutput``'s fields as keywords (``out=...``, ``resume=True``), on their own or
+    replacing those of ``output``."""
+    o = replace(output, **outputs) if output is not None else FinetuneOutput(**outputs)
     model = model if isinstance(model, Model) else load_model(model)
     train = data if isinstance(data, Dataset) else load_data(data)
     test = train if val is None else (val if isinstance(val, Dataset) else load_data(val))
@@ -92,28 +108,27 @@ def finetune(model: Model | str | Path, data: Dataset | str, *, val: Dataset | s
             net.biases[k].requires_grad_(False)          # nowhere in the graph to write a new bias
     _check_forward(model, net, x[:64])
     net.attach(devs)
-    ckpt = Path(checkpoint_path) if checkpoint_path else (Path(f"{out}.ckpt.npz") if out else None)
+    ckpt = Path(o.checkpoint_path) if o.checkpoint_path else (Path(f"{o.out}.ckpt.npz") if o.out else None)
     ident = {**asdict(config), "layers": trainable, "model_sha256": model.sha256, "data": train.name,
              "val": test.name, "n": len(train),
              "twin": str(twin) if isinstance(twin, (str, Path)) else (twin and "TwinLayer list")}
     loop = _Loop(net, config, len(train), _limits(net, devs, config.clamp), ckpt, ident)
     t_start = time.perf_counter()
     with _one_thread():
-        loop.begin(resume, lambda: _accuracies(net, xv, test.y, devs, _BEFORE))
-        loop.run(x, train.y, progress)
+        loop.begin(o.resume, lambda: _accuracies(net, xv, test.y, devs, _BEFORE))
+        loop.run(x, train.y, o.progress)
         weights = [w.detach().numpy().copy() for w in net.weights]
         biases = [b.detach().numpy().copy() for b in net.biases]
-        if out is not None:
-            onnx_out.write_model(model, plans, weights, biases, out)
+        if o.out is not None:
+            onnx_out.write_model(model, plans, weights, biases, o.out)
         after = _accuracies(net, xv, test.y, devs, _AFTER)
-    report = _report(model, train, test, config, trainable, loop.history, after, loop.per_epoch, net,
-                     time.perf_counter() - t_start, out)
+    report = _report(model, (train, test), loop, after, time.perf_counter() - t_start, o.out)
     report["checkpoint_s_this_session"] = loop.checkpoint_s
     report["devices"] = [d.describe() for d in devs] if devs is not None else None
-    if report_path is not None:
-        with atomic_path(report_path) as tmp:
+    if o.report_path is not None:
+        with atomic_path(o.report_path) as tmp:
             tmp.write_text(json.dumps(report, indent=2) + "\n")
-    return FinetuneResult(report, Path(out) if out else None, weights, biases)
+    return FinetuneResult(report, Path(o.out) if o.out else None, weights, biases)
 
 
 class _Loop:
@@ -154,8 +169,7 @@ class _Loop:
         try:
             for step in range(self.start, self.total):
                 chip_s = net.chip_s
-                loss, correct = _step(net, x, y, self.opt, self.config, step, self.per_epoch, self.total,
-                                      self.limits, self.origin)
+                loss, correct = self._step(x, y, step)
                 h["loss"].append(loss)
                 h["correct"].append(correct)
                 h["chip_s"].append(net.chip_s - chip_s)
@@ -169,6 +183,35 @@ class _Loop:
             raise HwloopError(f"{e}; training stopped after step {len(h['loss'])} of {self.total}{where}") from None
         finally:
             bar.close()
+
+
+    def _step(self, x: np.ndarray, y: np.ndarray, step: int) -> tuple[float, int]:
+        """One optimizer step on batch ``step``; returns (loss, correct predictions in the batch)."""
+        net, config, opt = self.net, self.config, self.opt
+        epoch, i = divmod(step, self.per_epoch)
+        idx = _order(config, epoch, len(y))[i * config.batch_size:(i + 1) * config.batch_size].numpy()
+        for g in opt.param_groups:
+            g["lr"] = _lr(config, step, self.total)
+        mode = "chip" if config.mode == "hil" else config.mode
+        logits = net.forward(x[idx], mode, key=(step,))
+        target = torch.from_numpy(y[idx])
+        loss = loss_fn(net.model, logits, target)
+        if config.reg:
+            w0, b0 = self.origin
+            loss = loss + config.reg * sum(((net.weights[k] - w0[k]) ** 2).sum() + ((net.biases[k] - b0[k]) ** 2).sum()
+                                           for k in net.trainable)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            for k in net.trainable:
+                wb, bb = self.limits[k]
+                if wb is not None:
+                    net.weights[k].clamp_(-wb, wb)
+                if bb is not None:
+                    net.biases[k].clamp_(-bb, bb)
+        net.updated()
+        return float(loss.detach()), int((logits.argmax(1) == target).sum())
 
 
 def _devices(model: Model, devices: Mapping[int, Device] | None, mode: str) -> list[Device] | None:
@@ -220,34 +263,6 @@ def _lr(config: FinetuneConfig, step: int, total: int) -> float:
 def _order(config: FinetuneConfig, epoch: int, n: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(int(np.random.SeedSequence((config.seed, 0x5E1, epoch)).generate_state(1)[0]))
     return torch.randperm(n, generator=gen)
-
-
-def _step(net: Network, x: np.ndarray, y: np.ndarray, opt, config: FinetuneConfig, step: int, per_epoch: int,
-          total: int, limits, origin) -> tuple[float, int]:
-    """One optimizer step on batch ``step``; returns (loss, correct predictions in the batch)."""
-    epoch, i = divmod(step, per_epoch)
-    idx = _order(config, epoch, len(y))[i * config.batch_size:(i + 1) * config.batch_size].numpy()
-    for g in opt.param_groups:
-        g["lr"] = _lr(config, step, total)
-    mode = "chip" if config.mode == "hil" else config.mode
-    logits = net.forward(x[idx], mode, key=(step,))
-    target = torch.from_numpy(y[idx])
-    loss = loss_fn(net.model, logits, target)
-    if config.reg:
-        loss = loss + config.reg * sum(((net.weights[k] - origin[0][k]) ** 2).sum()
-                                       + ((net.biases[k] - origin[1][k]) ** 2).sum() for k in net.trainable)
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    with torch.no_grad():
-        for k in net.trainable:
-            wb, bb = limits[k]
-            if wb is not None:
-                net.weights[k].clamp_(-wb, wb)
-            if bb is not None:
-                net.biases[k].clamp_(-bb, bb)
-    net.updated()
-    return float(loss.detach()), int((logits.argmax(1) == target).sum())
 
 
 def loss_fn(model: Model, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -311,7 +326,9 @@ class _one_thread:
         torch.set_num_threads(self.n)
 
 
-def _report(model, train, test, config, trainable, history, after, per_epoch, net, wall_s, out) -> dict:
+def _report(model: Model, data: tuple[Dataset, Dataset], loop: _Loop, after: dict, wall_s: float, out) -> dict:
+    """What the fine-tuning did: accuracies before and after (with their errors), per-epoch loss, costs."""
+    (train, test), config, history, per_epoch, net = data, loop.config, loop.history, loop.per_epoch, loop.net
     before = {k[len("before_"):]: v[0] for k, v in history.items() if k.startswith("before_")}
     n_epochs = -(-len(history["loss"]) // per_epoch) if per_epoch else 0
     epochs = []
@@ -322,7 +339,7 @@ def _report(model, train, test, config, trainable, history, after, per_epoch, ne
                        "train_accuracy": float(np.sum(history["correct"][sl]) / n_seen)})
     return {
         "model": str(model.path), "out": str(out) if out else None, "data": train.name, "val": test.name,
-        "n_val": len(test), "config": {**asdict(config), "layers": trainable}, "steps": len(history["loss"]),
+        "n_val": len(test), "config": {**asdict(config), "layers": net.trainable}, "steps": len(history["loss"]),
         "accuracy_before": before, "accuracy_after": after,
         "accuracy_stderr": {k: math.sqrt(max(v * (1 - v), 1e-12) / max(len(test), 1)) for k, v in after.items()},
         "epochs": epochs, "chip_s_this_session": net.chip_s, "wall_s_this_session": wall_s,
