@@ -82,7 +82,7 @@ class HardwareJob:
         """Accuracy with the walking noise at ``site`` and the hardware layers on their devices."""
         from ..devices.emulator import Emulator
         from ..runner import run_model
-        from .sweep import point_seed
+        from .points import point_seed
 
         model, data, hardware, layer_of = self.open()
         st = self.settings

@@ -233,7 +233,7 @@ def _run_sweep(settings: SweepSettings, out: Path, model, scheduler, workers, pr
 def _tasks(job, store: SweepStore) -> tuple[list[int], list[tuple[int, int, int, int]]]:
     """Missing clean repeats, and missing points as (store position, site index, sigma index, repeat)."""
     clean = [ix[0] for ix in store.missing("clean_accuracy")] if isinstance(job, TrainJob) else []
-    sites = store.group["site"][...]
+    sites = store.root["site"][...]
     return clean, [(i, int(sites[i]), j, r) for i, j, r in store.missing()]
 
 
@@ -246,7 +246,7 @@ def _run_local(job, store: SweepStore, progress) -> None:
         progress and progress(done, total)
     for i, site, j, r in points:
         if isinstance(job, TrainJob):
-            result = train_point(job, site, j, r, store.group["clean_state"][r])
+            result = train_point(job, site, j, r, store.root["clean_state"][r])
         elif hasattr(job, "point"):                   # hardware.HardwareJob
             result = job.point(site, j, r)
         else:
@@ -281,7 +281,7 @@ def _run_dask(job, store: SweepStore, scheduler: str | None, workers: int | None
         states = {}
         if isinstance(job, TrainJob):
             for r in sorted({p[3] for p in points}):
-                states[r] = client.scatter(store.group["clean_state"][r], broadcast=True)
+                states[r] = client.scatter(store.root["clean_state"][r], broadcast=True)
         futures = {}
         for i, site, j, r in points:
             if isinstance(job, TrainJob):

@@ -56,11 +56,6 @@ class SweepStore(ZarrStore):
             what = "a run store" if "hwloop" in self.attrs or "n_samples" in self.attrs else "not made by hwloop walk"
             raise HwloopError(f"{self.path}: not a sweep store ({what})")
 
-    @property
-    def group(self):
-        """The Zarr group (``root``)."""
-        return self.root
-
     @classmethod
     def create(cls, path: Path, settings: SweepSettings, sites: list[Site], attrs: dict,
                layers: list[str] | None = None) -> "SweepStore":
@@ -110,7 +105,7 @@ class SweepStore(ZarrStore):
 
     def missing(self, name: str = "accuracy") -> list[tuple[int, ...]]:
         """Indices of points not yet written."""
-        return [tuple(int(i) for i in ix) for ix in np.argwhere(np.isnan(self.group[name][...]))]
+        return [tuple(int(i) for i in ix) for ix in np.argwhere(np.isnan(self.root[name][...]))]
 
     def write(self, result: dict, index: tuple[int, int, int] | None = None) -> None:
         """Write one finished point at store ``index``; ``accuracy`` (the done-marker) last."""
@@ -125,12 +120,12 @@ class SweepStore(ZarrStore):
     def _array(self, name: str):
         """Array handles opened once (each open reads its metadata)."""
         if name not in self._arrays:
-            self._arrays[name] = self.group[name]
+            self._arrays[name] = self.root[name]
         return self._arrays[name]
 
     def finish(self) -> None:
-        if not self.missing() and ("clean_accuracy" not in self.group or not self.missing("clean_accuracy")):
-            self.group.attrs["complete"] = 1
+        if not self.missing() and ("clean_accuracy" not in self.root or not self.missing("clean_accuracy")):
+            self.root.attrs["complete"] = 1
 
 
 def open_sweep(path: str | os.PathLike):
