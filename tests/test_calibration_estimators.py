@@ -52,6 +52,8 @@ def test_estimators_take_the_fitted_adc_and_none_means_ideal():
     # a range that puts the top levels on the rail leaves them out: fewer levels, the same line
     narrow = GainOffsetFit(ADCFit.known((-4.0, 2.0))).fit(m)
     assert len(narrow.levels_) < len(ideal.levels_) and np.all(np.abs(narrow.gain_ - 1) <= 4 * narrow.gain_stderr_)
+    with pytest.raises(TypeError, match=r"ADCFit.known\(output_range, step\)"):   # the former (range, step) call
+        GainOffsetFit((-4.0, 4.0)).fit(m)
 
 
 def test_learned_values_are_declared_and_read_after_fit():

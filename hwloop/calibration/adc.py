@@ -90,5 +90,13 @@ def _grid_step(vals: np.ndarray, step: float) -> tuple[float, float, np.ndarray]
 
 
 def or_ideal(adc: ADCFit | None) -> ADCFit:
-    """``adc``, or an ideal ADC (no range, no grid) when None."""
-    return adc if adc is not None else ADCFit.known()
+    """``adc``, or an ideal ADC (no range, no grid) when None.
+
+    The estimators took ``(output_range, step)`` before they took the fitted ADC: such a value is
+    refused with a message saying what to pass instead."""
+    if adc is None:
+        return ADCFit.known()
+    if not hasattr(adc, "range_") or not hasattr(adc, "step_"):
+        raise TypeError(f"adc={adc!r}: the estimators take the fitted ADCFit (for a known range and step: "
+                        "ADCFit.known(output_range, step)), no longer an output range and a step")
+    return adc
