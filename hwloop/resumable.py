@@ -78,7 +78,7 @@ class ZarrStore:
     def __init__(self, path: str | Path, mode: str = "r+"):
         self.path = Path(path)
         restore_for_reading(self.path)      # a kill during --overwrite left the old store aside
-        if not self.path.is_dir():
+        if not self.path.exists():
             raise HwloopError(f"{self.path}: no such {self.KIND}")
         try:
             self.root = zarr.open_group(str(self.path), mode=mode)

@@ -18,7 +18,8 @@ from ..errors import HwloopError
 from ..lazy import lazy_attributes
 from .plan import DEFAULT_BUDGET, ChipInfo, Plan, design_plan
 
-__all__ = ["calibrate", "CalibrationSettings", "refit", "open_chip", "chip_from_visa", "chip_from_device", "CAPABILITY_DEFAULTS", "fit_all", "design_plan", "ChipInfo", "Plan",
+__all__ = ["calibrate", "CalibrationSettings", "refit", "open_chip", "chip_from_visa", "chip_from_device",
+           "CAPABILITY_DEFAULTS", "fit_all", "design_plan", "ChipInfo", "Plan",
            "Chip", "Measurements", "CalibrationStore", "CalibrationFit", "DEFAULT_BUDGET"]
 
 # imported on first use: ``measure`` pulls in zarr, and the command line needs only ``plan``

@@ -42,7 +42,8 @@ class GainOffsetFit:
 
     Learned: ``gain_``, ``offset_`` (neuron,), their ``*_stderr_``; the spread
     ``gain_spread_`` (std of the gains relative to their mean, measurement
-    error removed) and ``offset_spread_``; ``mean_gain_``.
+    error removed) and ``offset_spread_``; ``mean_gain_``.  Setting: the fitted ``adc`` (None: ideal);
+    levels on its rails are left out.
     """
 
     def __init__(self, adc: ADCFit | None = None):
