@@ -71,15 +71,25 @@ _memory: dict[str, Screen] = {}
 def screen(model, profile: Profile, ds: Dataset, seed: int, cache: Path | None = None) -> Screen:
     """The screen of ``model`` under ``profile`` on ``ds``: from memory, from ``cache``, or computed (and kept)."""
     key = _key(model, profile, ds, seed)
-    hit = _memory.get(key) or _load(cache, key)
+    hit = _memory.get(key)
+    stored = hit is not None and cache is not None and (cache / f"{key}.npz").is_file()
+    if hit is None:
+        hit = _load(cache, key)
+        stored = hit is not None
     if hit is None:
         hit = _compute(model, profile, ds, seed)
+    if not stored:
         _save(cache, key, hit)
     if key not in _memory:
         while len(_memory) >= _MEMORY:
             _memory.pop(next(iter(_memory)))
         _memory[key] = hit
     return hit
+
+
+def forget() -> None:
+    """Drop the screens kept in this process (a benchmark's cold start; the disk cache stays)."""
+    _memory.clear()
 
 
 def _key(model, profile: Profile, ds: Dataset, seed: int) -> str:
