@@ -20,11 +20,10 @@ from typing import Sequence
 
 from ..data import load_data
 from ..errors import HwloopError
-from ..files import atomic_path
 from ..graph import Model, load_model
 from .model import Target, check_model, resolve_target
 from .result import CheckResult
-from .settings import Settings, data_sha256
+from .settings import Settings, data_sha256, write_entry
 
 __all__ = ["Job", "Settings", "cache_key", "data_sha256", "default_cache_dir", "run_job", "run_matrix", "run_pair"]
 
@@ -83,15 +82,7 @@ def _cached(cache: Path | None, key: str) -> CheckResult | None:
 
 
 def _store(cache: Path | None, key: str, result: CheckResult) -> None:
-    if cache is None:
-        return
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        with atomic_path(cache / f"{key}.json") as tmp:
-            Path(tmp).write_text(json.dumps(result.to_dict()))
-    except OSError as e:
-        raise HwloopError(f"{cache}: cannot write the result cache ({e.strerror or e}); "
-                          "give --cache DIR or --no-cache") from None
+    write_entry(cache, f"{key}.json", lambda tmp: tmp.write_text(json.dumps(result.to_dict())))
 
 
 def run_matrix(models: Sequence[str | os.PathLike | Model], targets: Sequence, settings: Settings, *,

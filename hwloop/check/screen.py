@@ -39,11 +39,9 @@ from pathlib import Path
 import numpy as np
 
 from ..data import Dataset
-from ..errors import HwloopError
-from ..files import atomic_path
 from ..layer import AnalogLayer
 from ..profiles import Converter, Profile, ideal_profile
-from .settings import data_sha256
+from .settings import data_sha256, write_entry
 
 _DRAWS = 1024
 _SURE = 4.5
@@ -112,16 +110,11 @@ def _load(cache: Path | None, key: str) -> Screen | None:
 
 
 def _save(cache: Path | None, key: str, s: Screen) -> None:
-    if cache is None:
-        return
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        with atomic_path(cache / f"{key}.npz") as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, probs=s.probs, clean=s.clean, not_modelled=np.str_(s.not_modelled))
-    except OSError as e:
-        raise HwloopError(f"{cache}: cannot write the result cache ({e.strerror or e}); "
-                          "give --cache DIR or --no-cache") from None
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, probs=s.probs, clean=s.clean, not_modelled=np.str_(s.not_modelled))
+
+    write_entry(cache, f"{key}.npz", write)
 
 
 def _compute(model, profile: Profile, ds: Dataset, seed: int) -> Screen:

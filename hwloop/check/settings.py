@@ -4,18 +4,22 @@
 API to ``check_model``, the matrix runner, Dask workers and the result cache
 (its ``to_dict`` is part of the cache key).  ``Settings.of`` builds one from
 the flat keywords people write (``max_drop=0.02, max_repeats=50``), naming
-any keyword it does not know.
+any keyword it does not know.  Also the pieces of the result caches' keys
+and entries (``data_sha256``, ``write_entry``).
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from ..data import Dataset
 from ..errors import HwloopError
+from ..files import atomic_path
 from .bars import Bars
 from .stats import SCOPES
 
@@ -75,3 +79,17 @@ def data_sha256(ds: Dataset) -> str:
         h.update(str((a.dtype.str, a.shape)).encode())
         h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()
+
+
+def write_entry(cache: Path | None, name: str, write: Callable[[Path], None]) -> None:
+    """Write the cache entry ``cache/name`` whole or not at all (``write(tmp)`` fills a staged file);
+    nothing when ``cache`` is None."""
+    if cache is None:
+        return
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        with atomic_path(cache / name) as tmp:
+            write(Path(tmp))
+    except OSError as e:
+        raise HwloopError(f"{cache}: cannot write the result cache ({e.strerror or e}); "
+                          "give --cache DIR or --no-cache") from None
