@@ -113,3 +113,19 @@ def test_check_model_takes_settings_or_the_same_keywords(demo_onnx):
     with pytest.raises(HwloopError, match="--scope 'everything'"):
         Settings.of(max_drop=0.1, scope="everything")
     assert Settings.of(class_min={3: 0.8}).bars.class_min == ((3, 0.8),)
+
+
+def test_derived_profiles_reach_overrides_by_index_and_by_name():
+    """The screen turns the last layer's ADC off in every override that applies to it (a name override wins
+    over an index override in ``for_layer``), and fresh noise off everywhere."""
+    from hwloop.check.screen import derived
+    from hwloop.layer import AnalogLayer
+
+    p = parse_profile("version: 1\nprovenance: {source: hand-written}\nadc: {bits: 8, range: [-8, 8]}\n"
+                      "noise: {D_A: 0.001}\nlayers:\n  out: {adc: {bits: 6, range: [-4, 4]}, noise: {D_M: 0.01}}\n")
+    out = AnalogLayer(index=2, name="out", op="Gemm", weight=np.ones((2, 2), np.float32),
+                      bias=np.zeros(2, np.float32), input="h", output="y")
+    d = derived(p, {"noise": {"D_A": 0.0, "D_M": 0.0}}, last={"adc": {"bits": None, "range": None}}, layer=out)
+    assert not d.for_layer(2, "out").adc.active and not d.for_layer(2, "out").noise.active
+    assert d.for_layer(0, "hidden").adc.bits == 8 and not d.for_layer(0, "hidden").noise.active
+    assert p.for_layer(2, "out").adc.bits == 6                   # the original is unchanged

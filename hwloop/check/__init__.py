@@ -14,4 +14,5 @@ from .model import Target, check_model, layer_snr_db, resolve_target
 from .result import EXIT, CheckResult, LayerSNR
 from .settings import Settings
 
-__all__ = ["Bars", "CheckResult", "EXIT", "LayerSNR", "Settings", "Target", "check_model", "layer_snr_db", "resolve_target"]
+__all__ = ["Bars", "CheckResult", "EXIT", "LayerSNR", "Settings", "Target", "check_model", "layer_snr_db",
+           "resolve_target"]

@@ -143,7 +143,7 @@ def _moments(model, profile: Profile, ds: Dataset, x: np.ndarray, seed: int):
     at = model.steps.index(last) + 1
     wrapped = dataclasses.replace(model, layers=[*model.layers, contrasts],
                                   steps=[*model.steps[:at], contrasts, *model.steps[at:]])
-    no_adc = derived(profile, {}, last={"adc": _NO_ADC}, index=last.index)
+    no_adc = derived(profile, {}, last={"adc": _NO_ADC}, layer=last)
     n_layers = len(model.layers)
     pred = predict(wrapped, [profile] * (n_layers - 1) + [no_adc, ideal_profile()], x)
     mean = np.asarray(pred[f"mean_{n_layers - 1}"].values, np.float64)
@@ -160,9 +160,9 @@ def _moments(model, profile: Profile, ds: Dataset, x: np.ndarray, seed: int):
     return mean, cov, clean
 
 
-def derived(profile: Profile, every: dict, last: dict | None = None, index: int | None = None) -> Profile:
+def derived(profile: Profile, every: dict, last: dict | None = None, layer: AnalogLayer | None = None) -> Profile:
     """``profile`` with the entries ``every`` ({section: {key: value}}) set in its defaults and every layer
-    override, and ``last`` in the override of layer ``index``."""
+    override, and ``last`` in every override that applies to ``layer`` (by index or name)."""
     data = copy.deepcopy(dict(profile.data))
     layers = dict(data.get("layers") or {})
     for scope in [data, *layers.values()]:
@@ -170,13 +170,15 @@ def derived(profile: Profile, every: dict, last: dict | None = None, index: int 
             if section in scope or scope is data:
                 scope[section] = {**dict(scope.get(section) or {}), **vals}
     if last:
-        scope = layers.setdefault(index, {})
-        for section, vals in last.items():
-            scope[section] = {**dict(scope.get(section) or {}), **vals}
-    data["layers"] = layers
-    data = json.loads(json.dumps(data, default=str))
-    data["layers"] = {int(k) if str(k).isdigit() else k: v for k, v in data["layers"].items()}
-    return Profile(data=data, text=json.dumps(data, sort_keys=True, default=str), path=None)
+        layers.setdefault(layer.index, {})
+        for key in {layer.index, str(layer.index), layer.name} & set(layers):
+            scope = layers[key]
+            layers[key] = {**scope, **{sec: {**dict(scope.get(sec) or {}), **v} for sec, v in last.items()}}
+    data["layers"] = {str(k): v for k, v in layers.items()}
+    text = json.dumps(data, sort_keys=True, default=str)      # plain JSON (dates as text)
+    data = json.loads(text)
+    data["layers"] = {int(k) if k.isdigit() else k: v for k, v in data["layers"].items()}
+    return Profile(data=data, text=text, path=None)
 
 
 def _static_pass(model, profile: Profile, ds: Dataset, seed: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -184,7 +186,7 @@ def _static_pass(model, profile: Profile, ds: Dataset, seed: int) -> tuple[np.nd
     None when the profile has no static errors.  The chip is programmed as ``check_model`` programs it (same
     seed, same draws); hidden layers' ADCs clip (their steps enter the prediction as variance)."""
     last = model.layers[-1]
-    static = derived(profile, _FRESH, last={"adc": _NO_ADC}, index=last.index)
+    static = derived(profile, _FRESH, last={"adc": _NO_ADC}, layer=last)
     if not any(st.weights.active or st.gain_offset.active or st.dac.active or st.transfer.active
                for st in (static.for_layer(l.index, l.name) for l in model.layers)):
         return None
