@@ -45,7 +45,7 @@ from .settings import data_sha256, write_entry
 
 _DRAWS = 1024
 _SURE = 4.5
-_FORMAT = 2          # bump when the probabilities change for the same inputs (cache key)
+_FORMAT = 3          # bump when the probabilities change for the same inputs (cache key)
 _MEMORY = 16         # screens kept in this process
 
 #: profile entries drawn anew at every inference; the static pass runs with them off (ADC: range kept, no steps)
@@ -145,7 +145,7 @@ def _moments(model, profile: Profile, ds: Dataset, x: np.ndarray, seed: int):
                                   steps=[*model.steps[:at], contrasts, *model.steps[at:]])
     no_adc = derived(profile, {}, last={"adc": _NO_ADC}, layer=last)
     n_layers = len(model.layers)
-    pred = predict(wrapped, [profile] * (n_layers - 1) + [no_adc, ideal_profile()], x)
+    pred = predict(wrapped, [profile] * (n_layers - 1) + [no_adc, ideal_profile()], x, dtype="float32")
     mean = np.asarray(pred[f"mean_{n_layers - 1}"].values, np.float64)
     clean = mean.argmax(axis=1)
     static = _static_pass(model, profile, ds, seed)
