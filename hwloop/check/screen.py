@@ -234,8 +234,8 @@ def _close(margin, sd, mean, sd_each, top, adc: Converter | None) -> np.ndarray:
     if adc is not None and adc.range is not None:
         lo, hi = adc.range
         before = np.arange(k)[None, :] < top[:, None]
-        top_low = (mean[rows, top] - _SURE * sd_each[rows, top] < lo + step)[:, None]
-        close |= before & ((mean + _SURE * sd_each >= hi - step) | top_low)
+        up, down = mean + _SURE * sd_each >= hi - step, mean - _SURE * sd_each <= lo + step
+        close |= before & ((up & up[rows, top][:, None]) | (down & down[rows, top][:, None]))
     close[rows, top] = False
     return close
 
