@@ -8,22 +8,23 @@ Two parts, because a chip has two kinds of error:
   programs the very same chip (same seed, same draws) and runs it once with
   every fresh noise source off.  Its last analog layer's outputs are the
   means of the logits: the static errors enter exactly, not approximately.
-- **Fresh noise** (neuron noise, read noise, ADC quantisation, clipping) is
+- **Fresh noise** (neuron noise, read noise, hidden ADC steps, clipping) is
   drawn anew at every inference.  ``hwloop.analysis.predict`` gives its
   first-order covariance, at the nominal weights.  A noise-free layer of all
   pairwise differences z_j - z_k, appended after the last analog layer, makes
-  it give the variances of the contrasts, from which the covariance of
-  u = z_1.. - z_0 follows.
+  it give Var(z_j - z_k) besides Var(z_j): the full covariance of the logits.
 
-With u Gaussian, the probability that each class wins is an orthant
-probability: in closed form (the normal CDF of margin / sd) for a sample with
-one close competitor, from a fixed set of quasi-random normal points
-(scrambled Sobol, common to all samples, so deterministic) for several;
-samples whose every contrast is more than ``_SURE`` standard deviations from
-zero keep their class with certainty.  Drift (time-dependent) is left out and
-named.  The result is cached in memory and, given a folder, on disk (npz, no
-pickles) under (model, profile, data, seed, version): changing a bar or the
-confidence then costs only the decision.
+The logits are taken Gaussian before the last layer's ADC.  The probability
+that each class wins: in closed form (the normal CDF of margin / sd) for a
+sample with one close rival and no ADC on the last layer; otherwise from a
+fixed set of quasi-random normal points (scrambled Sobol, common to all
+samples, so deterministic) passed through that ADC as the chip applies it
+(clip and round; equal values go to the first class, as argmax does).
+Samples no rival can reach (``_SURE`` standard deviations, ADC steps and
+ties at its ends considered) keep their class with certainty.  Drift
+(time-dependent) is left out and named.  The result is cached in memory and,
+given a folder, on disk (npz, no pickles) under (model, profile, data, seed,
+version): changing a bar or the confidence then costs only the decision.
 """
 
 from __future__ import annotations
