@@ -21,19 +21,21 @@ most repeats, and the number of a fixed ``repeats=``), ``--hwloop-skip``
 folder), ``hwloop_undecided`` (fail or skip).
 
 The figures go to the report without warnings under every junit family: as
-test-case properties for xunit1/legacy, as suite properties named
-``hwloop[TEST ID].KEY`` for xunit2 (which has no test-case properties), and
-always as a report section ``hwloop`` (shown with -rA and on failure).
+test-case properties (``item.user_properties``) for xunit1/legacy, as suite
+properties named ``hwloop[TEST ID].KEY`` for xunit2 (which has no test-case
+properties) through pytest's public ``record_testsuite_property`` fixture,
+and always as a report section ``hwloop`` (shown with -rA and on failure).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
-_BAR_KEYS = ("min_accuracy", "max_drop", "max_flip_rate", "class_min", "metric", "max_increase")
-_SETTING_KEYS = ("data", "repeats", "max_repeats", "confidence", "scope", "seed", "batch_size", "analytic")
+#: a marked test's ``record_testsuite_property`` (put there by the autouse fixture below)
+_SUITE_PROPERTY = pytest.StashKey[Callable[[str, object], None]]()
 
 
 def pytest_addoption(parser) -> None:
@@ -76,11 +78,19 @@ def pytest_runtest_call(item) -> None:
     _gate(item, **kwargs)
 
 
+@pytest.fixture(autouse=True)
+def _hwloop_suite_property(request):
+    """Hands a marked test pytest's ``record_testsuite_property`` (for the xunit2 figures)."""
+    if request.node.get_closest_marker("hwloop") is not None:
+        request.node.stash[_SUITE_PROPERTY] = request.getfixturevalue("record_testsuite_property")
+
+
 @pytest.fixture
-def hwloop_check(request):
+def hwloop_check(request, record_testsuite_property):
     """Call as ``hwloop_check(model, profile=..., min_accuracy=..., max_drop=..., ...)``; returns the result
     (a list of results when several profiles are checked)."""
     def check(model, **kwargs):
+        request.node.stash[_SUITE_PROPERTY] = record_testsuite_property
         results = _gate(request.node, model=model, **kwargs)
         return results[0] if len(results) == 1 else results
 
@@ -89,21 +99,14 @@ def hwloop_check(request):
 
 def _gate(item, *, model, profile=None, **kwargs):
     """Run the check(s) for ``item``, attach the figures, fail or skip it unless every check passes."""
-    from hwloop.check.bars import Bars
     from hwloop.check.matrix import Settings, run_matrix
     from hwloop.errors import HwloopError
 
     config, here = item.config, Path(str(item.path)).parent
-    unknown = set(kwargs) - set(_BAR_KEYS) - set(_SETTING_KEYS)
-    if unknown:
-        pytest.fail(f"hwloop: unknown argument(s) {', '.join(sorted(unknown))}", pytrace=False)
     option = [p for v in config.getoption("hwloop_profile") or [] for p in _as_list(v)]
     profiles = option or _as_list(profile) or _as_list(config.getini("hwloop_profile"))
     if not profiles:
         pytest.fail("hwloop: no profile (give profile=..., --hwloop-profile or ini hwloop_profile)", pytrace=False)
-    bars = {k: kwargs.pop(k) for k in _BAR_KEYS if k in kwargs}
-    if isinstance(bars.get("class_min"), dict):
-        bars["class_min"] = tuple(bars["class_min"].items())
     kwargs.setdefault("data", config.getini("hwloop_data"))
     repeats = config.getoption("hwloop_repeats")
     if repeats is not None:        # the command line wins, over a fixed number of repeats too
@@ -115,7 +118,7 @@ def _gate(item, *, model, profile=None, **kwargs):
     cache = config.getini("hwloop_cache") or None
     error = None
     try:
-        settings = Settings(Bars(**bars), **kwargs)
+        settings = Settings.of(**kwargs)
         results = run_matrix([_resolve(model, here)], [_resolve(p, here) for p in profiles], settings,
                              cache=Path(config.rootpath, cache) if cache else None)
     except HwloopError as e:
@@ -136,24 +139,15 @@ def _attach(item, results) -> None:
     from hwloop.check.outputs import _properties
 
     item.add_report_section("call", "hwloop", "\n\n".join(r.summary() for r in results))
-    family = item.config.getini("junit_family")
-    xml = _junit_xml(item.config)
+    per_case = item.config.getini("junit_family") in ("xunit1", "legacy")
+    suite = item.stash.get(_SUITE_PROPERTY, None)
     for r in results:
         prefix = "hwloop" if len(results) == 1 else f"hwloop[{r.profile}]"
         for key, value in _properties(r):
-            if family in ("xunit1", "legacy"):
+            if per_case:
                 item.user_properties.append((f"{prefix}_{key}", value))
-            elif xml is not None:
-                xml.add_global_property(f"{prefix}[{item.nodeid}].{key}", str(value))
-
-
-def _junit_xml(config):
-    """pytest's JUnit writer when --junitxml is given (how ``record_testsuite_property`` reaches it)."""
-    try:
-        from _pytest.junitxml import xml_key
-    except ImportError:   # pragma: no cover - a future pytest: the report section remains
-        return None
-    return config.stash.get(xml_key, None)
+            elif suite is not None:
+                suite(f"{prefix}[{item.nodeid}].{key}", str(value))
 
 
 def _as_list(v) -> list:

@@ -12,5 +12,7 @@ sampling; ``outputs`` writes JUnit, Markdown and CI annotations.  Used by
 from .bars import Bars
 from .model import Target, check_model, layer_snr_db, resolve_target
 from .result import EXIT, CheckResult, LayerSNR
+from .settings import Settings
 
-__all__ = ["Bars", "CheckResult", "EXIT", "LayerSNR", "Target", "check_model", "layer_snr_db", "resolve_target"]
+__all__ = ["Bars", "CheckResult", "EXIT", "LayerSNR", "Settings", "Target", "check_model", "layer_snr_db",
+           "resolve_target"]

@@ -18,34 +18,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
-from ..data import Dataset, load_data
+from ..data import load_data
 from ..errors import HwloopError
-from ..files import atomic_path
 from ..graph import Model, load_model
-from .bars import Bars
 from .model import Target, check_model, resolve_target
 from .result import CheckResult
+from .settings import Settings, data_sha256, write_entry
 
-
-@dataclass(frozen=True)
-class Settings:
-    """Everything besides model and target that determines a check's numbers."""
-
-    bars: Bars
-    data: str = "digits"
-    repeats: int | None = None
-    max_repeats: int = 100
-    confidence: float = 0.95
-    scope: str = "population"
-    seed: int = 0
-    batch_size: int | None = None
-    analytic: bool = False
-
-    def to_dict(self) -> dict:
-        return {**{k: getattr(self, k) for k in ("data", "repeats", "max_repeats", "confidence", "scope", "seed",
-                                                 "batch_size", "analytic")}, "bars": self.bars.to_dict()}
+__all__ = ["Job", "Settings", "cache_key", "data_sha256", "default_cache_dir", "run_job", "run_matrix", "run_pair"]
 
 
 @dataclass(frozen=True)
@@ -66,24 +46,15 @@ def run_job(job: Job) -> dict:
     return result.to_dict()
 
 
-def run_pair(model, target: Target, s: Settings) -> CheckResult:
-    """One model on one target with settings ``s``: sampling, or the analytic screen."""
+def run_pair(model, target: Target, s: Settings, cache: Path | None = None) -> CheckResult:
+    """One model on one target with settings ``s``: sampling, or the analytic screen (whose per-sample
+    class probabilities are kept under ``cache``/analytic, so new bars on a screened pair cost no prediction)."""
     if s.analytic:
         from .analytic import analytic_check
 
         m = model if not isinstance(model, (str, os.PathLike)) else load_model(model)
-        return analytic_check(m, target, load_data(s.data), s.bars, scope=s.scope, confidence=s.confidence,
-                              seed=s.seed, data_name=s.data)
-    return check_model(model, profile=target, data=s.data, repeats=s.repeats, max_repeats=s.max_repeats,
-                       confidence=s.confidence, scope=s.scope, seed=s.seed, batch_size=s.batch_size, bars=s.bars)
-
-
-def data_sha256(ds: Dataset) -> str:
-    h = hashlib.sha256()
-    for a in (ds.x, ds.y):
-        h.update(str((a.dtype.str, a.shape)).encode())
-        h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()
+        return analytic_check(m, target, load_data(s.data), s, cache=None if cache is None else cache / "analytic")
+    return check_model(model, profile=target, settings=s)
 
 
 def cache_key(model_sha: str, target: Target, data_sha: str, s: Settings) -> str:
@@ -111,15 +82,7 @@ def _cached(cache: Path | None, key: str) -> CheckResult | None:
 
 
 def _store(cache: Path | None, key: str, result: CheckResult) -> None:
-    if cache is None:
-        return
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        with atomic_path(cache / f"{key}.json") as tmp:
-            Path(tmp).write_text(json.dumps(result.to_dict()))
-    except OSError as e:
-        raise HwloopError(f"{cache}: cannot write the result cache ({e.strerror or e}); "
-                          "give --cache DIR or --no-cache") from None
+    write_entry(cache, f"{key}.json", lambda tmp: tmp.write_text(json.dumps(result.to_dict())))
 
 
 def run_matrix(models: Sequence[str | os.PathLike | Model], targets: Sequence, settings: Settings, *,
@@ -147,7 +110,7 @@ def run_matrix(models: Sequence[str | os.PathLike | Model], targets: Sequence, s
     if todo and (workers or scheduler):
         fresh = _run_dask([jobs[i] for i in todo], workers, scheduler)
     else:
-        fresh = [run_pair(loaded[i // len(tgts)], jobs[i].target, settings).to_dict() for i in todo]
+        fresh = [run_pair(loaded[i // len(tgts)], jobs[i].target, settings, cache).to_dict() for i in todo]
     for i, d in zip(todo, fresh):
         d["model"] = jobs[i].model_path
         results[i] = CheckResult.from_dict(d)

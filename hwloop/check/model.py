@@ -22,10 +22,11 @@ from ..devices.base import Device
 from ..errors import HwloopError
 from ..graph import Model, load_model
 from ..profiles import Profile, load_profile
-from .bars import Bars, Observations, classifier_observations, sample_error
+from .bars import Observations, classifier_observations, sample_error
 from .gate import run_gate
 from .result import CheckResult, LayerSNR
-from .stats import SCOPES, looks
+from .settings import Settings
+from .stats import looks
 
 _LOOK_TAG = 0xC4EC  # separates the run keys of a check's looks from those of a plain run
 
@@ -147,22 +148,23 @@ def regression_targets(data, ds: Dataset) -> np.ndarray:
     raise HwloopError(f"data {data!r}: a regressor's float targets come from an npz:PATH data set (arrays x, y)")
 
 
-def check_model(model: Model | str | os.PathLike, *, profile, data: Dataset | str = "digits",
-                repeats: int | None = None, max_repeats: int = 100, min_accuracy: float | None = None,
-                max_drop: float | None = None, max_flip_rate: float | None = None,
-                class_min: Sequence[tuple[int, float]] = (), metric: str = "accuracy",
-                max_increase: float | None = None, confidence: float = 0.95, scope: str = "population",
-                seed: int = 0, batch_size: int | None = None, bars: Bars | None = None) -> CheckResult:
+def check_model(model: Model | str | os.PathLike, *, profile, settings: Settings | None = None,
+                data: Dataset | str | None = None, **options) -> CheckResult:
     """Check ``model`` under ``profile`` (or another target) against the bars, sequentially.
 
-    ``repeats``: a fixed design, one look at exactly that many repeats;
-    otherwise looks at 4, 8, 16, ... up to ``max_repeats``, stopping at the
-    first decision.  The result's ``decision`` is pass, fail or undecided.
+    ``settings``: a ``Settings``; or the same as flat keywords in ``options``
+    (``max_drop=0.02, max_repeats=50, bars=Bars(...)``, see ``Settings.of``).
+    ``data``: a ``Dataset`` or a spec (default: ``settings.data``).  With
+    ``settings.repeats`` one look at exactly that many repeats, otherwise looks at
+    4, 8, 16, ... up to ``max_repeats``, stopping at the first decision.  The
+    result's ``decision`` is pass, fail or undecided.
     """
-    bars = bars or Bars(min_accuracy, max_drop, max_flip_rate, tuple(class_min), metric, max_increase)
-    if scope not in SCOPES:
-        raise HwloopError(f"--scope {scope!r}: not one of {', '.join(SCOPES)}")
-    schedule = looks(repeats, sequential=False) if repeats is not None else looks(max_repeats)
+    if settings is not None and options:
+        raise HwloopError(f"check_model: give settings=Settings(...) or keywords, not both ({', '.join(options)})")
+    if settings is None:
+        settings = Settings.of(**options, **({"data": data} if isinstance(data, str) else {}))
+    s, data = settings, settings.data if data is None else data
+    schedule = looks(s.repeats, sequential=False) if s.repeats is not None else looks(s.max_repeats)
     m = model if isinstance(model, Model) else load_model(model)
     target = resolve_target(profile)
     ds = data if isinstance(data, Dataset) else load_data(data)
@@ -172,18 +174,18 @@ def check_model(model: Model | str | os.PathLike, *, profile, data: Dataset | st
 
     def draw(look: int, r: int) -> np.ndarray:
         devices = target.devices(m)
-        res = run_model(m, ds, devices={k: _Look(d, look) for k, d in devices.items()}, repeats=r, seed=seed,
-                        batch_size=batch_size)
+        res = run_model(m, ds, devices={k: _Look(d, look) for k, d in devices.items()}, repeats=r, seed=s.seed,
+                        batch_size=s.batch_size)
         snr.add(res.layers, res.clean_layers, devices)
         seen.setdefault("clean", res.clean_output)
         seen["acc"].append(np.asarray(res.accuracy, np.float64))
         return res.output
 
-    obs = _observations(m, ds, data, bars.metric, seed, batch_size)
-    outcome = run_gate(draw, obs, bars, scope=scope, confidence=confidence, schedule=schedule)
+    obs = _observations(m, ds, data, s.bars.metric, s.seed, s.batch_size)
+    outcome = run_gate(draw, obs, s.bars, scope=s.scope, confidence=s.confidence, schedule=schedule)
     return CheckResult(model=str(m.path), profile=target.name, profile_sha256=target.sha256,
-                       data=data if isinstance(data, str) else ds.name, repeats=outcome.repeats, seed=seed,
-                       decision=outcome.decision, bars=outcome.bars, scope=scope, confidence=confidence,
+                       data=data if isinstance(data, str) else ds.name, repeats=outcome.repeats, seed=s.seed,
+                       decision=outcome.decision, bars=outcome.bars, scope=s.scope, confidence=s.confidence,
                        max_repeats=schedule[-1], accuracy=np.concatenate(seen["acc"]),
                        clean_accuracy=float((seen["clean"].argmax(axis=1) == ds.y).mean()),
                        layers=snr.layers(m))

@@ -22,6 +22,11 @@ Examples:
       --workers 2 --junit out.xml --markdown summary.md
   hwloop check demo.onnx --profile semenova --min-accuracy 0.85 --analytic
 
+--analytic decides without sampling: the chip programmed from --seed (its
+static weight, gain/offset, DAC and transfer errors, exactly as sampling
+programs it) plus the predicted covariance of the fresh noise, Gaussian
+logits through the last ADC (docs/check.md: what it assumes, how close it is).
+
 Results are cached by (model, profile, data, seed, settings) in
 $HWLOOP_CACHE_DIR or ~/.cache/hwloop/check (--no-cache to skip).  Under
 GitHub Actions (GITHUB_ACTIONS=true) the checks that do not pass become
@@ -59,7 +64,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     st.add_argument("--max-repeats", type=int, default=100, help="most repeats before undecided (default: 100)")
     st.add_argument("--repeats", type=int, default=None, help="a fixed number of repeats, one look (no early stop)")
     st.add_argument("--analytic", action="store_true",
-                    help="screen from the predicted covariance of the logits, without sampling")
+                    help="screen without sampling: the programmed chip's static errors exactly, the fresh "
+                         "noise from the predicted covariance of the logits")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--workers", type=int, default=None, help="run the pairs on a local Dask cluster of N processes")
