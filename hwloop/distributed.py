@@ -31,8 +31,6 @@ import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
-
 import numpy as np
 
 from .cluster import dask_client
@@ -40,7 +38,7 @@ from .data import Dataset
 from .devices import Device, Emulator
 from .errors import HwloopError
 from .graph import Model, load_model
-from .runner import RunResult, _Devices, _Ideal, prepare, progress_bar, resolve_devices, run_batch
+from .runner import RunResult, RunSettings, _Devices, _Ideal, prepare, progress_bar, resolve_devices, run_batch
 from .store import RunWriter, read_attrs
 
 #: batches in flight per worker: enough to keep every worker busy while results are written
@@ -136,34 +134,32 @@ def check_shardable(per_layer: list[Device]) -> None:
                               "connection); run it without them")
 
 
-def run_sharded(model: Model | str | Path, data: Dataset | str, *,
-                devices: Device | Mapping[int, Device] | None = None, repeats: int = 1, seed: int = 0,
-                batch_size: int | None = None, out: str | Path | None = None, resume: bool = False,
-                overwrite: bool = False, progress: bool = False, provenance: dict | None = None,
-                scheduler: str | None = None, workers: int | None = None, worker_writes: bool = True) -> RunResult:
+def run_sharded(model: Model | str | Path, data: Dataset | str, settings: RunSettings | None = None, *,
+                worker_writes: bool = True, **options) -> RunResult:
     """``run_model`` with its batches computed on Dask (``scheduler`` or a local cluster of ``workers``).
 
+    Settings as ``run_model`` takes them (a ``RunSettings`` and/or keyword arguments).
     ``worker_writes=False``: every result travels back and the client writes it (what happens anyway
     for a worker that does not see the store).
     """
-    if out is None:
+    s = RunSettings.of(settings, options, "run_sharded")
+    if s.out is None:
         raise HwloopError("a run on Dask workers needs a run store (out=/--out) to write into")
     model = model if isinstance(model, Model) else load_model(model)
-    per_layer = resolve_devices(model, devices)
+    per_layer = resolve_devices(model, s.devices)
     check_shardable(per_layer)
     job_devices = tuple(copy.deepcopy(per_layer))     # unprogrammed: each worker programs its own
-    where = {"scheduler": scheduler} if scheduler else {"local_workers": int(workers)}
-    setup = prepare(model, data, dict(enumerate(per_layer)), repeats=repeats, seed=seed, batch_size=batch_size,
-                    out=out, resume=resume, overwrite=overwrite, provenance={**(provenance or {}), "dask": where},
-                    pipeline=False)
+    where = {"scheduler": s.scheduler} if s.scheduler else {"local_workers": int(s.workers)}
+    setup = prepare(model, data, s, devices=dict(enumerate(per_layer)),
+                    provenance={**(s.provenance or {}), "dask": where}, pipeline=False)
     job = ShardJob(model.path.read_bytes(), model.path.name, str(model.path.resolve()), model.sha256, job_devices,
-                   int(seed), int(repeats), setup.all_ideal, uuid.uuid4().hex,
-                   str(Path(out).resolve()) if worker_writes else "", str(setup.writer.attrs["start_time"]))
+                   int(s.seed), int(s.repeats), setup.all_ideal, uuid.uuid4().hex,
+                   str(Path(s.out).resolve()) if worker_writes else "", str(setup.writer.attrs["start_time"]))
     todo = setup.todo()
-    bar = progress_bar(setup.n_batches, len(todo), progress)
+    bar = progress_bar(setup.n_batches, len(todo), s.progress)
     try:
         if todo:
-            with dask_client(scheduler, workers) as client:
+            with dask_client(s.scheduler, s.workers) as client:
                 _compute(client, job, setup, todo, bar)
     finally:
         bar.close()
