@@ -31,6 +31,7 @@ class RunResult:
     clean_output: np.ndarray | None = None     # (sample, class)
     labels: np.ndarray | None = None
     attrs: dict = field(default_factory=dict)
+    layer_names: list[str] | None = None       # the analog layers' names, in order
 
     def run(self):
         """The run's arrays with named dimensions: the store (``hwloop.store.Run``) when one was written,
@@ -53,8 +54,7 @@ class MemoryRun:
     def __init__(self, result: RunResult):
         self._r = result
         self.attrs = result.attrs
-        self.layer_names: list[str] = [d["name"] for d in result.attrs.get("devices", [])] or \
-            [str(k) for k in range(len(result.layers))]
+        self.layer_names: list[str] = list(result.layer_names or [str(k) for k in range(len(result.layers))])
         self.complete = True
 
     def _index(self, k: int | str) -> int:
@@ -103,7 +103,7 @@ class Collected:
     def put(self, layers, clean, output, clean_out) -> None:
         self.batches.append((layers, clean, output, clean_out))
 
-    def result(self, labels: np.ndarray, attrs: dict) -> RunResult:
+    def result(self, labels: np.ndarray, attrs: dict, layer_names: list[str]) -> RunResult:
         """The run's result: every array joined along the sample axis, accuracy per repetition."""
         def join(parts, axis):
             return np.ascontiguousarray(parts[0]) if len(parts) == 1 else np.concatenate(parts, axis=axis)
@@ -114,4 +114,4 @@ class Collected:
         output, clean_out = join([b[2] for b in self.batches], 1), join([b[3] for b in self.batches], 0)
         pred = output.argmax(axis=2)
         return RunResult(accuracy=(pred == labels[None, :]).mean(axis=1), layers=layers, clean_layers=clean,
-                         output=output, clean_output=clean_out, labels=labels, attrs=attrs)
+                         output=output, clean_output=clean_out, labels=labels, attrs=attrs, layer_names=layer_names)

@@ -128,7 +128,7 @@ def _run_model(model: Model | str | Path, data: Dataset | str, s: RunSettings) -
     if setup.writer:
         return RunResult(accuracy=setup.writer.finish(), path=setup.writer.path, labels=setup.ds.y,
                          attrs=setup.attrs)
-    return stage.sink.result(setup.ds.y, setup.attrs)
+    return stage.sink.result(setup.ds.y, setup.attrs, [L.name for L in setup.model.layers])
 
 
 @dataclass
