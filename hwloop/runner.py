@@ -232,7 +232,7 @@ def prepare(model: Model | str | Path, data: Dataset | str, settings: RunSetting
     probe_layers, probe = forward(model, rows(x, slice(0, 2)), ideal.run, repeats=1)  # a bad shape fails here, storeless
     if probe.shape[2] > 1:      # a classifier's outputs: labels must name one (one output: no classes to check)
         labels_in_range(ds.y, probe.shape[2], ds.name, model.path)
-    _require_room(model, s.repeats, n, bs, probe.shape[2], s.out)
+    _require_room(model, s.repeats, n, bs, probe.shape[2], s.out, pipelined)
     noisy = _Devices(model, per_layer, s.seed)   # programmed first: describe() then reports tiling etc.
     attrs = run_provenance(model, ds, x, per_layer, s, bs)
     attrs["pipelined"] = pipelined
@@ -291,14 +291,16 @@ def resolve_devices(model: Model, devices: Device | Mapping[int, Device] | None)
     return per_layer
 
 
-def _require_room(model: Model, repeats: int, n: int, bs: int, n_classes: int, out: str | Path | None) -> None:
+def _require_room(model: Model, repeats: int, n: int, bs: int, n_classes: int, out: str | Path | None,
+                  pipelined: bool) -> None:
     """Refuse, with the figure, a run whose arrays cannot fit in memory (or its store on disk)."""
     neurons = sum(L.n_out * _positions(L) for L in model.layers) + n_classes
-    # one batch in flight per stage: every layer's input and output, noisy and noise-free, float32
+    # a batch in flight (one per stage when pipelined): every layer's input and output, noisy and noise-free
+    in_flight = len(model.layers) + 1 if pipelined else 1
     per_batch = 4.0 * 2 * (repeats + 1) * bs * sum((L.n_in + L.n_out) * _positions(L) for L in model.layers)
     held = 0.0 if out is not None else 4.0 * (repeats + 1) * n * neurons   # without a store: all in memory
     hint = "lower --repeats or --batch-size" + ("" if out is not None else ", or record into a store")
-    require_memory(per_batch * (len(model.layers) + 1) + held, f"a run of {repeats} repeats x {n} samples", hint)
+    require_memory(per_batch * in_flight + held, f"a run of {repeats} repeats x {n} samples", hint)
     if out is not None:
         require_disk(4.0 * (repeats + 1) * n * neurons + 9.0 * repeats * n, out, "the run store", "lower --repeats")
 

@@ -57,3 +57,17 @@ def test_provenance_collected_once():
     assert set(v) <= set(s) and {"python", "command", "started"} <= set(s)
     a, b = np.arange(6, dtype=np.float32), np.arange(3)
     assert data_sha256([a, b]) == data_sha256([a.reshape(2, 3), b]) != data_sha256([b, a])
+
+
+def test_memory_estimate_counts_batches_in_flight(cnn_onnx, digits, tmp_path, monkeypatch):
+    """One batch in flight without the pipeline, one per stage with it (the estimate refused LeNet-5 x 1000
+    x 10 repeats on a 24 GiB machine when it counted a batch per stage for a sequential run)."""
+    import hwloop.runner as runner
+
+    asked = []
+    monkeypatch.setattr(runner, "require_memory", lambda nbytes, what, hint: asked.append(nbytes))
+    for pipeline in (False, True):
+        run_model(cnn_onnx, digits.head(40), repeats=2, batch_size=10, pipeline=pipeline,
+                  out=tmp_path / f"{pipeline}.zarr")
+    n_stages = len(load_model(cnn_onnx).layers) + 1
+    assert asked[1] == pytest.approx(asked[0] * n_stages)
