@@ -38,7 +38,8 @@ from .data import Dataset
 from .devices import Device, Emulator
 from .errors import HwloopError
 from .graph import Model, load_model
-from .runner import RunResult, RunSettings, _Devices, _Ideal, prepare, progress_bar, resolve_devices, run_batch
+from .run_devices import _Devices, _Ideal, resolve_devices
+from .runner import RunResult, RunSettings, prepare, progress_bar, run_batch
 from .store import RunWriter, read_attrs
 
 #: batches in flight per worker: enough to keep every worker busy while results are written
@@ -60,6 +61,7 @@ class ShardJob:
     token: str                  # one per client session: what a worker caches its state under
     store: str                  # the run store, as the client sees it
     store_started: str          # its start time: a worker writes only into this very store
+    device: str | None = None   # where the reference pass computes (the emulators carry their own)
 
 
 class _WorkerState:
@@ -68,7 +70,7 @@ class _WorkerState:
     def __init__(self, job: ShardJob):
         self.model = _load_model(job)
         self.noisy = _Devices(self.model, list(job.devices), job.seed)
-        self.ideal = _Ideal(self.model)
+        self.ideal = _Ideal(self.model, job.device)
         self.lock = threading.Lock()          # a multi-threaded worker runs one batch at a time per job
         self.writer = _own_writer(job)
 
@@ -146,7 +148,7 @@ def run_sharded(model: Model | str | Path, data: Dataset | str, settings: RunSet
     if s.out is None:
         raise HwloopError("a run on Dask workers needs a run store (out=/--out) to write into")
     model = model if isinstance(model, Model) else load_model(model)
-    per_layer = resolve_devices(model, s.devices)
+    per_layer = resolve_devices(model, s.devices, s.device)
     check_shardable(per_layer)
     job_devices = tuple(copy.deepcopy(per_layer))     # unprogrammed: each worker programs its own
     where = {"scheduler": s.scheduler} if s.scheduler else {"local_workers": int(s.workers)}
@@ -154,7 +156,7 @@ def run_sharded(model: Model | str | Path, data: Dataset | str, settings: RunSet
                     provenance={**(s.provenance or {}), "dask": where}, pipeline=False)
     job = ShardJob(model.path.read_bytes(), model.path.name, str(model.path.resolve()), model.sha256, job_devices,
                    int(s.seed), int(s.repeats), setup.all_ideal, uuid.uuid4().hex,
-                   str(Path(s.out).resolve()) if worker_writes else "", str(setup.writer.attrs["start_time"]))
+                   str(Path(s.out).resolve()) if worker_writes else "", str(setup.writer.attrs["start_time"]), s.device)
     todo = setup.todo()
     bar = progress_bar(setup.n_batches, len(todo), s.progress)
     try:

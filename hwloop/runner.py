@@ -28,8 +28,8 @@ from typing import Mapping
 import numpy as np
 
 from .data import Dataset, load_data
-from .devices import Device, Emulator
-from .errors import DeviceError, HwloopError
+from .devices import Device
+from .errors import HwloopError
 from .feeds import model_input, model_inputs
 from .files import store_lock
 from .forward import forward, output, rows, run_steps, stages
@@ -39,6 +39,7 @@ from .layer import AnalogLayer
 from .lowering import im2col, on_device, per_sample
 from .pipeline import run_pipeline as _pipeline
 from .provenance import describe_devices, run_provenance
+from .run_devices import _Devices, _Ideal, derive_seed, resolve_devices
 from .result import Collected, MemoryRun, RunResult
 from .store import LayerInfo, RunWriter
 
@@ -62,6 +63,9 @@ class RunSettings:
     ``scheduler`` (``tcp://HOST:PORT``) or ``workers`` (a local Dask cluster of that many
     processes): shard the batches across Dask workers (emulators only; ``hwloop.distributed``),
     writing the same store bytes as this process would.
+    ``device`` (``cpu``, ``cuda[:N]``): where the emulators compute (``hwloop.physics.compute_device``):
+    the ideal ones the runner makes, the reference pass, and copies of the given emulators that name
+    no device of their own; ``cpu`` gives the default numbers bit for bit.
     """
 
     devices: Device | Mapping[int, Device] | None = None
@@ -76,6 +80,7 @@ class RunSettings:
     pipeline: bool | None = None
     scheduler: str | None = None
     workers: int | None = None
+    device: str | None = None
 
     @classmethod
     def of(cls, settings: "RunSettings | None", options: dict, caller: str = "run_model") -> "RunSettings":
@@ -221,14 +226,14 @@ def prepare(model: Model | str | Path, data: Dataset | str, settings: RunSetting
     if s.repeats < 1:
         raise HwloopError(f"repeats must be at least 1, got {s.repeats}")
     x = model_inputs(model, ds)
-    per_layer = resolve_devices(model, s.devices)
+    per_layer = resolve_devices(model, s.devices, s.device)
     pipelined = _pipelined(per_layer, s.pipeline)
     n = len(ds)
     bs = int(s.batch_size) if s.batch_size is not None else default_batch_size(model, s.repeats, n, pipelined)
     if bs < 1:
         raise HwloopError(f"batch size must be at least 1, got {s.batch_size}")
     bs = min(bs, n)
-    ideal = _Ideal(model)
+    ideal = _Ideal(model, s.device)
     probe_layers, probe = forward(model, rows(x, slice(0, 2)), ideal.run, repeats=1)  # a bad shape fails here, storeless
     if probe.shape[2] > 1:      # a classifier's outputs: labels must name one (one output: no classes to check)
         labels_in_range(ds.y, probe.shape[2], ds.name, model.path)
@@ -271,26 +276,6 @@ def progress_bar(total: int, todo: int, show: bool):
     return Progress(total, "hwloop run", unit="batch", initial=total - todo, enabled=show)
 
 
-def resolve_devices(model: Model, devices: Device | Mapping[int, Device] | None) -> list[Device]:
-    """One device per analog layer: None -> a fresh ideal Emulator each; one Device -> shared by all.
-
-    A device profile's per-layer overrides must name layers of this model (however the devices were made)."""
-    if devices is None:
-        return [Emulator() for _ in model.layers]
-    if isinstance(devices, Device):
-        per_layer = [devices] * len(model.layers)
-    else:
-        extra = sorted(set(devices) - set(range(len(model.layers))))
-        if extra:
-            raise HwloopError(f"devices given for layer(s) {extra}, but {model.path.name} has analog layers "
-                              f"0..{len(model.layers) - 1}")
-        per_layer = [devices.get(k) or Emulator() for k in range(len(model.layers))]
-    for profile in {id(p): p for p in (getattr(d, "profile", None) for d in per_layer)
-                    if hasattr(p, "check_layers")}.values():
-        profile.check_layers(model.layers)
-    return per_layer
-
-
 def _require_room(model: Model, repeats: int, n: int, bs: int, n_classes: int, out: str | Path | None,
                   pipelined: bool) -> None:
     """Refuse, with the figure, a run whose arrays cannot fit in memory (or its store on disk)."""
@@ -330,11 +315,6 @@ def default_batch_size(model: Model, repeats: int, n: int, pipelined: bool = Fal
     return max(1, bs)
 
 
-def derive_seed(seed: int, index: int) -> int:
-    """The static seed of layer ``index`` (programming noise), from the run's seed."""
-    return int(np.random.SeedSequence((seed, index)).generate_state(1, np.uint32)[0])
-
-
 def _positions(layer: AnalogLayer) -> int:
     return layer.positions or 1
 
@@ -344,52 +324,3 @@ def _layer_info(layer: AnalogLayer, probe: np.ndarray) -> LayerInfo:
     sequence's length may be known only from the data)."""
     return LayerInfo(index=layer.index, name=layer.name, op=layer.meta["ops"], activation=layer.activation,
                      neurons=int(probe.shape[2]))
-
-
-class _Devices:
-    """Programs each device with its layer (reprogramming a device shared between layers)."""
-
-    def __init__(self, model: Model, per_layer: list[Device], seed: int):
-        self.per_layer, self.seed = per_layer, seed
-        self.loaded: dict[int, int] = {}     # id(device) -> layer index it holds
-        for layer, dev in zip(model.layers, per_layer):
-            self._program(dev, layer)
-
-    def _program(self, dev: Device, layer: AnalogLayer) -> None:
-        if self.loaded.get(id(dev)) != layer.index:
-            try:
-                dev.program(layer, seed=derive_seed(self.seed, layer.index))
-            except HwloopError as e:
-                if dev.origin is None:
-                    raise
-                kind = DeviceError if isinstance(e, DeviceError) else HwloopError
-                raise kind(f"{dev.origin}: layer {layer.index} ({layer.name!r}): {e}") from None
-            except Exception as e:      # a plug-in's own failure: name where it was declared
-                where = dev.origin or type(dev).__name__
-                raise HwloopError(f"{where}: program(layer {layer.index} {layer.name!r}) failed: "
-                                  f"{type(e).__name__}: {e}") from None
-            self.loaded[id(dev)] = layer.index
-
-    def run(self, layer: AnalogLayer, x: np.ndarray, repeats: int, batch: int, step: int | None = None) -> np.ndarray:
-        """Layer ``layer`` on batch ``batch`` (and time ``step`` of a recurrent layer: fresh draws per step)."""
-        dev = self.per_layer[layer.index]
-        self._program(dev, layer)
-        key = (self.seed, layer.index, batch) + (() if step is None else (step,))
-        try:
-            return on_device(dev, layer, x, repeats, key=key)
-        except ValueError as e:
-            raise HwloopError(f"layer {layer.index} ({layer.name!r}): {e}") from None
-
-
-class _Ideal:
-    """Noise-free arithmetic for the reference pass: one ideal Emulator per layer."""
-
-    def __init__(self, model: Model):
-        self.emulators = []
-        for layer in model.layers:
-            emu = Emulator()
-            emu.program(layer)
-            self.emulators.append(emu)
-
-    def run(self, layer: AnalogLayer, x: np.ndarray, repeats: int, step: int | None = None) -> np.ndarray:
-        return on_device(self.emulators[layer.index], layer, x, repeats)
