@@ -31,7 +31,8 @@ class RunResult:
     clean_output: np.ndarray | None = None     # (sample, class)
     labels: np.ndarray | None = None
     attrs: dict = field(default_factory=dict)
-    layer_names: list[str] | None = None       # the analog layers' names, in order
+    # the analog layers' names, in order (not ``layer_names``: readers take that as a stored Run's)
+    analog_layer_names: list[str] | None = None
 
     def run(self):
         """The run's arrays with named dimensions: the store (``hwloop.store.Run``) when one was written,
@@ -54,7 +55,7 @@ class MemoryRun:
     def __init__(self, result: RunResult):
         self._r = result
         self.attrs = result.attrs
-        self.layer_names: list[str] = list(result.layer_names or [str(k) for k in range(len(result.layers))])
+        self.layer_names: list[str] = list(result.analog_layer_names or [str(k) for k in range(len(result.layers))])
         self.complete = True
 
     def _index(self, k: int | str) -> int:
@@ -114,4 +115,5 @@ class Collected:
         output, clean_out = join([b[2] for b in self.batches], 1), join([b[3] for b in self.batches], 0)
         pred = output.argmax(axis=2)
         return RunResult(accuracy=(pred == labels[None, :]).mean(axis=1), layers=layers, clean_layers=clean,
-                         output=output, clean_output=clean_out, labels=labels, attrs=attrs, layer_names=layer_names)
+                         output=output, clean_output=clean_out, labels=labels, attrs=attrs,
+                         analog_layer_names=layer_names)
