@@ -234,7 +234,8 @@ def prepare(model: Model | str | Path, data: Dataset | str, settings: RunSetting
         raise HwloopError(f"batch size must be at least 1, got {s.batch_size}")
     bs = min(bs, n)
     ideal = _Ideal(model, s.device)
-    probe_layers, probe = forward(model, rows(x, slice(0, 2)), ideal.run, repeats=1)  # a bad shape fails here, storeless
+    # a bad shape fails here, before any store exists
+    probe_layers, probe = forward(model, rows(x, slice(0, 2)), ideal.run, repeats=1)
     if probe.shape[2] > 1:      # a classifier's outputs: labels must name one (one output: no classes to check)
         labels_in_range(ds.y, probe.shape[2], ds.name, model.path)
     _require_room(model, s.repeats, n, bs, probe.shape[2], s.out, pipelined)
