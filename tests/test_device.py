@@ -85,3 +85,20 @@ def test_gpu_same_seed_same_numbers_and_cpu_statistics(fixture, request, digits)
     dev_g = (gpu.layers[0] - gpu.clean_layers[0][None]).ravel()
     dev_c = (cpu.layers[0] - cpu.clean_layers[0][None]).ravel()
     assert stats.ks_2samp(dev_g[::7], dev_c[::7]).pvalue > 1e-3
+
+
+def test_device_travels_to_dask_workers(cnn_onnx, tmp_path):
+    """``--device cpu --workers 1``: the device goes with the job (emulators and reference pass) and the
+    sharded store holds the default numbers and names the device."""
+    from hwloop.store import open_run
+
+    run = ["run", str(cnn_onnx), "--data", "digits@120", "--repeats", "2", "--batch-size", "40", "--profile",
+           "crossbar"]
+    assert main([*run, "--out", str(tmp_path / "local.zarr")]) == 0
+    assert main([*run, "--out", str(tmp_path / "dask.zarr"), "--device", "cpu", "--workers", "1"]) == 0
+    a, b = open_run(tmp_path / "local.zarr"), open_run(tmp_path / "dask.zarr")
+    assert b.attrs["devices"][0]["device"] == "cpu"
+    for k in range(len(a.layer_names)):
+        np.testing.assert_array_equal(a.layer(k).values, b.layer(k).values)
+        np.testing.assert_array_equal(a.clean(k).values, b.clean(k).values)
+    np.testing.assert_array_equal(a.output.values, b.output.values)
