@@ -18,6 +18,9 @@ in flight (an unmarked batch is simply written again), which Dask recomputes
 on another; killing the client leaves the finished batches marked, and
 ``--resume`` computes only the rest (with or without Dask).
 
+A run without a store (``run_model(..., workers=N)`` with no ``out``) gets every
+batch's result back and returns the run in memory, as the local runner does.
+
 Emulators only: a chip stays on the machine that holds its connection.
 """
 
@@ -39,6 +42,7 @@ from .devices import Device, Emulator
 from .errors import HwloopError
 from .graph import Model, load_model
 from .run_devices import _Devices, _Ideal, resolve_devices
+from .result import Collected
 from .runner import RunResult, RunSettings, prepare, progress_bar, run_batch
 from .store import RunWriter, read_attrs
 
@@ -142,11 +146,10 @@ def run_sharded(model: Model | str | Path, data: Dataset | str, settings: RunSet
 
     Settings as ``run_model`` takes them (a ``RunSettings`` and/or keyword arguments).
     ``worker_writes=False``: every result travels back and the client writes it (what happens anyway
-    for a worker that does not see the store).
+    for a worker that does not see the store).  Without ``out`` every result travels back and the run
+    is returned in memory, as ``run_model`` returns it.
     """
     s = RunSettings.of(settings, options, "run_sharded")
-    if s.out is None:
-        raise HwloopError("a run on Dask workers needs a run store (out=/--out) to write into")
     model = model if isinstance(model, Model) else load_model(model)
     per_layer = resolve_devices(model, s.devices, s.device)
     check_shardable(per_layer)
@@ -156,20 +159,28 @@ def run_sharded(model: Model | str | Path, data: Dataset | str, settings: RunSet
                     provenance={**(s.provenance or {}), "dask": where}, pipeline=False)
     job = ShardJob(model.path.read_bytes(), model.path.name, str(model.path.resolve()), model.sha256, job_devices,
                    int(s.seed), int(s.repeats), setup.all_ideal, uuid.uuid4().hex,
-                   str(Path(s.out).resolve()) if worker_writes else "", str(setup.writer.attrs["start_time"]), s.device)
+                   str(Path(s.out).resolve()) if worker_writes and s.out is not None else "",
+                   str(setup.attrs["start_time"]), s.device)
     todo = setup.todo()
     bar = progress_bar(setup.n_batches, len(todo), s.progress)
+    kept: dict[int, tuple] = {}       # without a store: the batches' results, joined in order at the end
     try:
         if todo:
             with dask_client(s.scheduler, s.workers) as client:
-                _compute(client, job, setup, todo, bar)
+                _compute(client, job, setup, todo, bar, kept)
     finally:
         bar.close()
+    if setup.writer is None:
+        collected = Collected()
+        for b in sorted(kept):
+            collected.put(*kept[b])
+        return collected.result(setup.ds.y, setup.attrs, [L.name for L in setup.model.layers])
     return RunResult(accuracy=setup.writer.finish(), path=setup.writer.path, labels=setup.ds.y, attrs=setup.attrs)
 
 
-def _compute(client, job: ShardJob, setup, todo: list[int], bar) -> None:
-    """Keep a few batches per worker in flight; write each result (and its marker) as it arrives."""
+def _compute(client, job: ShardJob, setup, todo: list[int], bar, kept: dict) -> None:
+    """Keep a few batches per worker in flight; write each result (and its marker) as it arrives (into
+    ``kept`` when the run has no store)."""
     from dask.distributed import as_completed
 
     n_workers = max(1, len(client.scheduler_info().get("workers", {})))
@@ -191,7 +202,9 @@ def _compute(client, job: ShardJob, setup, todo: list[int], bar) -> None:
         b = flight.pop(f)
         result = f.result()     # a task that failed raises here; done batches stay
         f.release()
-        if result is not None:  # the worker could not see the store
+        if result is not None and setup.writer is None:
+            kept[b] = result
+        elif result is not None:  # the worker could not see the store
             layers, clean, output, clean_out = result
             setup.writer.write_batch(b, layers=layers, clean=clean, output=output, clean_output=clean_out,
                                      labels=setup.ds.y[setup.rows(b)])
