@@ -131,9 +131,10 @@ def compute_shard(job: ShardJob, batch: int, xb: np.ndarray, labels: np.ndarray)
 
 
 def check_shardable(per_layer: list[Device]) -> None:
-    """Only emulators can move to a worker; one clear line for anything else."""
+    """Only emulators can move to a worker (a device whose ``hardware``, the unit doing the work, is an
+    emulator: a wrapper such as ``check``'s per-look keys may go too); one clear line for anything else."""
     for k, dev in enumerate(per_layer):
-        if dev.remote or not isinstance(dev, Emulator):
+        if dev.remote or not isinstance(dev.hardware, Emulator):
             where = f"{type(dev).__name__} ({dev.origin})" if getattr(dev, "origin", None) else type(dev).__name__
             raise HwloopError(f"layer {k} runs on {where}: --workers and "
                               "--scheduler shard emulator runs only (a chip stays on the machine that holds its "
