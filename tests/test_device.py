@@ -71,7 +71,7 @@ def test_unknown_device_is_one_line(mlp_onnx, capsys):
 @pytest.mark.parametrize("fixture", ["mlp_onnx", "cnn_onnx"])
 def test_gpu_same_seed_same_numbers_and_cpu_statistics(fixture, request, digits):
     """On the GPU: the same seed twice gives the same numbers; the noise matches the CPU's in distribution
-    (two-sample Kolmogorov-Smirnov on the first layer's deviations from the clean values, per neuron pooled)."""
+    (two-sample Kolmogorov-Smirnov on the first layer's deviations from the clean values, 4,000 per side)."""
     model = load_model(request.getfixturevalue(fixture))
     ds = digits.head(200)
     kw = dict(repeats=20, seed=1, batch_size=100)
@@ -82,9 +82,10 @@ def test_gpu_same_seed_same_numbers_and_cpu_statistics(fixture, request, digits)
     gpu, again, cpu = run("cuda"), run("cuda"), run(None)
     _same(gpu, again)
     np.testing.assert_allclose(gpu.clean_layers[0], cpu.clean_layers[0], atol=1e-4)
-    dev_g = (gpu.layers[0] - gpu.clean_layers[0][None]).ravel()
-    dev_c = (cpu.layers[0] - cpu.clean_layers[0][None]).ravel()
-    assert stats.ks_2samp(dev_g[::7], dev_c[::7]).pvalue > 1e-3
+    # one neuron per (repeat, sample): independent draws (the common-mode terms are shared by a sample's neurons)
+    dev_g = (gpu.layers[0] - gpu.clean_layers[0][None])[:, :, 0].ravel()
+    dev_c = (cpu.layers[0] - cpu.clean_layers[0][None])[:, :, 0].ravel()
+    assert stats.ks_2samp(dev_g, dev_c).pvalue > 1e-3
 
 
 def test_device_travels_to_dask_workers(cnn_onnx, tmp_path):
