@@ -18,6 +18,9 @@ in flight (an unmarked batch is simply written again), which Dask recomputes
 on another; killing the client leaves the finished batches marked, and
 ``--resume`` computes only the rest (with or without Dask).
 
+A run without a store (``run_model(..., workers=N)`` with no ``out``) gets every
+batch's result back and returns the run in memory, as the local runner does.
+
 Emulators only: a chip stays on the machine that holds its connection.
 """
 
@@ -31,8 +34,6 @@ import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
-
 import numpy as np
 
 from .cluster import dask_client
@@ -40,7 +41,9 @@ from .data import Dataset
 from .devices import Device, Emulator
 from .errors import HwloopError
 from .graph import Model, load_model
-from .runner import RunResult, _Devices, _Ideal, prepare, progress_bar, resolve_devices, run_batch
+from .run_devices import _Devices, _Ideal, resolve_devices
+from .result import Collected
+from .runner import RunResult, RunSettings, prepare, progress_bar, run_batch
 from .store import RunWriter, read_attrs
 
 #: batches in flight per worker: enough to keep every worker busy while results are written
@@ -62,6 +65,7 @@ class ShardJob:
     token: str                  # one per client session: what a worker caches its state under
     store: str                  # the run store, as the client sees it
     store_started: str          # its start time: a worker writes only into this very store
+    device: str | None = None   # where the reference pass computes (the emulators carry their own)
 
 
 class _WorkerState:
@@ -70,7 +74,7 @@ class _WorkerState:
     def __init__(self, job: ShardJob):
         self.model = _load_model(job)
         self.noisy = _Devices(self.model, list(job.devices), job.seed)
-        self.ideal = _Ideal(self.model)
+        self.ideal = _Ideal(self.model, job.device)
         self.lock = threading.Lock()          # a multi-threaded worker runs one batch at a time per job
         self.writer = _own_writer(job)
 
@@ -127,51 +131,57 @@ def compute_shard(job: ShardJob, batch: int, xb: np.ndarray, labels: np.ndarray)
 
 
 def check_shardable(per_layer: list[Device]) -> None:
-    """Only emulators can move to a worker; one clear line for anything else."""
+    """Only emulators can move to a worker (a device whose ``hardware``, the unit doing the work, is an
+    emulator: a wrapper such as ``check``'s per-look keys may go too); one clear line for anything else."""
     for k, dev in enumerate(per_layer):
-        if dev.remote or not isinstance(dev, Emulator):
+        if dev.remote or not isinstance(dev.hardware, Emulator):
             where = f"{type(dev).__name__} ({dev.origin})" if getattr(dev, "origin", None) else type(dev).__name__
             raise HwloopError(f"layer {k} runs on {where}: --workers and "
                               "--scheduler shard emulator runs only (a chip stays on the machine that holds its "
                               "connection); run it without them")
 
 
-def run_sharded(model: Model | str | Path, data: Dataset | str, *,
-                devices: Device | Mapping[int, Device] | None = None, repeats: int = 1, seed: int = 0,
-                batch_size: int | None = None, out: str | Path | None = None, resume: bool = False,
-                overwrite: bool = False, progress: bool = False, provenance: dict | None = None,
-                scheduler: str | None = None, workers: int | None = None, worker_writes: bool = True) -> RunResult:
+def run_sharded(model: Model | str | Path, data: Dataset | str, settings: RunSettings | None = None, *,
+                worker_writes: bool = True, **options) -> RunResult:
     """``run_model`` with its batches computed on Dask (``scheduler`` or a local cluster of ``workers``).
 
+    Settings as ``run_model`` takes them (a ``RunSettings`` and/or keyword arguments).
     ``worker_writes=False``: every result travels back and the client writes it (what happens anyway
-    for a worker that does not see the store).
+    for a worker that does not see the store).  Without ``out`` every result travels back and the run
+    is returned in memory, as ``run_model`` returns it.
     """
-    if out is None:
-        raise HwloopError("a run on Dask workers needs a run store (out=/--out) to write into")
+    s = RunSettings.of(settings, options, "run_sharded")
     model = model if isinstance(model, Model) else load_model(model)
-    per_layer = resolve_devices(model, devices)
+    per_layer = resolve_devices(model, s.devices, s.device)
     check_shardable(per_layer)
     job_devices = tuple(copy.deepcopy(per_layer))     # unprogrammed: each worker programs its own
-    where = {"scheduler": scheduler} if scheduler else {"local_workers": int(workers)}
-    setup = prepare(model, data, dict(enumerate(per_layer)), repeats=repeats, seed=seed, batch_size=batch_size,
-                    out=out, resume=resume, overwrite=overwrite, provenance={**(provenance or {}), "dask": where},
-                    pipeline=False)
+    where = {"scheduler": s.scheduler} if s.scheduler else {"local_workers": int(s.workers)}
+    setup = prepare(model, data, s, devices=dict(enumerate(per_layer)),
+                    provenance={**(s.provenance or {}), "dask": where}, pipeline=False)
     job = ShardJob(model.path.read_bytes(), model.path.name, str(model.path.resolve()), model.sha256, job_devices,
-                   int(seed), int(repeats), setup.all_ideal, uuid.uuid4().hex,
-                   str(Path(out).resolve()) if worker_writes else "", str(setup.writer.attrs["start_time"]))
+                   int(s.seed), int(s.repeats), setup.all_ideal, uuid.uuid4().hex,
+                   str(Path(s.out).resolve()) if worker_writes and s.out is not None else "",
+                   str(setup.attrs["start_time"]), s.device)
     todo = setup.todo()
-    bar = progress_bar(setup.n_batches, len(todo), progress)
+    bar = progress_bar(setup.n_batches, len(todo), s.progress)
+    kept: dict[int, tuple] = {}       # without a store: the batches' results, joined in order at the end
     try:
         if todo:
-            with dask_client(scheduler, workers) as client:
-                _compute(client, job, setup, todo, bar)
+            with dask_client(s.scheduler, s.workers) as client:
+                _compute(client, job, setup, todo, bar, kept)
     finally:
         bar.close()
+    if setup.writer is None:
+        collected = Collected()
+        for b in sorted(kept):
+            collected.put(*kept[b])
+        return collected.result(setup.ds.y, setup.attrs, [L.name for L in setup.model.layers])
     return RunResult(accuracy=setup.writer.finish(), path=setup.writer.path, labels=setup.ds.y, attrs=setup.attrs)
 
 
-def _compute(client, job: ShardJob, setup, todo: list[int], bar) -> None:
-    """Keep a few batches per worker in flight; write each result (and its marker) as it arrives."""
+def _compute(client, job: ShardJob, setup, todo: list[int], bar, kept: dict) -> None:
+    """Keep a few batches per worker in flight; write each result (and its marker) as it arrives (into
+    ``kept`` when the run has no store)."""
     from dask.distributed import as_completed
 
     n_workers = max(1, len(client.scheduler_info().get("workers", {})))
@@ -193,7 +203,9 @@ def _compute(client, job: ShardJob, setup, todo: list[int], bar) -> None:
         b = flight.pop(f)
         result = f.result()     # a task that failed raises here; done batches stay
         f.release()
-        if result is not None:  # the worker could not see the store
+        if result is not None and setup.writer is None:
+            kept[b] = result
+        elif result is not None:  # the worker could not see the store
             layers, clean, output, clean_out = result
             setup.writer.write_batch(b, layers=layers, clean=clean, output=output, clean_output=clean_out,
                                      labels=setup.ds.y[setup.rows(b)])

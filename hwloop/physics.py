@@ -7,6 +7,12 @@ draws and the heavy element-wise work run through torch on the same memory
 (``torch.from_numpy`` shares it), because torch's generator and kernels are
 several times faster than numpy's here.
 
+Where the torch work runs: on the CPU unless a ``device`` is given (``compute_device``:
+"cuda" for a GPU).  Products, convolutions and the noise then run there, with
+the batch's generator on that device; the arrays going in and out stay numpy on
+the host.  The CPU path is the same code with no-op moves, so ``device="cpu"``
+gives the default numbers bit for bit.
+
 Randomness comes only from explicit generators: ``generator(key)`` for dynamic
 draws (per batch), ``static_rng(seed, ...)`` for draws made once at programming.
 """
@@ -20,6 +26,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .errors import HwloopError
 from .layer import response
 from .profiles import Converter, NoiseSettings, WeightSettings
 
@@ -28,19 +35,49 @@ from .profiles import Converter, NoiseSettings, WeightSettings
 # ---------------------------------------------------------------------------
 
 
-def _tensor(a: np.ndarray) -> torch.Tensor:
-    """A torch view of ``a`` (a copy only when ``a`` is read-only or not contiguous)."""
-    return torch.from_numpy(a if a.flags.writeable and a.flags.c_contiguous else np.array(a))
+def _tensor(a: np.ndarray, device: torch.device | None = None) -> torch.Tensor:
+    """A torch view of ``a`` (a copy only when ``a`` is read-only or not contiguous), on ``device`` if given."""
+    t = torch.from_numpy(a if a.flags.writeable and a.flags.c_contiguous else np.array(a))
+    return t if device is None or device.type == "cpu" else t.to(device)
+
+
+def _host(t: torch.Tensor) -> np.ndarray:
+    """A result back as a numpy array on the host (no copy on the CPU)."""
+    return t.numpy() if t.device.type == "cpu" else t.cpu().numpy()
+
+
+def compute_device(name: str | torch.device | None) -> torch.device | None:
+    """Where the torch work of an emulator runs: None (the CPU, the default) or a usable torch device.
+
+    A device torch cannot use here (``cuda`` without a GPU or without a CUDA build of torch) is one
+    HwloopError line."""
+    if name is None:
+        return None
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise HwloopError(f"device {name!r}: not a torch device name; use cpu or cuda[:N]") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type != "cuda":
+        raise HwloopError(f"device {name!r}: only cpu and cuda[:N] are supported")
+    if not torch.cuda.is_available():
+        raise HwloopError(f"device {name!r}: no CUDA GPU is usable here (torch {torch.__version__}, "
+                          f"torch.cuda.is_available() is False); run without --device or with --device cpu")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise HwloopError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return dev
 
 
 def _entropy(key: Sequence[int]) -> list[int]:
     return [int(k) % (1 << 64) for k in key]
 
 
-def generator(key: Sequence[int]) -> torch.Generator:
-    """A torch generator for one batch: the same key gives the same draws."""
+def generator(key: Sequence[int], device: torch.device | None = None) -> torch.Generator:
+    """A torch generator for one batch (on ``device``, default the CPU): the same key gives the same
+    draws on the same kind of device (a GPU's generator is another algorithm than the CPU's)."""
     state = np.random.SeedSequence(_entropy(key)).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(state))
+    return torch.Generator(device=device or "cpu").manual_seed(int(state))
 
 
 #: normals are drawn in chunks of this many elements, each from its own generator seeded by the
@@ -51,7 +88,9 @@ _pool: tuple[int, ThreadPoolExecutor] | None = None
 
 
 def normal(shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
-    """Standard normal float32 draws of ``shape``, a pure function of ``gen``'s state."""
+    """Standard normal float32 draws of ``shape`` on ``gen``'s device, a pure function of ``gen``'s state."""
+    if gen.device.type != "cpu":     # a GPU's generator fills any size in parallel itself
+        return torch.empty(shape, dtype=torch.float32, device=gen.device).normal_(generator=gen)
     out = torch.empty(shape, dtype=torch.float32)
     flat = out.view(-1)
     k = -(-flat.numel() // _CHUNK)
@@ -80,17 +119,18 @@ def static_rng(*key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(_entropy(key)))
 
 
-def affine(x: np.ndarray, wt: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+def affine(x: np.ndarray, wt: np.ndarray, bias: np.ndarray | None = None,
+           device: torch.device | None = None) -> np.ndarray:
     """x (rows, n_in) @ wt (n_in, n_out) [+ bias] in float32, through torch: the noise draws run in
     torch's thread pool, and switching to numpy's BLAS pool and back costs more than the product.
 
     A grouped product has wt (groups, n_in/g, n_out/g): group k's outputs see only group k's inputs."""
-    tx, tw = _tensor(x), _tensor(wt)
+    tx, tw = _tensor(x, device), _tensor(wt, device)
     if tw.dim() == 3:
         g, i, o = tw.shape
         y = torch.bmm(tx.view(-1, g, i).transpose(0, 1), tw).transpose(0, 1).reshape(-1, g * o)
-        return (y if bias is None else y.add_(_tensor(bias))).numpy()
-    return (tx @ tw if bias is None else torch.addmm(_tensor(bias), tx, tw)).numpy()
+        return _host(y if bias is None else y.add_(_tensor(bias, device)))
+    return _host(tx @ tw if bias is None else torch.addmm(_tensor(bias, device), tx, tw))
 
 
 def conv_weight(wt: np.ndarray, spec) -> np.ndarray | None:
@@ -104,7 +144,8 @@ def conv_weight(wt: np.ndarray, spec) -> np.ndarray | None:
     return np.ascontiguousarray(wt.T).reshape(wt.shape[1], spec.in_channels, *k2)
 
 
-def conv(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec) -> np.ndarray:
+def conv(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec,
+         device: torch.device | None = None) -> np.ndarray:
     """x (rows, C_in, *spatial) convolved as ONNX Conv with ``spec`` -> (rows, C_out, *out_spatial) float32.
 
     The same sums as the unfolded rows times the product matrix (im2col), without building
@@ -112,7 +153,7 @@ def conv(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec) -> np
     """
     import torch.nn.functional as F
 
-    t = _tensor(x)
+    t = _tensor(x, device)
     one_d = t.dim() == 3
     if one_d:
         t = t.unsqueeze(2)
@@ -123,8 +164,8 @@ def conv(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec) -> np
     if begin != end:   # asymmetric (SAME_UPPER/LOWER): pad explicitly, F.pad takes (w_begin, w_end, h_begin, h_end)
         t = F.pad(t, (begin[1], end[1], begin[0], end[0]))
         begin = (0, 0)
-    y = F.conv2d(t, torch.from_numpy(weight), None if bias is None else _tensor(bias), strides, begin, dil)
-    return (y.squeeze(2) if one_d else y).numpy()
+    y = F.conv2d(t, _tensor(weight, device), None if bias is None else _tensor(bias, device), strides, begin, dil)
+    return _host(y.squeeze(2) if one_d else y)
 
 
 # ---------------------------------------------------------------------------
@@ -192,13 +233,13 @@ def apply_read_noise(a: np.ndarray, x: np.ndarray, std: float, gen: torch.Genera
     ``a`` is (R_in, B, n_out), ``x`` (R_in, B, n_in); the result has ``repeats`` repetitions.
     A grouped product's outputs see only their group's inputs (``groups`` equal blocks of x and a).
     """
-    ta = _tensor(a)
-    tx = _tensor(x)
+    ta = _tensor(a, gen.device)
+    tx = _tensor(x, gen.device)
     norm = torch.linalg.vector_norm(tx.view(*tx.shape[:-1], groups, -1), dim=-1)
     norm = norm.repeat_interleave(ta.shape[-1] // groups, dim=-1) if groups > 1 else norm
     y = normal((repeats or ta.shape[0], *ta.shape[1:]), gen)
     y.mul_(norm.mul_(std)).add_(ta)
-    return y.numpy()
+    return _host(y)
 
 
 # ---------------------------------------------------------------------------
@@ -251,28 +292,29 @@ def apply_noise(x: np.ndarray, noise: NoiseSettings, gen: torch.Generator, repea
     Whole-array in-place operations: few parallel regions, which matters on a busy machine
     (block-wise processing was faster single-threaded but far slower when threads wait).
     """
-    t = _tensor(x)
+    t = _tensor(x, gen.device)
     shape = (repeats or t.shape[0], *t.shape[1:])
     common = shape[:2] + (1,) + shape[3:]     # one draw per (repeat, sample[, position]), shared by the neurons
     if noise.D_M or noise.shot:
-        var = torch.addcmul(torch.tensor(noise.D_A, dtype=t.dtype), t, t, value=noise.D_M)
+        var = torch.addcmul(torch.tensor(noise.D_A, dtype=t.dtype, device=t.device), t, t, value=noise.D_M)
         if noise.shot:
             var.add_(t.abs(), alpha=noise.shot)
         y = normal(shape, gen).mul_(var.sqrt_())
     elif noise.D_A:
         y = normal(shape, gen).mul_(noise.D_A ** 0.5)
     else:
-        y = torch.zeros(shape, dtype=t.dtype)
+        y = torch.zeros(shape, dtype=t.dtype, device=t.device)
+    on = dict(dtype=t.dtype, device=t.device)
     if noise.D_MC:
-        gain = torch.empty(common, dtype=t.dtype).normal_(generator=gen).mul_(noise.D_MC ** 0.5).add_(1.0)
+        gain = torch.empty(common, **on).normal_(generator=gen).mul_(noise.D_MC ** 0.5).add_(1.0)
         y.addcmul_(t, gain)
     else:
         y.add_(t)
     if noise.D_AC:
-        y.add_(torch.empty(common, dtype=t.dtype).normal_(generator=gen), alpha=noise.D_AC ** 0.5)
+        y.add_(torch.empty(common, **on).normal_(generator=gen), alpha=noise.D_AC ** 0.5)
     if noise.dither:
-        y.add_(torch.rand(shape, generator=gen, dtype=t.dtype).sub_(0.5), alpha=noise.dither)
-    return y.numpy()
+        y.add_(torch.rand(shape, generator=gen, **on).sub_(0.5), alpha=noise.dither)
+    return _host(y)
 
 
 def apply_noise_blocks(x: np.ndarray, noise: NoiseSettings, gen: torch.Generator, repeats: int) -> np.ndarray:
@@ -282,8 +324,10 @@ def apply_noise_blocks(x: np.ndarray, noise: NoiseSettings, gen: torch.Generator
     block draws and combines all its terms while they are in cache, on the RNG threads, from
     its own generator seeded by ``gen``: the same distribution as ``apply_noise`` (common-mode
     terms per (repeat, sample, position)), another order of draws; blocks are fixed by the
-    shape, so the numbers do not depend on the thread count.
+    shape, so the numbers do not depend on the thread count.  On a GPU (``gen`` there): ``apply_noise``.
     """
+    if gen.device.type != "cpu":
+        return apply_noise(x, noise, gen, repeats)
     t = _tensor(x)
     r_in, b = t.shape[:2]
     per_sample = int(np.prod(t.shape[2:]))

@@ -9,8 +9,10 @@ through.  Measured in this same run, best of ``--trials`` (contenders taking tur
   floor     only the normal draws the noisy run needs (one per recorded value), three ways:
             hwloop.physics.normal (torch, chunked over threads), torch.randn, numpy float32
 Throughput is rows/s (a row: one sample, one repetition); "vs ort" = ort time / time.
+``--device cuda``: the hwloop contenders compute on the GPU, onnxruntime uses its CUDA provider when
+it has one (else the CPU: the line says which), the floor draws on the GPU.
 
-    .venv/bin/python tools/bench_conv.py [--trials 3] [--only lenet5|resnet18]
+    .venv/bin/python tools/bench_conv.py [--trials 3] [--only lenet5|resnet18] [--device cuda]
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from timing import best  # noqa: E402  (tools/timing.py)
 CASES = {"lenet5": (LeNet5, (1, 28, 28), 1000, 10), "resnet18": (ResNet18, (3, 32, 32), 32, 4)}
 
 
-def bench(name: str, trials: int, tmp: Path) -> None:
+def bench(name: str, trials: int, tmp: Path, device: str | None = None) -> None:
     import onnxruntime as ort
 
     make, shape, n, R = CASES[name]
@@ -51,25 +53,27 @@ def bench(name: str, trials: int, tmp: Path) -> None:
     rng = np.random.default_rng(0)
     x = rng.random((n, *shape), dtype=np.float32)
     ds = Dataset("random", x, rng.integers(0, 10, n), 10)
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    cuda = device is not None and device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers()
+    sess = ort.InferenceSession(str(path), providers=["CUDAExecutionProvider"] if cuda else ["CPUExecutionProvider"])
     rows = np.ascontiguousarray(np.tile(x, (R, 1, 1, 1)))
     profile = load_profile("semenova")
-    noisy_devices = emulators(profile, model.layers)
+    noisy_devices = emulators(profile, model.layers, device=device)
 
-    res = run_model(model, ds, repeats=R, batch_size=n)
+    res = run_model(model, ds, repeats=R, batch_size=n, device=device)
     values = sum(a.size for a in res.layers)         # recorded values = normal draws of the noisy run
     err = float(np.abs(res.output[0] - sess.run(None, {"input": x})[0]).max())
     del res
-    gen = torch.Generator().manual_seed(0)
+    gen = physics.generator((0,), physics.compute_device(device))
+    sync = torch.cuda.synchronize if gen.device.type == "cuda" else (lambda: None)   # GPU draws are asynchronous
     t = best({
         "ort": lambda: sess.run(None, {"input": rows}),
-        "ideal": lambda: run_model(model, ds, repeats=R, batch_size=n),
+        "ideal": lambda: run_model(model, ds, repeats=R, batch_size=n, device=device),
         "noisy": lambda: run_model(model, ds, devices=noisy_devices, repeats=R, batch_size=n),
-        "floor hwloop": lambda: physics.normal((values,), gen),
-        "floor torch": lambda: torch.randn(values, generator=gen),
+        "floor hwloop": lambda: (physics.normal((values,), gen), sync()),
+        "floor torch": lambda: (torch.randn(values, generator=gen, device=gen.device), sync()),
         "floor numpy": lambda: rng.standard_normal(values, dtype=np.float32),
     }, trials, block=1)
-    print(f"{name}: {n} samples x {R} repeats = {n * R} rows, {values / n / R:,.0f} recorded values per row; "
+    print(f"{name} on {device or 'cpu'} (onnxruntime on {sess.get_providers()[0]}): {n} samples x {R} repeats = {n * R} rows, {values / n / R:,.0f} recorded values per row; "
           f"ideal vs onnxruntime max |diff| {err:.1e}")
     print(f"  {'':14s}{'seconds':>9s}{'rows/s':>11s}{'vs ort':>9s}{'vs floor':>10s}")
     for k, s in t.items():
@@ -80,12 +84,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--only", choices=sorted(CASES))
+    ap.add_argument("--device", help="where hwloop computes: cpu (default) or cuda[:N]")
     args = ap.parse_args()
     print(f"torch threads {torch.get_num_threads()}, {os.cpu_count()} cores, load average "
           f"{os.getloadavg()[0]:.2f} at the start")
     tmp = Path(tempfile.mkdtemp())
     for name in [args.only] if args.only else CASES:
-        bench(name, args.trials, tmp)
+        bench(name, args.trials, tmp, args.device)
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
 
 

@@ -5,7 +5,8 @@ every layer on the emulator with that device profile; --bench maps layers to
 chips and emulators from a bench file.  The store is written batch by batch
 and survives a kill: continue it with --resume.  --workers N (a local Dask
 cluster) or --scheduler tcp://HOST:PORT computes the batches on Dask workers
-(emulators only) into the same store bytes.
+(emulators only) into the same store bytes.  --device cuda computes the
+emulators in torch on a GPU (--device cpu: the default path).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                       "single-threaded processes (emulators only; same store bytes as without)")
     dask.add_argument("--scheduler", help="shard the batches across an existing Dask cluster tcp://HOST:PORT "
                       "(emulators only; same store bytes as without)")
+    p.add_argument("--device", help="where the emulators compute: cpu (the default numbers) or cuda[:N] (torch on "
+                                    "a GPU; same seed, same numbers on the same GPU, statistically equal to cpu)")
 
 
 def _positive(text: str) -> int:
@@ -51,29 +54,35 @@ def _positive(text: str) -> int:
     return value
 
 
+def _profile_devices(name: str | None, model, device: str | None) -> tuple[dict | None, dict]:
+    """The --profile emulators (None without one) and the provenance they add; says which activations
+    run on the host."""
+    if not name:
+        return None, {}
+    from ..devices.emulator import emulators, host_activations
+    from ..profiles import load_profile
+
+    profile = load_profile(name)
+    for line in host_activations(profile, model.layers):
+        print(line)
+    return emulators(profile, model.layers, device=device), {"profile": profile.describe(),
+                                                            "profile_sha256": profile.sha256}
+
+
 def main(args: argparse.Namespace) -> int:
     from ..data import load_data
     from ..errors import HwloopError
     from ..graph import load_model
+    from ..physics import compute_device
     from ..runner import default_batch_size, run_model
 
+    compute_device(args.device)       # an unusable --device: one line, before anything is read or written
     model = load_model(args.model, output=args.output)
     print(model.summary())
     for note in model.notes:
         print(f"note: {note}")
     ds = load_data(args.data)
-    devices, provenance = None, {}
-    if args.profile:
-        from ..devices.emulator import emulators
-        from ..profiles import load_profile
-
-        from ..devices.emulator import host_activations
-
-        profile = load_profile(args.profile)
-        devices = emulators(profile, model.layers)
-        for line in host_activations(profile, model.layers):
-            print(line)
-        provenance = {"profile": profile.describe(), "profile_sha256": profile.sha256}
+    devices, provenance = _profile_devices(args.profile, model, args.device)
     bench = None
     if args.bench:
         from ..bench import load_bench
@@ -104,7 +113,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         result = run_model(model, ds, devices=devices, repeats=args.repeats, seed=args.seed, batch_size=batch,
                            out=args.out, resume=args.resume, overwrite=args.overwrite, progress=True,
-                           provenance=provenance, scheduler=args.scheduler, workers=args.workers)
+                           provenance=provenance, scheduler=args.scheduler, workers=args.workers, device=args.device)
     finally:
         for dev in ({id(d): d for d in devices.values()}.values() if isinstance(devices, dict) else []):
             dev.close()

@@ -10,6 +10,10 @@ neuron noise, shot noise, dither -> output ADC.
 Static effects (weight programming, gain/offset spread) are drawn at
 ``program(seed=)`` and stay until the next ``program``; every other draw comes
 from ``run(key=)`` (with no key, calls are numbered from ``program``).
+
+``device="cuda"`` runs the products, convolutions and noise draws in torch on a
+GPU (``hwloop.physics.compute_device``); the rest (converters, transfer,
+gain/offset) stays on the host.  ``device="cpu"`` is the default path itself.
 """
 
 from __future__ import annotations
@@ -34,12 +38,14 @@ class Emulator(Device):
     """Runs a layer as ``act(x @ W.T + b)`` in float32, plus the physics of ``profile`` when given."""
 
     def __init__(self, profile: Profile | str | os.PathLike | None = None, name: str = "emulator",
-                 mismatch_seed: int | None = None):
+                 mismatch_seed: int | None = None, device: str | None = None):
         #: a chip's per-neuron gain/offset is its silicon's, the same at every programming: when set, it is
         #: drawn from this seed instead of ``program``'s (the simulated bench controller sets it)
         self.mismatch_seed = mismatch_seed
         self.profile = profile if profile is None or isinstance(profile, Profile) else load_profile(profile)
         self.name = name
+        #: where the torch work runs (None: the CPU); refused at once when unusable here
+        self.device = physics.compute_device(device)
         self.layer = None
         self.settings: LayerSettings | None = None
         self.stats: dict[str, int] = {}
@@ -105,12 +111,12 @@ class Emulator(Device):
             self.stats["dac_clipped"] += physics.convert(x, s.dac)
             self.stats["dac_values"] += x.size
         if len(self._rows) == 1:
-            y = self._analog(x, self._wt, self._b, 0, t, repeats, gen, s.transfer.function)
+            y = self._analog(x, self._wt, self._b, 0, (gen, t), repeats, s.transfer.function)
             return self.layer.activate(np.array(y)) if s.transfer.on_host(self.layer.activation) else y
         # Tiled: every tile runs linearly; partial sums are combined, then bias and activation, digitally.
         y = None
         for k, rows in enumerate(self._rows):
-            part = self._analog(x[:, :, rows], self._wt[rows], None, k, t, repeats, gen, "linear")
+            part = self._analog(x[:, :, rows], self._wt[rows], None, k, (gen, t), repeats, "linear")
             y = np.array(part, dtype=np.float32) if y is None else np.add(y, part, out=y)
         y += self._b
         return self.layer.activate(y)
@@ -130,14 +136,14 @@ class Emulator(Device):
         if self._conv_w is None:
             return None
         r_in, b = x.shape[:2]
-        y = physics.conv(x.reshape(r_in * b, *x.shape[2:]), self._conv_w, self._b, self.layer.conv)
+        y = physics.conv(x.reshape(r_in * b, *x.shape[2:]), self._conv_w, self._b, self.layer.conv, self.device)
         y = y.reshape(r_in, b, y.shape[1], -1)            # (R_in, B, C_out, positions): neurons on axis 2
         s = self.settings
         if s is None or s.ideal:
             y = self._activate_channels(y).reshape(r_in, b, -1)
             return y if r_in == repeats else np.broadcast_to(y, (repeats, *y.shape[1:]))
         gen, t = self._session(key, repeats)
-        out = self._analog(None, None, self._b, 0, t, repeats, gen, s.transfer.function, y)
+        out = self._analog(None, None, self._b, 0, (gen, t), repeats, s.transfer.function, y)
         if s.transfer.on_host(self.layer.activation):
             out = self._activate_channels(np.array(out))
         return out.reshape(repeats, b, -1)
@@ -152,28 +158,29 @@ class Emulator(Device):
         key = tuple(key) if len(key) else (self._seed, self.layer.index, self._calls)
         self._calls += 1
         self.stats["runs"] += 1
-        return physics.generator(key), self._drift_time(key, repeats)
+        return physics.generator(key, self.device), self._drift_time(key, repeats)
 
     def _exact(self, x: np.ndarray, repeats: int) -> np.ndarray:
         r_in, b, n_in = x.shape
-        a = physics.affine(x.reshape(r_in * b, n_in), self._wt, self._b)
+        a = physics.affine(x.reshape(r_in * b, n_in), self._wt, self._b, self.device)
         y = self.layer.activate(a).reshape(r_in, b, -1)
         if r_in != repeats:
             y = np.broadcast_to(y, (repeats, b, y.shape[2]))
         return y
 
-    def _analog(self, x: np.ndarray | None, wt: np.ndarray | None, bias: np.ndarray | None, tile: int, t,
-                repeats: int, gen, function: str, products: np.ndarray | None = None) -> np.ndarray:
+    def _analog(self, x: np.ndarray | None, wt: np.ndarray | None, bias: np.ndarray | None, tile: int, session,
+                repeats: int, function: str, products: np.ndarray | None = None) -> np.ndarray:
         """One pass through the array: products, noise, transfer, gain/offset, ADC -> (repeats, B, n_out).
 
         ``bias is None`` marks a row tile: it runs linearly and all its noise lands on the partial sums.
         Deterministic steps run on the R_in copies they get; the first random step expands to ``repeats``.
         ``products`` (R_in, B, n_out): the weighted sums plus bias, already computed (``x`` is then unused).
+        ``session``: this run's (generator, drift time), from ``_session``.
         """
-        s, tiled = self.settings, bias is None
+        (gen, t), s, tiled = session, self.settings, bias is None
         if products is None:
             r_in, b, n_in = x.shape
-            y = physics.affine(x.reshape(r_in * b, n_in), wt, bias).reshape(r_in, b, -1)
+            y = physics.affine(x.reshape(r_in * b, n_in), wt, bias, self.device).reshape(r_in, b, -1)
         else:
             y = products
         if self._read_std:
@@ -226,9 +233,10 @@ class Emulator(Device):
         return np.float32(time.monotonic() - self._t0)
 
     def describe(self) -> dict:
+        where = {} if self.device is None else {"device": str(self.device)}
         if self.profile is None:
-            return {"type": "Emulator", "name": self.name, "profile": "ideal"}
-        return {"type": "Emulator", "name": self.name, "profile": self.profile.describe()}
+            return {"type": "Emulator", "name": self.name, "profile": "ideal", **where}
+        return {"type": "Emulator", "name": self.name, "profile": self.profile.describe(), **where}
 
 
 def _identity(a: np.ndarray) -> np.ndarray:
@@ -266,11 +274,12 @@ def _tiles(n: int, size: int | None) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def emulators(profile: Profile, layers: Sequence[AnalogLayer], name: str = "emulator") -> dict[int, Emulator]:
+def emulators(profile: Profile, layers: Sequence[AnalogLayer], name: str = "emulator",
+              device: str | None = None) -> dict[int, Emulator]:
     """One ``Emulator(profile)`` per analog layer, for ``run_model(devices=...)``.
 
     The profile's per-layer overrides are checked against the layers first, so a
     misspelt layer name fails here instead of being silently ignored.
     """
     profile.check_layers(layers)
-    return {layer.index: Emulator(profile, name=name) for layer in layers}
+    return {layer.index: Emulator(profile, name=name, device=device) for layer in layers}
