@@ -15,10 +15,8 @@ the store) also gives the evaluation-only accuracy of the same point.
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -128,14 +126,9 @@ class SweepSettings:
 # -- the store -------------------------------------------------------------------------------
 # -- running ---------------------------------------------------------------------------------
 def _provenance() -> dict:
-    from .. import __version__
+    from ..provenance import session
 
-    # versions of what the sweep used (already imported), without importing anything for it
-    used = {m: getattr(sys.modules[m], "__version__", "?") for m in ("onnx", "onnxruntime", "torch", "zarr")
-            if m in sys.modules}
-    return {"hwloop": __version__, "numpy": np.__version__, **used,
-            "python": sys.version.split()[0], "command": " ".join(sys.argv),
-            "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    return session()
 
 
 def _prepare(settings: SweepSettings, model: str | os.PathLike | None, bench: str | os.PathLike | None = None):
