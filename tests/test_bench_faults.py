@@ -22,6 +22,8 @@ from hwloop.graph import load_model
 from hwloop.runner import run_model
 from hwloop.store import open_run
 
+from helpers import hwloop
+
 pytest_plugins = ["tests.bench_fixtures"]
 
 DATA, REPEATS, BATCH = "digits@60", 3, 20
@@ -265,8 +267,7 @@ def test_bad_bench_file_errors_through_cli(tmp_path, mlp_onnx):
     path = tmp_path / "b.yaml"
     path.write_text("devices:\n  chip:\n    resource: \"TCPIP::127.0.0.1::1::SOCKET\"\n    retries: 0\n"
                     "    timeout_ms: 200\ndefault: chip\n")
-    r = subprocess.run([sys.executable, "-m", "hwloop", "run", str(mlp_onnx), "--bench", str(path),
-                        "--out", str(tmp_path / "r.zarr")], capture_output=True, text=True, timeout=60)
+    r = hwloop("run", mlp_onnx, "--bench", path, "--out", tmp_path / "r.zarr", timeout=60)
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and f"{path}:2: device 'chip': cannot reach bench controller " \
         "TCPIP::127.0.0.1::1::SOCKET" in r.stderr

@@ -4,9 +4,6 @@ the analytic screen against sampling, the result cache, GitHub annotations."""
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -19,15 +16,15 @@ from hwloop.cli import main as cli_main
 from hwloop.data import load_data
 from hwloop.errors import HwloopError
 
+from helpers import hwloop
+
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted(p.stem for p in (ROOT / "device_profiles").glob("*.yaml"))
 
 
 def _cli(*args, cwd=ROOT):
-    env = {**os.environ, "HWLOOP_CACHE_DIR": tempfile.mkdtemp(prefix="hwloop-cache-")}
-    env.pop("GITHUB_ACTIONS", None)
-    return subprocess.run([sys.executable, "-m", "hwloop", *map(str, args)], capture_output=True, text=True, cwd=cwd,
-                          env=env)
+    return hwloop(*args, cwd=cwd, env={"HWLOOP_CACHE_DIR": tempfile.mkdtemp(prefix="hwloop-cache-"),
+                                       "GITHUB_ACTIONS": None})
 
 
 @pytest.mark.parametrize("name", SHIPPED)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import numpy as np
@@ -16,13 +15,10 @@ from hwloop.cli import main
 from hwloop.graph import load_model
 from hwloop.store import open_run
 
+from helpers import hwloop
+
 MODELS = ["mlp_onnx", "mlp_dynamo_onnx", "cnn_onnx", "cnn_dynamo_onnx", "mlp_bn_onnx", "skl_mlp_onnx",
           "handbuilt_onnx", "demo_onnx"]
-
-
-def hwloop(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hwloop", *map(str, args)], capture_output=True, text=True,
-                          timeout=120)
 
 
 def arrays(path) -> dict[str, bytes]:

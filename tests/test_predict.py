@@ -25,13 +25,11 @@ from hwloop.layer import activate, activation_slope
 from hwloop.profiles import load_profile, parse_profile
 from hwloop.runner import run_model
 
+from helpers import profile
+
 N = 100
 D = 1e-3
 
-
-def profile(**noise) -> "object":
-    body = "".join(f"\n  {k}: {v}" for k, v in noise.items()) or " {}"
-    return parse_profile(f"version: 1\nprovenance: {{source: assumption}}\nnoise:{body}\n", "test.yaml")
 
 
 def monte_carlo(model, prof, x: np.ndarray, repeats: int, seed: int = 0):
