@@ -20,6 +20,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 Shape = Sequence[int | str | None] | None
+Values = Mapping[str, Shape] | Sequence[onnx.ValueInfoProto]
 Initializers = Mapping[str, "np.typing.ArrayLike"] | Sequence[TensorProto]
 
 IR_VERSION = 8  # readable by any onnxruntime of the last years; enough for opsets up to 18
@@ -33,10 +34,17 @@ def initializer(name: str, value: "np.typing.ArrayLike") -> TensorProto:
     return numpy_helper.from_array(arr, name)
 
 
-def onnx_model(nodes: Sequence[onnx.NodeProto], inputs: Mapping[str, Shape], outputs: Mapping[str, Shape],
+def value_infos(values: Values) -> list[onnx.ValueInfoProto]:
+    """Float tensors from ``{name: shape}``; a list of ``ValueInfoProto`` (a sequence, an int tensor) as it is."""
+    if not isinstance(values, Mapping):
+        return list(values)
+    return [helper.make_tensor_value_info(k, TensorProto.FLOAT, s) for k, s in values.items()]
+
+
+def onnx_model(nodes: Sequence[onnx.NodeProto], inputs: Values, outputs: Values,
                initializers: Initializers = (), *, opset: int = 17, domains: Sequence[str] = (),
                name: str = "handbuilt", check: bool = True) -> onnx.ModelProto:
-    """A model of float inputs/outputs (name -> shape; ``None`` for an unknown shape) and the given constants.
+    """A model of the given inputs/outputs (see :func:`value_infos`; shape ``None``: unknown) and constants.
 
     ``domains`` adds custom operator domains (version 1).  ``check`` runs ``onnx.checker`` with full shape
     inference; tests that build a graph wrong on purpose pass ``check=False``.
@@ -45,9 +53,7 @@ def onnx_model(nodes: Sequence[onnx.NodeProto], inputs: Mapping[str, Shape], out
              else [initializer(k, v) for k, v in initializers.items()])
     graph = helper.make_graph(
         list(nodes), name,
-        [helper.make_tensor_value_info(k, TensorProto.FLOAT, s) for k, s in inputs.items()],
-        [helper.make_tensor_value_info(k, TensorProto.FLOAT, s) for k, s in outputs.items()],
-        initializer=inits)
+        value_infos(inputs), value_infos(outputs), initializer=inits)
     model = helper.make_model(graph, producer_name="hwloop-handbuilt",
                               opset_imports=[helper.make_opsetid("", opset)] +
                               [helper.make_opsetid(d, 1) for d in domains])
@@ -58,8 +64,8 @@ def onnx_model(nodes: Sequence[onnx.NodeProto], inputs: Mapping[str, Shape], out
     return model
 
 
-def write_onnx(path: str | Path, nodes: Sequence[onnx.NodeProto], inputs: Mapping[str, Shape],
-               outputs: Mapping[str, Shape], initializers: Initializers = (), **options) -> Path:
+def write_onnx(path: str | Path, nodes: Sequence[onnx.NodeProto], inputs: Values, outputs: Values,
+               initializers: Initializers = (), **options) -> Path:
     """:func:`onnx_model` saved to ``path`` (one self-contained file); returns the path."""
     path = Path(path)
     onnx.save(onnx_model(nodes, inputs, outputs, initializers, **options), path)

@@ -216,17 +216,14 @@ def test_einsum_and_weight_first_products(tmp_path, dynamo):
 
 
 def _einsum_model(tmp_path, eq: str, w_shape: tuple, x_shape=("batch", 4, 5), out_dims=None):
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper
 
-    w = numpy_helper.from_array(np.ones(w_shape, np.float32), "W")
-    graph = helper.make_graph([helper.make_node("Einsum", ["x", "W"], ["e"], equation=eq, name="ein"),
-                               helper.make_node("Flatten", ["e"], ["y"])], "t",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", out_dims])], [w])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, tmp_path / "e.onnx")
-    return tmp_path / "e.onnx"
+    from exporters.handbuilt import write_onnx
+
+    nodes = [helper.make_node("Einsum", ["x", "W"], ["e"], equation=eq, name="ein"),
+             helper.make_node("Flatten", ["e"], ["y"])]
+    return write_onnx(tmp_path / "e.onnx", nodes, {"x": list(x_shape)}, {"y": ["batch", out_dims]},
+                      {"W": np.ones(w_shape)}, check=False)
 
 
 @pytest.mark.parametrize("eq,w_shape,why", [
