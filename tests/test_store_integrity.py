@@ -53,7 +53,7 @@ def complete_store(path, seed=1):
 KILLER = textwrap.dedent("""
     import os, signal, sys
     import hwloop.files as files
-    from tests.test_integrity import make, fill
+    from tests.test_store_integrity import make, fill
     stage = sys.argv[2]
 
     class Os:                                  # os as hwloop.files sees it: SIGKILL at one step
