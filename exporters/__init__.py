@@ -1,5 +1,6 @@
-"""Turn models into ONNX files hwloop can import: torch (legacy and dynamo exporters), scikit-learn, the demo model,
-and graphs built by hand (``exporters.handbuilt``).
+"""Turn models into ONNX files hwloop can import: torch, scikit-learn, the demo model, graphs built by hand.
+
+torch through the legacy and the dynamo exporter; graphs built by hand through ``exporters.handbuilt``.
 
 The names below load on first use, so ``exporters.handbuilt`` (onnx only) does not import torch.
 """

@@ -64,9 +64,32 @@ def test_map_and_exit_status_from_the_command_line(tmp_path):
     write_tree(tmp_path)
     mapped = subprocess.run([sys.executable, str(SCRIPT), "--map", "pkg"], cwd=tmp_path,
                             capture_output=True, text=True, check=True).stdout.splitlines()
-    assert mapped[0] == "pkg: A tiny package."
-    assert "pkg.many: Nine parameters (the *args and **kwargs count one each)." in mapped
+    assert "- `pkg`: A tiny package." in mapped
+    assert "- `pkg.many`: Nine parameters (the *args and **kwargs count one each)." in mapped
     gate = subprocess.run([sys.executable, str(SCRIPT), "pkg"], cwd=tmp_path, capture_output=True, text=True)
     assert gate.returncode == 1 and "functions with more than 8 parameters: 1" in gate.stdout
     missing = subprocess.run([sys.executable, str(SCRIPT), "nowhere"], cwd=tmp_path, capture_output=True, text=True)
     assert missing.returncode == 2 and "nowhere" in missing.stderr
+
+
+def test_map_write_replaces_only_its_block(tmp_path, structure):
+    write_tree(tmp_path)
+    (tmp_path / "pkg" / "sub").mkdir()
+    (tmp_path / "pkg" / "sub" / "__init__.py").write_text('"""Sub: a subpackage."""\n')
+    doc = tmp_path / "design.md"
+    doc.write_text(f"# Design\n\n{structure.MAP_BEGIN}\nstale\n{structure.MAP_END}\n\n## After\n")
+    assert structure.main(["--map", "--write", str(doc), str(tmp_path / "pkg")]) == 0
+    text = doc.read_text()
+    assert text.startswith("# Design\n\n") and text.endswith("\n\n## After\n") and "stale" not in text
+    assert "### unsorted: add these to STAGES in tools/structure.py" in text   # pkg is no stage of hwloop's
+    assert "- `pkg.sub`: Sub: a subpackage." in text and "- `pkg.big`: Over the module limit." in text
+
+
+def test_design_md_lists_every_module(structure):
+    """docs/design.md's module map names every module of hwloop/ and exporters/ (regenerate it with --map --write)."""
+    root = SCRIPT.parents[1]
+    doc = (root / "docs" / "design.md").read_text()
+    block = doc[doc.index(structure.MAP_BEGIN):doc.index(structure.MAP_END)]
+    missing = [n for n in structure.modules([root / "hwloop", root / "exporters"]) if f"- `{n}`:" not in block]
+    assert not missing, f"not in docs/design.md's module map (run tools/structure.py --map --write docs/design.md): {missing}"
+    assert "### unsorted" not in block

@@ -9,7 +9,8 @@ and count ``*args``/``**kwargs`` as one each.
     python tools/structure.py                    # hwloop/ ; exit 1 if a limit is broken
     python tools/structure.py hwloop tests tools # more trees
     python tools/structure.py --json             # machine output
-    python tools/structure.py --map              # module map: each hwloop module and its docstring's first line
+    python tools/structure.py --map              # module map: each module's docstring's first line, by stage
+    python tools/structure.py --map --write docs/design.md   # ... put into docs/design.md's map block
 """
 
 from __future__ import annotations
@@ -124,19 +125,72 @@ def report(files: list[Path], offences: list[Offence], worst: int) -> str:
     return "\n".join(lines)
 
 
+#: the stages of the flow (docs/design.md), each with the module prefixes it holds; the longest prefix wins
+STAGES = (
+    ("import", "ONNX in: analog layers and glue; data sets; device profiles",
+     ("hwloop.graph", "hwloop.layer", "hwloop.activations", "hwloop.recurrent", "hwloop.lowering",
+      "hwloop.data", "hwloop.inputs", "hwloop.profiles", "hwloop.yamlio", "exporters")),
+    ("execute", "layers on devices: emulator, chips on the bench, the runner, Dask",
+     ("hwloop.runner", "hwloop.distributed", "hwloop.cluster", "hwloop.devices", "hwloop.physics", "hwloop.bench")),
+    ("record", "crash-safe stores and their metadata",
+     ("hwloop.store", "hwloop.files", "hwloop.cf", "hwloop.provenance")),
+    ("analyse", "statistics, prediction, figures and pages",
+     ("hwloop.analysis", "hwloop.report", "hwloop.plotting", "hwloop.numbers")),
+    ("calibrate", "a chip measured into a profile", ("hwloop.calibration",)),
+    ("walk", "Walking Noise: per-site robustness", ("hwloop.walking",)),
+    ("check", "the CI gate", ("hwloop.check", "hwloop.pytest_plugin")),
+    ("finetune", "hardware-in-the-loop training", ("hwloop.finetune",)),
+    ("mitigate", "model transforms against noise", ("hwloop.mitigate",)),
+    ("command line and plumbing", "the CLI and what every part shares",
+     ("hwloop", "hwloop.cli", "hwloop.commands", "hwloop.argtypes", "hwloop.errors", "hwloop.lazy",
+      "hwloop.progress")),
+)
+MAP_BEGIN = "<!-- module-map: made by `python tools/structure.py --map --write docs/design.md`; edit docstrings -->"
+MAP_END = "<!-- /module-map -->"
+
+
 def first_docstring_line(path: Path) -> str:
     doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
     return doc.strip().splitlines()[0] if doc.strip() else "(no docstring)"
 
 
-def module_map(package: Path) -> str:
-    """One line per module of ``package``: dotted name, then the first line of its docstring."""
-    rows = []
-    for path in python_files([package]):
-        rel = path.resolve().relative_to(package.resolve().parent).with_suffix("")
-        parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
-        rows.append(f"{'.'.join(parts)}: {first_docstring_line(path)}")
-    return "\n".join(rows)
+def modules(packages: list[Path]) -> dict[str, Path]:
+    """Dotted module name -> file, for every module of ``packages``."""
+    found = {}
+    for package in packages:
+        for path in python_files([package]):
+            rel = path.resolve().relative_to(package.resolve().parent).with_suffix("")
+            if rel.name != "__main__":
+                found[".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)] = path
+    return found
+
+
+def stage_of(name: str) -> str:
+    best = max(((len(p), stage) for stage, _, prefixes in STAGES for p in prefixes
+                if name == p or name.startswith(p + ".")), default=(0, "unsorted"))
+    return best[1]
+
+
+def module_map(packages: list[Path]) -> str:
+    """Markdown: one line per module (name, first line of its docstring), grouped by stage of the flow."""
+    found = modules(packages)
+    lines = [MAP_BEGIN]
+    titles = [(stage, why) for stage, why, _ in STAGES] + [("unsorted", "add these to STAGES in tools/structure.py")]
+    for stage, why in titles:
+        names = sorted((n for n in found if stage_of(n) == stage), key=lambda n: (not n.startswith("hwloop"), n))
+        if names:
+            lines += ["", f"### {stage}: {why}"]
+            lines += [f"- `{n}`: {first_docstring_line(found[n])}" for n in names]
+    return "\n".join(lines + [MAP_END])
+
+
+def write_map(text: str, doc: Path) -> None:
+    """Replace the module-map block of ``doc`` (between its markers) with ``text``."""
+    old = doc.read_text(encoding="utf-8")
+    start, end = old.find(MAP_BEGIN), old.find(MAP_END)
+    if start < 0 or end < start:
+        raise SystemExit(f"{doc}: no module-map block (lines {MAP_BEGIN!r} ... {MAP_END!r})")
+    doc.write_text(old[:start] + text + old[end + len(MAP_END):], encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,13 +199,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("roots", nargs="*", type=Path, help="folders or files (default: hwloop/ of this checkout)")
     parser.add_argument("--json", action="store_true", help="print the offences as JSON")
     parser.add_argument("--worst", type=int, default=10, help="offenders listed per kind (default 10)")
-    parser.add_argument("--map", action="store_true", help="print the module map of hwloop/ and exit")
+    parser.add_argument("--map", action="store_true", help="print the module map (markdown) of hwloop/ and exporters/")
+    parser.add_argument("--write", type=Path, metavar="DOC", help="with --map: replace the map block in DOC")
     args = parser.parse_args(argv)
+    if args.map:
+        text = module_map(args.roots or [here / "hwloop", here / "exporters"])
+        write_map(text, args.write) if args.write else print(text)
+        return 0
     roots = args.roots or [here / "hwloop"]
     base = Path.cwd()
-    if args.map:
-        print(module_map(roots[0]))
-        return 0
     missing = [str(r) for r in roots if not r.exists()]
     if missing:
         print(f"structure: no such file or folder: {', '.join(missing)}", file=sys.stderr)
