@@ -83,7 +83,7 @@ def test_global_mode_and_cli(tfc_digits, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_killed_sweep_resumed_equals_uninterrupted(tmp_path):
-    """A real `hwloop walk` process is SIGKILLed mid-sweep, then resumed by a second process.
+    """A real `hwloop walk` process is SIGKILLed mid-sweep, then resumed (in this process: the same CLI ``main``).
 
     What is tested is the store's resume (points done before the kill kept, the rest computed, bytes equal
     to an uninterrupted sweep), not the training: 2 sites x 3 sigmas of a 2-epoch training on 200 samples
@@ -108,7 +108,7 @@ def test_killed_sweep_resumed_equals_uninterrupted(tmp_path):
     assert proc.returncode == -signal.SIGKILL, "the sweep finished before it could be killed"
     left = int(np.sum(np.isnan(zarr.open_group(str(out), mode="r")["accuracy"][...])))
     assert 0 < left < 6
-    assert subprocess.run(args, capture_output=True).returncode == 0
+    assert cli(args[3:]) == 0
     resumed = open_sweep(out)
     settings = SweepSettings(sigmas=RESUME_SIGMAS, **{**TRAIN, "epochs": 2, "data": "digits@200"})
     whole = open_sweep(run_sweep(settings, tmp_path / "whole.zarr"))
