@@ -83,15 +83,17 @@ def test_global_mode_and_cli(tfc_digits, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_killed_sweep_resumed_equals_uninterrupted(tmp_path):
-    """A real `hwloop walk` process is SIGKILLed mid-sweep, then resumed (in this process: the same CLI ``main``).
+    """A real `hwloop walk` process (on its default local Dask cluster) is SIGKILLed mid-sweep, then resumed
+    in this process (the same CLI ``main``, ``--workers 0``: no second cluster to start).
 
     What is tested is the store's resume (points done before the kill kept, the rest computed, bytes equal
-    to an uninterrupted sweep), not the training: 2 sites x 3 sigmas of a 2-epoch training on 200 samples
-    suffice (each point takes far longer than the 50 ms poll, so the kill always lands mid-sweep).
+    to an uninterrupted sweep, whichever executor ran them), not the training: 2 sites x 3 sigmas of a
+    2-epoch training on 200 samples suffice (a point takes far longer than the 50 ms poll, so the kill
+    always lands mid-sweep).
     """
     out = tmp_path / "killed.zarr"
     args = [sys.executable, "-m", "hwloop", "walk", "--train-noise", "--model-def", "tfc", "--epochs", "2",
-            "--data", "digits@200", "--sites", "1,7", "--sigmas", ",".join(map(str, RESUME_SIGMAS)), "--out", str(out)]
+            "--data", "digits@200", "--sites", "1,7", "--sigmas", ",".join(map(str, RESUME_SIGMAS)), "--out", str(out), "--workers", "0"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     done = 0
