@@ -1,8 +1,19 @@
-"""Turn models into ONNX files hwloop can import: torch (legacy and dynamo exporters), scikit-learn, the demo model."""
+"""Turn models into ONNX files hwloop can import: torch, scikit-learn, the demo model, graphs built by hand.
 
-from .demo import train_demo
-from .sklearn_onnx import export_sklearn
-from .torch_onnx import export_torch
-from .training import train_torch
+torch through the legacy and the dynamo exporter; graphs built by hand through ``exporters.handbuilt``.
 
-__all__ = ["export_sklearn", "export_torch", "train_demo", "train_torch"]
+The names below load on first use, so ``exporters.handbuilt`` (onnx only) does not import torch.
+"""
+
+from importlib import import_module
+
+_WHERE = {"train_demo": "demo", "export_sklearn": "sklearn_onnx", "export_torch": "torch_onnx",
+          "train_torch": "training", "write_onnx": "handbuilt", "onnx_model": "handbuilt"}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(import_module(f"{__name__}.{_WHERE[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

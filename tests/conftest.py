@@ -32,9 +32,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 
 from exporters.demo import train_demo
+from exporters.handbuilt import onnx_model
 from exporters.models import CNN, MLP, TFC, seeded
 from exporters.sklearn_onnx import export_sklearn
 from exporters.torch_onnx import export_torch
@@ -169,10 +170,7 @@ def handbuilt_onnx(model_dir) -> Path:
 
 def handbuilt_model(seed: int = 6) -> onnx.ModelProto:
     rng = np.random.default_rng(seed)
-
-    def init(name: str, *shape: int) -> onnx.TensorProto:
-        return numpy_helper.from_array((rng.standard_normal(shape) / np.sqrt(shape[0])).astype(np.float32), name)
-
+    shapes = {"W1": (64, 32), "b1": (32,), "W2": (32, 16), "b2": (16,), "W3": (10, 16), "b3": (10,)}
     nodes = [
         helper.make_node("MatMul", ["input", "W1"], ["mm1"], name="matmul1"),
         helper.make_node("Add", ["mm1", "b1"], ["a1"], name="add1"),
@@ -181,17 +179,8 @@ def handbuilt_model(seed: int = 6) -> onnx.ModelProto:
         helper.make_node("Relu", ["a2"], ["h2"], name="relu2"),
         helper.make_node("Gemm", ["h2", "W3", "b3"], ["output"], name="gemm3", transB=1),
     ]
-    graph = helper.make_graph(
-        nodes, "handbuilt",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 64])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 10])],
-        initializer=[init("W1", 64, 32), init("b1", 32), init("W2", 32, 16), init("b2", 16),
-                     init("W3", 10, 16), init("b3", 10)],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="hwloop-tests")
-    model.ir_version = 8  # readable by any onnxruntime of the last years
-    onnx.checker.check_model(model, full_check=True)
-    return model
+    inits = {k: rng.standard_normal(s) / np.sqrt(s[0]) for k, s in shapes.items()}
+    return onnx_model(nodes, {"input": ["batch", 64]}, {"output": ["batch", 10]}, inits, name="handbuilt")
 
 
 @pytest.fixture(scope="session")

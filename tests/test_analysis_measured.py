@@ -18,14 +18,11 @@ from hwloop.data import Dataset
 from hwloop.devices import Emulator
 from hwloop.errors import HwloopError
 from hwloop.graph import load_model
-from hwloop.profiles import parse_profile
 from hwloop.runner import run_model
 from hwloop.store import open_run
 
+from helpers import profile
 
-def profile(**noise):
-    body = "".join(f"\n  {k}: {v}" for k, v in noise.items()) or " {}"
-    return parse_profile(f"version: 1\nprovenance: {{source: assumption}}\nnoise:{body}\n", "test.yaml")
 
 
 def one_layer_run(tmp_path, prof, repeats=4000, n_samples=16, seed=0, out=None):

@@ -17,10 +17,13 @@ import numpy as np
 import pytest
 
 from hwloop.bench import Faults, VisaDevice
+from hwloop.cli import main
 from hwloop.errors import DeviceError
 from hwloop.graph import load_model
 from hwloop.runner import run_model
 from hwloop.store import open_run
+
+from helpers import hwloop
 
 pytest_plugins = ["tests.bench_fixtures"]
 
@@ -239,7 +242,8 @@ CHIPS = pytest.mark.parametrize("n_chips", [1, 4], ids=["one-chip", "four-chips-
 @pytest.mark.slow
 @CHIPS
 def test_sigkill_client_mid_run_then_resume(make_bench, mlp_onnx, reference, tmp_path, n_chips):
-    """SIGKILL of a real ``hwloop run --bench`` subprocess, then ``--resume``: nothing lost or duplicated."""
+    """SIGKILL of a real ``hwloop run --bench`` subprocess, then ``--resume`` (in this process, the same
+    ``hwloop.cli.main``): nothing lost or duplicated."""
     benches = _make_benches(make_bench, n_chips)
     bench = benches[-1]
     bf = _bench_file(tmp_path, benches)
@@ -255,8 +259,7 @@ def test_sigkill_client_mid_run_then_resume(make_bench, mlp_onnx, reference, tmp
     proc.wait()
     partial = open_run(out)
     assert not partial.complete
-    done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+    assert main(cmd[3:] + ["--resume"]) == 0          # the resume in this process: the same CLI main
     assert_same_as_reference(out, reference)
     assert open_run(out).attrs["pipelined"] == (n_chips > 1)  # provenance kept, and says how it ran
 
@@ -265,8 +268,7 @@ def test_bad_bench_file_errors_through_cli(tmp_path, mlp_onnx):
     path = tmp_path / "b.yaml"
     path.write_text("devices:\n  chip:\n    resource: \"TCPIP::127.0.0.1::1::SOCKET\"\n    retries: 0\n"
                     "    timeout_ms: 200\ndefault: chip\n")
-    r = subprocess.run([sys.executable, "-m", "hwloop", "run", str(mlp_onnx), "--bench", str(path),
-                        "--out", str(tmp_path / "r.zarr")], capture_output=True, text=True, timeout=60)
+    r = hwloop("run", mlp_onnx, "--bench", path, "--out", tmp_path / "r.zarr", timeout=60)
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and f"{path}:2: device 'chip': cannot reach bench controller " \
         "TCPIP::127.0.0.1::1::SOCKET" in r.stderr
@@ -306,6 +308,5 @@ def test_ctrl_c_ends_between_transfers_and_resumes(make_bench, mlp_onnx, referen
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     assert not open_run(out).complete and open_run(out).attrs["pipelined"] == (n_chips > 1)
-    done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+    assert main(cmd[3:] + ["--resume"]) == 0          # the resume in this process: the same CLI main
     assert_same_as_reference(out, reference)

@@ -192,20 +192,17 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, demo_onnx):
 
 def tiny_model_with_round(tmp_path):
     """x (N, 4) -> Gemm -> Relu -> Round (glue) -> Gemm -> (N, 3): Round has no useful gradient."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper
+
+    from exporters.handbuilt import write_onnx
 
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.normal(size=s).astype(np.float32), n)
-             for n, s in (("w1", (8, 4)), ("b1", (8,)), ("w2", (3, 8)), ("b2", (3,)))]
+    inits = {n: rng.normal(size=s) for n, s in (("w1", (8, 4)), ("b1", (8,)), ("w2", (3, 8)), ("b2", (3,)))}
     nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc1", transB=1),
              helper.make_node("Relu", ["h"], ["r"], name="act1"),
              helper.make_node("Round", ["r"], ["q"], name="round"),
              helper.make_node("Gemm", ["q", "w2", "b2"], ["y"], name="fc2", transB=1)]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], inits)
-    path = tmp_path / "round.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    path = write_onnx(tmp_path / "round.onnx", nodes, {"x": ["N", 4]}, {"y": ["N", 3]}, inits)
     np.savez(tmp_path / "d.npz", x=rng.random((30, 4)).astype(np.float32), y=rng.integers(0, 3, 30))
     return path, f"npz:{tmp_path / 'd.npz'}"
 

@@ -8,11 +8,11 @@ the written file after.
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
 import torch
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 
+from exporters.handbuilt import write_onnx
 from hwloop.devices.emulator import Emulator
 from hwloop.finetune import FinetuneConfig, finetune
 from hwloop.finetune.glue import convert
@@ -20,8 +20,6 @@ from hwloop.finetune.net import Network
 from hwloop.finetune.twin import load_twin
 from hwloop.graph import load_model
 
-_C = lambda name, v: numpy_helper.from_array(np.asarray(v, np.float32), name)  # noqa: E731
-_I = lambda name, v: numpy_helper.from_array(np.asarray(v, np.int64), name)    # noqa: E731
 
 #: glue between Conv(1->2, 3x3, pad 1)+Relu on 1x6x6 images and a final Gemm, and the Gemm's input size
 GLUES = {
@@ -49,19 +47,16 @@ GLUES = {
 def glue_model(tmp_path, name: str):
     nodes, n_mid, last = GLUES[name]
     rng = np.random.default_rng(3)
-    inits = [_C("wc", rng.normal(size=(2, 1, 3, 3))), _C("bc", rng.normal(size=2) * 0.1),
-             _C("w2", rng.normal(size=(10, n_mid))), _C("b2", np.zeros(10)), _C("c1", [0.25]), _C("c2", [2.0]),
-             _I("ax0", [0]), _I("ax1", [1]), _I("shape0", [0, -1]), _I("i0", 0), _I("m1", [-1])]
+    inits = {"wc": rng.normal(size=(2, 1, 3, 3)), "bc": rng.normal(size=2) * 0.1, "w2": rng.normal(size=(10, n_mid)),
+             "b2": np.zeros(10), "c1": [0.25], "c2": [2.0],      # float constants; integer ones below stay int64
+             "ax0": [0], "ax1": [1], "shape0": [0, -1], "i0": 0, "m1": [-1]}
     out = "y" if last is None else "z"
     body = [helper.make_node("Conv", ["x", "wc", "bc"], ["cv"], name="conv", pads=[1, 1, 1, 1]),
             helper.make_node("Relu", ["cv"], ["r"]), *nodes,
             helper.make_node("Gemm", ["g", "w2", "b2"], [out], name="fc", transB=1)]
     if last is not None:
         body.append(helper.make_node(last, [out], ["y"], axis=1))
-    graph = helper.make_graph(body, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 6, 6])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])], inits)
-    path = tmp_path / f"{name}.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    path = write_onnx(tmp_path / f"{name}.onnx", body, {"x": ["N", 1, 6, 6]}, {"y": ["N", 10]}, inits, name=name)
     rng = np.random.default_rng(4)
     np.savez(tmp_path / "d.npz", x=rng.random((96, 36)).astype(np.float32), y=rng.integers(0, 10, 96))
     return path, f"npz:{tmp_path / 'd.npz'}"

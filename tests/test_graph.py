@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
+from exporters.handbuilt import write_onnx
 from hwloop.errors import HwloopError
 from hwloop.graph import format_table, load_model
 
@@ -15,17 +15,10 @@ MODELS = ["mlp_onnx", "mlp_dynamo_onnx", "cnn_onnx", "cnn_dynamo_onnx", "mlp_bn_
 
 
 def save(tmp_path, nodes, inits, inputs=None, outputs=None, name="m.onnx", opset=17, domains=()):
-    """Write a hand-built graph; default input x (batch, 4) and output y (batch, 3)."""
-    inputs = inputs or [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])]
-    outputs = outputs or [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])]
-    graph = helper.make_graph(nodes, "t", inputs, outputs,
-                              initializer=[numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)] +
-                              [helper.make_opsetid(d, 1) for d in domains])
-    model.ir_version = 8
-    path = tmp_path / name
-    onnx.save(model, path)
-    return path
+    """Write a hand-built graph (unchecked: many are wrong on purpose); default input x (batch, 4), output y (batch, 3)."""
+    return write_onnx(tmp_path / name, nodes, inputs or {"x": ["batch", 4]}, outputs or {"y": ["batch", 3]},
+                      {k: np.asarray(v, np.float32) for k, v in inits.items()}, opset=opset, domains=domains,
+                      check=False)
 
 
 @pytest.mark.parametrize("fixture", MODELS)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import jsonschema
@@ -14,6 +12,8 @@ import yaml
 from hwloop.errors import HwloopError
 from hwloop.profiles import (PROFILE_SCHEMA, SCHEMA_FILE, available_profiles, dump_profile, load_profile,
                              parse_profile, schema_json)
+
+from helpers import hwloop
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "device_profiles").glob("*.yaml"))
@@ -185,17 +185,13 @@ def test_describe_carries_text_and_hash():
     assert d["text"] == p.text and len(d["sha256"]) == 64 and d["version"] == "1"
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "hwloop", *args], capture_output=True, text=True, cwd=ROOT)
-
-
 def test_cli_profile_validate_and_schema(tmp_path):
-    ok = _cli("profile", "validate", *map(str, SHIPPED))
+    ok = hwloop("profile", "validate", *map(str, SHIPPED))
     assert ok.returncode == 0 and ok.stdout.count(": ok") == len(SHIPPED)
     bad = tmp_path / "bad.yaml"
     bad.write_text(HEAD + "adc:\n  bits: 64\n  range: [0, 1]\n")
-    r = _cli("profile", "validate", str(bad))
+    r = hwloop("profile", "validate", str(bad))
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [f"hwloop profile: error: {bad}:4: adc.bits: must be <= 32 (got 64)"]
-    s = _cli("profile", "schema")
+    s = hwloop("profile", "schema")
     assert s.returncode == 0 and json.loads(s.stdout) == PROFILE_SCHEMA

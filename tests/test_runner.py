@@ -6,8 +6,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
+from exporters.handbuilt import onnx_model, write_onnx
 from hwloop.data import Dataset
 from hwloop.devices import Emulator
 from hwloop.devices.emulator import emulators
@@ -69,27 +70,17 @@ def conv_model(tmp_path, name: str, in_shape: tuple, w_shape: tuple, **attrs):
     """x -> Conv(attrs) -> Relu -> Flatten -> Gemm(-> 4 classes), random fixed weights."""
     rng = np.random.default_rng(7)
     w = rng.standard_normal(w_shape).astype(np.float32)
-    probe = helper.make_model(helper.make_graph(
-        [helper.make_node("Conv", ["x", "W"], ["c"], **attrs)], "p",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, (1,) + in_shape)],
-        [helper.make_tensor_value_info("c", TensorProto.FLOAT, None)], [numpy_helper.from_array(w, "W")]),
-        opset_imports=[helper.make_opsetid("", 17)])
+    probe = onnx_model([helper.make_node("Conv", ["x", "W"], ["c"], **attrs)], {"x": (1,) + in_shape}, {"c": None},
+                       {"W": w}, check=False)
     out_dims = [d.dim_value for d in onnx.shape_inference.infer_shapes(probe).graph.output[0].type.tensor_type.shape.dim]
     flat = int(np.prod(out_dims[1:]))
-    inits = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(rng.standard_normal(w_shape[0]).astype(np.float32), "B"),
-             numpy_helper.from_array((rng.standard_normal((4, flat)) / np.sqrt(flat)).astype(np.float32), "G")]
-    graph = helper.make_graph([
+    inits = {"W": w, "B": rng.standard_normal(w_shape[0]), "G": rng.standard_normal((4, flat)) / np.sqrt(flat)}
+    return write_onnx(tmp_path / f"{name}.onnx", [
         helper.make_node("Conv", ["x", "W", "B"], ["c"], name="conv", **attrs),
         helper.make_node("Relu", ["c"], ["r"]),
         helper.make_node("Flatten", ["r"], ["f"]),
-        helper.make_node("Gemm", ["f", "G"], ["y"], transB=1, name="readout")], "conv",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ("batch",) + in_shape)],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ("batch", 4))], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    path = tmp_path / f"{name}.onnx"
-    onnx.save(model, path)
-    return path
+        helper.make_node("Gemm", ["f", "G"], ["y"], transB=1, name="readout")],
+        {"x": ("batch",) + in_shape}, {"y": ("batch", 4)}, inits, name="conv")
 
 
 CONVS = {
@@ -117,25 +108,18 @@ def test_conv_geometries_equal_onnxruntime(case, tmp_path):
 def dag_model(tmp_path):
     """Skips over layers: the input and layer 0 both reach the readout (Concat), layer 1 adds onto layer 0."""
     rng = np.random.default_rng(9)
-    w = lambda *s: numpy_helper.from_array((rng.standard_normal(s) / np.sqrt(s[0])).astype(np.float32), f"W{len(s)}_{s}")  # noqa: E731
-    W1, W2, W3 = w(6, 8), w(8, 8), w(14, 3)
-    graph = helper.make_graph([
-        helper.make_node("Gemm", ["x", W1.name], ["a1"], name="g1"),
+    inits = {f"W{i}": rng.standard_normal(s) / np.sqrt(s[0]) for i, s in ((1, (6, 8)), (2, (8, 8)), (3, (14, 3)))}
+    inits.update(st=np.array([0]), en=np.array([8]), ax=np.array([1]))
+    return write_onnx(tmp_path / "dag.onnx", [
+        helper.make_node("Gemm", ["x", "W1"], ["a1"], name="g1"),
         helper.make_node("Tanh", ["a1"], ["h1"]),
-        helper.make_node("Gemm", ["h1", W2.name], ["a2"], name="g2"),
+        helper.make_node("Gemm", ["h1", "W2"], ["a2"], name="g2"),
         helper.make_node("Sigmoid", ["a2"], ["h2"]),
         helper.make_node("Add", ["h2", "h1"], ["s"], name="skip_add"),
         helper.make_node("Slice", ["s", "st", "en", "ax"], ["s8"], name="slice"),
         helper.make_node("Concat", ["x", "s8"], ["cat"], axis=1, name="cat_input"),
-        helper.make_node("Gemm", ["cat", W3.name], ["y"], name="g3")], "dag",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 6])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
-        [W1, W2, W3] + [numpy_helper.from_array(np.array([v], np.int64), n) for n, v in
-                        (("st", 0), ("en", 8), ("ax", 1))])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, tmp_path / "dag.onnx")
-    return tmp_path / "dag.onnx"
+        helper.make_node("Gemm", ["cat", "W3"], ["y"], name="g3")], {"x": ["batch", 6]}, {"y": ["batch", 3]},
+        inits, name="dag")
 
 
 def test_dag_with_skips_equals_onnxruntime_and_carries_repeats(tmp_path):
@@ -219,20 +203,15 @@ def test_flat_mnist_is_reshaped_for_a_conv_model(tmp_path):
 def test_product_of_two_computed_tensors_is_digital_glue(tmp_path):
     """MatMul(h, h) per sample (no constant weight) runs on the host between two analog layers."""
     rng = np.random.default_rng(11)
-    W1 = numpy_helper.from_array((rng.standard_normal((6, 4)) / 2).astype(np.float32), "W1")
-    W2 = numpy_helper.from_array((rng.standard_normal((3, 4)) / 2).astype(np.float32), "W2")
-    shape = numpy_helper.from_array(np.array([-1, 2, 2], np.int64), "shape")
-    graph = helper.make_graph([
+    inits = {"W1": rng.standard_normal((6, 4)) / 2, "W2": rng.standard_normal((3, 4)) / 2,
+             "shape": np.array([-1, 2, 2])}
+    write_onnx(tmp_path / "sq.onnx", [
         helper.make_node("Gemm", ["x", "W1"], ["a"], name="g1"),
         helper.make_node("Reshape", ["a", "shape"], ["a3"]),
         helper.make_node("MatMul", ["a3", "a3"], ["sq"], name="square"),
         helper.make_node("Flatten", ["sq"], ["f"]),
-        helper.make_node("Gemm", ["f", "W2"], ["y"], transB=1, name="g2")], "sq",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 6])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])], [W1, W2, shape])
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    proto.ir_version = 8
-    onnx.save(proto, tmp_path / "sq.onnx")
+        helper.make_node("Gemm", ["f", "W2"], ["y"], transB=1, name="g2")], {"x": ["batch", 6]}, {"y": ["batch", 3]},
+        inits, name="sq")
     model = load_model(tmp_path / "sq.onnx")
     assert [L.name for L in model.layers] == ["g1", "g2"]
     assert {r["name"]: r["kind"] for r in model.table()}["square"] == "digital"
@@ -272,17 +251,12 @@ def test_shape_arithmetic_in_glue_follows_the_repetitions(tmp_path):
 
 def test_fixed_batch_export_runs_its_batch_size_per_call(tmp_path, digits):
     rng = np.random.default_rng(13)
-    graph = helper.make_graph(
-        [helper.make_node("Gemm", ["x", "W"], ["a"], name="g"), helper.make_node("Reshape", ["a", "s"], ["y"], name="r")],
-        "fixed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
-        [numpy_helper.from_array(rng.standard_normal((64, 10)).astype(np.float32), "W"),
-         numpy_helper.from_array(np.array([1, 10], np.int64), "s")])
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    proto.ir_version = 8
-    onnx.save(proto, tmp_path / "fixed.onnx")
+    w = rng.standard_normal((64, 10)).astype(np.float32)
+    write_onnx(tmp_path / "fixed.onnx", [helper.make_node("Gemm", ["x", "W"], ["a"], name="g"),
+                                         helper.make_node("Reshape", ["a", "s"], ["y"], name="r")],
+               {"x": [1, 64]}, {"y": [1, 10]}, {"W": w, "s": np.array([1, 10])}, name="fixed")
     res = run_model(tmp_path / "fixed.onnx", "digits@20", repeats=2)   # a Reshape to (1, 10): one row per call
-    want = digits.x[:20] @ numpy_helper.to_array(graph.initializer[0])
+    want = digits.x[:20] @ w
     np.testing.assert_allclose(res.output, np.broadcast_to(want, res.output.shape), atol=TOL, rtol=TOL)
 
 
@@ -291,19 +265,14 @@ def test_fixed_batch_export_runs_its_batch_size_per_call(tmp_path, digits):
 def test_bias_add_after_conv_is_absorbed_only_when_per_channel(shape, absorbed, tmp_path):
     """(N,3,5,5) + c: a bias when c is constant over positions; otherwise the Add is digital glue."""
     rng = np.random.default_rng(14)
-    graph = helper.make_graph([
+    inits = {"W": rng.standard_normal((3, 2, 3, 3)), "bias": rng.standard_normal(shape),
+             "G": rng.standard_normal((4, 75)) / 8}
+    write_onnx(tmp_path / "cb.onnx", [
         helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1], name="conv"),
         helper.make_node("Add", ["c", "bias"], ["cb"], name="add"),
         helper.make_node("Flatten", ["cb"], ["f"]),
-        helper.make_node("Gemm", ["f", "G"], ["y"], transB=1, name="readout")], "cb",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2, 5, 5])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
-        [numpy_helper.from_array(rng.standard_normal((3, 2, 3, 3)).astype(np.float32), "W"),
-         numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), "bias"),
-         numpy_helper.from_array((rng.standard_normal((4, 75)) / 8).astype(np.float32), "G")])
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    proto.ir_version = 8
-    onnx.save(proto, tmp_path / "cb.onnx")
+        helper.make_node("Gemm", ["f", "G"], ["y"], transB=1, name="readout")],
+        {"x": ["batch", 2, 5, 5]}, {"y": ["batch", 4]}, inits, name="cb")
     model = load_model(tmp_path / "cb.onnx")
     assert (model.layers[0].meta["ops"] == "Conv+Add") == absorbed
     ds = Dataset("random", rng.standard_normal((6, 2, 5, 5)).astype(np.float32), rng.integers(0, 4, 6), 4)

@@ -27,17 +27,23 @@ pytestmark = [pytest.mark.mnist, pytest.mark.skipif(MNIST is None, reason="../sh
 TEST = f"mnist:{MNIST}@2000"
 
 
-def trained_onnx(folder: Path, name: str, n_train: int, epochs: int) -> Path:
+def trained_onnx(folder: Path, name: str, n_train: int, epochs: int, **config) -> Path:
     module, shape = build_model(name, 784, 10, seed=0)
-    net = train(NoisyNet(module, shape), load_data(f"mnist:{MNIST}+train@{n_train}"), TrainConfig(epochs=epochs), 1, 2)
+    net = train(NoisyNet(module, shape), load_data(f"mnist:{MNIST}+train@{n_train}"),
+                TrainConfig(epochs=epochs, **config), 1, 2)
     return export_torch(net.net, folder / f"{name}.onnx", torch.zeros(2, 784))
 
 
 @pytest.fixture(scope="module")
 def tfc_walk(tmp_path_factory):
-    """TFC trained 15 epochs on all 60k (~97% test accuracy; ~15 s) and its evaluation-only walking sweep."""
+    """TFC trained 15 epochs on all 60k (96.7% test accuracy) and its evaluation-only walking sweep.
+
+    Batches of 512 at learning rate 3e-3 (not Walking Noise's 128 at 1e-3): a quarter of the optimiser
+    steps, under half the time (fixture 9.6 s against 22.4 s on the shared machine), the same accuracy
+    (96.7% against 96.9%) and the same findings with the same margins (midpoint ratio 16.7 against 15.7,
+    input lowest and logits highest in both)."""
     folder = tmp_path_factory.mktemp("mnist-walk")
-    model = trained_onnx(folder, "tfc", 60000, 15)
+    model = trained_onnx(folder, "tfc", 60000, 15, batch_size=512, lr=3e-3)
     settings = SweepSettings(sigmas=tuple(np.logspace(-2, 3, 16)), data=TEST, repeats=2)
     return model, open_sweep(run_sweep(settings, folder / "walk.zarr", model))
 
@@ -48,7 +54,7 @@ def test_input_most_fragile_logits_most_robust(tfc_walk):
     mu = np.array([m.value for m in sweep_midpoints(ds)])
     assert np.all(np.isfinite(mu))
     assert np.argmin(mu) == 0 and np.argmax(mu) == len(mu) - 1, mu
-    assert mu[-1] > 10 * mu[0], mu          # measured ~14x (input ~0.54, logits ~7.8)
+    assert mu[-1] > 10 * mu[0], mu          # measured ~17x (input ~0.52, logits ~8.6)
 
 
 @pytest.mark.slow

@@ -19,7 +19,6 @@ extra time, so transport and host overhead show), and in the same run through th
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from hwloop.bench.driver import ROUND_TRIPS_PER_MEASUREMENT, ROUND_TRIPS_PER_PRO
 from hwloop.finetune import FinetuneConfig, finetune
 from hwloop.graph import load_model
 from hwloop.profiles import parse_profile
+from timing import options  # tools/timing.py (python puts the script's folder on the path)
 
 PROFILE = """
 version: 1
@@ -41,11 +41,7 @@ adc: {bits: 8, range: [-16, 16]}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--time-scale", type=float, default=0.0)
-    args = ap.parse_args()
+    args = options(__doc__, epochs=3, batch_size=64, time_scale=0.0)
     from exporters.demo import train_demo
 
     prof = parse_profile(PROFILE)

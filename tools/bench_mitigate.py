@@ -15,14 +15,13 @@ several calls of each and the ratio (goal: advisor < 1/20).
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_predict import inputs  # noqa: E402  (the same samples as the prediction benchmark)
-from timing import best  # noqa: E402
+from timing import best, options  # noqa: E402
 
 from hwloop.analysis import analyze_run  # noqa: E402
 from hwloop.analysis.networks import dense_onnx, random_weights  # noqa: E402
@@ -45,12 +44,8 @@ def setup(samples: int, profile: str):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--samples", type=int, default=1000)
-    ap.add_argument("--repeats", type=int, default=100)
-    ap.add_argument("--reps", type=int, default=5, help="calls of each contender (the fastest counts)")
-    ap.add_argument("--profile", default="semenova")
-    args = ap.parse_args()
+    args = options(__doc__, samples=1000, repeats=100, reps=(5, "calls of each contender (the fastest counts)"),
+                   profile="semenova")
     model, prof, data = setup(args.samples, args.profile)
     out = {}
 

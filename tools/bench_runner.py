@@ -15,38 +15,23 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
 
+from hwloop.analysis.networks import dense_onnx, random_weights
 from hwloop.data import Dataset
 from hwloop.graph import load_model
 from hwloop.runner import run_model
 from timing import best  # tools/timing.py (python puts the script's folder on the path)
 
 SIZES = (784, 100, 100, 100, 10)
-ACTS = ("Sigmoid", "Relu", "Sigmoid", None)
+ACTS = ("sigmoid", "relu", "sigmoid", "linear")
 
 
 def build_mlp(path: Path, seed: int = 0) -> Path:
     """The benchmark MLP as Gemm (transB=1) + activation nodes, the way torch exports Linear layers."""
-    rng = np.random.default_rng(seed)
-    nodes, inits, x = [], [], "input"
-    for i, (n_in, n_out) in enumerate(zip(SIZES[:-1], SIZES[1:])):
-        inits += [numpy_helper.from_array((rng.standard_normal((n_out, n_in)) / np.sqrt(n_in)).astype(np.float32), f"W{i}"),
-                  numpy_helper.from_array((0.1 * rng.standard_normal(n_out)).astype(np.float32), f"b{i}")]
-        out = "output" if ACTS[i] is None else f"a{i}"
-        nodes.append(helper.make_node("Gemm", [x, f"W{i}", f"b{i}"], [out], transB=1, name=f"fc{i}"))
-        if ACTS[i]:
-            nodes.append(helper.make_node(ACTS[i], [out], [f"h{i}"], name=f"act{i}"))
-            x = f"h{i}"
-    graph = helper.make_graph(nodes, "bench_mlp",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", SIZES[0]])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", SIZES[-1]])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, path)
-    return path
+    rng = np.random.default_rng(seed + 1)
+    biases = [0.1 * rng.standard_normal(n) for n in SIZES[1:]]
+    return dense_onnx(path, random_weights(SIZES, seed), biases, ACTS)
 
 
 def main() -> None:

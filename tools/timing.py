@@ -1,9 +1,22 @@
-"""Timing shared by the benchmarks: the fastest of several calls, contenders taking turns."""
+"""Timing shared by the benchmarks: the fastest of several calls, contenders taking turns; their options."""
 
 from __future__ import annotations
 
+import argparse
 import time
 from typing import Callable
+
+
+def options(doc: str, **defaults: object) -> argparse.Namespace:
+    """The command line of a benchmark: ``--name`` per keyword (``_`` -> ``-``), typed like its default.
+
+    A default may be ``(value, help)``.  The parser's description is the first line of ``doc``.
+    """
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    for name, default in defaults.items():
+        value, text = default if isinstance(default, tuple) else (default, None)
+        parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value, help=text)
+    return parser.parse_args()
 
 
 def best(fns: dict[str, Callable[[], object]], reps: int, block: int = 5) -> dict[str, float]:

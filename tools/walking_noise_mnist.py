@@ -52,7 +52,17 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     test = f"mnist:{mnist}@{args.samples}"
     t_start = time.time()
+    models = trained_models(args, mnist)
+    mu = evaluation_walk(args, models, test)
+    global_midpoints(args, models, test)
+    multi_execution(args, models, test, mu)
+    noisy_training(args, mnist)
+    print(f"done in {time.time() - t_start:.0f} s; sweeps and reports in {args.out}")
+    return 0
 
+
+def trained_models(args, mnist: str) -> dict[str, Path]:
+    """The clean TFC with and without BatchNorm, trained on all 60k (kept in --out: a rerun reuses them)."""
     models = {}
     for name in ("tfc", "tfc-bn"):
         path = args.out / f"{name}.onnx"
@@ -61,26 +71,35 @@ def main() -> int:
             net = train(NoisyNet(module, shape), load_data(f"mnist:{mnist}+train"), TrainConfig(epochs=args.epochs), 1, 2)
             export_torch(net.net, path, torch.zeros(2, 784))
         models[name] = path
+    return models
 
-    def sweep(name: str, settings: SweepSettings, model: Path | None = None, **kw):
-        out = args.out / f"{name}.zarr"
-        ds = open_sweep(run_sweep(settings, out, model, **kw))
-        write_sweep_report(out, args.out / f"{name}.html")
-        return ds
 
+def sweep(args, name: str, settings: SweepSettings, model: Path | None = None, **kw):
+    out = args.out / f"{name}.zarr"
+    ds = open_sweep(run_sweep(settings, out, model, **kw))
+    write_sweep_report(out, args.out / f"{name}.html")
+    return ds
+
+
+def evaluation_walk(args, models: dict[str, Path], test: str) -> np.ndarray:
     print(f"== 1. evaluation-only additive walk, TFC ({args.epochs} epochs), {args.samples} test samples")
     walk = SweepSettings(sigmas=parse_sigmas("logspace:1e-2:1e8:41"), data=test, repeats=args.repeats)
-    ds = sweep("walk-tfc", walk, models["tfc"])
+    ds = sweep(args, "walk-tfc", walk, models["tfc"])
     print("\n".join(midpoint_lines(ds)))
     mu = np.array([m.value for m in sweep_midpoints(ds)])
     print(f"lowest site {np.argmin(mu)}, highest site {np.argmax(mu)}; logits/input = {mu[-1] / mu[0]:.1f}x")
+    return mu
 
+
+def global_midpoints(args, models: dict[str, Path], test: str) -> None:
     print("== 2. global additive midpoint (logspace 1e-2..1e2, 17 points)")
     for name in ("tfc", "tfc-bn"):
-        g = sweep(f"global-{name}", SweepSettings(sigmas=parse_sigmas("logspace:1e-2:1e2:17"), mode="global",
-                                                  data=test, repeats=args.repeats), models[name])
+        g = sweep(args, f"global-{name}", SweepSettings(sigmas=parse_sigmas("logspace:1e-2:1e2:17"), mode="global",
+                                                        data=test, repeats=args.repeats), models[name])
         print(f"  {name:<7} clean {g.attrs['clean_accuracy']:.4f}  global midpoint {sweep_midpoints(g)[0]}")
 
+
+def multi_execution(args, models: dict[str, Path], test: str, mu: np.ndarray) -> None:
     print(f"== 3. multi-execution at budget {args.budget}, global additive sigma {args.plan_sigma}")
     plans = evaluate_plans(SiteModel(models["tfc"]), load_data(test), mu, args.budget,
                            Noise("additive", args.plan_sigma), SCHEMES, repeats=args.repeats)
@@ -88,13 +107,15 @@ def main() -> int:
         print(f"  {p.scheme:<12} accuracy {p.mean:.4f} +- {p.accuracy.std(ddof=1) / np.sqrt(len(p.accuracy)):.4f}"
               f"  repetitions {' '.join(map(str, p.allocation))}")
 
+
+def noisy_training(args, mnist: str) -> None:
     print(f"== 4. noisy training at sites 1 and 7 ({args.train_epochs} epochs on {args.train_samples} samples)")
     gains = {}
     for clamp in (None, args.clamp):
         s = SweepSettings(sigmas=(0.5, 1, 2, 4, 8, 16, 32, 64, 128), train_noise=True, model_def="tfc",
                           epochs=args.train_epochs, data=f"mnist:{mnist}@2000",
                           train_data=f"mnist:{mnist}+train@{args.train_samples}", sites=(1, 7), clamp=clamp)
-        ds = sweep(f"train-{'clamp' if clamp else 'free'}", s, workers=args.workers)
+        ds = sweep(args, f"train-{'clamp' if clamp else 'free'}", s, workers=args.workers)
         label = f"clamp {clamp}" if clamp else "no clamp"
         print(f"  -- {label}")
         print("\n".join("  " + line for line in midpoint_lines(ds)))
@@ -111,8 +132,6 @@ def main() -> int:
         free, clamped = gains[(None, site)], gains[(args.clamp, site)]
         print(f"  site {site}: clamping removes {100 * (1 - clamped / free):.0f}% of the log-midpoint gain "
               "(a gain capped at the largest sigma when not reached)")
-    print(f"done in {time.time() - t_start:.0f} s; sweeps and reports in {args.out}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Reference networks as real ONNX files: dense chains with chosen weights, for checks and reproductions.
 
 The analytic cases of Semenova et al. (symmetric networks: all weights 1/N)
-and random MLPs are built with ``onnx.helper`` (Gemm + activation per layer),
-so every check runs through the same import -> runner -> device path as a
-user's model.
+and random MLPs are built with ``onnx.helper`` (Gemm + activation per layer,
+through ``exporters.handbuilt`` like every hand-built graph of the project), so
+every check runs through the same import -> runner -> device path as a user's
+model.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
+
+from exporters.handbuilt import write_onnx
 
 _ONNX_ACT = {"sigmoid": "Sigmoid", "tanh": "Tanh", "relu": "Relu", "linear": None}
 
@@ -24,10 +26,9 @@ def dense_onnx(path: str | Path, weights: Sequence[np.ndarray], biases: Sequence
     n = len(weights)
     acts = [activations] * n if isinstance(activations, str) else list(activations)
     biases = biases if biases is not None else [np.zeros(w.shape[0], np.float32) for w in weights]
-    nodes, inits, x = [], [], "input"
+    nodes, inits, x = [], {}, "input"
     for k, (w, b, act) in enumerate(zip(weights, biases, acts)):
-        inits += [numpy_helper.from_array(np.asarray(w, np.float32), f"W{k}"),
-                  numpy_helper.from_array(np.asarray(b, np.float32), f"b{k}")]
+        inits[f"W{k}"], inits[f"b{k}"] = np.asarray(w, np.float32), np.asarray(b, np.float32)
         a = "output" if (k == n - 1 and _ONNX_ACT[act] is None) else f"a{k}"
         nodes.append(helper.make_node("Gemm", [x, f"W{k}", f"b{k}"], [a], name=f"gemm{k}", transB=1))
         x = a
@@ -35,17 +36,8 @@ def dense_onnx(path: str | Path, weights: Sequence[np.ndarray], biases: Sequence
             y = "output" if k == n - 1 else f"h{k}"
             nodes.append(helper.make_node(_ONNX_ACT[act], [a], [y], name=f"{act}{k}"))
             x = y
-    graph = helper.make_graph(
-        nodes, "dense_chain",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", int(weights[0].shape[1])])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", int(weights[-1].shape[0])])],
-        initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="hwloop-analysis")
-    model.ir_version = 8
-    onnx.checker.check_model(model, full_check=True)
-    path = Path(path)
-    onnx.save(model, path)
-    return path
+    return write_onnx(path, nodes, {"input": ["batch", int(weights[0].shape[1])]},
+                      {"output": ["batch", int(weights[-1].shape[0])]}, inits, name="dense_chain")
 
 
 def symmetric_weights(n: int, depth: int, value: float | None = None) -> list[np.ndarray]:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 
+from exporters.handbuilt import write_onnx
 from hwloop.bench import load_bench
 from hwloop.cli import main
 from hwloop.store import open_run
@@ -18,11 +18,8 @@ def fixed_model(path, weight=PERMUTATION):
     """Gemm(3 -> 3) + Sigmoid: the layer the simulated chip holds (with a bias, applied on the host)."""
     nodes = [helper.make_node("Gemm", ["input", "W", "b"], ["z"], transB=1),
              helper.make_node("Sigmoid", ["z"], ["output"])]
-    inits = [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(np.array([0.5, -0.25, 0], np.float32), "b")]
-    graph = helper.make_graph(nodes, "fixed", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 3])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [None, 3])], inits)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    return path
+    inits = {"W": weight, "b": np.array([0.5, -0.25, 0], np.float32)}
+    return write_onnx(path, nodes, {"input": [None, 3]}, {"output": [None, 3]}, inits, name="fixed")
 
 
 @pytest.fixture

@@ -4,10 +4,10 @@ fixed in the hardware; two simulated instruments on real TCP sockets, reached th
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 
+from exporters.handbuilt import write_onnx
 from hwloop.bench.described import DescribedDevice
 from hwloop.bench.described_server import DescribedController, DialectFaults
 from hwloop.bench.instrument import SHIPPED
@@ -80,10 +80,7 @@ def test_other_weights_and_wrong_trigger_order_are_refused(instruments, tmp_path
 def test_run_from_a_bench_file(instruments, tmp_path, capsys):
     res = instruments()
     nodes = [helper.make_node("Gemm", ["input", "W", "b"], ["z"], transB=1), helper.make_node("Tanh", ["z"], ["output"])]
-    graph = helper.make_graph(nodes, "fixed", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 8])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [None, 4])],
-                              [numpy_helper.from_array(W, "W"), numpy_helper.from_array(BIAS, "b")])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    write_onnx(tmp_path / "m.onnx", nodes, {"input": [None, 8]}, {"output": [None, 4]}, {"W": W, "b": BIAS})
     rng = np.random.default_rng(2)
     np.savez(tmp_path / "d.npz", x=rng.uniform(-1, 1, (40, 8)).astype(np.float32), y=rng.integers(0, 4, 40))
     bench = tmp_path / "bench.yaml"

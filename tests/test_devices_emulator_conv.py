@@ -21,7 +21,7 @@ from tests.test_runner import CONVS, conv_model
 
 DETERMINISTIC = """
 version: 1
-provenance: {source: hand-written, notes: tests/test_conv_direct.py}
+provenance: {source: hand-written, notes: tests/test_devices_emulator_conv.py}
 adc: {bits: 8, range: [-4, 4]}
 gain_offset: {gain: 0.05, offset: 0.02}
 transfer: {function: model, slope: 1.2, scale: 0.9}

@@ -8,14 +8,11 @@ import pytest
 from hwloop.analysis import MeanField, meanfield_curve, predict
 from hwloop.analysis.networks import dense_onnx, random_weights, symmetric_weights
 from hwloop.graph import load_model
-from hwloop.profiles import parse_profile
+
+from helpers import profile
 
 N, D = 100, 1e-3
 
-
-def profile(**noise):
-    body = "".join(f"\n  {k}: {v}" for k, v in noise.items()) or " {}"
-    return parse_profile(f"version: 1\nprovenance: {{source: assumption}}\nnoise:{body}\n", "mf.yaml")
 
 
 def test_symmetric_network_closed_forms():

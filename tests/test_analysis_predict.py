@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from exporters.handbuilt import write_onnx
 from hwloop.analysis import LayerNoise, analyze_run, average_repeats, predict, propagate
 from hwloop.analysis.networks import dense_onnx, random_weights, symmetric_weights
 from hwloop.data import Dataset, load_data
@@ -25,13 +26,11 @@ from hwloop.layer import activate, activation_slope
 from hwloop.profiles import load_profile, parse_profile
 from hwloop.runner import run_model
 
+from helpers import profile
+
 N = 100
 D = 1e-3
 
-
-def profile(**noise) -> "object":
-    body = "".join(f"\n  {k}: {v}" for k, v in noise.items()) or " {}"
-    return parse_profile(f"version: 1\nprovenance: {{source: assumption}}\nnoise:{body}\n", "test.yaml")
 
 
 def monte_carlo(model, prof, x: np.ndarray, repeats: int, seed: int = 0):
@@ -184,41 +183,29 @@ def test_demo_model_prediction_agrees_with_monte_carlo_under_semenova(demo_onnx)
 
 
 def test_non_identity_glue_between_layers_is_refused(tmp_path):
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper
 
     w = np.eye(4, dtype=np.float32)
     nodes = [helper.make_node("Gemm", ["input", "W0", "b0"], ["a0"], name="gemm0", transB=1),
              helper.make_node("Softmax", ["a0"], ["s0"], name="softmax_between"),
              helper.make_node("Gemm", ["s0", "W1", "b1"], ["output"], name="gemm1", transB=1)]
-    inits = [numpy_helper.from_array(w, "W0"), numpy_helper.from_array(np.zeros(4, np.float32), "b0"),
-             numpy_helper.from_array(w, "W1"), numpy_helper.from_array(np.zeros(4, np.float32), "b1")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["b", 4])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["b", 4])], inits)
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    onnx.save(m, tmp_path / "glue.onnx")
+    inits = {"W0": w, "b0": np.zeros(4), "W1": w, "b1": np.zeros(4)}
+    write_onnx(tmp_path / "glue.onnx", nodes, {"input": ["b", 4]}, {"output": ["b", 4]}, inits)
     with pytest.raises(HwloopError, match="softmax_between.*Softmax"):
         predict(load_model(tmp_path / "glue.onnx"), profile(D_A=D), inputs(3, n=4))
 
 
 def test_identity_glue_is_accepted(tmp_path):
     # torch exports put Flatten / Reshape before the first Gemm; those are run exactly.
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper
 
     w = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
     nodes = [helper.make_node("Flatten", ["input"], ["f"], name="flatten"),
              helper.make_node("Gemm", ["f", "W0", "b0"], ["a0"], name="gemm0", transB=1),
              helper.make_node("Identity", ["a0"], ["i0"], name="ident"),
              helper.make_node("Gemm", ["i0", "W1", "b1"], ["output"], name="gemm1", transB=1)]
-    inits = [numpy_helper.from_array(w, "W0"), numpy_helper.from_array(np.zeros(5, np.float32), "b0"),
-             numpy_helper.from_array(w.T.copy(), "W1"), numpy_helper.from_array(np.zeros(4, np.float32), "b1")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["b", 2, 2])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["b", 4])], inits)
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    onnx.save(m, tmp_path / "flat.onnx")
+    inits = {"W0": w, "b0": np.zeros(5), "W1": w.T.copy(), "b1": np.zeros(4)}
+    write_onnx(tmp_path / "flat.onnx", nodes, {"input": ["b", 2, 2]}, {"output": ["b", 4]}, inits)
     pred = predict(load_model(tmp_path / "flat.onnx"), profile(D_A=D), inputs(3, n=4))
     # layer 2 sees D through W1: D * sum_j W1_ij^2 + D
     expect = D * (np.mean((w.T.astype(np.float64) ** 2).sum(axis=1)) + 1)

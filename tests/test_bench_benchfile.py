@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
@@ -12,6 +9,8 @@ from hwloop.bench import VisaDevice, load_bench
 from hwloop.devices import Emulator
 from hwloop.errors import HwloopError
 from hwloop.graph import load_model
+
+from helpers import hwloop
 
 pytest_plugins = ["tests.bench_fixtures"]
 
@@ -55,9 +54,7 @@ def test_run_with_bench_records_chip_provenance(tmp_path, make_bench, mlp_onnx):
     small = make_bench(max_inputs=32, max_outputs=16)          # layer 0 (32x64) needs 2x2 tiles
     p = write(tmp_path, f"devices:\n  chip: {{resource: \"{small.resource}\"}}\nlayers:\n  0: chip\n  1: chip\n")
     out = tmp_path / "run.zarr"
-    r = subprocess.run([sys.executable, "-m", "hwloop", "run", str(mlp_onnx), "--bench", str(p), "--data",
-                        "digits@40", "--repeats", "2", "--out", str(out)], capture_output=True, text=True,
-                       timeout=120)
+    r = hwloop("run", mlp_onnx, "--bench", p, "--data", "digits@40", "--repeats", "2", "--out", out, timeout=120)
     assert r.returncode == 0, r.stderr
     from hwloop.store import open_run
     from hwloop.runner import run_model
@@ -96,9 +93,8 @@ layers: {{0: a, 1: b}}
 """)
     assert load_bench(two).plan(model, n_samples=360, batch_size=120, repeats=10).splitlines()[-1] \
         .startswith("  schedule: pipelined")
-    r = subprocess.run([sys.executable, "-m", "hwloop", "run", str(mlp_onnx), "--bench", str(p), "--dry-run",
-                        "--data", "digits@360", "--batch-size", "120", "--repeats", "10"],
-                       capture_output=True, text=True, timeout=120)
+    r = hwloop("run", mlp_onnx, "--bench", p, "--dry-run", "--data", "digits@360", "--batch-size", "120",
+               "--repeats", "10", timeout=120)
     assert r.returncode == 0, r.stderr
     assert "4 tile(s) (2x2)" in r.stdout
 

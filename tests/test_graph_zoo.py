@@ -216,17 +216,14 @@ def test_einsum_and_weight_first_products(tmp_path, dynamo):
 
 
 def _einsum_model(tmp_path, eq: str, w_shape: tuple, x_shape=("batch", 4, 5), out_dims=None):
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper
 
-    w = numpy_helper.from_array(np.ones(w_shape, np.float32), "W")
-    graph = helper.make_graph([helper.make_node("Einsum", ["x", "W"], ["e"], equation=eq, name="ein"),
-                               helper.make_node("Flatten", ["e"], ["y"])], "t",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", out_dims])], [w])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, tmp_path / "e.onnx")
-    return tmp_path / "e.onnx"
+    from exporters.handbuilt import write_onnx
+
+    nodes = [helper.make_node("Einsum", ["x", "W"], ["e"], equation=eq, name="ein"),
+             helper.make_node("Flatten", ["e"], ["y"])]
+    return write_onnx(tmp_path / "e.onnx", nodes, {"x": list(x_shape)}, {"y": ["batch", out_dims]},
+                      {"W": np.ones(w_shape)}, check=False)
 
 
 @pytest.mark.parametrize("eq,w_shape,why", [
@@ -241,90 +238,6 @@ def test_einsum_that_is_not_a_linear_contraction_is_named(tmp_path, eq, why, w_s
     with pytest.raises(HwloopError, match=r"node 'ein' \(Einsum\): equation .* is not a linear contraction of the "
                                           r"input with a weight: " + why):
         load_model(_einsum_model(tmp_path, eq, w_shape, x_shape))
-
-
-SKLEARN = ["logistic", "logistic-binary", "linear-svc", "linear-svc-binary", "ridge"]
-
-
-@pytest.fixture(scope="module")
-def sklearn_models(tmp_path_factory):
-    from skl2onnx import convert_sklearn
-    from skl2onnx.common.data_types import FloatTensorType
-    from sklearn.linear_model import LogisticRegression, Ridge
-    from sklearn.svm import LinearSVC
-
-    from hwloop.data import load_data
-
-    d = load_data("digits+train")
-    made = {"logistic": (LogisticRegression(max_iter=300), d.y), "logistic-binary": (LogisticRegression(), d.y % 2),
-            "linear-svc": (LinearSVC(), d.y), "linear-svc-binary": (LinearSVC(), d.y % 2),
-            "ridge": (Ridge(), d.y.astype(np.float64))}
-    out = {}
-    for name, (est, y) in made.items():
-        est.fit(d.x, y)
-        out[name] = tmp_path_factory.mktemp("skl") / f"{name}.onnx"
-        onnx.save(convert_sklearn(est, initial_types=[("input", FloatTensorType([None, 64]))]), out[name])
-    return out
-
-
-@pytest.mark.parametrize("name", SKLEARN)
-def test_sklearn_linear_models_are_analog_layers(sklearn_models, digits, name):
-    import onnxruntime as ort
-
-    from exporters.sklearn_onnx import onnx_probabilities
-
-    path = sklearn_models[name]
-    model = load_model(path)
-    assert len(model.layers) == 1 and model.layers[0].op == "Gemm" and not model.digital_products
-    original = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": digits.x})
-    rewritten = ort.InferenceSession(model.proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    np.testing.assert_array_equal(rewritten.run(None, {"input": digits.x})[0], original[0])   # labels / values
-    # a binary model's labels are the parities it was trained on (labels it cannot output are refused)
-    data = Dataset(digits.name, digits.x, digits.y % 2, 2) if name.endswith("binary") else digits
-    res = run_model(model, data, repeats=1)
-    want = onnx_probabilities(original) if len(original) > 1 else original[0]
-    np.testing.assert_allclose(res.output[0], np.asarray(want).reshape(res.output[0].shape), atol=TOL, rtol=TOL)
-
-
-@pytest.mark.parametrize("how", ["qdq", "dynamic"])
-@pytest.mark.parametrize("fixture", ["mlp_onnx", "cnn_dynamo_onnx"])
-def test_quantised_graphs_run_their_dequantised_weights(tmp_path, request, digits, fixture, how):
-    import onnxruntime as ort
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_dynamic, quantize_static
-
-    src = request.getfixturevalue(fixture)
-    shape = (1, 8, 8) if "cnn" in fixture else (64,)
-    x = digits.x.reshape((-1,) + shape)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter([{"input": x[i:i + 32]} for i in range(0, 128, 32)])
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    path = tmp_path / f"{how}.onnx"
-    if how == "qdq":
-        quantize_static(str(src), str(path), Reader(), quant_format=QuantFormat.QDQ)
-    else:
-        quantize_dynamic(str(src), str(path))
-    model = load_model(path)
-    assert len(model.layers) == weight_products(onnx.load(src)) and not model.digital_products
-    opts = ort.SessionOptions()   # QDQ as written (dequantise, float product, quantise), not fused integer kernels
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    want = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
-    res = run_model(model, digits, batch_size=len(digits))   # dynamic quantisation scales each call's whole batch
-    off = ~np.isclose(res.output[0], want, atol=TOL, rtol=TOL)
-    # QDQ: a product on a rounding boundary of the QuantizeLinear after it may land one level away (the float
-    # sums run in another order); never more than one level, and rarely
-    assert off.sum() <= (2 if how == "qdq" else 0), off.sum()
-    if off.any():
-        levels = np.unique(np.round(np.diff(np.unique(want)), 6))
-        np.testing.assert_allclose(np.abs(res.output[0] - want)[off], levels[levels > 0].min(), rtol=1e-3)
-    float_layers = load_model(src).layers
-    for q, f in zip(model.layers, float_layers):   # 8-bit weights: within half a step of the float ones
-        step = np.abs(f.weight).max() / 127
-        assert np.abs(q.weight - f.weight).max() <= step
 
 
 def test_token_ids_and_attention_mask_from_named_arrays(tmp_path):
@@ -420,73 +333,6 @@ def test_several_outputs_one_chosen_for_accuracy(tmp_path, digits):
     np.testing.assert_allclose(res.output[0], want, atol=TOL, rtol=TOL)
     with pytest.raises(HwloopError, match=r"no tensor 'logits' to take the class scores from \(outputs: hidden, "):
         load_model(path, output="logits")
-
-
-@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
-@pytest.mark.parametrize("bidirectional", [False, True], ids=["forward", "bidirectional"])
-def test_recurrent_nets_step_their_products_on_devices(tmp_path, cell, bidirectional):
-    import onnxruntime as ort
-
-    m = build("sequence", cell=cell, bidirectional=bidirectional, layers=2)
-    path = export_torch(m, tmp_path / "seq.onnx", torch.zeros(2, 7, 6), dynamo=False)
-    model = load_model(path)
-    assert model.summary() == "5 of 5 products on devices"           # (W, R) x 2 stacked layers + the head
-    rec = [L for L in model.layers if L.recurrent is not None]
-    assert len(rec) == 2 and all(L.groups == (2 if bidirectional else 1) for L in rec)
-    x = tokens(10, t=7, f=6)
-    res = run_model(model, Dataset("t", x, np.zeros(10, np.int64), 4), repeats=2, batch_size=4)
-    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
-    np.testing.assert_allclose(res.output[1], want, atol=TOL, rtol=TOL)
-
-
-def test_lstm_noise_enters_every_time_step(tmp_path):
-    """Under semenova, every step's recurrent product draws fresh noise, carried by the state: the spread of h_t
-    grows from the first step on, and the draws of two steps differ."""
-    from hwloop.devices.emulator import emulators
-    from hwloop.profiles import load_profile
-
-    path = export_torch(build("sequence", cell="LSTM", hidden=16), tmp_path / "lstm.onnx", torch.zeros(2, 12, 6))
-    model = load_model(path)
-    x = tokens(30, t=12, f=6)
-    res = run_model(model, Dataset("t", x, np.zeros(30, np.int64), 4),
-                    devices=emulators(load_profile("semenova"), model.layers), repeats=200, batch_size=30)
-    y = res.layers[1].reshape(200, 30, 12, 16)                      # the recurrent layer's h_t, per step
-    var = y.var(axis=0).mean(axis=(0, 2))
-    # noise accumulates over the first steps, then the contracting gates hold it (~0.5% estimation error here)
-    assert var[3] > 1.2 * var[0] and np.all(np.diff(var[:4]) > 0), var
-    d0, d1 = y[:, :, 0] - y[:, :, 0].mean(0), y[:, :, 1] - y[:, :, 1].mean(0)
-    assert abs(np.corrcoef(d0.ravel(), d1.ravel())[0, 1]) < 0.9      # not the same draw replayed each step
-
-
-def _rnn_model(tmp_path, **node_attrs):
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
-             for n, s in (("W", (1, 4, 3)), ("R", (1, 4, 4)))]
-    inputs = ["x", "W", "R"]
-    if "lens" in node_attrs:
-        inits.append(numpy_helper.from_array(np.array(node_attrs.pop("lens"), np.int32), "L"))
-        inputs += ["", "L"]
-    graph = helper.make_graph([helper.make_node("RNN", inputs, ["y", "yh"], hidden_size=4, name="rnn", **node_attrs),
-                               helper.make_node("Flatten", ["yh"], ["f"], axis=0),
-                               helper.make_node("Reshape", ["yh", "s"], ["out"])], "t",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 2, 3])],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, 4])],
-                              inits + [numpy_helper.from_array(np.array([2, 4], np.int64), "s")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, tmp_path / "rnn.onnx")
-    return tmp_path / "rnn.onnx"
-
-
-@pytest.mark.parametrize("attrs,why", [({"direction": "reverse"}, r"direction=reverse: hwloop maps forward and "
-                                                                  r"bidirectional RNN nodes"),
-                                       ({"lens": [5, 3]}, r"sequence_lens: hwloop maps RNN nodes without them"),
-                                       ({"clip": 2.0}, r"clip: hwloop maps RNN nodes without them")])
-def test_recurrent_node_it_cannot_map_is_named(tmp_path, attrs, why):
-    with pytest.raises(HwloopError, match=r"node 'rnn' \(RNN\): " + why):
-        load_model(_rnn_model(tmp_path, **attrs))
 
 
 def test_prediction_matches_monte_carlo_on_a_lenet5_cnn(tmp_path, digits):

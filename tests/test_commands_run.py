@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import numpy as np
-import onnx
 import pytest
 import zarr
 from conftest import kill_after_batches
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 
+from exporters.handbuilt import write_onnx
 from hwloop.cli import main
 from hwloop.graph import load_model
 from hwloop.store import open_run
 
+from helpers import hwloop
+
 MODELS = ["mlp_onnx", "mlp_dynamo_onnx", "cnn_onnx", "cnn_dynamo_onnx", "mlp_bn_onnx", "skl_mlp_onnx",
           "handbuilt_onnx", "demo_onnx"]
-
-
-def hwloop(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hwloop", *map(str, args)], capture_output=True, text=True,
-                          timeout=120)
 
 
 def arrays(path) -> dict[str, bytes]:
@@ -85,29 +81,21 @@ def test_dry_run_writes_nothing(demo_onnx, tmp_path, capsys):
 
 
 def tiny(tmp_path, name, nodes, inits, domains=()):
-    graph = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["b", 64])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 10])],
-                              [numpy_helper.from_array(np.ones(s, np.float32), k) for k, s in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)] +
-                              [helper.make_opsetid(d, 1) for d in domains])
-    model.ir_version = 8
-    onnx.save(model, tmp_path / name)
-    return tmp_path / name
+    return write_onnx(tmp_path / name, nodes, {"input": ["b", 64]}, {"y": ["b", 10]}, inits, domains=domains,
+                      check=False)
 
 
 def bad_inputs(tmp_path, mlp_onnx) -> dict:
     """case -> (model, data spec, text the one-line message must contain)."""
     cut = tmp_path / "cut.onnx"
     cut.write_bytes(mlp_onnx.read_bytes()[:700])
+    # (an elementwise product is digital glue, not an analog layer)
     no_analog = tiny(tmp_path, "noanalog.onnx", [helper.make_node("Mul", ["input", "k"], ["m"]),
-                                                 helper.make_node("Slice", ["m", "s", "e", "a"], ["y"])], {"k": (64,)})
-    m = onnx.load(no_analog)   # (an elementwise product is digital glue, not an analog layer)
-    m.graph.initializer.extend([numpy_helper.from_array(np.array([v], np.int64), k)
-                                for k, v in (("s", 0), ("e", 10), ("a", 1))])
-    onnx.save(m, no_analog)
+                                                 helper.make_node("Slice", ["m", "s", "e", "a"], ["y"])],
+                     {"k": np.ones(64), "s": np.array([0]), "e": np.array([10]), "a": np.array([1])})
     odd = tiny(tmp_path, "odd.onnx", [helper.make_node("Gemm", ["input", "W"], ["a"]),
                                       helper.make_node("Frobnicate", ["a"], ["y"], name="frob", domain="lab.ops")],
-               {"W": (64, 10)}, domains=["lab.ops"])
+               {"W": np.ones((64, 10))}, domains=["lab.ops"])
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "wide.npz", x=rng.random((5, 70)).astype(np.float32), y=np.zeros(5, np.int64))
     x = rng.random((5, 64)).astype(np.float32)
@@ -150,24 +138,23 @@ def test_bad_input_in_a_real_process_has_no_traceback(tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path, demo_onnx, capsys):
-    """Kill -9 a real `hwloop run` mid-run, check the partial store, --resume, compare bytes."""
-    args = ["run", demo_onnx, "--data", "digits", "--repeats", "3", "--seed", "7", "--batch-size", "4",
-            "--profile", "semenova"]          # 539 samples -> 135 batches
+    """Kill -9 a real `hwloop run` mid-run, check the partial store, --resume (in this process), compare bytes."""
+    args = ["run", demo_onnx, "--data", "digits@200", "--repeats", "3", "--seed", "7", "--batch-size", "4",
+            "--profile", "semenova"]          # 200 samples -> 50 batches
     full, killed = tmp_path / "full.zarr", tmp_path / "killed.zarr"
     assert main([*map(str, args), "--out", str(full)]) == 0
-    n_batches = 135
+    n_batches = 50
     done = kill_after_batches([sys.executable, "-m", "hwloop", *map(str, args), "--out", str(killed)], killed, 10)
     run = open_run(killed)
     assert not run.complete and 10 <= done.sum() < n_batches
     assert done[:done.sum()].all()   # batches finish in order: the first unset marker is where --resume starts
-    samples = np.flatnonzero(np.repeat(done, 4)[:539])
+    samples = np.flatnonzero(np.repeat(done, 4)[:200])
     assert run.layer(1).sizes["sample"] == len(samples)
     reference = open_run(full)
     for k in range(3):   # completed batches are intact
         assert run.layer(k).values.tobytes() == reference.layer(k).values[:, samples].tobytes()
 
-    res = hwloop(*args, "--out", killed, "--resume")
-    assert res.returncode == 0, res.stderr
+    assert main([*map(str, args), "--out", str(killed), "--resume"]) == 0
     assert open_run(killed).complete
     assert arrays(killed) == arrays(full)
     # a resume with other settings is refused
