@@ -207,3 +207,15 @@ def kill_after_batches(cmd: list[str], store: Path, n: int, timeout: float = 90)
     import zarr
 
     return zarr.open_group(str(store), mode="r")["bookkeeping/batch_done"][:].astype(bool)
+
+
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """Starting a Dask LocalCluster leaves OMP_NUM_THREADS=1, MKL_NUM_THREADS=1, ... in *this* process's
+    environment; every later test's subprocess would then run torch on one thread and give other float
+    bits than an in-process run (a byte-identity test failed only when it ran after a Dask test)."""
+    env = dict(os.environ)
+    yield
+    if os.environ != env:
+        os.environ.clear()
+        os.environ.update(env)
