@@ -212,29 +212,58 @@ class DescribedDevice(Device):
                            max_block_bytes=1 << 30, chip=f"{self.desc.name} at {self.resource}")
 
     def _measure(self, tile: int, s_x: float, xs: np.ndarray, k: int) -> np.ndarray:
-        """One measurement: (k, len(xs), n_out) as the controller returned it, reordered."""
+        """One measurement: (k, len(xs), n_out) as the controller returned it, reordered.
+
+        Messages to one instrument travel in one write; the result and the error query are
+        asked together and read in order (one round trip)."""
         d, meas = self.desc, self.desc.section("measure")
         self._load(tile, s_x)
-        self.send(meas["inputs"], values=xs)
-        if meas.get("repeats"):
-            self.send(meas["repeats"], k=k)
         triggers = meas["trigger"] if isinstance(meas["trigger"], list) else [meas["trigger"]]
         wait = meas["wait"].get("poll") or meas["wait"].get("opc")
         after = [d.role(t)[0] for t in triggers[1:]] + [d.role(wait)[0] if wait else "the delay"]
-        for trigger, next_role in zip(triggers, after):  # in the order the description gives
-            self.send(trigger)
+        setup = [(meas["inputs"], {"values": xs})] + ([(meas["repeats"], {"k": k})] if meas.get("repeats") else [])
+        for i, (trigger, next_role) in enumerate(zip(triggers, after)):   # in the order the description gives
             role = d.role(trigger)[0]
+            self.send_all(setup + [(trigger, {})] if i == 0 else [(trigger, {})])
             if next_role != role:
                 self._settled(role)         # another instrument is next: this one must have acted first
         self._wait(meas["wait"], k * len(xs))
-        raw = d.parse_values(self.ask(meas["fetch"]["query"]))
-        self.check("measurement")
+        raw = self._fetch_and_check(meas["fetch"]["query"])
         order = meas["fetch"].get("order", ["repeat", "sample", "neuron"])
         sizes = {"repeat": k, "sample": len(xs), "neuron": self.plan.tiles[tile].weights.shape[0]}
         if raw.size != k * len(xs) * sizes["neuron"]:
             raise _Retry(f"{meas['fetch']['query']}: {raw.size} values, expected {k * len(xs) * sizes['neuron']}")
         y = raw.reshape([sizes[a] for a in order])
         return np.ascontiguousarray(y.transpose([order.index(a) for a in ("repeat", "sample", "neuron")]))
+
+    def send_all(self, messages: list[tuple[str, dict]]) -> None:
+        """Program messages in order, those in a row for one instrument in one write."""
+        runs: list[tuple[str | None, list[str]]] = []
+        for template, fields in messages:
+            role, text = self.desc.message(template, **fields)
+            if runs and runs[-1][0] == role:
+                runs[-1][1].append(text)
+            else:
+                runs.append((role, [text]))
+        for role, texts in runs:
+            for r in [role] if role else list(self._res):
+                self._res[r].write("\n".join(texts))
+
+    def _fetch_and_check(self, fetch: str) -> np.ndarray:
+        """The result and its instrument's error query in one write; then every other instrument's errors."""
+        named, text = self.desc.message(fetch)
+        role = named or next(iter(self._res))
+        res, errors = self._res[role], self.desc.data["errors"]["query"]
+        res.write(text + "\n" + self.desc.message(errors)[1])
+        reply = res.read()
+        err = self.desc.error(res.read().strip())       # read before parsing: no reply left unread
+        if err is not None:
+            raise _Retry(f"measurement: controller error ({role}) {err[0]}, {err[1]!r}")
+        raw = self.desc.parse_values(reply)
+        for other in self._res:
+            if other != role:
+                self._settled(other)
+        return raw
 
     def _wait(self, wait: dict, evaluations: int) -> None:
         if "delay_s" in wait:
