@@ -124,7 +124,7 @@ class Description:
 
 
 def _parse_long(text: str, separator: str) -> np.ndarray:
-    """A long ASCII list, one value a line for pandas' C float reader (exact: ``float_precision="round_trip"``)."""
+    """A long ASCII list, one value a line for pandas' C float reader (exact for float32 values)."""
     import io
 
     import pandas as pd
@@ -132,7 +132,7 @@ def _parse_long(text: str, separator: str) -> np.ndarray:
     lines = text.replace(separator, "\n") if separator != "\n" else text
     try:
         frame = pd.read_csv(io.StringIO(lines), header=None, dtype=np.float64, na_filter=False, engine="c",
-                            float_precision="round_trip", skip_blank_lines=False)
+                            skip_blank_lines=False)
     except (ValueError, pd.errors.ParserError):
         raise ValueError(f"not a list of numbers separated by {separator!r}: {text[:40]!r}") from None
     if frame.shape[1] != 1 or len(frame) != text.count(separator) + 1:
