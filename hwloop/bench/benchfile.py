@@ -25,7 +25,6 @@ takes ``--bench`` goes through it.
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,11 +36,11 @@ from ..yamlio import LineMap, load_yaml_file
 from . import plugins
 from .driver import ROUND_TRIPS_PER_MEASUREMENT, ROUND_TRIPS_PER_PROGRAMMING, VisaDevice, chunks_for, tiles_for
 from .server import ChipSpec
+from .settings import DEFAULTS
 from .visalib import library_spec
 
 #: VisaDevice keyword options a bench file may set, with their defaults (types are checked against them)
-VISA_OPTIONS = {k: p.default for k, p in inspect.signature(VisaDevice.__init__).parameters.items()
-                if p.kind is p.KEYWORD_ONLY and k != "link"}
+VISA_OPTIONS = DEFAULTS
 _CAPACITY = ("max_inputs", "max_outputs", "max_batch", "max_repeats")
 
 

@@ -22,7 +22,7 @@ def describe_device(dev) -> dict:
          "capacity": {k: lim[k] for k in ("max_inputs", "max_outputs", "max_batch", "max_repeats")},
          "ranges": {"weights": lim["weight_range"], "bias": lim["bias_range"], "inputs": list(lim["input_range"]),
                     "outputs": list(lim["output_range"]), "output_bits": lim["output_bits"],
-                    "activations": sorted(lim["activations"])},
+                    "activations": list(lim["activations"])},
          "byte_order": link.order if dev.desc.block else "ascii", "options": dev.settings.options(),
          "stats": dict(dev.stats, reconnects=reconnects), "reconnects": reconnects, "retries": dev.stats["retries"]}
     if dev.layer is not None:

@@ -145,17 +145,24 @@ class DescribedDevice(Measuring, Device):
         for key, query in ((d.data["ranges"].get("query")) or {}).items():
             v = self._link_of(query).query(query, d.numbers)
             lim[_RANGES[key]] = int(v[0]) if key == "output_bits" else tuple(v) if len(v) > 1 else v[0]
+        chip = {c.upper(): c for c in d.data["activations"].values()}
         if d.data.get("catalog"):
             offered = {a.strip().upper() for a in self._link_of(d.data["catalog"]).query(d.data["catalog"]).split(",")}
-            lim["activations"] = {h for h, c in d.data["activations"].items() if c.upper() in offered}
+            chip = {k: v for k, v in chip.items() if k in offered}
+        lim["activations"] = tuple(chip)               # as the controller names them (``ACT:CAT?``)
         return lim
+
+    def _plan_limits(self) -> dict:
+        """The chip's limits for ``plan_layer``: its activations by hwloop name."""
+        names = {c.upper(): h for h, c in self.desc.data["activations"].items()}
+        return {**self.limits, "activations": {names[a] for a in self.limits["activations"]}}
 
     def twin(self, profile, name: str = "twin") -> Device:
         """An emulator under ``profile`` that runs every layer with this chip's plan (``hwloop.bench.twin``)."""
         from .twin import PlannedTwin
 
         s = self.settings
-        return PlannedTwin(profile, self.limits, scale_weights=s.scale_weights, scale_inputs=s.scale_inputs,
+        return PlannedTwin(profile, self._plan_limits(), scale_weights=s.scale_weights, scale_inputs=s.scale_inputs,
                            host_activation=s.host_activation, max_block_bytes=s.max_block_bytes, name=name)
 
     # -- programming ----------------------------------------------------------
@@ -166,7 +173,7 @@ class DescribedDevice(Measuring, Device):
                               "driver programs one dense array per layer: run this layer on an emulator")
         fixed = self.desc.section("program").get("fixed")
         plan = self._fixed_plan(layer, fixed) if fixed else plan_layer(
-            layer, self.limits, scale=self.settings.scale_weights, host_activation=self.settings.host_activation,
+            layer, self._plan_limits(), scale=self.settings.scale_weights, host_activation=self.settings.host_activation,
             chip=f"{'chip' if self.desc.name == 'anb' else self.desc.name + ' at'} {self.resource}")
         for note in plan.notes:           # on the console once, and in describe() (the run's provenance)
             if note not in self._noted:

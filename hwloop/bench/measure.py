@@ -161,11 +161,12 @@ class Measuring:
         return self._accept(job, shape, y, clip, t0)
 
     def _fetch_reply(self, link: Link, job: Job, ok: bool) -> np.ndarray | None:
-        """The fetched values (None when the shape was wrong: nothing to read), in (repeat, sample, neuron)."""
-        if not ok:
-            return None
+        """The fetched values in (repeat, sample, neuron); ``ok`` False (the controller reported another
+        shape): read whatever came, unchecked, so the stream stays in step (``_accept`` refuses it)."""
         order = self._meas["fetch"].get("order", list(AXES))
         straight = list(order) == list(AXES)
+        if not ok:
+            return link.values_reply(self._meas["fetch"]["query"])
         y = link.values_reply(self._meas["fetch"]["query"], int(np.prod(job.shape)),
                               job.into if straight else None, self._check_values)
         if y is None or straight:
