@@ -89,7 +89,7 @@ class DescribedDevice(Measuring, Device):
         self._temperature: float | None = None
         self._closed = False
         if not self.link.limits:
-            self.link.limits = self._call(self._read_limits, "reading capacity and ranges")
+            self.link.limits = self._retrying(self._read_limits, "reading capacity and ranges")
 
     @staticmethod
     def check_options(description: str = "", **options) -> dict[str, str]:
@@ -191,7 +191,7 @@ class DescribedDevice(Measuring, Device):
     def _fixed_plan(self, layer: AnalogLayer, query: str) -> LayerPlan:
         """Weights set in the hardware: the layer must have them; bias and activation run on the host."""
         lim = self.limits
-        w = self._call(lambda: self._link_of(query).query_values(query), query)
+        w = self._retrying(lambda: self._link_of(query).query_values(query), query)
         if w.size != lim["max_outputs"] * lim["max_inputs"] or layer.weight.shape != \
                 (lim["max_outputs"], lim["max_inputs"]) or not np.allclose(
                     layer.weight, w.reshape(layer.weight.shape), atol=1e-6):
@@ -312,10 +312,6 @@ class DescribedDevice(Measuring, Device):
 
     def interrupt(self) -> None:
         self._interrupted.set()
-
-    def _call(self, fn, what: str):
-        """``fn()`` with the usual retries (no progress to count)."""
-        return self._retrying(fn, what)
 
     def _retrying(self, attempt, what: str, progress=None):
         """Run ``attempt`` until it succeeds; on failure back off, reconnect, try again.
