@@ -79,3 +79,13 @@ def test_bad_descriptions_name_file_line_and_key(tmp_path, edit, message):
     p.write_text(text.replace(edit, message[0]))
     with pytest.raises(HwloopError, match=message[1]):
         load_description(p)
+
+
+def test_an_unknown_driver_option_in_a_bench_file_names_its_key(tmp_path):
+    from hwloop.bench import load_bench
+
+    bench = tmp_path / "bench.yaml"
+    bench.write_text('devices:\n  nc:\n    type: described\n    description: acme-nc\n'
+                     '    resource: "TCPIP::127.0.0.1::1::SOCKET"\n    timeout: 5\n')
+    with pytest.raises(HwloopError, match=r"bench.yaml:6: devices: nc: timeout: unknown option \(known: .*timeout_ms"):
+        load_bench(bench)
