@@ -62,6 +62,10 @@ def test_an_ascii_dialect_that_waits_with_opc_is_streamed(tmp_path):
             dev.program(L)
             y = dev.run(x, repeats=3)
             assert dev.streams and dev.stats["written_behind"] == 2 and dev.stats["measurements"] == 3
+            sib = dev.sibling()                     # a second layer on the same controller: the same connection
+            assert sib.hardware is dev.hardware and sib.links == dev.links
+            sib.close()
+            assert np.array_equal(dev.run(x, repeats=3), y)     # still connected; the ideal chip repeats itself
     finally:
         ctl.stop()
     ideal = activate("sigmoid", x[0].astype(np.float64) @ L.weight.T.astype(np.float64) + L.bias)

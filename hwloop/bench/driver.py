@@ -55,12 +55,13 @@ class DescribedDevice(Measuring, Device):
 
     ``resource``: the VISA resource of a one-instrument bench; ``resources``: {role: resource} for
     several (a source and a measure instrument).  ``options``: ``DriverSettings`` keywords.
+    ``link`` / ``links``: connections to share (``sibling()``).
     """
 
     remote = True
 
     def __init__(self, description: str | Description, resource: str | None = None, *,
-                 resources: dict | None = None, link: Link | None = None, **options):
+                 resources: dict | None = None, link: Link | None = None, links: dict | None = None, **options):
         self.desc = description if isinstance(description, Description) else load_description(description)
         roles = self.desc.instruments
         self.resources = dict(resources or {}) if resource is None else {roles[0]: resource}
@@ -70,7 +71,9 @@ class DescribedDevice(Measuring, Device):
         self.resource = ", ".join(self.resources.values())
         self.settings = DriverSettings.build(f"{type(self).__name__} {self.resource}", options)
         self.main_role = roles[0]
-        if link is not None:
+        if links is not None:                    # a sibling: the same connections
+            self.links = dict(links)
+        elif link is not None:
             self.links = {self.main_role: link}
         else:
             self.links = {role: Link(self.desc, r, self.settings, role) for role, r in self.resources.items()}
@@ -103,13 +106,11 @@ class DescribedDevice(Measuring, Device):
                 for k in unknown}
 
     def sibling(self) -> "DescribedDevice":
-        """Another device on the same controller (same connection), e.g. for a second layer."""
-        return self._again(None if len(self.links) > 1 else self.link)
+        """Another device on the same controller(s) (the same connections), e.g. for a second layer."""
+        return self._again(self.link)
 
     def _again(self, link: Link | None) -> "DescribedDevice":
-        if link is None:
-            return DescribedDevice(self.desc, resources=self.resources, **self.settings.options())
-        return DescribedDevice(self.desc, self.resource, link=link, **self.settings.options())
+        return DescribedDevice(self.desc, resources=self.resources, links=self.links, **self.settings.options())
 
     @property
     def link(self) -> Link:
