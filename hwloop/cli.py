@@ -16,6 +16,7 @@ import importlib
 import re
 import sys
 import textwrap
+from pathlib import Path
 
 from .errors import HwloopError
 
@@ -100,6 +101,10 @@ def help_text(doc: str, width: int = 79) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import warnings
+
+    shown = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning(args.command, shown)
     try:
         return int(args._main(args) or 0)
     except HwloopError as e:
@@ -108,6 +113,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"hwloop {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = shown
+
+
+def _one_line_warning(command: str, default):
+    """hwloop's own warnings (a driver's range scaling, an ADC that clipped) as one line on stderr, like
+    its errors; other packages' warnings keep Python's format (file, line and source)."""
+    def format_warning(message, category, filename, lineno, line=None) -> str:
+        if issubclass(category, UserWarning) and "hwloop" in Path(filename).parts:
+            return f"hwloop {command}: warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    return format_warning
 
 
 if __name__ == "__main__":

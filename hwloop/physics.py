@@ -194,6 +194,29 @@ def quantize(x: np.ndarray, bits: int | None, lo: float | None, hi: float | None
     return clipped
 
 
+def adc_round(x: np.ndarray, bits: int, lo: float, hi: float) -> bool:
+    """``quantize`` for a float32 array in place with numpy, in cache-sized pieces: True when any value was
+    clipped.  The same levels (k computed in float64, ties to even); for simulated controllers, which run
+    beside their clients, where torch's thread pool stalls on a busy machine."""
+    step = (hi - lo) / (2 ** bits - 1)
+    clipped = False
+    flat = x.reshape(-1)
+    buf = np.empty(min(flat.size, 1 << 16), np.float64)
+    for i in range(0, flat.size, buf.size or 1):
+        p = flat[i:i + buf.size]
+        q = buf[:p.size]
+        clipped = clipped or bool(p.min() < lo or p.max() > hi)
+        q[...] = p                           # float64, as quantize computes k
+        q -= lo
+        q /= step
+        np.rint(q, out=q)
+        q *= step
+        q += lo
+        np.clip(q, lo, hi, out=q)
+        p[...] = q
+    return clipped
+
+
 def convert(x: np.ndarray, conv: Converter) -> int:
     """Apply a DAC or ADC in place; returns the clip count."""
     if not conv.active:

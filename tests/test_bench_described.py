@@ -101,8 +101,8 @@ def test_controller_errors_are_reported_in_its_own_format(controller, tmp_path):
     wrong = tmp_path / "wrong.yaml"
     wrong.write_text((SHIPPED / "acme-nc.yaml").read_text().replace("sigmoid: SIG", "sigmoid: SGM"))
     with DescribedDevice(str(wrong), c.resource, retries=2, backoff_s=0.001) as dev:
-        with pytest.raises(DeviceError, match=r"programming: controller error -224, 'Illegal parameter value' "
-                                              r"\(after 2 retries\)"):
+        with pytest.raises(DeviceError, match=r"failed after 2 retries: programming \(SIZE, MATRIX, MODE, OFFSETS\): "
+                                              r'-224,"Illegal parameter value"'):
             dev.program(layer())
         assert dev.reconnects == 2
 

@@ -77,16 +77,22 @@ def test_other_weights_and_wrong_trigger_order_are_refused(instruments, tmp_path
             dev.run(np.zeros((1, 2, 8), np.float32), repeats=1)
 
 
-def test_run_from_a_bench_file(instruments, tmp_path, capsys):
-    res = instruments()
+def fixed_weight_run(tmp_path, res: dict, samples: int = 40) -> None:
+    """m.onnx (Gemm with the chip's weights, Tanh), d.npz (``samples`` inputs) and bench.yaml in ``tmp_path``."""
     nodes = [helper.make_node("Gemm", ["input", "W", "b"], ["z"], transB=1), helper.make_node("Tanh", ["z"], ["output"])]
     write_onnx(tmp_path / "m.onnx", nodes, {"input": [None, 8]}, {"output": [None, 4]}, {"W": W, "b": BIAS})
     rng = np.random.default_rng(2)
-    np.savez(tmp_path / "d.npz", x=rng.uniform(-1, 1, (40, 8)).astype(np.float32), y=rng.integers(0, 4, 40))
+    np.savez(tmp_path / "d.npz", x=rng.uniform(-1, 1, (samples, 8)).astype(np.float32),
+             y=rng.integers(0, 4, samples))
     bench = tmp_path / "bench.yaml"
     bench.write_text("devices:\n  sm:\n    type: described\n    description: awg-digitizer\n"
                      f"    resources: {{source: \"{res['source']}\", measure: \"{res['measure']}\"}}\n"
                      "default: sm\n")
+
+
+def test_run_from_a_bench_file(instruments, tmp_path, capsys):
+    fixed_weight_run(tmp_path, instruments())
+    bench = tmp_path / "bench.yaml"
     out = tmp_path / "run.zarr"
     assert main(["run", str(tmp_path / "m.onnx"), "--bench", str(bench), "--data", f"npz:{tmp_path / 'd.npz'}",
                  "--repeats", "3", "--out", str(out)]) == 0, capsys.readouterr().err

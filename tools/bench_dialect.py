@@ -3,10 +3,11 @@
 A 16x32 sigmoid layer (the ACME NC-16's whole array) on 512 samples x 20
 repeats, ideal chips with instantaneous timing, each on its own simulated
 controller on a real TCP socket in this process, reached through pyvisa:
-  anb    VisaDevice on SimulatedBench (binary float32 blocks, the array sized
-         like the NC-16: 32 inputs, 16 outputs, 64 samples per measurement)
-  ascii  DescribedDevice on DescribedController with acme-nc.yaml (ASCII lists,
-         polled until idle; 64 samples per measurement)
+  anb    VisaDevice (= DescribedDevice with anb.yaml) on SimulatedBench (binary
+         float32 blocks, the array sized like the NC-16: 32 inputs, 16 outputs,
+         64 samples per measurement; streamed, one round trip per measurement)
+  ascii  DescribedDevice, the same driver, on DescribedController with acme-nc.yaml
+         (ASCII lists, polled until idle; 64 samples per measurement)
 Prints each one's time and the ASCII dialect's throughput relative to the ANB
 dialect's (same measurements, same sizes), measured in the same run.
 

@@ -25,8 +25,6 @@ takes ``--bench`` goes through it.
 
 from __future__ import annotations
 
-import inspect
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,14 +33,12 @@ from ..errors import HwloopError
 from ..profiles import load_profile
 from ..yamlio import LineMap, load_yaml_file
 from . import plugins
-from .driver import ROUND_TRIPS_PER_MEASUREMENT, ROUND_TRIPS_PER_PROGRAMMING, VisaDevice, chunks_for, tiles_for
-from .server import ChipSpec
+from .driver import VisaDevice
+from .settings import DEFAULTS
 from .visalib import library_spec
 
 #: VisaDevice keyword options a bench file may set, with their defaults (types are checked against them)
-VISA_OPTIONS = {k: p.default for k, p in inspect.signature(VisaDevice.__init__).parameters.items()
-                if p.kind is p.KEYWORD_ONLY and k != "link"}
-_CAPACITY = ("max_inputs", "max_outputs", "max_batch", "max_repeats")
+VISA_OPTIONS = DEFAULTS
 
 
 @dataclass
@@ -169,46 +165,9 @@ class Bench:
 
     def plan(self, model, n_samples: int, batch_size: int, repeats: int) -> str:
         """What a run would do (layers, devices, tiles, batches, round trips), touching no hardware."""
-        n_batches = -(-n_samples // batch_size)
-        assigned = self.assignment(model)
-        shared = self.shared_chips(model)
-        lines = [f"bench {self.path}: {len(model.layers)} analog layers, {n_samples} samples in {n_batches} "
-                 f"batches of {batch_size}, {repeats} repeats"]
-        total = 0
-        for L in model.layers:
-            name = assigned[L.index]
-            spec = self.devices_spec.get(name) if name else None
-            head = f"  layer {L.index} {L.name!r} ({L.n_out}x{L.n_in}, {L.activation}) -> "
-            if spec is None or spec.kind == "emulator":
-                lines.append(head + f"emulator {name or '(default)'} profile {spec.profile if spec and spec.profile else 'ideal'}")
-                continue
-            if spec.kind == "plugin":
-                lines.append(head + f"plug-in {name} ({spec.type_name})")
-                continue
-            cap = spec.capacity or tuple(getattr(ChipSpec(), k) for k in _CAPACITY)
-            tiles = tiles_for(L.n_out, L.n_in, cap[1], cap[0])
-            rows, k = (batch_size, repeats) if L.index == 0 else (batch_size * repeats, 1)
-            meas = sum(len(chunks_for(rows, k, t.rows.stop - t.rows.start, cap[2], cap[3],
-                                      spec.options.get("max_block_bytes", VISA_OPTIONS["max_block_bytes"])))
-                       for t in tiles)
-            reprogram = len(tiles) > 1 or name in shared
-            per_batch = meas * ROUND_TRIPS_PER_MEASUREMENT + (len(tiles) * ROUND_TRIPS_PER_PROGRAMMING if reprogram else 0)
-            layer_total = per_batch * n_batches + (0 if reprogram else ROUND_TRIPS_PER_PROGRAMMING)
-            total += layer_total
-            lines.append(
-                head + f"chip {name} at {spec.resource}: array {cap[0]}x{cap[1]}"
-                + ("" if spec.capacity else " (assumed; declare capacity: to be sure)")
-                + f", {len(tiles)} tile(s) ({math.ceil(L.n_out / cap[1])}x{math.ceil(L.n_in / cap[0])})"
-                + (", bias+activation on the host" if len(tiles) > 1 else "")
-                + f", {meas} measurement(s) per batch, {per_batch} round trips per batch, {layer_total} in all")
-        lines.append(f"  round trips to chips: {total}")
-        if self.pipelined(model):
-            lines.append("  schedule: pipelined (each layer's device works on the next batch while the "
-                         "following layer's takes this one)")
-        else:
-            lines.append("  schedule: one batch at a time through every layer"
-                         + (f" (chip {', '.join(shared)} serves several layers)" if shared else ""))
-        return "\n".join(lines)
+        from .dryrun import plan_text
+
+        return plan_text(self, model, n_samples, batch_size, repeats)
 
     def shared_chips(self, model) -> list[str]:
         """Chips that serve more than one layer (reprogrammed as the batches go through)."""

@@ -1,38 +1,32 @@
-"""``VisaDevice``: runs an analog layer on an ANB-series chip through pyvisa (SCPI.md).
+"""The one bench driver: ``DescribedDevice`` runs an analog layer on any controller an instrument
+description names (``hwloop.bench.instrument``), through pyvisa; ``VisaDevice`` is the ANB dialect's.
 
-The device: programming, measuring, retries.  The transport is ``link.Link``,
-the tiles, chunks and range scaling are ``plan``.
-
-The driver calls commands by name from ``scpi.COMMANDS``; it never formats
-SCPI text itself.  A measurement is one round trip, whatever the batch: ``INP``
-block, ``SAMP:COUN``, ``INIT``, then ``*OPC?``, ``FETC:SHAP?``, ``FETC?``,
-``STAT:QUES:COND?`` and ``SYST:ERR?`` written together, their replies read in
-order (after a failure, each command is checked on its own instead).
+The ANB dialect (../shared/bench/SCPI.md) is itself a description,
+``instruments/anb.yaml``, so the ANB chips, a second dialect (``acme-nc``,
+ASCII) and a source/measure bench (``awg-digitizer``) run through this one
+class.  Its jobs: connect (one ``link.Link`` per instrument), read the
+capacity and ranges (fixed in the description or queried), program a layer
+(tiles, chunks and exact range scaling from ``plan``; checked by CRC-32 where
+the dialect offers it), retry.  Measuring is ``measure.Measuring``.
 
 Exact range mapping (``hwloop.bench.plan``; on by default, ``strict_ranges``
 refuses instead): values outside the chip's ranges are divided by a power of
-two s (exact in float32) and the chip's outputs multiplied by s on the host.
-That is exact for LINear and RELU (act(z/s)*s = act(z)); a SIGMoid/TANH layer
-whose weights need it runs LINear on the chip with bias and activation applied
-on the host, as tiles do (``host_activation`` asks for that placement always).
-The ADC step grows by s; the console says so once, and ``describe()`` records
-the placement and every scale used.
+two s (exact in float32) and the chip's outputs multiplied by s on the host;
+a SIGMoid/TANH layer whose weights need it runs LINear on the chip with bias
+and activation applied on the host.  The console says so once, and
+``describe()`` records the placement and every scale used.
 
-Faults (timeouts, dropped connections, garbled blocks, SCPI errors) are
+Faults (timeouts, dropped connections, garbled replies, queued errors) are
 retried with bounded exponential back-off: the link reconnects (a fresh
 socket, so a stale reply can never be read as the next answer), re-checks the
-programmed layer by checksum, reprograms it if the chip lost it, and re-runs
+programmed layer by checksum where it can (else reprograms it), and re-runs
 only the unfinished measurement.  When retries run out: ``DeviceError``.
 """
 
 from __future__ import annotations
 
-import math
 import threading
-import time
 import warnings
-from contextlib import suppress
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -41,101 +35,95 @@ from ..devices.base import Device, check_input
 from ..errors import DeviceError, HwloopError
 from ..layer import AnalogLayer, activate
 from . import scpi
-from .link import Link, ScpiError, _no_interrupt, _Retry  # noqa: F401 (ScpiError re-exported)
-from .plan import HOMOGENEOUS, Tile, chunks_for, input_scale, plan_layer, tiles_for  # noqa: F401 (re-exported)
+from .instrument import Description, load_description
+from .link import Link, ScpiError, _Retry  # noqa: F401 (ScpiError re-exported)
+from .measure import Job, Measuring
+from .plan import HOMOGENEOUS, LayerPlan, Tile, TilePlan, chunks_for, input_scale, plan_layer, tiles_for  # noqa: F401
+from .settings import DriverSettings
 
-_SCPI_ACT = {v: scpi.short(k).upper() for k, v in scpi.ACTIVATIONS.items()}
-
-
-@dataclass
-class _Job:
-    """One measurement of a run: a tile of the layer on a block of rows and repetitions."""
-
-    tile: tuple               # an entry of VisaDevice._tiles: (Tile, weights, bias, programming key)
-    xs: np.ndarray            # the inputs as sent (divided by s_x)
-    s_x: float                # the input scale (power of two, 1 when none was needed)
-    k: int                    # repetitions
-    slot: np.ndarray          # where the results go in the run's output array
-    into: np.ndarray | None   # ``slot`` itself when the block can be read straight into it
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return self.k, len(self.xs), self.tile[1].shape[0]
-
-    @property
-    def commands(self) -> tuple:
-        """Its program messages as (name, args, block): load the inputs, set the count, start."""
-        return ("input", (), self.xs), ("count", (self.k,), None), ("initiate", (), None)
-
-
-#: the queries that end a measurement, their replies read in this order
-_MEASUREMENT_QUERIES = ("opc", "fetch_shape", "fetch", "questionable", "error")
-
-
-#: round trips (waits for a reply) per measurement (its five queries go out together) and per tile
+#: round trips (waits for a reply) per ANB measurement (its queries go out together) and per tile
 #: programming (LAY:SHAP, WEIG + *OPC?, WEIG, WEIG:CHEC?, ACT and BIAS each followed by a check)
 ROUND_TRIPS_PER_MEASUREMENT = 1
 ROUND_TRIPS_PER_PROGRAMMING = 6
+_CAPACITY = ("max_inputs", "max_outputs", "max_batch", "max_repeats")
+_RANGES = {"weights": "weight_range", "bias": "bias_range", "inputs": "input_range", "outputs": "output_range",
+           "output_bits": "output_bits"}
 
 
-# -- the device ----------------------------------------------------------------------
-class VisaDevice(Device):
-    """A chip on a bench controller, reached through pyvisa; see the module docstring.
+class DescribedDevice(Measuring, Device):
+    """A chip on the controller(s) ``description`` names (a shipped name or a YAML file); see the module docstring.
 
-    ``retries``: attempts after the first for each measurement and each
-    (re)connection; back-off doubles from ``backoff_s`` up to ``max_backoff_s``.
-    ``on_clip``: ``"error"`` (default) or ``"warn"`` when the ADC clipped.
-    ``raw_socket``: on a pyvisa-py TCP socket, move blocks on the socket itself (about ten times
-    pyvisa's read rate) and stream measurements; False: pyvisa's own calls only, as for any
-    other VISA resource (USB, GPIB, another backend), which also get that path by themselves.
-    ``visa_library``: ``"@py"``, ``"@ivi"``, ``"@sim"``, ``"FILE.yaml@sim"`` or a library path
-    (``hwloop.bench.visalib``).
+    ``resource``: the VISA resource of a one-instrument bench; ``resources``: {role: resource} for
+    several (a source and a measure instrument).  ``options``: ``DriverSettings`` keywords.
+    ``link`` / ``links``: connections to share (``sibling()``).
     """
 
-    def __init__(self, resource: str, *, timeout_ms: int = 5000, scale_inputs: bool = True,
-                 scale_weights: bool = True, strict_ranges: bool = False, host_activation: bool = False,
-                 retries: int = 5, backoff_s: float = 0.05,
-                 max_backoff_s: float = 2.0, on_clip: str = "error", byte_order: str = "SWAP",
-                 max_block_bytes: int = 32 << 20, verify_grid: bool = True, raw_socket: bool = True,
-                 visa_library: str = "@py", link: Link | None = None):
-        if on_clip not in ("error", "warn"):
-            raise HwloopError(f"VisaDevice {resource}: on_clip must be 'error' or 'warn', not {on_clip!r}")
-        if byte_order not in ("SWAP", "NORM"):
-            raise HwloopError(f"VisaDevice {resource}: byte_order must be 'SWAP' or 'NORM'")
-        self.resource = resource
-        if strict_ranges:
-            scale_inputs = scale_weights = False
-        self.options = dict(timeout_ms=timeout_ms, scale_inputs=scale_inputs, scale_weights=scale_weights,
-                            strict_ranges=strict_ranges, host_activation=host_activation,
-                            retries=retries, backoff_s=backoff_s, max_backoff_s=max_backoff_s,
-                            on_clip=on_clip, byte_order=byte_order, max_block_bytes=max_block_bytes,
-                            verify_grid=verify_grid, raw_socket=raw_socket, visa_library=visa_library)
-        self.retries, self.backoff_s, self.max_backoff_s = retries, backoff_s, max_backoff_s
-        self.scale_inputs, self.scale_weights = scale_inputs, scale_weights
-        self.host_activation = host_activation
-        self.plan = None
+    remote = True
+
+    def __init__(self, description: str | Description, resource: str | None = None, *,
+                 resources: dict | None = None, link: Link | None = None, links: dict | None = None, **options):
+        self.desc = description if isinstance(description, Description) else load_description(description)
+        roles = self.desc.instruments
+        self.resources = dict(resources or {}) if resource is None else {roles[0]: resource}
+        if sorted(self.resources) != sorted(roles):
+            raise DeviceError(f"{self.desc.name}: give one VISA resource per instrument ({', '.join(roles)})"
+                              + ("" if len(roles) > 1 else " as resource:"))
+        self.resource = ", ".join(self.resources.values())
+        self.settings = DriverSettings.build(f"{type(self).__name__} {self.resource}", options)
+        self.main_role = roles[0]
+        if links is not None:                    # a sibling: the same connections
+            self.links = dict(links)
+        elif link is not None:
+            self.links = {self.main_role: link}
+        else:
+            self.links = {role: Link(self.desc, r, self.settings, role) for role, r in self.resources.items()}
+        for lk in self.links.values():
+            lk.users += 1
+        self.layer = self.plan = None
+        self._tiles: list[tuple] = []
         self.input_scales: dict[float, int] = {}   # input scale (power of two, 1: none) -> measurements
         self._noted: set[str] = set()
-        self.on_clip, self.max_block_bytes, self.verify_grid = on_clip, max_block_bytes, verify_grid
-        self.link = link or Link(resource, timeout_ms=timeout_ms, byte_order=byte_order,
-                                 connect_retries=retries, backoff_s=backoff_s, max_backoff_s=max_backoff_s,
-                                 raw_socket=raw_socket, visa_library=visa_library)
-        self.link.users += 1
-        self.layer = None
         self.stats = {"measurements": 0, "retries": 0, "reprograms": 0, "clipped": 0,
                       "bytes_sent": 0, "bytes_fetched": 0, "io_s": 0.0, "written_behind": 0}
         self._faults: list[str] = []
         self._scratch = (np.empty(1 << 16, np.float32), np.empty(1 << 16, np.float32))   # for _check_values
         self._interrupted = threading.Event()     # Ctrl-C seen by the runner while run() streams
-        self._careful = False                 # after a failure: SYST:ERR? after every command
+        self._careful = False                     # after a failure: checked command by command
         self._temperature: float | None = None
         self._closed = False
+        if not self.link.limits:
+            self.link.limits = self._retrying(self._read_limits, "reading capacity and ranges")
 
-    def sibling(self) -> "VisaDevice":
-        """Another device on the same controller (same connection), e.g. for a second layer."""
-        return VisaDevice(self.resource, link=self.link, **self.options)
+    @staticmethod
+    def check_options(description: str = "", **options) -> dict[str, str]:
+        """Bench-file hook: a description that does not load, or an unknown option, is reported at its key."""
+        try:
+            load_description(description)
+        except HwloopError as e:
+            return {"description": str(e)}
+        unknown = [k for k in options if k not in DriverSettings().options() and k not in ("resource", "resources")]
+        return {k: f"unknown option (known: resource, resources, {', '.join(DriverSettings().options())})"
+                for k in unknown}
 
-    remote = True
+    def sibling(self) -> "DescribedDevice":
+        """Another device on the same controller(s) (the same connections), e.g. for a second layer."""
+        return self._again(self.link)
+
+    def _again(self, link: Link | None) -> "DescribedDevice":
+        return DescribedDevice(self.desc, resources=self.resources, links=self.links, **self.settings.options())
+
+    @property
+    def link(self) -> Link:
+        """The link of the (first) instrument."""
+        return self.links[self.main_role]
+
+    @property
+    def reconnects(self) -> int:
+        return sum(lk.reconnects for lk in self.links.values())
+
+    @property
+    def retried(self) -> int:
+        return self.stats["retries"]
 
     @property
     def hardware(self) -> object:
@@ -146,18 +134,37 @@ class VisaDevice(Device):
     def limits(self) -> dict:
         return self.link.limits
 
+    def _read_limits(self) -> dict:
+        """Capacity, ranges and activations: fixed in the description, or queried."""
+        d, lim = self.desc, self.desc.limits()
+        cap = d.section("capacity").get("query")
+        if cap:
+            values = self._link_of(cap).query(cap, d.numbers)
+            if len(values) != 4:
+                raise DeviceError(f"{self.resource}: {cap} answered {values!r}")
+            lim.update(zip(_CAPACITY, (int(v) for v in values)))
+        for key, query in ((d.data["ranges"].get("query")) or {}).items():
+            v = self._link_of(query).query(query, d.numbers)
+            lim[_RANGES[key]] = int(v[0]) if key == "output_bits" else tuple(v) if len(v) > 1 else v[0]
+        chip = {c.upper(): c for c in d.data["activations"].values()}
+        if d.data.get("catalog"):
+            offered = {a.strip().upper() for a in self._link_of(d.data["catalog"]).query(d.data["catalog"]).split(",")}
+            chip = {k: v for k, v in chip.items() if k in offered}
+        lim["activations"] = tuple(chip)               # as the controller names them (``ACT:CAT?``)
+        return lim
+
     def _plan_limits(self) -> dict:
         """The chip's limits for ``plan_layer``: its activations by hwloop name."""
-        lim = self.limits
-        return {**lim, "activations": {k for k, v in _SCPI_ACT.items() if v in lim["activations"]}}
+        names = {c.upper(): h for h, c in self.desc.data["activations"].items()}
+        return {**self.limits, "activations": {names[a] for a in self.limits["activations"]}}
 
     def twin(self, profile, name: str = "twin") -> Device:
         """An emulator under ``profile`` that runs every layer with this chip's plan (``hwloop.bench.twin``)."""
         from .twin import PlannedTwin
 
-        return PlannedTwin(profile, self._plan_limits(), scale_weights=self.scale_weights,
-                           scale_inputs=self.scale_inputs, host_activation=self.host_activation,
-                           max_block_bytes=self.max_block_bytes, name=name)
+        s = self.settings
+        return PlannedTwin(profile, self._plan_limits(), scale_weights=s.scale_weights, scale_inputs=s.scale_inputs,
+                           host_activation=s.host_activation, max_block_bytes=s.max_block_bytes, name=name)
 
     # -- programming ----------------------------------------------------------
     def program(self, layer: AnalogLayer, *, seed: int = 0) -> None:
@@ -165,53 +172,108 @@ class VisaDevice(Device):
         if layer.groups > 1:
             raise HwloopError(f"layer {layer.name!r}: a grouped convolution ({layer.groups} groups); the bench "
                               "driver programs one dense array per layer: run this layer on an emulator")
-        plan = plan_layer(layer, self._plan_limits(), scale=self.scale_weights,
-                          host_activation=self.host_activation, chip=f"chip {self.resource}")
+        fixed = self.desc.section("program").get("fixed")
+        plan = self._fixed_plan(layer, fixed) if fixed else plan_layer(
+            layer, self._plan_limits(), scale=self.settings.scale_weights, host_activation=self.settings.host_activation,
+            chip=f"{'chip' if self.desc.name == 'anb' else self.desc.name + ' at'} {self.resource}")
         for note in plan.notes:           # on the console once, and in describe() (the run's provenance)
             if note not in self._noted:
                 self._noted.add(note)
                 warnings.warn(note, stacklevel=3)
         self.layer, self.plan = layer, plan
-        self._host, self._s_w, self._bias = plan.host, plan.weight_scale, plan.bias
-        self._tiles = [(tp.tile, tp.weights, tp.bias,
-                        (tp.weights.shape, scpi.weights_checksum(tp.weights), _SCPI_ACT[tp.activation]))
+        order = self.desc.section("program").get("weights", {}).get("order", "row")
+        self._tiles = [(w := tp.weights if order == "row" else np.ascontiguousarray(tp.weights.T),
+                        (tp.weights.shape, scpi.weights_checksum(w), self.desc.data["activations"][tp.activation]))
                        for tp in plan.tiles]
-        self._retrying(lambda: self._ensure(self._tiles[0]), f"programming layer {layer.name!r}")
-        self._temperature = self._retrying(lambda: self.link.query("temperature"), "SYST:TEMP?")
+        self._retrying(lambda: self._ensure(0), f"programming layer {layer.name!r}")
+        if self.desc.data.get("temperature"):
+            self._temperature = self._retrying(lambda: self._ask_temperature(), "temperature")
 
-    def _ensure(self, tile, s_x: float = 1.0) -> None:
+    def _fixed_plan(self, layer: AnalogLayer, query: str) -> LayerPlan:
+        """Weights set in the hardware: the layer must have them; bias and activation run on the host."""
+        lim = self.limits
+        w = self._retrying(lambda: self._link_of(query).query_values(query), query)
+        if w.size != lim["max_outputs"] * lim["max_inputs"] or layer.weight.shape != \
+                (lim["max_outputs"], lim["max_inputs"]) or not np.allclose(
+                    layer.weight, w.reshape(layer.weight.shape), atol=1e-6):
+            raise DeviceError(f"layer {layer.name!r} ({layer.n_out}x{layer.n_in}) does not have the weights fixed "
+                              f"in {self.desc.name} at {self.resource} ({lim['max_outputs']}x{lim['max_inputs']}, "
+                              f"{self.desc.role(query)[1]})")
+        tile = TilePlan(Tile(slice(0, layer.n_out), slice(0, layer.n_in)), w.reshape(layer.weight.shape),
+                        np.zeros(layer.n_out, np.float32), "linear")
+        return LayerPlan([tile], 1.0, True, "weights fixed in the hardware", np.asarray(layer.bias, np.float32),
+                         layer.activation, [])
+
+    def _ensure(self, tile: int, s_x: float = 1.0) -> None:
         """Make sure the chip holds ``tile`` (bias divided by ``s_x``): verify by checksum after a
         fault, reprogram what was lost, and resend the bias alone when only its scale changed."""
-        _, wt, bt, key = tile
-        bias = bt / np.float32(s_x) if s_x != 1 else bt
+        prog = self.desc.section("program")
+        if prog.get("fixed"):
+            return
+        tp, (sent, key), link = self.plan.tiles[tile], self._tiles[tile], self.link
+        bias = tp.bias / np.float32(s_x) if s_x != 1 and not self.plan.host else tp.bias
         bias_key = scpi.weights_checksum(bias)
-        link = self.link
         if link.loaded == key and not link.verified:
-            ok = (link.query("shape?") == wt.shape and link.query("checksum") == key[1]
-                  and link.query("activation?") == key[2])
-            if ok and scpi.weights_checksum(link.query_block("bias?", wt.shape[0])) != link.bias:
-                link.bias = None
-            link.verified = ok
-            if not ok:
-                self.stats["reprograms"] += 1
-                link.loaded = None
+            self._verify(key, tp.weights.shape[0])
         if link.loaded != key:
-            link.loaded, link.bias, link.verified = None, None, False
-            link.send("shape", *wt.shape)
-            link.check("LAY:SHAP")
-            link.send("weights", block=wt)
-            link.query("opc", timeout_ms=self._timeout(0.05 + 1e-6 * wt.size))
-            link.check("WEIG")
-            got = link.query("checksum")
-            if got != key[1]:
-                raise _Retry(f"WEIG:CHEC? {got} != host CRC-32 {key[1]} of the weights sent")
-            link.send("activation", key[2])
-            link.check("ACT")
-            link.loaded, link.verified = key, True
+            self._load_weights(sent, key)
         if link.bias != bias_key:
-            link.send("bias", block=bias)
-            link.check("BIAS")
+            link.send(prog["bias"], values=bias)
+            link.check(self.desc.header(prog["bias"]) if prog.get("check") == "each" else "programming (" + ", ".join(
+                self.desc.header(prog[k] if k != "weights" else prog[k]["command"])
+                for k in ("shape", "weights", "activation", "bias") if prog.get(k)) + ")")
             link.bias = bias_key
+
+    def _verify(self, key: tuple, n_out: int) -> None:
+        """After a fault: does the chip still hold ``key``?  Without read-back queries it is reprogrammed."""
+        link, prog = self.link, self.desc.section("program")
+        verify, checksum = prog.get("verify") or {}, prog["weights"].get("checksum")
+        ok = bool(verify.get("shape") and verify.get("activation") and checksum) and \
+            link.query(verify["shape"], lambda t: tuple(int(v) for v in self.desc.numbers(t))) == key[0] and \
+            link.query(checksum) == key[1] and link.query(verify["activation"]).upper() == key[2].upper()
+        if ok and (not verify.get("bias") or
+                   scpi.weights_checksum(link.query_values(verify["bias"], n_out)) != link.bias):
+            link.bias = None
+        link.verified = ok
+        if not ok:
+            self.stats["reprograms"] += 1
+            link.loaded = None
+
+    def _load_weights(self, sent: np.ndarray, key: tuple) -> None:
+        """Shape, weights (waiting and checking the CRC where the dialect can) and activation.  With
+        ``program: {check: each}`` each step is followed by the error query, else the bias's check ends it."""
+        link, prog = self.link, self.desc.section("program")
+        w, each = prog["weights"], prog.get("check", "end") == "each"
+        link.loaded, link.bias, link.verified = None, None, False
+        steps = [(prog.get("shape"), {"n_out": key[0][0], "n_in": key[0][1]}), (w["command"], {"values": sent}),
+                 (prog["activation"], {"name": key[2]})]
+        for template, fields in steps:
+            if not template:
+                continue
+            link.send(template, **fields)
+            if template != w["command"]:
+                if each:
+                    link.check(self.desc.header(template))
+                continue
+            if w.get("opc"):                    # programming is overlapped: wait for it
+                link.query(w["opc"], timeout_ms=self._timeout(0.05 + 1e-6 * sent.size))
+            if each:
+                link.check(self.desc.header(template))
+            if w.get("checksum") and (got := link.query(w["checksum"])) != key[1]:
+                raise _Retry(f"{w['checksum']} {got} != host CRC-32 {key[1]} of the weights sent")
+        link.loaded, link.verified = key, True
+
+    def send(self, template: str, **fields) -> None:
+        """A program message of the description to its instrument (every instrument when it names none)."""
+        role = self.desc.role(template)[0]
+        for lk in [self.links[role]] if role else list(self.links.values()):
+            lk.send(template, **fields)
+
+    def ask(self, template: str, role: str | None = None, **fields) -> str:
+        """A query of the description (to ``role``, or its own, or the first instrument); "" for an empty reply."""
+        lk = self.links[self.desc.role(template)[0] or role or self.main_role]
+        lk.send(template, **fields)
+        return lk.reply(template) or ""
 
     def _timeout(self, seconds: float) -> int:
         """Reply timeout for an overlapped operation of up to ``seconds`` (at the manual's timing)."""
@@ -223,199 +285,45 @@ class VisaDevice(Device):
         r_in, b, n_in = x.shape
         rows = x[0] if r_in == 1 else x.reshape(r_in * b, n_in)
         k = repeats if r_in == 1 else 1
-        # host: tiles' partial sums add up in ``out``; else one tile's measurements fill all of it
-        out = (np.zeros if self._host else np.empty)((k, len(rows), self.layer.n_out), np.float32)
-        lim = self.limits
-        jobs = []
-        for tile in self._tiles:
-            t = tile[0]
-            for c in chunks_for(len(rows), k, t.rows.stop - t.rows.start, lim["max_batch"],
-                                lim["max_repeats"], self.max_block_bytes):
-                rs, ks = c.rows, c.repeats
-                xs, s_x = self._scaled_inputs(rows[rs, t.cols])
-                slot = out[ks, rs, t.rows]
-                jobs.append(_Job(tile, xs, s_x, ks.stop - ks.start, slot,
-                                 slot if not self._host and slot.flags.c_contiguous else None))
+        host = self.plan.host             # host: tiles' partial sums add up in ``out``; else one tile fills it
+        out = (np.zeros if host else np.empty)((k, len(rows), self.layer.n_out), np.float32)
+        lim, jobs = self.limits, []
+        for t, tp in enumerate(self.plan.tiles):
+            for c in chunks_for(len(rows), k, tp.weights.shape[0], lim["max_batch"], lim["max_repeats"],
+                                self.settings.max_block_bytes):
+                xs, s_x = self._scaled_inputs(rows[c.rows, tp.tile.cols])
+                slot = out[c.repeats, c.rows, tp.tile.rows]
+                jobs.append(Job(t, tp.weights.shape[0], xs, s_x, c.repeats.stop - c.repeats.start, slot,
+                                slot if not host and slot.flags.c_contiguous else None))
         done = [0]
         self._interrupted.clear()
         self._retrying(lambda: self._measure_jobs(jobs, done), f"measurement of layer {self.layer.name!r}",
                        progress=lambda: done[0])
-        if self._host:
-            out += self._bias
+        if host:
+            out += self.plan.bias
             out = activate(self.layer.activation, out, self.layer.act_params)
         return out if r_in == 1 else out.reshape(r_in, b, -1)
 
     def _scaled_inputs(self, xs: np.ndarray) -> tuple[np.ndarray, float]:
-        s = input_scale(xs, self.limits["input_range"], scale=self.scale_inputs,
-                        homogeneous=self._host or self.layer.activation in HOMOGENEOUS, layer=self.layer.name,
+        s = input_scale(xs, self.limits["input_range"], scale=self.settings.scale_inputs,
+                        homogeneous=self.plan.host or self.layer.activation in HOMOGENEOUS, layer=self.layer.name,
                         chip=f"chip {self.resource}")
         self.input_scales[s] = self.input_scales.get(s, 0) + 1
         return np.ascontiguousarray(xs if s == 1 else xs / np.float32(s)), s
 
-    def _measure_jobs(self, jobs: list[_Job], done: list[int]) -> None:
-        """Measure ``jobs[done[0]:]`` in order, storing each result and advancing ``done[0]``.
-
-        A measurement is INP, SAMP:COUN, INIT, then the queries *OPC?, FETC:SHAP?, FETC?,
-        STAT:QUES:COND? and SYST:ERR? written together, their replies read in order: one round
-        trip.  Measurements of the same tile are streamed: the next one's messages are written
-        (from the link's writer thread) while this one's replies are read, so the controller,
-        which handles messages in order, finds its next input waiting as soon as it has sent this
-        result; ``INPut`` clears a measurement only after its ``FETCh?`` was answered.  Programming
-        a tile waits until nothing is in flight.  After a failure (``_careful``) the first
-        measurement is made command by command instead, each followed by ``SYST:ERR?``, so an
-        error that persists is reported with the command that caused it.
-        """
-        with _no_interrupt() as hit:
-            interrupted = lambda: bool(hit) or self._interrupted.is_set()   # noqa: E731
-            while done[0] < len(jobs) and not interrupted():
-                job = jobs[done[0]]
-                if self._careful:
-                    self._store(job, self._measure_carefully(job))
-                    done[0] += 1
-                    self._careful = False
-                    continue
-                self._ensure(job.tile, 1.0 if self._host else job.s_x)
-                self._write_measurement(job)
-                while job is not None:
-                    i = done[0]
-                    nxt = jobs[i + 1] if i + 1 < len(jobs) and not interrupted() else None
-                    if nxt is not None and not (self.link.can_write_behind and nxt.tile is job.tile
-                                                and (self._host or nxt.s_x == job.s_x)):
-                        nxt = None                     # a different tile or bias: program first
-                    pending = None
-                    if nxt is not None:
-                        pending = self.link.write_behind(lambda j=nxt: self._write_measurement(j, behind=True))
-                        self.stats["written_behind"] += 1
-                    try:
-                        self._store(job, self._read_measurement(job, more_in_flight=pending is not None))
-                    except BaseException:
-                        if pending is not None:       # its replies must never be read as others'
-                            with suppress(Exception):
-                                self.link.end_write(pending, abort=True)
-                        raise
-                    done[0] = i + 1
-                    if pending is not None:
-                        try:
-                            self.link.end_write(pending, abort=False)
-                        except (_Retry, HwloopError):
-                            raise
-                        except Exception as e:
-                            raise _Retry(f"writing the next measurement: {e}") from None
-                    job = nxt
-        if self._interrupted.is_set():
-            self._interrupted.clear()
-            raise KeyboardInterrupt
-
     def interrupt(self) -> None:
         self._interrupted.set()
 
-    def _write_measurement(self, job: _Job, behind: bool = False) -> None:
-        for name, args, block in job.commands:
-            self.link.send(name, *args, block=block, deadline=not behind)
-        self.link.send_queries(_MEASUREMENT_QUERIES, deadline=not behind)
-
-    def _opc_timeout(self, job: _Job) -> int:
-        """``*OPC?`` waits for the whole measurement: 20 us per evaluation at the manual's timing."""
-        return self._timeout(20e-6 * job.k * len(job.xs))
-
-    def _read_measurement(self, job: _Job, more_in_flight: bool) -> np.ndarray:
-        """The replies of a measurement written by ``_write_measurement``, every one read, in order.
-
-        ``more_in_flight``: the next measurement's replies follow on the stream, so the error queue
-        is not drained here (the reconnect before the retry clears it)."""
-        link, want = self.link, job.shape
-        t0 = time.perf_counter()
-        opc = link.reply("opc", self._opc_timeout(job))
-        shape = link.reply("fetch_shape")
-        y = link.block_reply("fetch", out=job.into if tuple(shape or ()) == want else None,
-                             check=self._check_values)
-        ques = link.reply("questionable")
-        err = link.reply("error")
-        if err is None or err[0]:
-            errors = [err] + ([] if more_in_flight else link.drain()) if err else []
-            raise ScpiError("measurement (INP, SAMP:COUN, INIT, *OPC?, FETC?)", errors)
-        if opc is None:
-            raise _Retry("*OPC?: empty reply and no error queued")
-        return self._accept(job, shape, y, ques, t0)
-
-    def _measure_carefully(self, job: _Job) -> np.ndarray:
-        """One measurement with every command checked on its own (after a failure)."""
-        link, want = self.link, job.shape
-        self._ensure(job.tile, 1.0 if self._host else job.s_x)
-        t0 = time.perf_counter()
-        for name, args, block in job.commands:
-            link.send(name, *args, block=block)
-            link.check(scpi.COMMANDS[name].short_header)
-        link.query("opc", timeout_ms=self._opc_timeout(job))
-        shape = link.query("fetch_shape")
-        y = link.query_block("fetch", int(np.prod(want)), job.into, self._check_values) \
-            if tuple(shape) == want else None
-        return self._accept(job, shape, y, link.query("questionable"), t0)
-
-    def _accept(self, job: _Job, shape, y: np.ndarray | None, ques: int | None, t0: float) -> np.ndarray:
-        """Check a measurement's replies, count it, and act on the clip flag."""
-        want = job.shape
-        if shape is None or tuple(shape) != want:
-            raise _Retry(f"FETC:SHAP? {shape} != expected {want}")
-        if y is None or y.size != int(np.prod(want)) or ques is None:
-            raise _Retry(f"FETC?: {None if y is None else y.size} values, expected {int(np.prod(want))}")
-        st = self.stats
-        st["measurements"] += 1
-        st["bytes_sent"] += job.xs.nbytes
-        st["bytes_fetched"] += y.nbytes
-        st["io_s"] += time.perf_counter() - t0
-        if ques & scpi.QUES_CLIPPED:
-            st["clipped"] += 1
-            msg = (f"layer {self.layer.name!r}: the chip's ADC clipped at {self.limits['output_range']} "
-                   "(STAT:QUES:COND? bit 0)")
-            if self.on_clip == "error":
-                raise DeviceError(msg + "; scale the layer down, or pass on_clip='warn' to record and go on")
-            warnings.warn(msg, stacklevel=4)
-        return y.reshape(want)
-
-    def _store(self, job: _Job, y: np.ndarray) -> None:
-        """Undo the scaling and put a measurement in its place (tiles' partial sums add up)."""
-        scale = np.float32(job.s_x * self._s_w)
-        if job.into is not None:
-            if scale != 1:
-                job.slot *= scale
-        elif self._host:
-            job.slot += y * scale if scale != 1 else y
-        else:
-            job.slot[...] = y * scale if scale != 1 else y
-
-    def _check_values(self, y: np.ndarray) -> None:
-        """Detect a garbled block: non-finite, outside the ADC range, or off the ADC grid.
-
-        Each cache-sized piece is mapped to ADC codes q = (y - lo) / step in scratch memory;
-        the nearest integers must lie in [0, 2^bits - 1] (NaN fails too) and q within 0.05 of them.
-        """
-        lo, hi = self.limits["output_range"]
-        bits = self.limits["output_bits"]
-        top = 2 ** bits - 1
-        inv = np.float32(top / (hi - lo))
-        shift = np.float32(-lo) * inv
-        q_buf, r_buf = self._scratch
-        for i in range(0, y.size, q_buf.size):
-            p = y[i:i + q_buf.size]
-            with np.errstate(over="ignore", invalid="ignore"):   # garbage may overflow: it fails below
-                q = np.multiply(p, inv, out=q_buf[:p.size])
-                q += shift
-                r = np.rint(q, out=r_buf[:p.size])
-            if not (r.min() >= 0 and r.max() <= top):
-                raise _Retry(f"FETC?: values outside the ADC range [{lo:g}, {hi:g}] (garbled block)")
-            if self.verify_grid and bits <= 20:
-                q -= r
-                if float(np.abs(q, out=q).max()) > 0.05:
-                    raise _Retry("FETC?: values off the ADC grid (garbled block)")
-
     def _retrying(self, attempt, what: str, progress=None):
-        """Run ``attempt`` until it succeeds; on failure back off, reconnect or resync, try again.
+        """Run ``attempt`` until it succeeds; on failure back off, reconnect, try again.
 
         ``progress()``, when given, counts the work done so far: each step forward between two
         failures earns a fresh set of retries (the budget is per measurement, not per run).
         """
-        delay, last, n = self.backoff_s, None, 0
+        import time
+
+        s = self.settings
+        delay, last, n = s.backoff_s, None, 0
         seen = progress() if progress else None
         while True:
             try:
@@ -427,55 +335,56 @@ class VisaDevice(Device):
                 self._careful = True
                 self._faults.append(f"{what}: {e}")
             if progress is not None and progress() != seen:
-                seen, n, delay = progress(), 0, self.backoff_s
-            if n == self.retries:
+                seen, n, delay = progress(), 0, s.backoff_s
+            if n == s.retries:
                 break
             n += 1
             self.stats["retries"] += 1
             time.sleep(delay)
-            delay = min(2 * delay, self.max_backoff_s)
+            delay = min(2 * delay, s.max_backoff_s)
             try:
-                self.link.reconnect(self.retries)
+                for lk in self.links.values():
+                    lk.reconnect(s.retries)
             except DeviceError as e:
                 last = e
                 break
-        raise DeviceError(f"{self.resource}: {what} failed after {self.retries} retries: {last}")
+        name = self.resource if self.desc.name == "anb" else f"{self.desc.name} at {self.resource}"
+        raise DeviceError(f"{name}: {what} failed after {s.retries} retries: {last}")
+
+    def _ask_temperature(self) -> float:
+        t = self.desc.data["temperature"]
+        return float(self._link_of(t).query(t))
 
     def temperature(self) -> float:
-        """The chip's temperature now (``SYST:TEMP?``), with the usual retries (calibration logs it per block)."""
-        return float(self._retrying(lambda: self.link.query("temperature"), "SYST:TEMP?"))
+        """The chip's temperature now, with the usual retries (calibration logs it per block)."""
+        return float(self._retrying(self._ask_temperature, "temperature"))
+
+    @staticmethod
+    def _ints(text: str) -> tuple[int, ...]:
+        return tuple(int(v) for v in text.split(","))
 
     # -- provenance -----------------------------------------------------------
     def describe(self) -> dict:
-        lim = self.limits
-        idn = self.link.idn.split(",")
-        if self._temperature is None:          # not programmed yet: read it now
-            try:
-                self._temperature = self.link.query("temperature")
-            except (_Retry, ScpiError):
-                pass
-        d = {"type": "VisaDevice", "resource": self.resource, "idn": self.link.idn,
-             "serial": idn[2] if len(idn) > 2 else "", "temperature_c": self._temperature,
-             "capacity": {k: lim[k] for k in ("max_inputs", "max_outputs", "max_batch", "max_repeats")},
-             "ranges": {"weights": lim["weight_range"], "bias": lim["bias_range"],
-                        "inputs": list(lim["input_range"]), "outputs": list(lim["output_range"]),
-                        "output_bits": lim["output_bits"], "activations": list(lim["activations"])},
-             "byte_order": self.link.order, "options": self.options,
-             "stats": dict(self.stats, reconnects=self.link.reconnects)}
-        if self.layer is not None:
-            d["tiling"] = {"tiles": len(self._tiles),
-                           "grid": [math.ceil(self.layer.n_out / lim["max_outputs"]),
-                                    math.ceil(self.layer.n_in / lim["max_inputs"])],
-                           "host_bias_and_activation": self._host,
-                           "chip_activation": self._tiles[0][3][2]}
-            d["scaling"] = {"weights": self._s_w, "inputs": "per measurement, power of two" if self.scale_inputs
-                            else "off", "input_scales": {f"{k:g}": v for k, v in sorted(self.input_scales.items())}}
-            d["placement"] = dict(self.plan.placement, notes=self.plan.notes)
-        if self._faults:
-            d["faults_survived"] = self._faults[-20:]
-        return d
+        from .describe import describe_device
+
+        return describe_device(self)
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self.link.close()
+            for lk in self.links.values():
+                lk.close()
+
+
+class VisaDevice(DescribedDevice):
+    """A chip on an ANB-series controller: ``DescribedDevice("anb", resource, **options)``."""
+
+    def __init__(self, resource: str, *, link: Link | None = None, **options):
+        super().__init__("anb", resource, link=link, **options)
+
+    def _again(self, link: Link | None) -> "VisaDevice":
+        return VisaDevice(self.resource, link=link, **self.settings.options())
+
+    @property
+    def options(self) -> dict:
+        return self.settings.options()

@@ -54,12 +54,23 @@ class Description:
     def section(self, key: str) -> dict:
         return self.data.get(key) or {}
 
+    @property
+    def block(self) -> bool:
+        """Whether arrays travel as IEEE 488.2 binary blocks of float32 (else ASCII lists)."""
+        return self.section("data").get("format", "ascii") == "block"
+
     def limits(self) -> dict:
-        """Capacity and ranges as ``hwloop.bench.plan`` reads them (activations by hwloop name)."""
+        """Capacity and ranges as ``hwloop.bench.plan`` reads them (activations by hwloop name); what the
+        description has the driver query (``capacity: {query:}``, ``ranges: {query:}``) is None here."""
         r = self.data["ranges"]
+
+        def fixed(key, cast):
+            return None if key not in r else cast(r[key])
+
         return {**{k: self.data["capacity"].get(k) for k in _CAPACITY},
-                "weight_range": float(r["weights"]), "bias_range": float(r["bias"]),
-                "input_range": tuple(map(float, r["inputs"])), "output_range": tuple(map(float, r["outputs"])),
+                "weight_range": fixed("weights", float), "bias_range": fixed("bias", float),
+                "input_range": fixed("inputs", lambda v: tuple(map(float, v))),
+                "output_range": fixed("outputs", lambda v: tuple(map(float, v))),
                 "output_bits": r.get("output_bits"), "activations": set(self.data["activations"])}
 
     @property
@@ -80,6 +91,20 @@ class Description:
         role, text = self.role(template)
         return role, text.format(**fields)
 
+    def head(self, template: str, **fields) -> tuple[str | None, str]:
+        """(role, program message up to ``{values}``): the driver appends the values (ASCII or a block)."""
+        role, text = self.role(template)
+        return role, text.partition("{values}")[0].format(**fields)
+
+    def header(self, template: str) -> str:
+        """The command's header, for messages: ``"measure> ACQ:COUN {k}"`` -> ``ACQ:COUN``."""
+        return self.role(template)[1].split(" ")[0]
+
+    def numbers(self, text: str) -> tuple[float, ...]:
+        """A short reply of numbers (capacity, a range, a shape) split at the separator or a comma."""
+        sep = self.separator if self.separator in text else ","
+        return tuple(float(v) for v in text.split(sep))
+
     def format_values(self, values: np.ndarray) -> str:
         """An ASCII list (``digits`` significant digits, ``separator`` between values)."""
         flat = np.asarray(values, dtype=np.float64).reshape(-1).tolist()
@@ -88,10 +113,16 @@ class Description:
         return ((f"%.{self.digits}g" + self.separator) * len(flat) % tuple(flat))[:-len(self.separator)]
 
     def parse_values(self, text: str) -> np.ndarray:
-        """An ASCII list as float32; ValueError when it is not one (numpy parses it in C)."""
+        """An ASCII list as float32; ValueError when it is not one.
+
+        Long lists go through pandas' C reader (~3x numpy's ``fromstring``, which is ~190 ns a
+        value): reading replies is what limits an ASCII dialect's throughput.
+        """
         text = text.strip()
         if not text:
             return np.empty(0, np.float32)
+        if len(text) > 16384:
+            return _parse_long(text, self.separator)
         with warnings.catch_warnings():           # numpy warns, then stops, at the first non-number
             warnings.simplefilter("ignore", DeprecationWarning)
             values = np.fromstring(text, dtype=np.float64, sep=self.separator)
@@ -117,6 +148,23 @@ class Description:
         return int(m["code"]), m["text"]
 
 
+def _parse_long(text: str, separator: str) -> np.ndarray:
+    """A long ASCII list, one value a line for pandas' C float reader (exact for float32 values)."""
+    import io
+
+    import pandas as pd
+
+    lines = text.replace(separator, "\n") if separator != "\n" else text
+    try:
+        frame = pd.read_csv(io.StringIO(lines), header=None, dtype=np.float64, na_filter=False, engine="c",
+                            skip_blank_lines=False)
+    except (ValueError, pd.errors.ParserError):
+        raise ValueError(f"not a list of numbers separated by {separator!r}: {text[:40]!r}") from None
+    if frame.shape[1] != 1 or len(frame) != text.count(separator) + 1:
+        raise ValueError(f"not a list of numbers separated by {separator!r}: {text[:40]!r}")
+    return frame.to_numpy(np.float32).reshape(-1)
+
+
 def load_description(name_or_path: str | Path) -> Description:
     """A shipped description by name (``acme-nc``) or a YAML file; HwloopError ``FILE:LINE: key: problem``."""
     import jsonschema
@@ -133,6 +181,11 @@ def load_description(name_or_path: str | Path) -> Description:
     cap = data.get("capacity") if isinstance(data.get("capacity"), dict) else {}
     if not problems and "query" not in cap and any(k not in cap for k in _CAPACITY):
         problems.append((getattr(cap, "line", 1), "capacity", f"give query: or all of {', '.join(_CAPACITY)}"))
+    ranges = data.get("ranges") if isinstance(data.get("ranges"), dict) else {}
+    queried = ranges.get("query") if isinstance(ranges.get("query"), dict) else {}
+    if not problems and any(k not in ranges and k not in queried for k in ("weights", "bias", "inputs", "outputs")):
+        problems.append((getattr(ranges, "line", 1), "ranges", "give weights:, bias:, inputs: and outputs: "
+                                                               "(or each under query:)"))
     wait = (data.get("measure") or {}).get("wait") if isinstance(data.get("measure"), dict) else None
     if not problems and isinstance(wait, dict) and sum(k in wait for k in ("poll", "opc", "delay_s")) != 1:
         problems.append((getattr(wait, "line", 1), "measure.wait", "exactly one of poll:, opc:, delay_s:"))
@@ -155,6 +208,8 @@ def _consistency(data: dict) -> list[tuple]:
         elif isinstance(node, list):
             for v in node:
                 walk(v, path)
+        elif isinstance(node, str) and "{values}" in node and not node.rstrip().endswith("{values}"):
+            out.append((_line(data, path), ".".join(path), "{values} must end the message"))
         elif isinstance(node, str) and "> " in node and path and path[0] in ("program", "measure", "errors"):
             head = node.partition("> ")[0]
             if head.isidentifier() and head not in roles:

@@ -1,10 +1,12 @@
-"""The transport to an ANB-series bench controller: one VISA session, its messages, error checks, reconnects.
+"""The transport to one instrument of a described bench: its VISA session, messages, error queue, reconnects.
 
-``Link`` sends program messages and reads replies by command name from
-``scpi.COMMANDS`` (it never formats SCPI text itself), moves definite-length
-blocks, drains the error queue and reconnects with back-off.  One documented
-fast path: on pyvisa-py's TCP socket session it reads and writes the socket
-itself (``_open`` explains why), so blocks travel at socket speed and a
+``Link`` sends the messages of an instrument description
+(``hwloop.bench.instrument``; it formats nothing itself beyond filling the
+description's templates), moves arrays as the dialect says (binary IEEE 488.2
+blocks of float32 in the chosen byte order, or ASCII lists), reads and drains
+the error queue in the dialect's format, and reconnects with back-off.  On
+pyvisa-py's TCP socket session it uses the one documented fast path
+(``hwloop.bench.sockio``), so data travels at socket speed and a
 measurement's messages can be written from a second thread while replies are
 read; on any other VISA resource it uses pyvisa's own calls only.
 """
@@ -12,23 +14,24 @@ read; on any other VISA resource it uses pyvisa's own calls only.
 from __future__ import annotations
 
 import math
-import select
 import signal
-import socket
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager, suppress
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Callable, Sequence
 
 import numpy as np
 
 from ..errors import DeviceError, HwloopError
 from . import scpi
+from .instrument import Description
+from .settings import DriverSettings
+from .sockio import RawSocket, Timeout
 
 
 class ScpiError(DeviceError):
-    """The controller queued errors after a command: names the command and the SCPI errors."""
+    """The controller queued errors after a command: names the command and the errors."""
 
     def __init__(self, command: str, errors: list[tuple[int, str]]):
         self.command, self.errors = command, errors
@@ -37,11 +40,13 @@ class ScpiError(DeviceError):
 
 
 class _Retry(Exception):
-    """A transport or data failure worth another try (timeout, lost connection, garbled block)."""
+    """A transport or data failure worth another try (timeout, lost connection, garbled data)."""
 
 
 #: values per piece of a block read (1 MB): each is checked while the next arrives
 _PIECE = 1 << 18
+#: error-queue entries read at most when draining (the ANB manual's queue holds 32)
+_QUEUE_MAX = 64
 
 
 @contextmanager
@@ -64,57 +69,36 @@ def _no_interrupt():
         raise KeyboardInterrupt
 
 
-# -- the link: one connection to one controller, shared by the layers that use it ----------
 class Link:
-    """A VISA session with one bench controller: message I/O, error checks, reconnects."""
+    """A VISA session with one instrument (``role``) of a bench described by ``desc``."""
 
-    def __init__(self, resource: str, *, timeout_ms: int, byte_order: str = "SWAP",
-                 connect_retries: int = 5, backoff_s: float = 0.05, max_backoff_s: float = 2.0,
-                 raw_socket: bool = True, visa_library: str = "@py"):
+    def __init__(self, desc: Description, resource: str, settings: DriverSettings, role: str | None = None):
         from .visalib import resource_manager
 
-        self.resource = resource
-        self.timeout_ms = timeout_ms
-        self.raw_socket = raw_socket
-        self.order = byte_order
-        self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
-        self._rm = resource_manager(visa_library)
-        self._res = None
-        self._sock = None
-        self._session = None
+        self.desc, self.resource, self.settings, self.role = desc, resource, settings, role
+        self.timeout_ms = settings.timeout_ms
+        self.order = settings.byte_order if desc.section("data").get("byte_order") else "SWAP"
+        self._rm = resource_manager(settings.visa_library)
+        self._res = self._raw = None
         self.loaded: tuple | None = None       # (shape, weights CRC, activation) on the chip
         self.bias: str | None = None           # CRC of the bias on the chip
         self.verified = False                  # loaded confirmed since the last fault
         self._writer: ThreadPoolExecutor | None = None
-        self.users = 0
-        self.reconnects = 0
-        self.idn = ""
+        self.users, self.reconnects, self.idn = 0, 0, ""
         self.limits: dict = {}
-        self._connect(connect_retries, first=True)
+        self._connect(settings.retries, first=True)
 
     # -- connection -------------------------------------------------------------
     def _open(self) -> None:
         self._res = self._rm.open_resource(self.resource, read_termination="\n", write_termination="\n",
                                            timeout=self.timeout_ms, open_timeout=self.timeout_ms)
-        # Small program messages back to back must not wait for Nagle + delayed ACK (~40 ms each).
-        # pyvisa-py cannot set VI_ATTR_TCPIP_NODELAY (UnknownAttribute), so set it on its socket.
-        # Its writes go out in 4 kB pieces with a select() each; large blocks go to the socket directly.
-        # Its reads take 4 kB per recv() (max_recv_size) and copy each byte about five times, so
-        # block payloads are read straight off its socket, after what it has buffered (_read_exact).
-        session = getattr(self._rm.visalib, "sessions", {}).get(self._res.session)
-        sock = getattr(session, "interface", None)
-        self._sock = sock if isinstance(sock, socket.socket) else None
-        self._session = session if isinstance(getattr(session, "_pending_buffer", None), bytearray) else None
-        if self._sock is not None:
-            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if hasattr(session, "max_recv_size"):
-                session.max_recv_size = 1 << 20
-        if not self.raw_socket:             # pyvisa's own reads and writes, as for any other resource
-            self._sock = self._session = None
         self._res.chunk_size = 1 << 20
+        self._raw = RawSocket.of(self._rm, self._res)      # sets TCP_NODELAY either way
+        if not self.settings.raw_socket:                    # pyvisa's own reads and writes, as for any resource
+            self._raw = None
 
     def _connect(self, retries: int, first: bool = False) -> None:
-        delay, last = self.backoff_s, None
+        delay, last = self.settings.backoff_s, None
         for attempt in range(retries + 1):
             try:
                 with _no_interrupt():
@@ -122,7 +106,7 @@ class Link:
                     self._open()
                     self._handshake(first)
                 return
-            except (_Retry, ScpiError, OSError) as e:
+            except (_Retry, ScpiError, OSError, Timeout) as e:
                 last = e
             except DeviceError:
                 raise
@@ -132,31 +116,30 @@ class Link:
                     break                          # a malformed resource name: retrying will not help
             if attempt < retries:
                 time.sleep(delay)
-                delay = min(2 * delay, self.max_backoff_s)
+                delay = min(2 * delay, self.settings.max_backoff_s)
         raise DeviceError(f"cannot reach bench controller {self.resource}: {last}")
 
     def _handshake(self, first: bool) -> None:
-        """Identify (a fresh socket: no stale bytes), set the byte order, clear errors."""
-        idn = self.query("idn")
+        """Identify (a fresh socket: no stale bytes), reset or clear errors, set the byte order."""
+        d = self.desc.data
+        idn = self.query(d["identify"])
         if not first and idn != self.idn:
             raise DeviceError(f"{self.resource}: after reconnecting the controller identifies as {idn!r}, "
                               f"not {self.idn!r}")
         self.idn = idn
-        self.send("cls")
-        self.send("byte_order", self.order)
-        if first:
-            cap = self.query("capacity")
-            if len(cap) != 4:
-                raise DeviceError(f"{self.resource}: SYST:CAP? answered {cap!r}")
-            self.limits = dict(zip(("max_inputs", "max_outputs", "max_batch", "max_repeats"), cap))
-            self.limits.update(
-                weight_range=self.query("weight_range"), bias_range=self.query("bias_range"),
-                input_range=self.query("input_range"), output_range=self.query("output_range"),
-                output_bits=self.query("output_bits"),
-                activations=tuple(a.upper() for a in self.query("catalog")))
-        if self.query("byte_order?") != self.order:
-            raise _Retry("byte order not accepted")
-        self.check("connect (*IDN?, *CLS, FORM:BORD)")
+        if d.get("reset"):
+            self.send(d["reset"])
+            self.loaded = self.bias = None
+        if not d.get("clear"):
+            self.drain()                        # what an earlier session left queued
+            return
+        self.send(d["clear"])
+        order = self.desc.section("data").get("byte_order")
+        if order:
+            self.send(order["command"], order=self.order)
+            if self.query(order["query"]) != self.order:
+                raise _Retry("byte order not accepted")
+        self.check(f"connect ({d['identify']}, {d['clear']}{', ' + self.desc.header(order['command']) if order else ''})")
 
     def reconnect(self, retries: int) -> None:
         self.reconnects += 1
@@ -165,11 +148,11 @@ class Link:
 
     @property
     def can_write_behind(self) -> bool:
-        """Whether messages can be sent while replies are read: only on pyvisa-py's socket, which
-        this class drives itself (pyvisa's own read and write are not made for two threads)."""
-        return self._sock is not None
+        """Whether messages can be sent while replies are read: only on the raw socket (pyvisa's own
+        read and write are not made for two threads)."""
+        return self._raw is not None
 
-    def write_behind(self, send) -> Future:
+    def write_behind(self, send: Callable[[], None]) -> Future:
         """Run ``send()`` (program messages) in the link's writer thread, while this one reads replies.
 
         Two threads, because both directions carry large blocks: written from here, a block could
@@ -186,18 +169,14 @@ class Link:
         ``abort``: its replies will not be read, so cut the connection first: a writer blocked on
         a full socket wakes up, and the next exchange fails and reconnects instead of reading them.
         """
-        if abort:
-            self._cut()
+        if abort and self._raw is not None:
+            self._raw.cut()
         try:
             pending.result()
         except BaseException:
-            self._cut()                     # a write that failed half-way: the stream is out of step
+            if self._raw is not None:
+                self._raw.cut()             # a write that failed half-way: the stream is out of step
             raise
-
-    def _cut(self) -> None:
-        if self._sock is not None:
-            with suppress(OSError):
-                self._sock.shutdown(socket.SHUT_RDWR)
 
     def close_session(self) -> None:
         if self._res is not None:
@@ -205,135 +184,126 @@ class Link:
                 self._res.close()
             except Exception:
                 pass
-            self._res = None
+            self._res = self._raw = None
 
     # -- messages ---------------------------------------------------------------
-    def send(self, name: str, *args, block: np.ndarray | None = None, deadline: bool = True) -> None:
-        """A program message (no reply); ``block`` for commands that carry an array.
+    def send(self, template: str, values: np.ndarray | None = None, deadline: bool = True, **fields) -> None:
+        """A program message (no reply); ``values`` for a template ending in ``{values}``.
 
         ``deadline=False`` for a write behind a measurement in flight: the controller reads it
         only once that is done, however long it takes (the reader's timeout watches over it).
         """
-        cmd = scpi.COMMANDS[name]
         try:
-            text = cmd.message(args if block is None else args + (None,), self.limits).encode()
-        except scpi.ParamError as e:
-            raise HwloopError(f"{self.resource}: {cmd.short_header}: {e}") from None
+            text = self.desc.head(template, **fields)[1].encode()
+        except (KeyError, IndexError, ValueError) as e:
+            raise HwloopError(f"{self.resource}: {template}: {e}") from None
         try:
-            if block is None:
+            if values is None:
                 self._write(text + b"\n", deadline=deadline)
-                return
-            payload = scpi.block_array(block, self.order)
-            head = text + b" " + scpi.block_header(payload.nbytes)
-            if self._sock is not None and payload.nbytes > 65536:
-                self._write(head, memoryview(payload).cast("B"), b"\n", deadline=deadline)   # no copy
+            elif not self.desc.block:
+                self._write(text + self.desc.format_values(values).encode() + b"\n", deadline=deadline)
             else:
-                self._write(head + payload.tobytes() + b"\n", deadline=deadline)
+                payload = scpi.block_array(values, self.order)
+                head = text + scpi.block_header(payload.nbytes)
+                if self._raw is not None and payload.nbytes > 65536:
+                    self._write(head, memoryview(payload).cast("B"), b"\n", deadline=deadline)   # no copy
+                else:
+                    self._write(head + payload.tobytes() + b"\n", deadline=deadline)
+        except (Timeout, _Retry):
+            raise
         except Exception as e:
-            raise _Retry(f"{cmd.short_header}: {e}") from None
+            raise _Retry(f"{template}: {e}") from None
 
     def _write(self, *parts, deadline: bool = True) -> None:
-        """Send bytes: on pyvisa-py's socket directly when reachable, else through pyvisa.
-
-        On the socket with a deadline (the timeout plus 100 ms per MB), so a controller that stops
-        reading ends in a retry, not a hang.
-        """
-        if self._sock is None:
+        if self._raw is None:
             self._res.write_raw(b"".join(parts))
-            return
-        wait_s = self._wait_s(self.timeout_ms) if deadline else None
-        if wait_s is not None:
-            wait_s += sum(memoryview(p).nbytes for p in parts) / 10e6
-        self._sock.settimeout(wait_s)
-        try:
-            for part in parts:
-                self._sock.sendall(part)
-        finally:
-            self._sock.settimeout(None)
+        else:
+            self._raw.write(parts, self._wait_s(self.timeout_ms) if deadline else None)
 
-    def send_queries(self, names: Sequence[str], deadline: bool = True) -> None:
+    def send_queries(self, templates: Sequence[str], deadline: bool = True) -> None:
         """Several queries in one write (each its own message); read their replies in order."""
-        data = b"".join(scpi.COMMANDS[n].message((), self.limits).encode() + b"\n" for n in names)
+        data = b"".join(self.desc.head(t)[1].encode() + b"\n" for t in templates)
         try:
             self._write(data, deadline=deadline)
         except Exception as e:
-            raise _Retry(f"{', '.join(scpi.COMMANDS[n].short_header for n in names)}: {e}") from None
+            raise _Retry(f"{', '.join(templates)}: {e}") from None
 
-    def query(self, name: str, *args, timeout_ms: int | None = None):
-        """A query with a text reply, parsed by the table; an empty reply raises ScpiError."""
-        self.send(name, *args)
-        value = self.reply(name, timeout_ms)
+    def query(self, template: str, parse: Callable = str, timeout_ms: int | None = None, **fields):
+        """A query with a text reply, parsed by ``parse``; an empty reply raises ScpiError."""
+        self.send(template, **fields)
+        value = self.reply(template, parse, timeout_ms)
         if value is None:
-            raise ScpiError(scpi.COMMANDS[name].short_header, self.drain())
+            raise ScpiError(template, self.drain())
         return value
 
-    def reply(self, name: str, timeout_ms: int | None = None):
-        """Read and parse the reply to query ``name`` (sent already); None for the empty reply of a failure."""
-        cmd = scpi.COMMANDS[name]
-        line = self._read_line(cmd, timeout_ms)
+    def reply(self, template: str, parse: Callable = str, timeout_ms: int | None = None):
+        """Read and parse the reply to ``template`` (sent already); None for the empty reply of a failure."""
+        line = self._read_line(template, timeout_ms)
         if line == "":
             return None
         try:
-            return cmd.parse(line)
+            return parse(line)
         except (ValueError, TypeError):
-            raise _Retry(f"{cmd.short_header}: unreadable reply {line[:40]!r}") from None
+            raise _Retry(f"{template}: unreadable reply {line[:40]!r}") from None
 
-    def _read_line(self, cmd: scpi.Command, timeout_ms: int | None) -> str:
-        """One LF-terminated reply line (stripped); straight off the socket when it is reachable."""
-        if self._sock is not None and self._session is not None:
-            pending = self._session._pending_buffer
-            wait_s = self._wait_s(self.timeout_ms if timeout_ms is None else timeout_ms)
-            start = 0
-            while (lf := pending.find(b"\n", start)) < 0:
-                start = len(pending)
-                self._recv_some(pending, wait_s, f"{cmd.short_header}: reply line")
-            line = bytes(pending[:lf])
-            del pending[:lf + 1]
-            return line.decode("ascii", "replace").strip()
+    def _read_line(self, what: str, timeout_ms: int | None) -> str:
         try:
+            if self._raw is not None:
+                return self._raw.read_line(self._wait_s(self.timeout_ms if timeout_ms is None else timeout_ms), what)
             if timeout_ms is not None:
                 self._res.timeout = timeout_ms
             return self._res.read().strip()
+        except (Timeout, _Retry) as e:
+            raise _Retry(str(e)) from None
         except Exception as e:
-            raise _Retry(f"{cmd.short_header}: {e}") from None
+            raise _Retry(f"{what}: {e}") from None
         finally:
-            if timeout_ms is not None and self._res is not None:
+            if timeout_ms is not None and self._raw is None and self._res is not None:
                 self._res.timeout = self.timeout_ms
 
     @staticmethod
     def _wait_s(timeout_ms: float | None) -> float | None:
         return None if timeout_ms is None or math.isinf(timeout_ms) else timeout_ms / 1000
 
-    def _recv_some(self, into: bytearray, wait_s: float | None, what: str) -> None:
-        """Append what the socket has (waiting up to ``wait_s``) to ``into``; _Retry on timeout or close."""
-        if not select.select([self._sock], [], [], wait_s)[0]:
-            raise _Retry(f"{what}: timeout after {wait_s} s")
-        try:
-            data = self._sock.recv(1 << 16)
-        except OSError as e:
-            raise _Retry(f"{what}: {e}") from None
-        if not data:
-            raise _Retry(f"{what}: connection closed")
-        into += data
-
-    def query_block(self, name: str, n_values: int | None = None, out: np.ndarray | None = None,
-                    check=None) -> np.ndarray:
-        """A query answered with a definite-length block; an empty reply raises ScpiError."""
-        self.send(name)
-        value = self.block_reply(name, n_values, out, check)
+    def query_values(self, template: str, n_values: int | None = None, out: np.ndarray | None = None,
+                     check=None) -> np.ndarray:
+        """A query answered with an array; an empty reply raises ScpiError."""
+        self.send(template)
+        value = self.values_reply(template, n_values, out, check)
         if value is None:
-            raise ScpiError(scpi.COMMANDS[name].short_header, self.drain())
+            raise ScpiError(template, self.drain())
         return value
 
-    def block_reply(self, name: str, n_values: int | None = None, out: np.ndarray | None = None,
-                    check=None) -> np.ndarray | None:
-        """Read a definite-length block: the header, then exactly its byte count (0x0A inside is data).
+    def values_reply(self, template: str, n_values: int | None = None, out: np.ndarray | None = None,
+                     check=None) -> np.ndarray | None:
+        """The array replied to ``template`` (flat float32; in ``out`` when given), checked by ``check``."""
+        if self.desc.block:
+            return self._block_reply(template, n_values, out, check)
+        line = self._read_line(template, None)
+        if line == "":
+            return None
+        try:
+            y = self.desc.parse_values(line)
+        except ValueError as e:
+            raise _Retry(f"{template}: {e}") from None
+        want = out.size if out is not None else n_values
+        if want is not None and y.size != want:
+            raise _Retry(f"{template}: {y.size} values, expected {want}")
+        if check is not None:
+            check(y)
+        if out is None:
+            return y
+        flat = out.reshape(-1)
+        flat[...] = y
+        return flat
 
-        The values land in ``out`` (C-contiguous float32, flat view returned) when given, so a
-        measurement is written once, straight into the caller's result array.  ``check(part)``
-        runs on each piece as it arrives, while the controller is still sending the rest.
+    def _block_reply(self, template: str, n_values: int | None, out: np.ndarray | None, check) -> np.ndarray | None:
+        """A definite-length block: the header, then exactly its byte count (0x0A inside is data).
+
+        The values land in ``out`` (C-contiguous float32) when given, so a measurement is written
+        once, straight into the caller's result array; ``check(part)`` runs on each piece as it
+        arrives, while the controller is still sending the rest.
         """
-        cmd = scpi.COMMANDS[name]
         if out is not None:
             n_values = out.size
         try:
@@ -342,13 +312,13 @@ class Link:
                 return None
             n = self._read_exact(1)
             if first != b"#" or not n.isdigit() or n == b"0":
-                raise _Retry(f"{cmd.short_header}: reply is not a definite-length block ({first + n!r})")
+                raise _Retry(f"{template}: reply is not a definite-length block ({first + n!r})")
             digits = self._read_exact(int(n))
             if not digits.isdigit():
-                raise _Retry(f"{cmd.short_header}: bad block header {first + n + digits!r}")
+                raise _Retry(f"{template}: bad block header {first + n + digits!r}")
             count = int(digits)
             if (n_values is not None and count != 4 * n_values) or count % 4:
-                raise _Retry(f"{cmd.short_header}: block of {count} bytes, expected "
+                raise _Retry(f"{template}: block of {count} bytes, expected "
                              f"{'a multiple of 4' if n_values is None else 4 * n_values}")
             y = np.empty(count // 4, np.float32) if out is None else out.reshape(-1)
             swap = scpi.block_dtype(self.order) != y.dtype
@@ -363,62 +333,44 @@ class Link:
         except _Retry:
             raise
         except Exception as e:
-            raise _Retry(f"{cmd.short_header}: {e}") from None
+            raise _Retry(f"{template}: {e}") from None
         if end != b"\n":
-            raise _Retry(f"{cmd.short_header}: block not followed by LF")
+            raise _Retry(f"{template}: block not followed by LF")
         return y
 
     def _read_exact(self, n: int, into: np.ndarray | None = None) -> bytes | None:
-        """Exactly ``n`` reply bytes, LF included as data: into ``into``'s memory when given.
-
-        With a pyvisa-py socket session: what it has read ahead, then ``recv_into`` on its
-        socket (no copies); a timeout or a closed peer raises, and the caller reconnects.
-        Otherwise: pyvisa's ``read_bytes`` with the termination character off.
-        """
-        if self._sock is None or self._session is None:
-            res = self._res
-            res.read_termination = None
-            try:
-                data = res.read_bytes(n) if n else b""
-            finally:
-                res.read_termination = "\n"
-            if into is None:
-                return data
-            memoryview(into).cast("B")[:] = data
-            return None
-        buf = bytearray(n) if into is None else into
-        view = memoryview(buf).cast("B")
-        pending = self._session._pending_buffer
-        have = min(n, len(pending))
-        view[:have] = pending[:have]
-        del pending[:have]
-        wait_s = self._wait_s(self._res.timeout)
-        while have < n:
-            if not select.select([self._sock], [], [], wait_s)[0]:
-                raise _Retry(f"timeout after {wait_s} s with {have} of {n} bytes read")
-            got = self._sock.recv_into(view[have:])
-            if not got:
-                raise _Retry(f"connection closed with {have} of {n} bytes read")
-            have += got
-        return bytes(buf) if into is None else None
+        """Exactly ``n`` reply bytes: off the raw socket, or pyvisa's ``read_bytes`` with the
+        termination character off."""
+        if self._raw is not None:
+            return self._raw.read_exact(n, self._wait_s(self._res.timeout), into)
+        res = self._res
+        res.read_termination = None
+        try:
+            data = res.read_bytes(n) if n else b""
+        finally:
+            res.read_termination = "\n"
+        if into is None:
+            return data
+        memoryview(into).cast("B")[:] = data
+        return None
 
     def drain(self) -> list[tuple[int, str]]:
-        """Read the error queue until ``0,"No error"``."""
-        errors = []
-        for _ in range(scpi.ERROR_QUEUE_MAX + 1):
-            self.send("error")
-            line = self._read_line(scpi.COMMANDS["error"], None)
+        """Read the error queue until it reports none."""
+        errors, query = [], self.desc.data["errors"]["query"]
+        for _ in range(_QUEUE_MAX + 1):
+            self.send(query)
+            line = self._read_line(query, None)
             try:
-                code, text = scpi.COMMANDS["error"].parse(line)
+                err = self.desc.error(line)
             except (ValueError, TypeError):
-                raise _Retry(f"SYST:ERR?: unreadable reply {line[:40]!r}") from None
-            if code == 0:
+                raise _Retry(f"{query}: unreadable reply {line[:40]!r}") from None
+            if err is None or err[0] == 0:
                 break
-            errors.append((code, text))
+            errors.append(err)
         return errors
 
     def check(self, what: str) -> None:
-        """``SYST:ERR?``: raise ScpiError naming ``what`` when the controller queued errors."""
+        """The error query: raise ScpiError naming ``what`` when the controller queued errors."""
         errors = self.drain()
         if errors:
             raise ScpiError(what, errors)

@@ -160,14 +160,25 @@ def input_scale(xs: np.ndarray, input_range: tuple[float, float], *, scale: bool
     return pow2_at_least(need)
 
 
-def run_planned(plan: LayerPlan, layer: AnalogLayer, x: np.ndarray, repeats: int, limits: dict, measure, *,
-                scale: bool = True, max_block_bytes: int = 32 << 20, chip: str = "the chip") -> np.ndarray:
-    """Run checked inputs x (R_in, B, n_in) through ``plan``, one measurement per tile and chunk.
+@dataclass(frozen=True)
+class RunTarget:
+    """The chip a plan runs on: its limits, whether inputs may be scaled into its range, the block size."""
+
+    limits: dict
+    scale: bool = True
+    max_block_bytes: int = 32 << 20
+    chip: str = "the chip"
+
+
+def run_planned(plan: LayerPlan, layer: AnalogLayer, x: np.ndarray, repeats: int, measure,
+                target: RunTarget) -> np.ndarray:
+    """Run checked inputs x (R_in, B, n_in) through ``plan`` on ``target``, one measurement per tile and chunk.
 
     ``measure(tile_index, chunk_index, xs, s_x, k)`` gets the chunk's inputs as sent (divided by
     ``s_x``) and returns the chip's (k, rows, tile outputs); the products are scaled back, tiles
     summed, and bias and activation applied on the host when the plan puts them there.
     """
+    limits, scale, max_block_bytes, chip = target.limits, target.scale, target.max_block_bytes, target.chip
     r_in, b, n_in = x.shape
     rows = x[0] if r_in == 1 else x.reshape(r_in * b, n_in)
     k = repeats if r_in == 1 else 1

@@ -22,7 +22,7 @@ from ..devices.base import Device, check_input
 from ..devices.emulator import Emulator
 from ..layer import AnalogLayer
 from ..profiles import Profile
-from .plan import plan_layer, run_planned
+from .plan import RunTarget, plan_layer, run_planned
 
 
 class PlannedTwin(Device):
@@ -59,8 +59,8 @@ class PlannedTwin(Device):
             emu = self._emulator(t, 1.0 if self.plan.host else s_x)
             return emu.run(xs[None], repeats=k, key=(*key, t, c))
 
-        return run_planned(self.plan, self.layer, x, repeats, self.limits, measure, scale=self.scale_inputs,
-                           max_block_bytes=self.max_block_bytes)
+        return run_planned(self.plan, self.layer, x, repeats, measure,
+                           RunTarget(self.limits, self.scale_inputs, self.max_block_bytes))
 
     def describe(self) -> dict:
         d = {"type": "PlannedTwin", "name": self.name,

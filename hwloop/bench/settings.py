@@ -1,0 +1,69 @@
+"""``DriverSettings``: the options of the bench driver, in one place (bench files, ``VisaDevice(...)``).
+
+A bench file's device may set any of these keys; ``DriverSettings.build``
+refuses an unknown key or a wrong type with one line naming it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+from ..errors import HwloopError
+
+
+@dataclass(frozen=True)
+class DriverSettings:
+    """How the driver talks to a controller and maps layers onto its chip (docs/own-chip.md).
+
+    ``retries``: attempts after the first for each measurement and each (re)connection; back-off
+    doubles from ``backoff_s`` up to ``max_backoff_s``.  ``on_clip``: ``"error"`` or ``"warn"``
+    when the ADC clipped.  ``raw_socket``: on a pyvisa-py TCP socket, move data on the socket
+    itself (about ten times pyvisa's read rate) and stream measurements; False: pyvisa's own calls
+    only.  ``visa_library``: ``"@py"``, ``"@ivi"``, ``"@sim"``, ``"FILE.yaml@sim"`` or a path.
+    ``byte_order``: of binary blocks, where the dialect lets the host choose (``SWAP`` little-endian).
+    ``strict_ranges`` refuses what does not fit instead of scaling it (it turns both scalings off).
+    """
+
+    timeout_ms: int = 5000
+    scale_inputs: bool = True
+    scale_weights: bool = True
+    strict_ranges: bool = False
+    host_activation: bool = False
+    retries: int = 5
+    backoff_s: float = 0.05
+    max_backoff_s: float = 2.0
+    on_clip: str = "error"
+    byte_order: str = "SWAP"
+    max_block_bytes: int = 32 << 20
+    verify_grid: bool = True
+    raw_socket: bool = True
+    visa_library: str = "@py"
+
+    def __post_init__(self):
+        if self.on_clip not in ("error", "warn"):
+            raise HwloopError(f"on_clip must be 'error' or 'warn', not {self.on_clip!r}")
+        if self.byte_order not in ("SWAP", "NORM"):
+            raise HwloopError(f"byte_order must be 'SWAP' or 'NORM', not {self.byte_order!r}")
+        if self.strict_ranges and (self.scale_inputs or self.scale_weights):
+            object.__setattr__(self, "scale_inputs", False)
+            object.__setattr__(self, "scale_weights", False)
+
+    @classmethod
+    def build(cls, where: str, options: dict) -> "DriverSettings":
+        """Settings from keyword options; HwloopError ``WHERE: KEY: problem`` for an unknown one."""
+        known = {f.name for f in fields(cls)}
+        for key in options:
+            if key not in known:
+                raise HwloopError(f"{where}: unknown option {key!r} (known: {', '.join(sorted(known))})")
+        try:
+            return replace(cls(), **options)
+        except HwloopError as e:
+            raise HwloopError(f"{where}: {e}") from None
+
+    def options(self) -> dict:
+        """As keyword options (provenance, and a sibling device on the same connection)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+#: every option with its default (bench files check types against these)
+DEFAULTS = DriverSettings().options()
