@@ -23,6 +23,8 @@ from ..data import Dataset, load_data
 from ..errors import HwloopError
 from ..layer import AnalogLayer
 from ..profiles import Profile, load_profile
+from .chain import NotAChain
+from .linearised import APPROXIMATION, propagate_linearised
 from .measured import build_dataset, layer_summary, snr_db
 from .noise import LayerNoise, not_modelled
 from .propagate import first_input, model_feeds, propagate, propagate_chain
@@ -54,11 +56,9 @@ def predict(model: Any, profile: Profile | str | Path | Sequence[Profile | str |
     settings = [p.for_layer(l.index, l.name) for p, l in zip(per_layer, layers)]
     noises = _layer_noises(layers, settings, quantisation, placements)
     skipped = sorted({n for st in settings for n in not_modelled(st)})
-    if hasattr(model, "steps"):
-        x0 = first_input(model, model_feeds(model, data))
-    else:
-        x0 = np.asarray(getattr(data, "x", data), dtype=np.float64)
-    res = propagate_chain(model, layers, noises, x0, average, dtype)
+    res, method = _propagate_model(model, layers, noises, data, average, dtype)
+    if method != "exact" and any(nz.clip is not None for nz in noises):
+        skipped.append("ADC range (clipping)")
     stats = []
     for r in res:
         st = {"mean": r["mean"], "var": r["var"], "cm_sample": r["cm"]}
@@ -66,9 +66,22 @@ def predict(model: Any, profile: Profile | str | Path | Sequence[Profile | str |
         st["snr_db"] = snr_db(r["mean"], r["var"])
         stats.append(st)
     attrs = {"profile": getattr(per_layer[0], "name", str(per_layer[0])),
-             "profile_sha256": getattr(per_layer[0], "sha256", ""), "samples": int(len(x0)),
-             "quantisation": int(bool(quantisation)), "not_modelled": ", ".join(skipped) or "none"}
+             "profile_sha256": getattr(per_layer[0], "sha256", ""), "samples": int(len(res[0]["mean"])),
+             "quantisation": int(bool(quantisation)), "not_modelled": ", ".join(skipped) or "none", "method": method}
     return build_dataset([l.name for l in layers], stats, "predicted", attrs)
+
+
+def _propagate_model(model: Any, layers: list[AnalogLayer], noises: list[LayerNoise], data: Any,
+                     average: Mapping[int, int] | None, dtype: str) -> tuple[list[dict], str]:
+    """Per-layer results and how they were obtained: exactly through a chain of dense layers, or to
+    first order through any model the runner executes (``linearised``), saying why."""
+    if not hasattr(model, "steps"):
+        return propagate(layers, noises, np.asarray(getattr(data, "x", data), dtype=np.float64), average, dtype), "exact"
+    feeds = model_feeds(model, data)
+    try:
+        return propagate_chain(model, layers, noises, first_input(model, feeds), average, dtype), "exact"
+    except NotAChain as why:
+        return propagate_linearised(model, noises, feeds, average), f"{APPROXIMATION}, because {why}"
 
 
 def _per_layer_profiles(profile: Any, layers: list[AnalogLayer]) -> list[Profile]:
