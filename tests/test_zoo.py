@@ -513,9 +513,5 @@ def test_prediction_says_why_it_linearises(tmp_path):
 
     with no_fastpath():
         model = load_model(export_torch(build("transformer", layers=1), tmp_path / "tx.onnx", torch.zeros(2, 8, 8)))
-    assert pred_method(predict(model, "semenova", tokens(4))).endswith(
+    assert str(predict(model, "semenova", tokens(4)).attrs["method"]).endswith(
         "because layer '/embed/MatMul': the prediction supports dense and Conv layers only, not per-token products")
-
-
-def pred_method(pred) -> str:
-    return str(pred.attrs["method"])
