@@ -56,6 +56,8 @@ def dense_chain(model, first_input_dims: tuple) -> list[Link]:
         if layer.tmap is not None or layer.recurrent is not None:
             raise NotAChain(f"layer {layer.name!r}: the prediction supports dense and Conv layers only, not "
                               f"{'recurrent' if layer.recurrent is not None else 'per-token'} products")
+        if layer.conv is not None and layer.positions is None:
+            raise NotAChain(f"layer {layer.name!r}: its height and width are known only from the data")
         links.append(_conv_link(layer, dims) if layer.conv is not None else Link(_dense(layer), layer.index))
         dims = _dims(model, layer.output)
     return links
