@@ -173,8 +173,10 @@ class SequenceClassifier(nn.Module):
 class LeNetAvg(nn.Sequential):
     """LeNet-5 as LeCun built it, with average pooling (subsampling), for 1 x size x size inputs."""
 
-    def __init__(self, size: int = 12, n_classes: int = 10, hidden: int = 32):
+    def __init__(self, size: int = 12, n_classes: int = 10, hidden: int = 32, pool: str = "avg",
+                 first: type[nn.Module] = nn.ReLU):
         side = ((size // 2) - 4) // 2
-        super().__init__(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.AvgPool2d(2),
-                         nn.Conv2d(6, 16, 5), nn.Tanh(), nn.AvgPool2d(2), nn.Flatten(),
+        kind = {"avg": nn.AvgPool2d, "max": nn.MaxPool2d}[pool]     # max: the modern variant
+        super().__init__(nn.Conv2d(1, 6, 5, padding=2), first(), kind(2),
+                         nn.Conv2d(6, 16, 5), nn.Tanh(), kind(2), nn.Flatten(),
                          nn.Linear(16 * side * side, hidden), nn.ReLU(), nn.Linear(hidden, n_classes))

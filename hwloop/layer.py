@@ -105,7 +105,8 @@ class AnalogLayer:
     def positions(self) -> int | None:
         """Rows per sample (a Conv's output positions, a sequence's tokens); None when known only from data."""
         if self.conv is not None:
-            return int(np.prod(self.meta["out_spatial"]))
+            spatial = self.meta.get("out_spatial")
+            return None if spatial is None else int(np.prod(spatial))
         if self.tmap is not None:
             kept = self.meta.get("kept")
             return int(np.prod(kept)) if kept is not None and None not in kept else None

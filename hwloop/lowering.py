@@ -39,8 +39,8 @@ def run_product_layer(layer: AnalogLayer, arr: np.ndarray, r: int, B: int, repea
     """Run one analog layer on its device; returns the tensor for the graph and the recorded (R, B, n)."""
     dtype = np.dtype(layer.meta["dtype"])
     if layer.conv is not None:                                            # whole: ``on_device`` unfolds it
-        spatial = tuple(layer.meta["out_spatial"])
         a = np.asarray(arr, np.float32)
+        spatial = tuple(layer.meta["out_spatial"] or conv_out_spatial(layer, a.shape[2:]))
         rec = run_layer(layer, a.reshape((r, B) + a.shape[1:]), repeats)  # (R, B, C_out * P)
         return np.asarray(rec).reshape((repeats * B, layer.n_out) + spatial).astype(dtype, copy=False), rec
     if layer.tmap is not None:                                            # one row per token / position
@@ -81,6 +81,20 @@ def on_device(dev, layer: AnalogLayer, x: np.ndarray, repeats: int, key: tuple =
     y = dev.run(cols.reshape(r, -1, layer.n_in), repeats=repeats, key=key)      # (R, B*P, C_out)
     y = np.asarray(y).reshape(repeats, B, -1, layer.n_out).transpose(0, 1, 3, 2)  # (R, B, C_out, P)
     return np.ascontiguousarray(y).reshape(repeats, B, -1)
+
+
+def conv_out_spatial(layer: AnalogLayer, in_spatial: tuple) -> tuple[int, ...]:
+    """A convolution's output size for an input of spatial size ``in_spatial`` (a dynamic height/width)."""
+    spec = layer.conv
+    nd = len(spec.kernel_shape)
+    out = []
+    for i, n in enumerate(in_spatial):
+        stride = spec.strides[i]
+        if spec.transposed:              # spread by the strides, then a stride-1 convolution (see ``im2col``)
+            n, stride = (n - 1) * stride + 1, 1
+        span = (spec.kernel_shape[i] - 1) * spec.dilations[i] + 1
+        out.append((n + spec.pads[i] + spec.pads[i + nd] - span) // stride + 1)
+    return tuple(out)
 
 
 def per_sample(layer: AnalogLayer, tensor: np.ndarray, n: int) -> np.ndarray:

@@ -286,6 +286,13 @@ class Run(_RunStore):
         correct = self._select(self._root["correct"])
         return correct.astype("f8").mean("sample").rename("accuracy")
 
+    def rebuild(self, model: str | Path | None = None, profile: str | Path | None = None, data=None):
+        """This run's model, per-layer profiles and data from its provenance unless given, checked to
+        reproduce its noise-free first layer (``hwloop.analysis.rebuild.RunInputs``)."""
+        from .analysis.rebuild import rebuild_run
+
+        return rebuild_run(self, model, profile, data)
+
     def __repr__(self) -> str:
         state = "complete" if self.complete else f"{0 if self._samples is None else len(self._samples)} samples done"
         return f"Run({str(self.path)!r}, {len(self.layer_names)} layers, {state})"

@@ -25,6 +25,10 @@ LINEAR_GLUE = ("Flatten", "Reshape", "Identity", "Cast", "Dropout", "Squeeze", "
                "GlobalAveragePool", "Pad", "Transpose")
 
 
+class NotAChain(HwloopError):
+    """The model is not a chain of dense layers with linear glue (the prediction then linearises it)."""
+
+
 @dataclass
 class Link:
     """One dense step of the chain: a model layer (``source``: its index) or linear glue (None)."""
@@ -50,8 +54,10 @@ def dense_chain(model, first_input_dims: tuple) -> list[Link]:
                 links.append(link)
                 dims = _dims(model, layer.input)
         if layer.tmap is not None or layer.recurrent is not None:
-            raise HwloopError(f"layer {layer.name!r}: the prediction supports dense and Conv layers only, not "
+            raise NotAChain(f"layer {layer.name!r}: the prediction supports dense and Conv layers only, not "
                               f"{'recurrent' if layer.recurrent is not None else 'per-token'} products")
+        if layer.conv is not None and layer.positions is None:
+            raise NotAChain(f"layer {layer.name!r}: its height and width are known only from the data")
         links.append(_conv_link(layer, dims) if layer.conv is not None else Link(_dense(layer), layer.index))
         dims = _dims(model, layer.output)
     return links
@@ -89,11 +95,11 @@ def _glue_link(prev: AnalogLayer, layer: AnalogLayer, glue: list, dims: tuple) -
     for step in glue:
         for node in step.nodes:
             if node.op_type not in LINEAR_GLUE:
-                raise HwloopError(f"node {node.name or node.op_type!r} ({node.op_type}) between analog layers "
+                raise NotAChain(f"node {node.name or node.op_type!r} ({node.op_type}) between analog layers "
                                   f"{prev.name!r} and {layer.name!r}: the prediction supports only linear glue "
                                   f"({', '.join(LINEAR_GLUE)})")
         if any(t != prev.output and t not in {o for s in glue for o in s.outputs} for t in step.inputs):
-            raise HwloopError(f"glue before layer {layer.name!r} reads {', '.join(step.inputs)}, not only the "
+            raise NotAChain(f"glue before layer {layer.name!r} reads {', '.join(step.inputs)}, not only the "
                               f"output of layer {prev.name!r}: the prediction supports chains only")
     n = int(np.prod(dims))
     basis = np.concatenate([np.eye(n, dtype=np.float32), np.zeros((1, n), np.float32)])  # + the zero input
@@ -102,7 +108,7 @@ def _glue_link(prev: AnalogLayer, layer: AnalogLayer, glue: list, dims: tuple) -
         feeds.update(step.run(feeds))
     out = np.asarray(feeds[layer.input], np.float64).reshape(n + 1, -1)
     if np.any(out[-1]):
-        raise HwloopError(f"glue before layer {layer.name!r} adds an offset (padding with a nonzero value?): "
+        raise NotAChain(f"glue before layer {layer.name!r} adds an offset (padding with a nonzero value?): "
                           "the prediction supports linear glue only")
     m = out[:n].T                                                              # (n_next, n)
     if m.shape[0] == n and np.array_equal(m, np.eye(n)):

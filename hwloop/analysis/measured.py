@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 import xarray as xr
@@ -19,6 +19,10 @@ from .. import cf
 from ..errors import HwloopError
 from ..files import atomic_path
 from ..numbers import mean_sem, pm
+
+if TYPE_CHECKING:
+    from ..runner import RunResult
+    from ..store import Run
 
 #: values (repeats x samples x neurons) handled at once, to bound memory on large runs
 _CHUNK = 1 << 23
@@ -43,7 +47,7 @@ FIT_NOTE = ("add, mult: least-squares fit var = add + mult * mean^2 over (sample
             "and a negative term there means the model does not describe them)")
 
 
-def _fluctuation_moments(y) -> dict[str, np.ndarray]:
+def _fluctuation_moments(y: np.ndarray | xr.DataArray) -> dict[str, np.ndarray]:
     """Per-sample moments of y (R, S, N) over repetitions, vectorised over samples, in float64.
 
     Besides the mean and variance per neuron, keeps the variance across
@@ -150,7 +154,7 @@ def layer_summary(mean: np.ndarray, var: np.ndarray, cm: np.ndarray) -> dict[str
     }
 
 
-def analyze_layer(y, clean: np.ndarray | None = None, shot: bool = False) -> dict[str, Any]:
+def analyze_layer(y: np.ndarray | xr.DataArray, clean: np.ndarray | None = None, shot: bool = False) -> dict[str, Any]:
     """Every statistic of one layer's outputs y (repeat, sample, neuron); see docs/analysis.md.
 
     ``y`` may be a numpy array or a lazy (Zarr-backed) DataArray: it is read in chunks of samples.
@@ -214,7 +218,7 @@ def _argmax_flips(output: np.ndarray, clean_output: np.ndarray) -> np.ndarray:
     return (np.argmax(output, axis=-1) != np.argmax(clean_output, axis=-1)[None]).mean(axis=1)
 
 
-def analyze_run(run, shot: bool = False) -> xr.Dataset:
+def analyze_run(run: "Run | RunResult", shot: bool = False) -> xr.Dataset:
     """Measured statistics of every analog layer of a run (``hwloop.store.Run`` or anything with its read API)."""
     names, layer, clean = _read_api(run)
     if not names:
@@ -238,7 +242,7 @@ def analyze_run(run, shot: bool = False) -> xr.Dataset:
     return ds
 
 
-def _read_api(run):
+def _read_api(run: "Run | RunResult") -> tuple[list[str], Callable, Callable]:
     """(layer names, k -> outputs, k -> clean outputs or None) for a stored ``Run`` or an in-memory ``RunResult``."""
     if hasattr(run, "layer_names"):  # a stored run: arrays stay lazy and are read chunk by chunk
         return (list(run.layer_names), run.layer, lambda k: _maybe(lambda: np.asarray(run.clean(k))))
@@ -251,7 +255,7 @@ def _read_api(run):
     return names, lambda k: np.asarray(run.layers[k]), lambda k: None if clean is None else np.asarray(clean[k])
 
 
-def _maybe(get):
+def _maybe(get: Callable[[], Any]) -> Any:
     """The value, or None when the run does not carry it (e.g. an interrupted run without outputs)."""
     try:
         return get()

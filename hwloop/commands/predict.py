@@ -43,6 +43,8 @@ def main(args: argparse.Namespace) -> int:
         ds = predict(model, args.profile, data, quantisation=not args.no_quantisation, dtype=args.dtype,
                      average=read_plan(model))   # a mitigated model's multi-execution plan (ONNX metadata)
     print(layer_table(ds))
+    if ds.attrs.get("method", "exact") != "exact":
+        print(f"prediction: {ds.attrs['method']}")
     if args.out:
         save_analysis(ds, args.out)
         print(f"prediction written to {args.out}")

@@ -129,9 +129,9 @@ class _Importer:
                             meta={"ops": "+".join(f.ops), "dtype": str(g.np_dtype(out))})
         dims = g.shapes.get(out)
         if layer.conv is not None:
-            layer.meta["out_spatial"] = list(dims[2:]) if dims is not None else None
-            if layer.meta["out_spatial"] is None or None in layer.meta["out_spatial"]:
-                raise g.err(node, "output spatial size unknown after shape inference")
+            spatial = list(dims[2:]) if dims is not None else None
+            # unknown after shape inference (a dynamic height/width): taken from the data at run time
+            layer.meta["out_spatial"] = None if spatial is None or None in spatial else spatial
         if layer.tmap is not None and layer.tmap.rows is not None:
             layer.meta["kept"] = list(layer.tmap.rows)
         elif layer.tmap is not None:

@@ -174,13 +174,19 @@ def flattened_rows(g: GraphView, x: str, n_out: int) -> TensorMap | None:
 
 
 def conv_geometry(node, g: GraphView, x: str, kernel: tuple, out_channels: int, group: int,
-                  transposed: bool = False) -> ConvSpec:
-    """Strides, pads (auto_pad resolved from the input size), dilations of a Conv node."""
+                  transposed: bool = False, in_channels: int | None = None) -> ConvSpec:
+    """Strides, pads (auto_pad resolved from the input size), dilations of a Conv node.  The channel count
+    is the weight's (``in_channels``) where shape inference leaves it unknown; an unknown height and width
+    are taken from the data when the layer runs."""
     a = attrs(node)
-    dims = g.shapes.get(x)
     nd = len(kernel)
-    if dims is None or len(dims) != nd + 2 or dims[1] is None or any(d is None for d in dims[2:]):
-        raise g.err(node, f"input {x!r} has an unknown channel or spatial size; export with a fixed image size")
+    dims = g.shapes.get(x) or [None] * (nd + 2)
+    if len(dims) != nd + 2:
+        raise g.err(node, f"input {x!r} has rank {len(dims)}, not {nd + 2} as its {nd}-D kernel needs")
+    if dims[1] is None:
+        dims = [dims[0], in_channels] + list(dims[2:])
+    if dims[1] is None:
+        raise g.err(node, f"input {x!r} has an unknown channel count; export with a fixed channel count")
     strides = tuple(a.get("strides", [1] * nd))
     dil = tuple(a.get("dilations", [1] * nd))
     pads = list(a.get("pads", [0] * 2 * nd))
@@ -190,6 +196,9 @@ def conv_geometry(node, g: GraphView, x: str, kernel: tuple, out_channels: int, 
     elif auto in ("SAME_UPPER", "SAME_LOWER") and not transposed:
         for i in range(nd):
             size = dims[2 + i]
+            if size is None:
+                raise g.err(node, f"auto_pad={auto} with an unknown spatial size of input {x!r}; export with a "
+                                  "fixed image size or explicit pads")
             total = max((-(-size // strides[i]) - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1 - size, 0)
             small = total // 2
             pads[i], pads[i + nd] = (small, total - small) if auto == "SAME_UPPER" else (total - small, small)
@@ -221,7 +230,7 @@ class Conv(ProductOp):
             raise g.err(node, f"{w.ndim - 2}-D convolution; hwloop maps 1-, 2- and 3-D convolutions")
         group = int(attrs(node).get("group", 1))
         bias, bn = _bias(node, g, 2, w.shape[0])
-        spec = conv_geometry(node, g, x, w.shape[2:], w.shape[0], group)
+        spec = conv_geometry(node, g, x, w.shape[2:], w.shape[0], group, in_channels=w.shape[1] * group)
         return Product(x, _grouped(w, group), bias, list(wc[1]) + bn, conv=spec)
 
 
@@ -248,7 +257,7 @@ class ConvTranspose(ProductOp):
         k = w.shape[2:]
         flipped = w[(slice(None), slice(None)) + (slice(None, None, -1),) * nd]
         conv_w = flipped.reshape(group, c_in // group, c_og, *k).swapaxes(1, 2).reshape(group * c_og, c_in // group, *k)
-        spec = conv_geometry(node, g, x, k, group * c_og, group, transposed=True)
+        spec = conv_geometry(node, g, x, k, group * c_og, group, transposed=True, in_channels=c_in)
         out_pad = list(a.get("output_padding", [0] * nd))
         pads = [(k[i] - 1) * spec.dilations[i] - spec.pads[i] for i in range(nd)]
         pads += [(k[i] - 1) * spec.dilations[i] - spec.pads[i + nd] + out_pad[i] for i in range(nd)]

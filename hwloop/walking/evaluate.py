@@ -33,7 +33,10 @@ class _Piece:
 
 
 def accuracy(logits: np.ndarray, y: np.ndarray) -> float:
-    """Fraction of samples whose largest logit is the label."""
+    """Fraction of samples whose largest logit is the label (an integer output of one value per sample,
+    as skl2onnx's classifiers write, is the predicted label itself)."""
+    if logits.dtype.kind in "iu" and logits.size == len(y):
+        return float(np.mean(logits.reshape(len(y)) == y))
     return float(np.mean(np.argmax(logits.reshape(len(y), -1), axis=1) == y))
 
 

@@ -126,10 +126,37 @@ def load_onnx(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
         raise HwloopError(f"{where}: invalid ONNX model: {str(e).splitlines()[0]}") from None
     finite_initializers(proto, where)
     inputs = data_inputs(proto)
-    if len(inputs) != 1 or len(proto.graph.output) != 1:
-        raise HwloopError(f"{where}: Walking Noise needs one data input and one output "
-                          f"(has {len(inputs)} inputs, {len(proto.graph.output)} outputs)")
-    return proto
+    if len(inputs) != 1:
+        raise HwloopError(f"{where}: Walking Noise needs one data input (has {len(inputs)})")
+    return proto if len(proto.graph.output) == 1 else scored_output_only(proto, where)
+
+
+def scored_output_only(proto: onnx.ModelProto, where: str) -> onnx.ModelProto:
+    """A model with several outputs cut to the one accuracy is taken from: an integer label per sample
+    (skl2onnx's classifiers: the label is used as the label), else the first float (batch, classes) output."""
+    def kind(v: onnx.ValueInfoProto) -> str:
+        t = v.type.tensor_type
+        dims = len(t.shape.dim) if v.type.HasField("tensor_type") and t.HasField("shape") else -1
+        if t.elem_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32) and dims == 1:
+            return "label"
+        return "scores" if t.elem_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE) and dims == 2 else ""
+
+    outs = list(proto.graph.output)
+    chosen = next((o for o in outs if kind(o) == "label"), None) or next((o for o in outs if kind(o) == "scores"), None)
+    if chosen is None:
+        raise HwloopError(f"{where}: no output to score: Walking Noise takes an integer label or float (batch, "
+                          f"classes) output (outputs: {', '.join(o.name for o in outs)})")
+    needed, keep = {chosen.name}, []
+    for node in reversed(proto.graph.node):      # the nodes the chosen output depends on, in graph order
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(i for i in node.input if i)
+    out = onnx.ModelProto.FromString(proto.SerializeToString())
+    del out.graph.node[:]
+    out.graph.node.extend(reversed(keep))
+    del out.graph.output[:]
+    out.graph.output.append(chosen)
+    return out
 
 
 def data_inputs(proto: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
