@@ -15,7 +15,7 @@ neuron, plus the correlated terms shared by the neurons of one device row,
 i.e. one token, one position or one time step, within a column tile) and
 J_mc the Jacobian of layer m's recorded output with respect to that call's
 output.  J is measured by central differences through the runner's own walk
-over the model's steps (``runner._forward``), with ideal devices and the
+over the model's steps (``hwloop.forward.forward``), with ideal devices and the
 perturbations carried as repetitions, so the glue is exactly what a run
 executes.  Stated approximations: the glue is linearised at the clean point
 (attention weights and LayerNorm statistics move with the noise only to
@@ -128,11 +128,11 @@ def propagate_linearised(model: Any, noises: Sequence[LayerNoise], feeds: dict[s
 
 def _linearised(model: Any, noises: Sequence[LayerNoise], feeds: dict[str, np.ndarray],
                 average: Mapping[int, int] | None) -> list[dict[str, np.ndarray]]:
-    from ..runner import _forward
+    from ..forward import forward
 
     samples = len(next(iter(feeds.values())))
     probe = _Perturbed(model, samples)
-    clean, _ = _forward(model, feeds, probe, 1)
+    clean, _ = forward(model, feeds, probe, 1)
     clean = [np.asarray(c[0], np.float64) for c in clean]
     var = [np.zeros_like(c) for c in clean]
     total = [np.zeros(samples) for _ in clean]
@@ -158,14 +158,14 @@ def _jacobians(model: Any, feeds: dict[str, np.ndarray], probe: _Perturbed, cols
                first: int) -> dict[int, np.ndarray]:
     """d(recorded layer m) / d(the target call's output element c) for c in ``cols``: {m: (len(cols), B, N_m)}
     for every layer m from ``first`` on, by central differences."""
-    from ..runner import _forward
+    from ..forward import forward
 
     probe.columns = cols
     outs = []
     for sign in (1.0, -1.0):
         step = probe.step
         probe.step = sign * step
-        rec, _ = _forward(model, feeds, probe, len(cols))
+        rec, _ = forward(model, feeds, probe, len(cols))
         probe.step = step
         outs.append(rec)
     return {m: (np.asarray(outs[0][m], np.float64) - np.asarray(outs[1][m], np.float64)) / (2 * probe.step)

@@ -144,7 +144,7 @@ def model_feeds(model: Any, data: Any) -> dict[str, np.ndarray]:
 def first_input(model: Any, feeds: dict[str, np.ndarray]) -> np.ndarray:
     """The first analog layer's noise-free input (B, n): the data through the glue before it, run exactly
     by the runner's walk over the model's steps."""
-    from ..runner import _run_steps     # the runner's walk: glue and layers as ``hwloop run`` executes them
+    from ..forward import run_steps     # the runner's walk: glue and layers as ``hwloop run`` executes them
 
     steps = list(getattr(model, "steps", []))
     first = next((i for i, s in enumerate(steps) if isinstance(s, AnalogLayer)), None)
@@ -152,7 +152,7 @@ def first_input(model: Any, feeds: dict[str, np.ndarray]) -> np.ndarray:
         x = next(iter(feeds.values()))
         return x.reshape(len(x), -1)
     env = {k: (v, 1) for k, v in feeds.items()}
-    _run_steps(model, steps[:first], env, [], None, 1)
+    run_steps(model, steps[:first], env, [], None, 1)
     x = np.asarray(env[steps[first].input][0])
     return x.reshape(len(next(iter(feeds.values()))), -1)
 

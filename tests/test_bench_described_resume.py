@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import kill_after_batches
-from test_source_measure import fixed_weight_run, instruments  # noqa: F401 (instruments: a fixture)
+from test_bench_described_source_measure import fixed_weight_run, instruments  # noqa: F401 (instruments: a fixture)
 
 from hwloop.cli import main
 from hwloop.store import open_run
