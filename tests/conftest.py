@@ -41,6 +41,12 @@ from exporters.sklearn_onnx import export_sklearn
 from exporters.torch_onnx import export_torch
 from hwloop.data import Dataset, load_data
 
+# A shell that starts pytest in the background (``pytest &``, nohup, some CI runners) ignores SIGINT, and
+# ignored signals stay ignored in every child: the Ctrl-C tests' subprocesses would never see their ^C.
+# A Python handler here is reset to the default in each exec'd child, where Python installs its own.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 MLP_SIZES = (64, 32, 24, 16, 10)
 MLP_ACTIVATIONS = ("sigmoid", "tanh", "relu", "linear")
 
