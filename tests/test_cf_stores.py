@@ -81,7 +81,8 @@ def test_analysis_store_is_cf_and_survives_netcdf(tmp_path):
     save_analysis(ds, tmp_path / "a.nc")
     back = xr.open_dataset(tmp_path / "a.nc").load()
     _check_cf(back, "analysis")
-    assert back["var_1"].attrs["units"] == "a.u.^2" and "layer 1 (dense1)" in back["var_1"].attrs["long_name"]
+    assert back["output_variance"].dims == ("layer", "sample", "neuron") and back["layer_name"].values[1] == "dense1"
+    assert back["output_variance"].attrs["units"] == "a.u.^2" and back["neuron_snr_db"].attrs["units"] == "dB"
     assert back["snr_db_median"].attrs["units"] == "dB" and "fit_additive_stderr" in back
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import cf
 from ..numbers import pm
 from ..plotting import OUT2, auto_log, binned, figure_html, layer_axis, legend, new_figure
 from ..report import Section, table_html, text_html
@@ -23,9 +24,10 @@ MIN_R2 = 0.9
 
 def var_mean_stderr(ds, k: int) -> float:
     """Standard error of layer k's mean variance: the spread over samples of the per-sample mean."""
-    if f"var_{k}" not in ds:
+    var = cf.layer_array(ds, "var", k)
+    if var is None:
         return np.nan
-    per_sample = np.asarray(ds[f"var_{k}"].values, np.float64).mean(axis=1)
+    per_sample = np.asarray(var, np.float64).mean(axis=1)
     return float(per_sample.std(ddof=1) / np.sqrt(per_sample.size)) if per_sample.size > 1 else np.nan
 
 
@@ -116,8 +118,8 @@ def _signal_section(measured, max_scatter: int) -> Section:
     notes = []
     for k in range(n):
         ax = axes[k // ncols, k % ncols]
-        m2 = measured[f"mean_{k}"].values.reshape(-1).astype(np.float64) ** 2
-        v = measured[f"var_{k}"].values.reshape(-1).astype(np.float64)
+        m2 = cf.layer_array(measured, "mean", k).reshape(-1).astype(np.float64) ** 2
+        v = cf.layer_array(measured, "var", k).reshape(-1).astype(np.float64)
         idx = rng.choice(m2.size, size=min(m2.size, max_scatter), replace=False)
         ax.scatter(m2[idx], v[idx], s=3, alpha=0.25, color="0.5", label="(sample, neuron)")
         xb, yb, eb = binned(m2, v)

@@ -26,6 +26,7 @@ from itertools import combinations
 
 import numpy as np
 
+from .. import cf
 from ..data import Dataset
 from ..errors import HwloopError
 from ..layer import AnalogLayer
@@ -55,8 +56,8 @@ def class_probabilities(model, profile, x: np.ndarray, seed: int = 0) -> tuple[n
                                   steps=[*model.steps[:at], contrasts, *model.steps[at:]])
     pred = predict(wrapped, [profile] * len(model.layers) + [ideal_profile()], x)
     L = len(model.layers)
-    mean = np.asarray(pred[f"mean_{L - 1}"].values, np.float64)
-    v = np.asarray(pred[f"var_{L}"].values, np.float64)              # Var(z_i - z_j), (n, pairs)
+    mean = np.asarray(cf.layer_array(pred, "mean", L - 1), np.float64)
+    v = np.asarray(cf.layer_array(pred, "var", L), np.float64)       # Var(z_i - z_j), (n, pairs)
     var = np.zeros((len(mean), k, k))
     for row, (i, j) in enumerate(pairs):
         var[:, i, j] = var[:, j, i] = v[:, row]
