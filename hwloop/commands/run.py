@@ -52,6 +52,8 @@ def _positive(text: str) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
+    from ..progress import announce_imports
+    announce_imports("hwloop run", "hwloop.graph", "hwloop.runner")   # seconds of silence otherwise
     from ..data import load_data
     from ..errors import HwloopError
     from ..graph import load_model

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..cf import decode_attrs
 from ..data import Dataset
 from ..errors import HwloopError
 from .evaluate import SiteModel, accuracy
@@ -101,12 +102,13 @@ def plan_from_sweep(sweep: str, budget: int, sigma: float, schemes: tuple[str, .
     from .sweep import open_sweep
 
     ds = open_sweep(sweep)
-    s = ds.attrs["settings"]
-    if s["train_noise"] or s["mode"] != "walk" or "model" not in ds.attrs:
+    attrs = decode_attrs(ds.attrs)
+    s = attrs["settings"]
+    if s["train_noise"] or s["mode"] != "walk" or "model" not in attrs:
         raise HwloopError(f"{sweep}: planning needs an evaluation-only walking sweep of an ONNX model")
     mu = np.array([m.value for m in sweep_midpoints(ds)])
     noise = Noise(s["noise"], sigma, s["ratio"], s["correlated"])
-    return evaluate_plans(SiteModel(ds.attrs["model"]), load_data(s["data"]), mu, budget, noise,
+    return evaluate_plans(SiteModel(attrs["model"]), load_data(s["data"]), mu, budget, noise,
                           schemes, repeats, seed)
 
 

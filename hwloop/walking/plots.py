@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from ..cf import decode_attrs
 from ..plotting import auto_log, errorband, legend
 from ..report import Section, figure_html, new_figure, table_html, text_html, write_report
 from .midpoint import Midpoint, midpoint
@@ -29,7 +30,7 @@ def sweep_midpoints(ds: xr.Dataset, var: str = "accuracy", seed: int = 0) -> lis
 
 def layer_before(ds: xr.Dataset) -> list[int | None]:
     """Per site, the index of the last product layer at or before it (None for the input)."""
-    names = [s["name"] for s in ds.attrs["sites"]]
+    names = [s["name"] for s in decode_attrs(ds.attrs)["sites"]]
     layers = [str(v) for v in ds.layer.values]
     out, last = [], None
     for n in names:
@@ -97,7 +98,7 @@ def _midpoint_section(ds: xr.Dataset, mids: dict) -> Section:
 def _training_sections(ds: xr.Dataset) -> list[Section]:
     fig, ax = new_figure(width=6.4)
     wm = ds.weight_mag.mean("repeat")
-    if ds.attrs["settings"]["mode"] == "global":
+    if decode_attrs(ds.attrs)["settings"]["mode"] == "global":
         lines = [(0, layer, f"layer {name}") for layer, name in enumerate(ds.layer.values)]
     else:
         lines = [(k, layer, f"noise at {int(ds.site.values[k])}: layer {ds.layer.values[layer]}")
@@ -131,7 +132,7 @@ def sweep_sections(ds: xr.Dataset) -> list[Section]:
 
 def sweep_summary(ds: xr.Dataset) -> list[tuple[str, str]]:
     """The headline numbers of a sweep's page."""
-    st = ds.attrs["settings"]
+    st = decode_attrs(ds.attrs)["settings"]
     label, var = ("noisy training", "accuracy") if "accuracy_eval_only" in ds else ("evaluation only", "accuracy")
     ms = sweep_midpoints(ds, var)
     reached = [(m.value, k) for k, m in enumerate(ms) if m.reached]
@@ -158,7 +159,8 @@ def write_sweep_report(sweep: str | os.PathLike, html_path: str | os.PathLike) -
 
     ds = open_sweep(sweep)
     return write_report(html_path, f"Walking Noise sweep {Path(sweep).name}", sweep_sections(ds),
-                        provenance={k: v for k, v in ds.attrs.items() if k != "sites"}, summary=sweep_summary(ds))
+                        provenance={k: v for k, v in decode_attrs(ds.attrs).items() if k != "sites"},
+                        summary=sweep_summary(ds))
 
 
 def midpoint_lines(ds: xr.Dataset) -> list[str]:
@@ -167,6 +169,6 @@ def midpoint_lines(ds: xr.Dataset) -> list[str]:
     variants = ["accuracy_eval_only", "accuracy"] if "accuracy_eval_only" in ds else ["accuracy"]
     mids = {v: sweep_midpoints(ds, v) for v in variants}
     head = f"clean accuracy {clean_accuracy(ds):.4f}; midpoint sigma per site ({', '.join(variants)}):"
-    ops = {s["name"]: s["op"] for s in ds.attrs["sites"]}
+    ops = {s["name"]: s["op"] for s in decode_attrs(ds.attrs)["sites"]}
     return [head] + [f"{int(ds.site.values[k]):>3}  {ops.get(names[k], 'all sites'):<18} {names[k]:<30} "
                      + "  ".join(f"{str(mids[v][k]):<28}" for v in variants) for k in range(len(names))]

@@ -373,8 +373,8 @@ class SweepStore:
 def open_sweep(path: str | os.PathLike):
     """The sweep as an ``xarray.Dataset`` (dims site, sigma, repeat); unfinished points are NaN.
 
-    Its attrs are decoded (``settings``, ``sites`` as dicts); ``xarray.open_zarr`` gives the flat,
-    netCDF-ready form (``hwloop.cf``).
+    Its attrs are the flat, netCDF-ready form (``hwloop.cf``; an older store's nested ones are flattened),
+    so ``to_netcdf`` works on it; ``hwloop.cf.decode_attrs(ds.attrs)`` gives ``settings``, ``sites`` as dicts.
     """
     import xarray as xr
 
@@ -385,8 +385,9 @@ def open_sweep(path: str | os.PathLike):
         ds = xr.open_zarr(str(path), consolidated=False)
     except Exception as e:
         raise HwloopError(f"{path}: not a sweep store ({e})") from None
-    ds.attrs = decode_attrs(ds.attrs)
-    _check_manifest(Path(path), dict(ds.attrs), set(ds.data_vars))
+    attrs = decode_attrs(ds.attrs)
+    _check_manifest(Path(path), attrs, set(ds.data_vars))
+    ds.attrs = store_attrs(attrs)
     try:
         return ds.load()
     except Exception as e:
