@@ -28,5 +28,7 @@ def pm(values, what: str = "accuracy", fmt: str = "{:.4f}") -> str:
     """``"accuracy 0.9412 ± 0.0021 (mean ± s.e.m. over 20 repeats)"``."""
     v = np.asarray(values).reshape(-1)
     m, se = mean_sem(v)
+    if v.size == 1:
+        return f"{what} {fmt.format(m)} (one repeat, so no standard error)"
     err = "n/a" if math.isnan(se) else fmt.format(se)
     return f"{what} {fmt.format(m)} ± {err} (mean ± standard error over {v.size} repeats)"

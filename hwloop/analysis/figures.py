@@ -16,7 +16,7 @@ from .. import cf
 from ..numbers import pm
 from ..plotting import OUT2, auto_log, binned, figure_html, layer_axis, legend, new_figure
 from ..report import Section, table_html, text_html
-from .measured import FIT_NOTE, SUMMARY, summary_cell
+from .measured import FIT_NOTE, SUMMARY, UNITS_NOTE, summary_cell
 
 #: the fit line is drawn only when it explains this share of the binned means' variation
 MIN_R2 = 0.9
@@ -64,7 +64,8 @@ def _depth_section(measured, predicted) -> Section:
             + ([f"{float(predicted['var_mean'].values[k]):.3e}"] if predicted is not None else [])
             for k in range(n)]
     header = ["#", "layer"] + [SUMMARY[c][0] for c in cols] + (["pred var"] if predicted is not None else [])
-    note = (f"Variances in {OUT2}; error bars: one standard error of the mean over samples. " + FIT_NOTE + ".")
+    note = (f"{UNITS_NOTE[0].upper()}{UNITS_NOTE[1:]}. Error bars: one standard error of the mean over samples. "
+            + FIT_NOTE + ".")
     return Section("Noise and SNR versus depth", figure_html(fig, "variance and SNR per layer", "noise-vs-depth")
                    + table_html(rows, header) + text_html(note, "note"))
 

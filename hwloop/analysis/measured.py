@@ -37,6 +37,10 @@ SUMMARY = {
 }
 
 
+#: the units of the table's columns, printed under it
+UNITS_NOTE = ("units: var, common, indep, add, pred var in output units² (a.u.^2); SNR dB, q25, q75 in dB (median "
+              "and quartiles over samples and neurons); mult, cm%, pred/meas dimensionless")
+
 #: what the add/mult columns are, printed under every table that shows them
 FIT_NOTE = ("add, mult: least-squares fit var = add + mult * mean^2 over (sample, neuron), ± one standard error; "
             "meaningful only in layers where the device injects noise (downstream layers carry propagated noise, "
@@ -289,7 +293,7 @@ def layer_table(ds: xr.Dataset, predicted: xr.Dataset | None = None) -> str:
         rows.append(row)
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     fmt = lambda r: "  ".join(c.rjust(w) if i != 1 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
-    lines = [fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
+    lines = [fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows] + [UNITS_NOTE]
     if "fit_additive" in ds:
         lines.append(FIT_NOTE)
     if "accuracy" in ds:

@@ -168,7 +168,10 @@ def midpoint_lines(ds: xr.Dataset) -> list[str]:
     names = [str(v) for v in ds.site_name.values]
     variants = ["accuracy_eval_only", "accuracy"] if "accuracy_eval_only" in ds else ["accuracy"]
     mids = {v: sweep_midpoints(ds, v) for v in variants}
-    head = f"clean accuracy {clean_accuracy(ds):.4f}; midpoint sigma per site ({', '.join(variants)}):"
+    what = ds.sigma.attrs.get("long_name", "noise level").removeprefix("Walking Noise strength: ")
+    head = (f"clean accuracy {clean_accuracy(ds):.4f}; midpoint sigma per site ({', '.join(variants)}), where "
+            f"accuracy is halfway from clean to chance, [95% bootstrap interval over repeats];\n"
+            f"sigma: {what} [{ds.sigma.attrs.get('units', '1')}]")
     ops = {s["name"]: s["op"] for s in decode_attrs(ds.attrs)["sites"]}
     return [head] + [f"{int(ds.site.values[k]):>3}  {ops.get(names[k], 'all sites'):<18} {names[k]:<30} "
                      + "  ".join(f"{str(mids[v][k]):<28}" for v in variants) for k in range(len(names))]
