@@ -152,7 +152,10 @@ def _signal_section(measured, max_scatter: int) -> Section:
 def _accuracy_section(measured) -> Section:
     acc = measured["accuracy"].values
     fig, ax = new_figure(width=6.0)
-    ax.hist(acc, bins=min(30, max(5, acc.size // 5)), color="C0", alpha=0.8)
+    pad = max(0.005, 0.1 * float(np.ptp(acc)))          # accuracies live in [0, 1]: no axis beyond it
+    span = (max(0.0, float(acc.min()) - pad), min(1.0, float(acc.max()) + pad))
+    ax.hist(acc, bins=min(30, max(5, acc.size // 5)), range=span, color="C0", alpha=0.8)
+    ax.set_xlim(*span)
     ax.axvline(acc.mean(), color="k", ls="--", label=f"mean {acc.mean():.4f}")
     ax.set(xlabel="accuracy per repetition [1]", ylabel="repetitions [count]", title="Accuracy distribution")
     legend(ax)

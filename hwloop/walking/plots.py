@@ -40,9 +40,15 @@ def layer_before(ds: xr.Dataset) -> list[int | None]:
     return [out[int(k)] for k in ds.site.values]
 
 
-def _sigma_label(ds: xr.Dataset, prefix: str = "") -> str:
+def _sigma_units(ds: xr.Dataset) -> str:
+    """The sigma coordinate's units as the figures write them (``a.u.`` is the device's output units)."""
     units = ds.sigma.attrs.get("units", "a.u.")
-    return f"{prefix}noise standard deviation σ [{'output units' if units == 'a.u.' else units}]"
+    return "output units" if units == "a.u." else units
+
+
+def _sigma_label(ds: xr.Dataset, prefix: str = "") -> str:
+    what = "amplitude A" if "amplitude" in ds.sigma.attrs.get("long_name", "") else "standard deviation σ"
+    return f"{prefix}noise {what} [{_sigma_units(ds)}]"
 
 
 def _accuracy_section(ds: xr.Dataset, variants) -> Section:
@@ -80,7 +86,7 @@ def _midpoint_section(ds: xr.Dataset, mids: dict) -> Section:
         vals = np.array([m.value for m in ms])
         err = np.array([[m.value - m.lo, m.hi - m.value] if m.reached and np.isfinite(m.hi) else [0, 0]
                         for m in ms]).T.clip(min=0)
-        (line,) = ax.plot([], [], "o", label=f"{label} (bootstrap interval)")
+        (line,) = ax.plot([], [], "o", label=f"{label} (95% bootstrap interval)")
         ax.errorbar(x[ok] + offset[j], vals[ok], yerr=err[:, ok], fmt="o", capsize=3, color=line.get_color())
         if (~ok).any():
             ax.plot(x[~ok] + offset[j], np.full((~ok).sum(), top), "^", color=line.get_color(), mfc="none",
@@ -91,8 +97,11 @@ def _midpoint_section(ds: xr.Dataset, mids: dict) -> Section:
            ylabel=_sigma_label(ds, "midpoint "), title="Noise level that halves the way to chance")
     legend(ax)
     rows = [[int(ds.site.values[k]), names[k]] + [str(ms[k]) for ms in mids.values()] for k in range(len(names))]
-    return Section("Midpoint noise level per site",
-                   figure_html(fig, "midpoints", "walk-midpoints") + table_html(rows, ["site", "name"] + list(mids)))
+    header = ["site", "name"] + [f"{label}: midpoint σ [{_sigma_units(ds)}] [95% interval]" for label in mids]
+    note = ("Intervals: 95% bootstrap over the repeats. An upper end of inf means that in some resamples the "
+            "accuracy never fell to the halfway level within the sweep; the plot then draws no upper bar.")
+    return Section("Midpoint noise level per site", figure_html(fig, "midpoints", "walk-midpoints")
+                   + table_html(rows, header) + text_html(note, "note"))
 
 
 def _training_sections(ds: xr.Dataset) -> list[Section]:
@@ -171,7 +180,7 @@ def midpoint_lines(ds: xr.Dataset) -> list[str]:
     what = ds.sigma.attrs.get("long_name", "noise level").removeprefix("Walking Noise strength: ")
     head = (f"clean accuracy {clean_accuracy(ds):.4f}; midpoint sigma per site ({', '.join(variants)}), where "
             f"accuracy is halfway from clean to chance, [95% bootstrap interval over repeats];\n"
-            f"sigma: {what} [{ds.sigma.attrs.get('units', '1')}]")
+            f"sigma: {what} [{_sigma_units(ds)}]")
     ops = {s["name"]: s["op"] for s in decode_attrs(ds.attrs)["sites"]}
     return [head] + [f"{int(ds.site.values[k]):>3}  {ops.get(names[k], 'all sites'):<18} {names[k]:<30} "
                      + "  ".join(f"{str(mids[v][k]):<28}" for v in variants) for k in range(len(names))]
