@@ -7,7 +7,7 @@ import numpy as np
 import xarray as xr
 
 from hwloop import cf
-from hwloop.analysis import analyze_run
+from hwloop.analysis import analyze_run, layer_table
 from hwloop.analysis.figures import var_mean_stderr
 from hwloop.analysis.measured import analyze_layer, save_analysis
 from hwloop.analysis.networks import dense_onnx
@@ -53,6 +53,9 @@ def test_named_arrays_on_named_dimensions_with_units(tmp_path):
     assert back["output_variance"].attrs["units"] == "a.u.^2"
     np.testing.assert_array_equal(cf.layer_array(back, "var", 1), cf.layer_array(ds, "var", 1))
     assert var_mean_stderr(back, 1) == var_mean_stderr(ds, 1) > 0
+    # the printed table says its columns' units
+    table = layer_table(ds).splitlines()
+    assert table[2 + len(WIDTHS)].startswith("units: var, common, indep, add, pred var in output units² (a.u.^2)")
 
 
 def _old_style(ds: xr.Dataset) -> xr.Dataset:

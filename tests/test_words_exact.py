@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from hwloop.check import check_model
+from hwloop.numbers import pm
 from hwloop.progress import importing
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,3 +81,21 @@ def test_run_says_first_that_it_is_importing(tmp_path, mlp_onnx):
     assert first.startswith("hwloop run: importing torch, onnxruntime ... done in ") and first.endswith(" s"), text
     assert text.index("done in") < text.index("accuracy") and text.count("importing") == 1
     assert (tmp_path / "r.zarr").is_dir()
+
+
+def test_one_repeat_says_there_is_no_standard_error():
+    assert pm([0.5]) == "accuracy 0.5000 (one repeat, so no standard error)"
+    assert pm([0.5, 0.7]) == "accuracy 0.6000 ± 0.1000 (mean ± standard error over 2 repeats)"
+
+
+def test_walk_midpoints_say_what_sigma_is_and_what_the_brackets_are(tmp_path, demo_onnx):
+    from hwloop.walking.plots import midpoint_lines, write_sweep_report
+    from hwloop.walking.sweep import SweepSettings, open_sweep, run_sweep
+
+    out = run_sweep(SweepSettings(sigmas=(0.1, 10.0), data="digits@40", repeats=2, sites=(1,)), tmp_path / "s.zarr",
+                    demo_onnx)
+    head = midpoint_lines(open_sweep(out))[0]
+    assert "[95% bootstrap interval over repeats]" in head
+    assert "sigma: standard deviation s of additive noise x + N(0, s^2) [output units]" in head
+    page = write_sweep_report(out, tmp_path / "s.html").read_text()
+    assert "midpoint σ [output units] [95% interval]" in page and "inf means" in page
