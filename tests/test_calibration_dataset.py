@@ -57,3 +57,28 @@ def test_calibration_opens_as_one_dataset_and_round_trips(tmp_path):
     np.testing.assert_array_equal(back["output"].values, ds["output"].values)
     assert list(back["block_kind"].values) == list(ds["block_kind"].values)
     assert cf.decode_attrs(back.attrs)["plan"]["budget"] == 6000
+
+
+def test_calibration_page_states_values_to_their_error_with_units(tmp_path):
+    from hwloop.calibration.report import calibration_summary, write_calibration_report
+    from hwloop.numbers import with_error
+
+    dev = Emulator(parse_profile(f"version: 1\nprovenance: {{source: assumption}}\nnoise: {{D_A: {D_A}}}\n"))
+    prof, fit, _ = calibrate(chip_from_device(dev, CAPS), tmp_path / "c.yaml", store=tmp_path / "c.zarr",
+                             budget=20000, seed=0)
+    noise = dict(calibration_summary(fit, prof.provenance))["noise intensities D (variances)"]
+    d_a = with_error(fit.noise.intensities_["D_A"], fit.noise.stderr_["D_A"])
+    assert f"D_A {d_a} [output units²]" in noise and "D_M " in noise and "[1]" in noise
+    page = write_calibration_report(fit, tmp_path / "c.html", provenance=prof.provenance).read_text()
+    assert "value ± standard error" in page and d_a in page and "output units²" in page
+
+
+def test_with_error_keeps_only_the_digits_the_error_supports():
+    from hwloop.numbers import with_error
+
+    assert with_error(0.02068, 0.003776) == "0.0207 ± 0.0038"
+    assert with_error(2.005e-4, 1.5e-6) == "(2.005 ± 0.015)e-04"
+    assert with_error(-0.0123, 0.0004) == "-0.01230 ± 0.00040"
+    assert with_error(123.456, 2.1) == "123.5 ± 2.1"
+    assert with_error(0.003907, 1.1e-12) == "0.003907 ± 1.1e-12"       # an exact value: no 10 digits
+    assert with_error(5.0, float("nan")) == "5"
