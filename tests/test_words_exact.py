@@ -99,3 +99,19 @@ def test_walk_midpoints_say_what_sigma_is_and_what_the_brackets_are(tmp_path, de
     assert "sigma: standard deviation s of additive noise x + N(0, s^2) [output units]" in head
     page = write_sweep_report(out, tmp_path / "s.html").read_text()
     assert "midpoint σ [output units] [95% interval]" in page and "inf means" in page
+
+
+def test_walk_plan_says_when_the_draws_cannot_tell_the_schemes_apart():
+    from hwloop.walking.planner import PlanResult, plan_lines
+
+    def lines(uniform, best):
+        res = [PlanResult("uniform", np.array([2, 2]), np.array(uniform)),
+               PlanResult("inv_mu", np.array([1, 3]), np.array(best))]
+        return plan_lines(res, 4, 0.5, len(uniform))
+
+    one = lines([0.80], [0.85])
+    assert one[2].split()[2] == "n/a" and "from one noise draw, so untested" in one[-1]
+    close = lines([0.80, 0.82, 0.81], [0.81, 0.83, 0.82])         # +0.01, combined s.e. 0.008
+    assert "not distinguishable from uniform" in close[-1]
+    clear = lines([0.80, 0.81, 0.80], [0.90, 0.91, 0.90])         # +0.10, combined s.e. 0.005
+    assert clear[-1].startswith("recommended: inv_mu (highest mean accuracy, +0.1000 against uniform;")
