@@ -25,7 +25,7 @@ def test_check_summary_names_its_spread_exactly(demo_onnx):
     text = r.summary()
     n = r.accuracy.size
     sem = float(np.std(r.accuracy, ddof=1) / np.sqrt(n))
-    assert f"accuracy over {n} repeats: mean {r.mean:.4f} ± {sem:.4f} (standard error of the mean)" in text
+    assert f"accuracy mean {r.mean:.4f} ± {sem:.4f} (standard error of the mean over {n} repeats)" in text
     assert f"standard deviation between repeats {float(np.std(r.accuracy, ddof=1)):.4f} (ddof 1)" in text
     assert " std " not in text and ", std" not in text
 

@@ -87,8 +87,8 @@ class CheckResult:
         if self.accuracy.size:
             n = self.accuracy.size
             lo, hi = self.accuracy.min(), self.accuracy.max()
-            lines.append(f"accuracy over {n} repeats: mean {self.mean:.4f} ± {self.std / math.sqrt(n):.4f} (standard "
-                         f"error of the mean), standard deviation between repeats {self.std:.4f} (ddof 1), "
+            lines.append(f"accuracy mean {self.mean:.4f} ± {self.std / math.sqrt(n):.4f} (standard error of the mean "
+                         f"over {n} repeats), standard deviation between repeats {self.std:.4f} (ddof 1), "
                          f"min {lo:.4f}, max {hi:.4f}; noise-free {self.clean_accuracy:.4f}")
         n = self.noisiest
         if n is not None:
