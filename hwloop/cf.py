@@ -18,7 +18,7 @@ are dimensionless, ``1`` as CF writes it.
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -84,7 +84,22 @@ ANALYSIS = {
     "snr_db": ("signal-to-noise ratio 10 log10(mean^2/var)", "dB"),
     "snr_db_neuron": ("median SNR of each neuron over samples", "dB"),
     "snr_neuron": ("median |mean|/std of each neuron over samples", ONE),
+    # the per-layer arrays under their own names, dimensions (layer, sample, neuron) / (layer, neuron)
+    "output_mean": ("mean of the layer output over repetitions (NaN past the layer's neurons)", OUT),
+    "output_variance": ("variance of the layer output over repetitions, ddof 1 (NaN past the layer's neurons)",
+                        OUT2),
+    "output_snr_db": ("signal-to-noise ratio 10 log10(mean^2/variance) (NaN past the layer's neurons)", "dB"),
+    "neuron_snr_db": ("median over samples of each neuron's signal-to-noise ratio", "dB"),
+    "neuron_snr": ("median over samples of each neuron's |mean|/standard deviation", ONE),
+    "layer_neurons": ("number of neurons of the layer (entries past it along neuron are NaN)", ONE),
 }
+
+#: analysis / prediction arrays per layer: the key the estimators use -> the Dataset's variable name.
+#: Older files (before these names) hold one variable per layer, ``KEY_k`` with dimensions (sample, neuron_k).
+LAYER_ARRAYS = {"mean": "output_mean", "var": "output_variance", "snr_db": "output_snr_db",
+                "snr_db_neuron": "neuron_snr_db", "snr_neuron": "neuron_snr"}
+#: the variable that says how many neurons of the padded ``neuron`` dimension each layer has
+LAYER_NEURONS = "layer_neurons"
 
 #: Walking Noise sweep store
 SWEEP = {
@@ -136,6 +151,41 @@ def annotate(ds, table: Mapping[str, tuple], extra: Mapping[str, dict] | None = 
             ds[name].attrs.setdefault(k, v)
         ds[name].attrs.update((extra or {}).get(str(name), {}))
     return ds
+
+
+def layer_arrays(per_layer: Sequence[Mapping[str, np.ndarray]]) -> dict[str, tuple]:
+    """Variables of ``LAYER_ARRAYS`` built from per-layer arrays ((sample, neuron_k) or (neuron_k,)).
+
+    Layers differ in width, so each is padded with NaN to the widest along one ``neuron`` dimension;
+    ``LAYER_NEURONS`` says where each layer's neurons end.
+    """
+    if not per_layer:
+        return {}
+    widths = [np.shape(st["mean"])[-1] for st in per_layer]
+    out: dict[str, tuple] = {LAYER_NEURONS: (("layer",), np.array(widths, np.int32))}
+    for key, name in LAYER_ARRAYS.items():
+        if key not in per_layer[0]:
+            continue
+        first = np.asarray(per_layer[0][key])
+        arr = np.full((len(per_layer), *first.shape[:-1], max(widths)), np.nan)
+        for k, st in enumerate(per_layer):
+            arr[k, ..., : widths[k]] = st[key]
+        out[name] = (("layer", "sample", "neuron") if first.ndim == 2 else ("layer", "neuron"), arr)
+    return out
+
+
+def layer_array(ds, key: str, k: int) -> np.ndarray | None:
+    """Layer ``k``'s array ``key`` (a key of ``LAYER_ARRAYS``) from an analysis/prediction Dataset, as
+    (sample, neuron_k) or (neuron_k,) without padding; None when the Dataset lacks it.
+
+    Reads the named variables (``output_mean`` ...) and falls back to the per-layer ``mean_k`` of older files.
+    """
+    name = LAYER_ARRAYS[key]
+    if name in ds.variables:
+        width = int(ds[LAYER_NEURONS].values[k]) if LAYER_NEURONS in ds.variables else ds.sizes["neuron"]
+        return np.asarray(ds[name].isel(layer=k).values)[..., :width]
+    old = f"{key}_{k}"
+    return np.asarray(ds[old].values) if old in ds.variables else None
 
 
 def encode_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:

@@ -4,7 +4,8 @@ On a terminal: a tqdm bar (left on screen when done).  Without one (a log
 file, a CI job): a plain line every few seconds, ``hwloop run: 12/135 batch
 (8.9%), 3.2 batch/s, 4 s elapsed, ~38 s left``, and one when it ends, instead
 of tqdm's hundreds of carriage-return updates.  Slow starts (imports, exports,
-propagations) announce themselves with ``step("loading the model")``.
+propagations) announce themselves with ``step("loading the model")``, and a command's first import
+of torch/onnxruntime with ``importing("hwloop run")``.
 
 Everything goes to stderr, so a command's stdout stays its result.  The
 interval of the plain lines is ``HWLOOP_PROGRESS_EVERY`` seconds (default 5).
@@ -126,6 +127,43 @@ def step(what: str, stream: TextIO | None = None, after: float = 1.0) -> Iterato
         timer.cancel()
     if said.is_set():
         print(f"{what}: done in {_duration(time.monotonic() - start)}", file=stream, flush=True)
+
+
+#: the libraries whose first import makes a command wait seconds before it can say anything
+HEAVY = ("torch", "onnxruntime")
+
+
+@contextmanager
+def importing(who: str, modules: tuple[str, ...] = HEAVY, stream: TextIO | None = None) -> Iterator[None]:
+    """On a terminal, say at once that ``who`` is importing the ``modules`` not yet loaded, and end the
+    line with the time it took: ``hwloop run: importing torch, onnxruntime ... done in 3.1 s``.
+
+    Silent when they are all loaded already (no wait to announce), and without a terminal: in a log the
+    line would come before any bad-input error, which must stay one line.
+    """
+    stream = stream or sys.stderr
+    todo = [m for m in modules if m not in sys.modules]
+    if not todo or not _is_terminal(stream):
+        yield
+        return
+    start = time.monotonic()
+    print(f"{who}: importing {', '.join(todo)} ...", end="", file=stream, flush=True)
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:
+        tail = f" done in {_duration(time.monotonic() - start)}" if ok else ""
+        print(tail, file=stream, flush=True)
+
+
+def announce_imports(who: str, *modules: str) -> None:
+    """Import ``modules`` (e.g. ``hwloop.runner``) under ``importing(who)``: the slow start of a command."""
+    import importlib
+
+    with importing(who):
+        for m in modules:
+            importlib.import_module(m)
 
 
 def _duration(seconds: float) -> str:

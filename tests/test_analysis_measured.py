@@ -49,9 +49,9 @@ def test_four_intensities_are_recovered_from_a_mixed_run(tmp_path):
     # the total-variance regression sees additive = D_A + D_AC and multiplicative = D_M + D_MC
     assert ds["fit_additive"].item() == pytest.approx(d["D_A"] + d["D_AC"], rel=0.1)
     assert ds["fit_multiplicative"].item() == pytest.approx(d["D_M"] + d["D_MC"], rel=0.1)
-    m2 = ds["mean_0"].values.astype(np.float64) ** 2
+    m2 = ds["output_mean"].values[0].astype(np.float64) ** 2
     cm_expect = d["D_AC"] + d["D_MC"] * np.mean(
-        (ds["mean_0"].values.sum(1) ** 2 - m2.sum(1)) / (64 * 63))
+        (ds["output_mean"].values[0].sum(1) ** 2 - m2.sum(1)) / (64 * 63))
     assert ds["cm_var"].item() == pytest.approx(cm_expect, rel=0.05)
 
 
@@ -66,17 +66,17 @@ def test_common_mode_split_tells_correlated_from_uncorrelated(tmp_path, noise, c
 def test_snr_and_mean_follow_the_signal(tmp_path):
     res = one_layer_run(tmp_path, profile(D_A=1e-2), repeats=1000)
     ds = analyze_run(res)
-    mean, var = ds["mean_0"].values, ds["var_0"].values
+    mean, var = ds["output_mean"].values[0], ds["output_variance"].values[0]
     # a mean over 1000 repetitions of std 0.1 has error 0.0032; the largest of
     # 1024 such values stays below 5 errors (a 1 in 3e6 event per value)
     assert np.max(np.abs(mean - res.clean_layers[0])) < 5 * 0.1 / np.sqrt(1000)
     assert ds["offset_rms"].item() < 0.1 / np.sqrt(1000) * 1.2
     snr = 10 * np.log10(mean ** 2 / var)
-    np.testing.assert_allclose(ds["snr_db_0"].values, snr)
+    np.testing.assert_allclose(ds["output_snr_db"].values[0], snr)
     assert ds["snr_db_median"].item() == pytest.approx(np.median(snr))
     assert ds["snr_db_q25"].item() < ds["snr_db_median"].item() < ds["snr_db_q75"].item()
-    np.testing.assert_allclose(ds["snr_db_neuron_0"].values, np.median(snr, axis=0))
-    np.testing.assert_allclose(ds["snr_neuron_0"].values, 10 ** (np.median(snr, axis=0) / 20))
+    np.testing.assert_allclose(ds["neuron_snr_db"].values[0], np.median(snr, axis=0))
+    np.testing.assert_allclose(ds["neuron_snr"].values[0], 10 ** (np.median(snr, axis=0) / 20))
 
 
 def test_shot_noise_term_is_fitted_when_asked(tmp_path):

@@ -327,4 +327,4 @@ def test_adc_clipping_removes_the_noise_of_clipped_outputs(tmp_path):
     inside = float(np.mean(np.abs(x) < 1))
     assert pred["var_mean"].values[0] == pytest.approx(D * inside, rel=0.05)
     np.testing.assert_allclose(meas["var_mean"], pred["var_mean"], rtol=0.05)
-    np.testing.assert_allclose(pred["mean_0"], np.clip(x, -1, 1), atol=1e-6)
+    np.testing.assert_allclose(pred["output_mean"].values[0], np.clip(x, -1, 1), atol=1e-6)

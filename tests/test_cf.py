@@ -81,7 +81,8 @@ def test_analysis_store_is_cf_and_survives_netcdf(tmp_path):
     save_analysis(ds, tmp_path / "a.nc")
     back = xr.open_dataset(tmp_path / "a.nc").load()
     _check_cf(back, "analysis")
-    assert back["var_1"].attrs["units"] == "a.u.^2" and "layer 1 (dense1)" in back["var_1"].attrs["long_name"]
+    assert back["output_variance"].dims == ("layer", "sample", "neuron") and back["layer_name"].values[1] == "dense1"
+    assert back["output_variance"].attrs["units"] == "a.u.^2" and back["neuron_snr_db"].attrs["units"] == "dB"
     assert back["snr_db_median"].attrs["units"] == "dB" and "fit_additive_stderr" in back
 
 
@@ -114,4 +115,7 @@ def test_sweep_store_is_cf_and_survives_netcdf(tmp_path, demo_onnx):
     assert "standard deviation" in root["sigma"].attrs["long_name"]
     back = _roundtrip(root, tmp_path / "s.nc")
     assert cf.decode_attrs(back.attrs)["settings"]["repeats"] == 1
-    assert open_sweep(out).attrs["settings"]["sigmas"] == [0.1, 1.0] and open_sweep(out).attrs["complete"] == 1
+    opened = open_sweep(out)
+    assert cf.decode_attrs(opened.attrs)["settings"]["sigmas"] == [0.1, 1.0] and opened.attrs["complete"] == 1
+    again = _roundtrip(opened, tmp_path / "opened.nc")      # what open_sweep returns is netCDF-ready too
+    assert cf.decode_attrs(again.attrs) == cf.decode_attrs(opened.attrs)

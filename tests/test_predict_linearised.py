@@ -14,6 +14,7 @@ import torch
 
 from exporters.torch_onnx import export_torch
 from exporters.zoo import build, no_fastpath
+from hwloop import cf
 from hwloop.analysis.linearised import propagate_linearised
 from hwloop.analysis.networks import dense_onnx, random_weights
 from hwloop.analysis.noise import LayerNoise
@@ -55,7 +56,7 @@ def test_linearised_equals_the_exact_propagation_on_a_dense_chain(tmp_path, plac
     noises = [LayerNoise.from_settings(prof.for_layer(L.index, L.name), L) for L in model.layers]
     lin = propagate_linearised(model, noises, model_feeds(model, x))
     for k in range(len(model.layers)):
-        np.testing.assert_allclose(lin[k]["var"], exact[f"var_{k}"].values, rtol=0.01, err_msg=f"layer {k}")
+        np.testing.assert_allclose(lin[k]["var"], cf.layer_array(exact, "var", k), rtol=0.01, err_msg=f"layer {k}")
         np.testing.assert_allclose(lin[k]["cm"].mean(), float(exact.cm_var[k]), rtol=0.02, err_msg=f"layer {k}")
 
 
@@ -72,7 +73,7 @@ def test_recurrent_noise_over_time_steps_matches_monte_carlo(tmp_path, cell):
     mc = monte_carlo(model, prof, x, repeats=300)
     assert 5 * rel_se(300, 30 * 12) < 0.05
     per_step_mc = mc[1].reshape(30, 10, 12).mean(axis=(0, 2))
-    per_step = pred["var_1"].values.reshape(30, 10, 12).mean(axis=(0, 2))
+    per_step = cf.layer_array(pred, "var", 1).reshape(30, 10, 12).mean(axis=(0, 2))
     assert per_step_mc[-1] > 1.2 * per_step_mc[0]                   # the noise does accumulate over steps
     np.testing.assert_allclose(per_step, per_step_mc, rtol=0.1)
     for k in range(len(model.layers)):

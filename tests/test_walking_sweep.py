@@ -16,6 +16,7 @@ import torch
 import zarr
 
 from exporters.torch_onnx import export_torch
+from hwloop import cf
 from hwloop.cli import main as cli
 from hwloop.data import load_data
 from hwloop.errors import HwloopError
@@ -46,7 +47,7 @@ def test_evaluation_sweep_store_and_no_recompute(tfc_digits, tmp_path, capsys):
     out = run_sweep(s, tmp_path / "s.zarr", tfc_digits)
     ds = open_sweep(out)
     assert dict(ds.accuracy.sizes) == {"site": 8, "sigma": 6, "repeat": 2}
-    assert ds.attrs["complete"] and ds.attrs["settings"]["seed"] == 3 and len(ds.attrs["model_sha256"]) == 64
+    assert ds.attrs["complete"] and cf.decode_attrs(ds.attrs)["settings"]["seed"] == 3 and len(ds.attrs["model_sha256"]) == 64
     clean = ds.attrs["clean_accuracy"]
     assert clean > 0.7
     # sigma 0.01 flips only samples on a decision boundary (at most 1% of 539); 1000 leaves chance

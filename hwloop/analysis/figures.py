@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import cf
 from ..numbers import pm
 from ..plotting import OUT2, auto_log, binned, figure_html, layer_axis, legend, new_figure
 from ..report import Section, table_html, text_html
-from .measured import FIT_NOTE, SUMMARY, summary_cell
+from .measured import FIT_NOTE, SUMMARY, UNITS_NOTE, summary_cell
 
 #: the fit line is drawn only when it explains this share of the binned means' variation
 MIN_R2 = 0.9
@@ -23,9 +24,10 @@ MIN_R2 = 0.9
 
 def var_mean_stderr(ds, k: int) -> float:
     """Standard error of layer k's mean variance: the spread over samples of the per-sample mean."""
-    if f"var_{k}" not in ds:
+    var = cf.layer_array(ds, "var", k)
+    if var is None:
         return np.nan
-    per_sample = np.asarray(ds[f"var_{k}"].values, np.float64).mean(axis=1)
+    per_sample = np.asarray(var, np.float64).mean(axis=1)
     return float(per_sample.std(ddof=1) / np.sqrt(per_sample.size)) if per_sample.size > 1 else np.nan
 
 
@@ -62,7 +64,8 @@ def _depth_section(measured, predicted) -> Section:
             + ([f"{float(predicted['var_mean'].values[k]):.3e}"] if predicted is not None else [])
             for k in range(n)]
     header = ["#", "layer"] + [SUMMARY[c][0] for c in cols] + (["pred var"] if predicted is not None else [])
-    note = (f"Variances in {OUT2}; error bars: one standard error of the mean over samples. " + FIT_NOTE + ".")
+    note = (f"{UNITS_NOTE[0].upper()}{UNITS_NOTE[1:]}. Error bars: one standard error of the mean over samples. "
+            + FIT_NOTE + ".")
     return Section("Noise and SNR versus depth", figure_html(fig, "variance and SNR per layer", "noise-vs-depth")
                    + table_html(rows, header) + text_html(note, "note"))
 
@@ -116,8 +119,8 @@ def _signal_section(measured, max_scatter: int) -> Section:
     notes = []
     for k in range(n):
         ax = axes[k // ncols, k % ncols]
-        m2 = measured[f"mean_{k}"].values.reshape(-1).astype(np.float64) ** 2
-        v = measured[f"var_{k}"].values.reshape(-1).astype(np.float64)
+        m2 = cf.layer_array(measured, "mean", k).reshape(-1).astype(np.float64) ** 2
+        v = cf.layer_array(measured, "var", k).reshape(-1).astype(np.float64)
         idx = rng.choice(m2.size, size=min(m2.size, max_scatter), replace=False)
         ax.scatter(m2[idx], v[idx], s=3, alpha=0.25, color="0.5", label="(sample, neuron)")
         xb, yb, eb = binned(m2, v)
@@ -149,7 +152,10 @@ def _signal_section(measured, max_scatter: int) -> Section:
 def _accuracy_section(measured) -> Section:
     acc = measured["accuracy"].values
     fig, ax = new_figure(width=6.0)
-    ax.hist(acc, bins=min(30, max(5, acc.size // 5)), color="C0", alpha=0.8)
+    pad = max(0.005, 0.1 * float(np.ptp(acc)))          # accuracies live in [0, 1]: no axis beyond it
+    span = (max(0.0, float(acc.min()) - pad), min(1.0, float(acc.max()) + pad))
+    ax.hist(acc, bins=min(30, max(5, acc.size // 5)), range=span, color="C0", alpha=0.8)
+    ax.set_xlim(*span)
     ax.axvline(acc.mean(), color="k", ls="--", label=f"mean {acc.mean():.4f}")
     ax.set(xlabel="accuracy per repetition [1]", ylabel="repetitions [count]", title="Accuracy distribution")
     legend(ax)

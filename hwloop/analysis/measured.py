@@ -41,6 +41,10 @@ SUMMARY = {
 }
 
 
+#: the units of the table's columns, printed under it
+UNITS_NOTE = ("units: var, common, indep, add, pred var in output units² (a.u.^2); SNR dB, q25, q75 in dB (median "
+              "and quartiles over samples and neurons); mult, cm%, pred/meas dimensionless")
+
 #: what the add/mult columns are, printed under every table that shows them
 FIT_NOTE = ("add, mult: least-squares fit var = add + mult * mean^2 over (sample, neuron), ± one standard error; "
             "meaningful only in layers where the device injects noise (downstream layers carry propagated noise, "
@@ -187,30 +191,25 @@ def average_repeats(y: np.ndarray, k: int) -> np.ndarray:
     return y[: g * k].reshape(g, k, *y.shape[1:]).mean(axis=1)
 
 
-def _layer_vars(k: int, st: Mapping[str, Any]) -> dict[str, tuple]:
-    """Per (sample, neuron) arrays of layer k, and the SNR per neuron (median over samples)."""
-    dims = ("sample", f"neuron_{k}")
+def _layer_vars(st: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Per (sample, neuron) arrays of one layer, and the SNR per neuron (median over samples)."""
     neuron_db = np.median(st["snr_db"], axis=0)
-    return {f"mean_{k}": (dims, st["mean"]), f"var_{k}": (dims, st["var"]),
-            f"snr_db_{k}": (dims, st["snr_db"]),
-            f"snr_db_neuron_{k}": ((f"neuron_{k}",), neuron_db),
-            f"snr_neuron_{k}": ((f"neuron_{k}",), 10 ** (neuron_db / 20))}   # |mean| / std
+    return {"mean": st["mean"], "var": st["var"], "snr_db": st["snr_db"],
+            "snr_db_neuron": neuron_db, "snr_neuron": 10 ** (neuron_db / 20)}   # |mean| / std
 
 
 def build_dataset(names: Sequence[str], stats: Sequence[Mapping[str, Any]], kind: str,
                   attrs: Mapping[str, Any] | None = None) -> xr.Dataset:
-    """Per-layer summaries (dim ``layer``) plus per-layer (sample, neuron_k) arrays, one Dataset."""
+    """Per-layer summaries (dim ``layer``) plus the per-layer arrays under ``cf.LAYER_ARRAYS``' names
+    (dims ``(layer, sample, neuron)``, NaN past each layer's width), one Dataset."""
     data: dict[str, tuple] = {"layer_name": (("layer",), np.array(list(names), dtype=str))}
     keys = [k for k in stats[0] if np.ndim(stats[0][k]) == 0] if stats else []
     for key in keys:
         data[key] = (("layer",), np.array([float(st.get(key, np.nan)) for st in stats]))
-    for k, st in enumerate(stats):
-        data.update(_layer_vars(k, st))
+    data.update(cf.layer_arrays([_layer_vars(st) for st in stats]))
     ds = xr.Dataset(data, coords={"layer": np.arange(len(names))})
     ds.attrs.update({"kind": kind, **(attrs or {})})
-    per_layer = {f"{stem}_{k}": {"long_name": f"layer {k} ({names[k]}): {cf.ANALYSIS[stem][0]}"}
-                 for k in range(len(stats)) for stem in ("mean", "var", "snr_db", "snr_db_neuron", "snr_neuron")}
-    return cf.annotate(ds, cf.ANALYSIS, per_layer)
+    return cf.annotate(ds, cf.ANALYSIS)
 
 
 def _argmax_flips(output: np.ndarray, clean_output: np.ndarray) -> np.ndarray:
@@ -298,7 +297,7 @@ def layer_table(ds: xr.Dataset, predicted: xr.Dataset | None = None) -> str:
         rows.append(row)
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     fmt = lambda r: "  ".join(c.rjust(w) if i != 1 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
-    lines = [fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
+    lines = [fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows] + [UNITS_NOTE]
     if "fit_additive" in ds:
         lines.append(FIT_NOTE)
     if "accuracy" in ds:

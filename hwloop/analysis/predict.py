@@ -42,7 +42,7 @@ def predict(model: Any, profile: Profile | str | Path | Sequence[Profile | str |
     of them (one per analog layer, as in a mixed bench run); ``data``: a
     ``hwloop.data.Dataset``, a spec string, or an input array (samples first).
     The Dataset has the variable names of ``analyze_run`` (``var_mean``,
-    ``cm_var``, ``snr_db_median``, ``mean_k``, ``var_k``, ...).  ``dtype``
+    ``cm_var``, ``snr_db_median``, ``output_mean``, ``output_variance``, ...; ``cf.layer_array``).  ``dtype``
     float32 trades ~1e-6 relative precision of the covariance for ~1.5x speed.
     ``placements`` (one per layer, from a chip's provenance): where the chip really added its
     noise when its layer was scaled into range (``hwloop.analysis.placed.as_placed``).

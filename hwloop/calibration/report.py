@@ -12,7 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ..numbers import with_error
 from .fit import NOISE_TERMS, CalibrationFit
+
+
+def term_units() -> dict[str, str]:
+    """Units of the fitted noise terms: additive ones are variances of the output, multiplicative ones relative."""
+    from ..plotting import OUT, OUT2
+
+    return {"D_A": OUT2, "D_AC": OUT2, "D_M": "1", "D_MC": "1", "shot": OUT}
 
 
 def _noise_section(nf):
@@ -50,8 +58,9 @@ def _gain_offset_sections(go) -> list:
     header = ["neuron", "gain", "gain_stderr", "offset", "offset_stderr"]
     rows = [[int(i), float(go.gain_[i]), float(go.gain_stderr_[i]), float(go.offset_[i]),
              float(go.offset_stderr_[i])] for i in k]
-    spread = (f"gain spread {go.gain_spread_:.4g} ± {go.gain_spread_stderr_:.2g}, offset spread "
-              f"{go.offset_spread_:.4g} ± {go.offset_spread_stderr_:.2g} (standard deviations over neurons).")
+    spread = (f"gain spread {with_error(go.gain_spread_, go.gain_spread_stderr_)}, offset spread "
+              f"{with_error(go.offset_spread_, go.offset_spread_stderr_)} {OUT} (standard deviations over neurons, "
+              "± one standard error).")
     return [Section("Gains and offsets", figure_html(fig, "gains and offsets", "cal-gains") + text_html(spread)),
             Section(f"Per-neuron gains and offsets ({len(k)} neurons)",
                     download_html("gains_offsets.csv", csv_text(rows, header)) + table_html(rows, header),
@@ -77,24 +86,27 @@ def _transfer_section(tf):
     notes = "; ".join(f"{mode}: {r['note']}" for mode, r in tf.results_.items() if r.get("note"))
     return Section("Transfer functions", figure_html(fig, "transfer curves", "cal-transfer") + text_html(
         "Every family's fit (quasi-AIC difference to the chosen one; see docs/calibration.md). " + notes, "note")
-        + table_html(rows, ["mode", "family", "chi^2", "dof", "delta QAIC", "slope", "scale", "status"]))
+        + table_html(rows, ["mode", "family", "chi²", "dof", "delta QAIC", "slope", "scale", "status"]))
 
 
 def calibration_sections(fit: CalibrationFit) -> list:
     from ..report import Section, table_html, text_html
 
+    from ..plotting import OUT
+
     nf, go, tf = fit.noise, fit.gain_offset, fit.transfer
-    rows = [[k, float(nf.intensities_[k]), float(nf.stderr_[k])] for k in NOISE_TERMS
+    units = term_units()
+    rows = [[k, with_error(nf.intensities_[k], nf.stderr_[k]), units[k]] for k in NOISE_TERMS
             if k != "shot" or nf.shot_fitted_]
-    rows += [["gain spread", go.gain_spread_, go.gain_spread_stderr_],
-             ["offset spread", go.offset_spread_, go.offset_spread_stderr_],
-             ["ADC step", fit.adc.step_, fit.adc.step_stderr_]]
+    rows += [["gain spread", with_error(go.gain_spread_, go.gain_spread_stderr_), "1"],
+             ["offset spread", with_error(go.offset_spread_, go.offset_spread_stderr_), OUT],
+             ["ADC step", with_error(fit.adc.step_, fit.adc.step_stderr_), OUT]]
     intro = (f"Noise measured at the output; placement identified as '{fit.placement.placement_}'"
              f"{'' if fit.placement.identified_ else ' (by default: no saturating activation to tell)'}; "
-             f"GLS chi^2 per degree of freedom {nf.chi2_:.3g} (errors widened by it when above 1). "
+             f"GLS chi² per degree of freedom {nf.chi2_:.3g} (errors widened by it when above 1). "
              "Noise intensities D are variances (additive in output units², multiplicative relative).")
     sections = [Section("Fitted values (one standard error)",
-                        text_html(intro) + table_html(rows, ["quantity", "value", "stderr"]))]
+                        text_html(intro) + table_html(rows, ["quantity", "value ± standard error", "units"]))]
     if nf.level_stats_:
         sections.append(_noise_section(nf))
     sections += _gain_offset_sections(go)
@@ -107,12 +119,14 @@ def calibration_summary(fit: CalibrationFit, provenance: dict | None) -> list[tu
     """The headline of the calibration page: which chip, how much measured, the noise in one line."""
     p = provenance or {}
     nf = fit.noise
-    noise = ", ".join(f"{k} {nf.intensities_[k]:.3g} ± {nf.stderr_[k]:.2g}" for k in NOISE_TERMS
+    units = term_units()
+    noise = ", ".join(f"{k} {with_error(nf.intensities_[k], nf.stderr_[k])} [{units[k]}]" for k in NOISE_TERMS
                       if k != "shot" or nf.shot_fitted_)
     return [("chip", str(p.get("instrument") or p.get("idn") or "-")),
             ("noise intensities D (variances)", noise),
             ("noise placement", fit.placement.placement_ + ("" if fit.placement.identified_ else " (default)")),
-            ("neurons", f"{len(fit.gain_offset.gain_)} (gain spread {fit.gain_offset.gain_spread_:.3g})"),
+            ("neurons", f"{len(fit.gain_offset.gain_)} (gain spread "
+                        f"{with_error(fit.gain_offset.gain_spread_, fit.gain_offset.gain_spread_stderr_)})"),
             ("transfer", ", ".join(f"{m}: {r['function']}" for m, r in fit.transfer.results_.items()) or "-"),
             ("fit quality", f"GLS chi² per degree of freedom {nf.chi2_:.3g}")]
 

@@ -85,8 +85,11 @@ class CheckResult:
                  f"{how}, seed {self.seed}, {conf}"]
         lines += [f"  {bar_text(b)}: {b.decision}" for b in self.bars]
         if self.accuracy.size:
-            lines.append(f"accuracy mean {self.mean:.4f}, std {self.std:.4f}, min {self.accuracy.min():.4f}, "
-                         f"max {self.accuracy.max():.4f}; noise-free {self.clean_accuracy:.4f}")
+            n = self.accuracy.size
+            lo, hi = self.accuracy.min(), self.accuracy.max()
+            lines.append(f"accuracy mean {self.mean:.4f} ± {self.std / math.sqrt(n):.4f} (standard error of the mean "
+                         f"over {n} repeats), standard deviation between repeats {self.std:.4f} (ddof 1), "
+                         f"min {lo:.4f}, max {hi:.4f}; noise-free {self.clean_accuracy:.4f}")
         n = self.noisiest
         if n is not None:
             lines.append(f"noisiest layer: {n.index} {n.name!r}, median SNR {_db(n.snr_db)}")

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import cf
 from ..data import Dataset
 from ..layer import AnalogLayer
 from ..profiles import Converter, Profile, ideal_profile
@@ -147,13 +148,13 @@ def _moments(model, profile: Profile, ds: Dataset, x: np.ndarray, seed: int):
     no_adc = derived(profile, {}, last={"adc": _NO_ADC}, layer=last)
     n_layers = len(model.layers)
     pred = predict(wrapped, [profile] * (n_layers - 1) + [no_adc, ideal_profile()], x, dtype="float32")
-    mean = np.asarray(pred[f"mean_{n_layers - 1}"].values, np.float64)
+    mean = np.asarray(cf.layer_array(pred, "mean", n_layers - 1), np.float64)
     clean = mean.argmax(axis=1)
     static = _static_pass(model, profile, ds, seed)
     if static is not None:
         mean, clean = static
-    v = np.asarray(pred[f"var_{n_layers}"].values, np.float64)       # Var(z_i - z_j), (n, pairs)
-    diag = np.asarray(pred[f"var_{n_layers - 1}"].values, np.float64)
+    v = np.asarray(cf.layer_array(pred, "var", n_layers), np.float64)       # Var(z_i - z_j), (n, pairs)
+    diag = np.asarray(cf.layer_array(pred, "var", n_layers - 1), np.float64)
     cov = np.zeros((len(mean), k, k))
     for row, (i, j) in enumerate(pairs):
         cov[:, i, j] = cov[:, j, i] = 0.5 * (diag[:, i] + diag[:, j] - v[:, row])

@@ -70,6 +70,8 @@ def _profile_devices(name: str | None, model, device: str | None) -> tuple[dict 
 
 
 def main(args: argparse.Namespace) -> int:
+    from ..progress import announce_imports
+    announce_imports("hwloop run", "hwloop.graph", "hwloop.runner")   # seconds of silence otherwise
     from ..data import load_data
     from ..errors import HwloopError
     from ..graph import load_model

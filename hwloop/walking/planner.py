@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..cf import decode_attrs
 from ..data import Dataset
 from ..errors import HwloopError
 from .evaluate import SiteModel, accuracy
@@ -101,12 +102,13 @@ def plan_from_sweep(sweep: str, budget: int, sigma: float, schemes: tuple[str, .
     from .sweep import open_sweep
 
     ds = open_sweep(sweep)
-    s = ds.attrs["settings"]
-    if s["train_noise"] or s["mode"] != "walk" or "model" not in ds.attrs:
+    attrs = decode_attrs(ds.attrs)
+    s = attrs["settings"]
+    if s["train_noise"] or s["mode"] != "walk" or "model" not in attrs:
         raise HwloopError(f"{sweep}: planning needs an evaluation-only walking sweep of an ONNX model")
     mu = np.array([m.value for m in sweep_midpoints(ds)])
     noise = Noise(s["noise"], sigma, s["ratio"], s["correlated"])
-    return evaluate_plans(SiteModel(ds.attrs["model"]), load_data(s["data"]), mu, budget, noise,
+    return evaluate_plans(SiteModel(attrs["model"]), load_data(s["data"]), mu, budget, noise,
                           schemes, repeats, seed)
 
 
@@ -120,13 +122,28 @@ def plan_lines(results: list[PlanResult], budget: int, sigma: float, repeats: in
            f"{'scheme':<12} {'accuracy':>8} {'± s.e.m.':>9}  repetitions per site (in site order)"]
     for r in results:
         m, se = mean_sem(r.accuracy)
-        out.append(f"{r.scheme:<12} {m:>8.4f} {se:>9.4f}  {' '.join(map(str, r.allocation))}")
+        se_text = f"{se:>9.4f}" if np.isfinite(se) else f"{'n/a':>9}"
+        out.append(f"{r.scheme:<12} {m:>8.4f} {se_text}  {' '.join(map(str, r.allocation))}")
     if results:
         best = max(results, key=lambda r: r.mean)
         base = next((r for r in results if r.scheme == "uniform"), None)
-        gain = f", {best.mean - base.mean:+.4f} against uniform" if base is not None and base is not best else ""
+        gain = _against_uniform(best, base) if base is not None and base is not best else ""
         out.append(f"recommended: {best.scheme} (highest mean accuracy{gain}; {SCHEME_WORDS.get(best.scheme, '')})")
     return out
+
+
+def _against_uniform(best: PlanResult, base: PlanResult) -> str:
+    """How far the best scheme is ahead of uniform, and whether the draws can tell them apart."""
+    from ..numbers import mean_sem
+
+    diff = best.mean - base.mean
+    both = float(np.hypot(mean_sem(best.accuracy)[1], mean_sem(base.accuracy)[1]))
+    text = f", {diff:+.4f} against uniform"
+    if not np.isfinite(both):
+        return text + " from one noise draw, so untested: give --repeats 5 or more"
+    if diff <= 2 * both:
+        return text + f", within two standard errors ({2 * both:.4f}): not distinguishable from uniform"
+    return text
 
 
 #: what each scheme does, in words

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from ..cf import decode_attrs
 from ..plotting import auto_log, errorband, legend
 from ..report import Section, figure_html, new_figure, table_html, text_html, write_report
 from .midpoint import Midpoint, midpoint
@@ -29,7 +30,7 @@ def sweep_midpoints(ds: xr.Dataset, var: str = "accuracy", seed: int = 0) -> lis
 
 def layer_before(ds: xr.Dataset) -> list[int | None]:
     """Per site, the index of the last product layer at or before it (None for the input)."""
-    names = [s["name"] for s in ds.attrs["sites"]]
+    names = [s["name"] for s in decode_attrs(ds.attrs)["sites"]]
     layers = [str(v) for v in ds.layer.values]
     out, last = [], None
     for n in names:
@@ -39,9 +40,15 @@ def layer_before(ds: xr.Dataset) -> list[int | None]:
     return [out[int(k)] for k in ds.site.values]
 
 
-def _sigma_label(ds: xr.Dataset, prefix: str = "") -> str:
+def _sigma_units(ds: xr.Dataset) -> str:
+    """The sigma coordinate's units as the figures write them (``a.u.`` is the device's output units)."""
     units = ds.sigma.attrs.get("units", "a.u.")
-    return f"{prefix}noise standard deviation σ [{'output units' if units == 'a.u.' else units}]"
+    return "output units" if units == "a.u." else units
+
+
+def _sigma_label(ds: xr.Dataset, prefix: str = "") -> str:
+    what = "amplitude A" if "amplitude" in ds.sigma.attrs.get("long_name", "") else "standard deviation σ"
+    return f"{prefix}noise {what} [{_sigma_units(ds)}]"
 
 
 def _accuracy_section(ds: xr.Dataset, variants) -> Section:
@@ -79,7 +86,7 @@ def _midpoint_section(ds: xr.Dataset, mids: dict) -> Section:
         vals = np.array([m.value for m in ms])
         err = np.array([[m.value - m.lo, m.hi - m.value] if m.reached and np.isfinite(m.hi) else [0, 0]
                         for m in ms]).T.clip(min=0)
-        (line,) = ax.plot([], [], "o", label=f"{label} (bootstrap interval)")
+        (line,) = ax.plot([], [], "o", label=f"{label} (95% bootstrap interval)")
         ax.errorbar(x[ok] + offset[j], vals[ok], yerr=err[:, ok], fmt="o", capsize=3, color=line.get_color())
         if (~ok).any():
             ax.plot(x[~ok] + offset[j], np.full((~ok).sum(), top), "^", color=line.get_color(), mfc="none",
@@ -90,14 +97,17 @@ def _midpoint_section(ds: xr.Dataset, mids: dict) -> Section:
            ylabel=_sigma_label(ds, "midpoint "), title="Noise level that halves the way to chance")
     legend(ax)
     rows = [[int(ds.site.values[k]), names[k]] + [str(ms[k]) for ms in mids.values()] for k in range(len(names))]
-    return Section("Midpoint noise level per site",
-                   figure_html(fig, "midpoints", "walk-midpoints") + table_html(rows, ["site", "name"] + list(mids)))
+    header = ["site", "name"] + [f"{label}: midpoint σ [{_sigma_units(ds)}] [95% interval]" for label in mids]
+    note = ("Intervals: 95% bootstrap over the repeats. An upper end of inf means that in some resamples the "
+            "accuracy never fell to the halfway level within the sweep; the plot then draws no upper bar.")
+    return Section("Midpoint noise level per site", figure_html(fig, "midpoints", "walk-midpoints")
+                   + table_html(rows, header) + text_html(note, "note"))
 
 
 def _training_sections(ds: xr.Dataset) -> list[Section]:
     fig, ax = new_figure(width=6.4)
     wm = ds.weight_mag.mean("repeat")
-    if ds.attrs["settings"]["mode"] == "global":
+    if decode_attrs(ds.attrs)["settings"]["mode"] == "global":
         lines = [(0, layer, f"layer {name}") for layer, name in enumerate(ds.layer.values)]
     else:
         lines = [(k, layer, f"noise at {int(ds.site.values[k])}: layer {ds.layer.values[layer]}")
@@ -131,7 +141,7 @@ def sweep_sections(ds: xr.Dataset) -> list[Section]:
 
 def sweep_summary(ds: xr.Dataset) -> list[tuple[str, str]]:
     """The headline numbers of a sweep's page."""
-    st = ds.attrs["settings"]
+    st = decode_attrs(ds.attrs)["settings"]
     label, var = ("noisy training", "accuracy") if "accuracy_eval_only" in ds else ("evaluation only", "accuracy")
     ms = sweep_midpoints(ds, var)
     reached = [(m.value, k) for k, m in enumerate(ms) if m.reached]
@@ -158,7 +168,8 @@ def write_sweep_report(sweep: str | os.PathLike, html_path: str | os.PathLike) -
 
     ds = open_sweep(sweep)
     return write_report(html_path, f"Walking Noise sweep {Path(sweep).name}", sweep_sections(ds),
-                        provenance={k: v for k, v in ds.attrs.items() if k != "sites"}, summary=sweep_summary(ds))
+                        provenance={k: v for k, v in decode_attrs(ds.attrs).items() if k != "sites"},
+                        summary=sweep_summary(ds))
 
 
 def midpoint_lines(ds: xr.Dataset) -> list[str]:
@@ -166,7 +177,10 @@ def midpoint_lines(ds: xr.Dataset) -> list[str]:
     names = [str(v) for v in ds.site_name.values]
     variants = ["accuracy_eval_only", "accuracy"] if "accuracy_eval_only" in ds else ["accuracy"]
     mids = {v: sweep_midpoints(ds, v) for v in variants}
-    head = f"clean accuracy {clean_accuracy(ds):.4f}; midpoint sigma per site ({', '.join(variants)}):"
-    ops = {s["name"]: s["op"] for s in ds.attrs["sites"]}
+    what = ds.sigma.attrs.get("long_name", "noise level").removeprefix("Walking Noise strength: ")
+    head = (f"clean accuracy {clean_accuracy(ds):.4f}; midpoint sigma per site ({', '.join(variants)}), where "
+            f"accuracy is halfway from clean to chance, [95% bootstrap interval over repeats];\n"
+            f"sigma: {what} [{_sigma_units(ds)}]")
+    ops = {s["name"]: s["op"] for s in decode_attrs(ds.attrs)["sites"]}
     return [head] + [f"{int(ds.site.values[k]):>3}  {ops.get(names[k], 'all sites'):<18} {names[k]:<30} "
                      + "  ".join(f"{str(mids[v][k]):<28}" for v in variants) for k in range(len(names))]

@@ -131,15 +131,15 @@ class SweepStore(ZarrStore):
 def open_sweep(path: str | os.PathLike):
     """The sweep as an ``xarray.Dataset`` (dims site, sigma, repeat); unfinished points are NaN.
 
-    Its attrs are decoded (``settings``, ``sites`` as dicts); ``xarray.open_zarr`` gives the flat,
-    netCDF-ready form (``hwloop.cf``).
+    Its attrs are the flat, netCDF-ready form (``hwloop.cf``; an older store's nested ones are flattened),
+    so ``to_netcdf`` works on it; ``hwloop.cf.decode_attrs(ds.attrs)`` gives ``settings``, ``sites`` as dicts.
     """
     import xarray as xr
 
     SweepStore(path, mode="r")       # a sweep store, its manifest complete
     try:
         ds = xr.open_zarr(str(path), consolidated=False)
-        ds.attrs = decode_attrs(ds.attrs)
+        ds.attrs = store_attrs(decode_attrs(ds.attrs))
         return ds.load()
     except Exception as e:
         raise HwloopError(f"{path}: damaged sweep store: {e}") from None
