@@ -133,9 +133,11 @@ def test_chunked_parallel_normals_do_not_depend_on_the_worker_count(monkeypatch)
     import os
     from concurrent.futures import ThreadPoolExecutor
 
+    from hwloop import randomness
+
     shape = (3, physics._CHUNK // 2 + 5, 2)  # several chunks, the last one partial
     many = physics.normal(shape, physics.generator((9,))).numpy()
-    monkeypatch.setattr(physics, "_pool", (os.getpid(), ThreadPoolExecutor(max_workers=1)))
+    monkeypatch.setattr(randomness, "_pool", (os.getpid(), ThreadPoolExecutor(max_workers=1)))
     one = physics.normal(shape, physics.generator((9,))).numpy()
     assert np.array_equal(many, one)
     flat = many.ravel().astype(np.float64)
