@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -213,6 +214,20 @@ def kill_after_batches(cmd: list[str], store: Path, n: int, timeout: float = 90)
     import zarr
 
     return zarr.open_group(str(store), mode="r")["bookkeeping/batch_done"][:].astype(bool)
+
+
+def killed_then_resumed(args: list[str], tmp_path: Path, after: int = 5):
+    """``hwloop *args`` run whole into full.zarr, and run into killed.zarr, SIGKILLed after ``after`` finished
+    batches, then ``--resume``d in this process; returns the two stores opened (whole, resumed)."""
+    from hwloop.cli import main
+    from hwloop.store import open_run
+
+    full, killed = tmp_path / "full.zarr", tmp_path / "killed.zarr"
+    assert main([*args, "--out", str(full)]) == 0
+    done = kill_after_batches([sys.executable, "-m", "hwloop", *args, "--out", str(killed)], killed, after)
+    assert after <= done.sum() < len(done)
+    assert main([*args, "--out", str(killed), "--resume"]) == 0
+    return open_run(full), open_run(killed)
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import kill_after_batches
+from conftest import killed_then_resumed
 
 from hwloop.bench.described import DescribedDevice
 from hwloop.bench.described_server import DescribedController, DialectFaults
@@ -135,20 +135,13 @@ def test_bad_descriptions_name_file_line_and_key(tmp_path, edit, message):
 @pytest.mark.slow
 def test_sigkill_then_resume_on_the_described_dialect(controller, tmp_path, mlp_onnx):
     """Kill -9 a real `hwloop run` on the ACME controller mid-run, --resume, compare with an uninterrupted run."""
-    import sys
-
     c = controller()
     bench = tmp_path / "bench.yaml"
     bench.write_text(f'devices:\n  nc: {{type: described, description: acme-nc, resource: "{c.resource}"}}\n'
                      "layers: {3: nc}\n")
     args = ["run", str(mlp_onnx), "--bench", str(bench), "--data", "digits@120", "--repeats", "2",
             "--batch-size", "2", "--seed", "3"]                     # 60 batches
-    full, killed = tmp_path / "full.zarr", tmp_path / "killed.zarr"
-    assert main([*args, "--out", str(full)]) == 0
-    done = kill_after_batches([sys.executable, "-m", "hwloop", *args, "--out", str(killed)], killed, 5)
-    assert 5 <= done.sum() < len(done)
-    assert main([*args, "--out", str(killed), "--resume"]) == 0
-    a, b = open_run(full), open_run(killed)
+    a, b = killed_then_resumed(args, tmp_path)
     assert b.complete
     for k in range(4):       # the ideal chip is deterministic: the same bytes, every batch once
         assert np.asarray(a.layer(k)).tobytes() == np.asarray(b.layer(k)).tobytes()
