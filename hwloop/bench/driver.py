@@ -315,41 +315,50 @@ class DescribedDevice(Measuring, Device):
         self._interrupted.set()
 
     def _retrying(self, attempt, what: str, progress=None):
-        """Run ``attempt`` until it succeeds; on failure back off, reconnect, try again.
-
-        ``progress()``, when given, counts the work done so far: each step forward between two
-        failures earns a fresh set of retries (the budget is per measurement, not per run).
-        """
-        import time
+        """Run ``attempt`` until it succeeds; on failure back off (exponentially), reconnect, try again
+        (tenacity).  ``progress()``, when given, counts the work done so far: each step forward between
+        two failures earns a fresh set of retries and a fresh back-off (the budget is per measurement,
+        not per run)."""
+        import tenacity
 
         s = self.settings
-        delay, last, n = s.backoff_s, None, 0
-        seen = progress() if progress else None
-        while True:
+        name = self.resource if self.desc.name == "anb" else f"{self.desc.name} at {self.resource}"
+        since = {"seen": progress() if progress else None, "attempt": 1}
+
+        def fresh(state: tenacity.RetryCallState) -> int:      # failures since the last step forward, minus one
+            if progress is not None and progress() != since["seen"]:
+                since["seen"], since["attempt"] = progress(), state.attempt_number
+            return state.attempt_number - since["attempt"]
+
+        def tried():
             try:
                 out = attempt()
-                self._careful = False
-                return out
             except (_Retry, ScpiError) as e:
-                last = e
                 self._careful = True
                 self._faults.append(f"{what}: {e}")
-            if progress is not None and progress() != seen:
-                seen, n, delay = progress(), 0, s.backoff_s
-            if n == s.retries:
-                break
-            n += 1
+                raise
+            self._careful = False
+            return out
+
+        def failed(last: BaseException) -> DeviceError:
+            return DeviceError(f"{name}: {what} failed after {s.retries} retries: {last}")
+
+        def reconnect(state: tenacity.RetryCallState) -> None:
             self.stats["retries"] += 1
-            time.sleep(delay)
-            delay = min(2 * delay, s.max_backoff_s)
             try:
                 for lk in self.links.values():
                     lk.reconnect(s.retries)
             except DeviceError as e:
-                last = e
-                break
-        name = self.resource if self.desc.name == "anb" else f"{self.desc.name} at {self.resource}"
-        raise DeviceError(f"{name}: {what} failed after {s.retries} retries: {last}")
+                raise failed(e) from None
+
+        def give_up(state: tenacity.RetryCallState):
+            raise failed(state.outcome.exception())
+
+        return tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type((_Retry, ScpiError)),
+            stop=lambda state: fresh(state) >= s.retries,
+            wait=lambda state: min(s.backoff_s * 2 ** fresh(state), s.max_backoff_s),
+            before_sleep=reconnect, retry_error_callback=give_up)(tried)
 
     def _ask_temperature(self) -> float:
         t = self.desc.data["temperature"]
