@@ -34,6 +34,17 @@ def monte_carlo(model, prof, x: np.ndarray, repeats: int) -> list[np.ndarray]:
     return [rec.var(axis=0, ddof=1) for rec in res.layers]
 
 
+def per_layer_within_10_percent(model, x: np.ndarray, method: str) -> None:
+    """The linearised prediction (its ``method`` naming ``method``) against 300 draws under semenova:
+    every layer's mean variance within 10%."""
+    prof = load_profile("semenova")
+    pred = predict(model, prof, x)
+    assert method in pred.attrs["method"]
+    mc = monte_carlo(model, prof, x, repeats=300)
+    for k, layer in enumerate(model.layers):
+        np.testing.assert_allclose(float(pred.var_mean[k]), mc[k].mean(), rtol=0.1, err_msg=layer.name)
+
+
 def rel_se(repeats: int, elements: int) -> float:
     """Relative standard error of a mean of ``elements`` variances from ``repeats`` draws (at most: independent)."""
     return float(np.sqrt(2.0 / (repeats - 1) / elements))
@@ -87,12 +98,7 @@ def test_transformer_block_matches_monte_carlo_per_layer(tmp_path):
     with no_fastpath():
         model = load_model(export_torch(build("transformer", layers=1), tmp_path / "tx.onnx", torch.zeros(2, 8, 8)))
     x = np.random.default_rng(0).standard_normal((24, 8, 8)).astype(np.float32)
-    prof = load_profile("semenova")
-    pred = predict(model, prof, x)
-    assert "per-token" in pred.attrs["method"]
-    mc = monte_carlo(model, prof, x, repeats=300)
-    for k, layer in enumerate(model.layers):
-        np.testing.assert_allclose(float(pred.var_mean[k]), mc[k].mean(), rtol=0.1, err_msg=layer.name)
+    per_layer_within_10_percent(model, x, "per-token")
 
 
 def test_max_pooling_passes_its_arg_max_noise(tmp_path, digits):
@@ -101,9 +107,4 @@ def test_max_pooling_passes_its_arg_max_noise(tmp_path, digits):
     net = build("lenet", size=12, pool="max", first=torch.nn.Tanh)
     model = load_model(export_torch(net, tmp_path / "lenet.onnx", torch.zeros(2, 1, 12, 12)))
     x = np.pad(digits.x[:30].reshape(-1, 1, 8, 8), ((0, 0), (0, 0), (2, 2), (2, 2))).astype(np.float32)
-    prof = load_profile("semenova")
-    pred = predict(model, prof, x)
-    assert "MaxPool" in pred.attrs["method"]
-    mc = monte_carlo(model, prof, x, repeats=300)
-    for k, layer in enumerate(model.layers):
-        np.testing.assert_allclose(float(pred.var_mean[k]), mc[k].mean(), rtol=0.1, err_msg=layer.name)
+    per_layer_within_10_percent(model, x, "MaxPool")
