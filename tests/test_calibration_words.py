@@ -5,7 +5,6 @@ The calibrate table comes from a real calibration of a simulated chip (real pyvi
 
 from __future__ import annotations
 
-
 from hwloop.calibration.drift import DriftFit
 from hwloop.calibration.validate import Tolerances, Validation
 from hwloop.commands.calibrate import drift_line
