@@ -13,6 +13,10 @@ import numpy as np
 
 #: the words that follow every "±" hwloop prints
 PM_NOTE = "± one standard error of the mean"
+#: what the old key ``accuracy_std`` (analysis .nc attributes, check JUnit properties) holds
+ACCURACY_STD_NOTE = ("accuracy_std: the standard deviation of the accuracy between repeats (ddof 1), not the "
+                     "error of the mean (that is accuracy_sem); kept under this name for existing readers, "
+                     "the same value as accuracy_std_between_repeats")
 
 
 def mean_sem(values) -> tuple[float, float]:

@@ -87,11 +87,12 @@ def test_inspect_and_run_say_which_products_stay_digital(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "products that stay digital:" in out
     assert out.count("): product of two activations") == 2
-    assert "6 of 8 products on devices; 2 stay digital: " in out
+    assert "6 analog layers on devices (6 of the model's 8 matrix products); 2 stay digital: " in out
     np.savez(tmp_path / "d.npz", x=tokens(6), y=np.zeros(6, np.int64))
     assert main(["run", str(path), "--data", f"npz:{tmp_path / 'd.npz'}", "--dry-run"]) == 0
     first = capsys.readouterr().out.splitlines()[0]
-    assert first.startswith("6 of 8 products on devices; 2 stay digital: ") and "product of two activations" in first
+    assert first.startswith("6 analog layers on devices (6 of the model's 8 matrix products); 2 stay digital: ")
+    assert "product of two activations" in first
 
 
 def test_every_product_on_a_device_is_said_so(mlp_onnx, capsys):
@@ -99,7 +100,7 @@ def test_every_product_on_a_device_is_said_so(mlp_onnx, capsys):
 
     assert main(["inspect", str(mlp_onnx)]) == 0
     out = capsys.readouterr().out
-    assert "4 of 4 products on devices" in out and "stay digital" not in out
+    assert "4 analog layers on devices (4 of the model's 4 matrix products)" in out and "stay digital" not in out
 
 
 ACTS = {  # torch module -> the activation hwloop must recognise after the Linear

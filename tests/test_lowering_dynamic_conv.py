@@ -38,7 +38,7 @@ def dynamic_cnn(tmp_path_factory) -> str:
 @pytest.mark.parametrize("hw", [(16, 16), (11, 14)])
 def test_sizes_come_from_the_data(dynamic_cnn, hw):
     model = load_model(dynamic_cnn)
-    assert model.summary() == "4 of 4 products on devices"
+    assert model.summary() == "4 analog layers on devices (4 of the model's 4 matrix products)"
     x = np.random.default_rng(1).standard_normal((6, 3) + hw).astype(np.float32)
     res = run_model(model, Dataset("r", x, np.zeros(6, np.int64), 5), repeats=2, batch_size=4)
     want = ort.InferenceSession(dynamic_cnn, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]

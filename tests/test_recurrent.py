@@ -26,7 +26,7 @@ def test_recurrent_nets_step_their_products_on_devices(tmp_path, cell, bidirecti
     m = build("sequence", cell=cell, bidirectional=bidirectional, layers=2)
     path = export_torch(m, tmp_path / "seq.onnx", torch.zeros(2, 7, 6), dynamo=False)
     model = load_model(path)
-    assert model.summary() == "5 of 5 products on devices"           # (W, R) x 2 stacked layers + the head
+    assert model.summary() == "5 analog layers on devices (5 of the model's 5 matrix products)"           # (W, R) x 2 stacked layers + the head
     rec = [L for L in model.layers if L.recurrent is not None]
     assert len(rec) == 2 and all(L.groups == (2 if bidirectional else 1) for L in rec)
     x = tokens(10, t=7, f=6)

@@ -18,7 +18,7 @@ import xarray as xr
 from .. import cf
 from ..errors import HwloopError
 from ..files import atomic_path
-from ..numbers import mean_sem, pm
+from ..numbers import ACCURACY_STD_NOTE, mean_sem, pm
 
 if TYPE_CHECKING:
     from ..runner import RunResult
@@ -232,7 +232,9 @@ def analyze_run(run: "Run | RunResult", shot: bool = False) -> xr.Dataset:
         ds["accuracy"] = (("repeat",), acc, cf.var_attrs(cf.ANALYSIS, "accuracy"))
         ds.coords["repeat"] = ("repeat", np.arange(acc.size), cf.var_attrs(cf.COORDS, "repeat"))
         ds.attrs["accuracy_mean"], ds.attrs["accuracy_sem"] = mean_sem(acc)
-        ds.attrs["accuracy_std"] = float(acc.std(ddof=1)) if acc.size > 1 else 0.0
+        ds.attrs["accuracy_std"] = float(acc.std(ddof=1)) if acc.size > 1 else 0.0     # old key, kept for readers
+        ds.attrs["accuracy_std_between_repeats"] = float(acc.std(ddof=1)) if acc.size > 1 else float("nan")
+        ds.attrs["accuracy_std_description"] = ACCURACY_STD_NOTE
     out, clean_out = _maybe(lambda: np.asarray(run.output)), _maybe(lambda: np.asarray(run.clean_output))
     if out is not None and clean_out is not None:
         flips = _argmax_flips(out, clean_out)

@@ -89,18 +89,23 @@ def _transfer_section(tf):
         + table_html(rows, ["mode", "family", "chi²", "dof", "delta QAIC", "slope", "scale", "status"]))
 
 
+def fitted_values(fit: CalibrationFit) -> list[tuple[str, float, float, str]]:
+    """(quantity, value, standard error, units) of the headline fit: noise intensities, spreads, ADC step."""
+    from ..plotting import OUT
+
+    nf, go = fit.noise, fit.gain_offset
+    units = term_units()
+    rows = [(k, nf.intensities_[k], nf.stderr_[k], units[k]) for k in NOISE_TERMS if k != "shot" or nf.shot_fitted_]
+    return rows + [("gain spread", go.gain_spread_, go.gain_spread_stderr_, "1"),
+                   ("offset spread", go.offset_spread_, go.offset_spread_stderr_, OUT),
+                   ("ADC step", fit.adc.step_, fit.adc.step_stderr_, OUT)]
+
+
 def calibration_sections(fit: CalibrationFit) -> list:
     from ..report import Section, table_html, text_html
 
-    from ..plotting import OUT
-
     nf, go, tf = fit.noise, fit.gain_offset, fit.transfer
-    units = term_units()
-    rows = [[k, with_error(nf.intensities_[k], nf.stderr_[k]), units[k]] for k in NOISE_TERMS
-            if k != "shot" or nf.shot_fitted_]
-    rows += [["gain spread", with_error(go.gain_spread_, go.gain_spread_stderr_), "1"],
-             ["offset spread", with_error(go.offset_spread_, go.offset_spread_stderr_), OUT],
-             ["ADC step", with_error(fit.adc.step_, fit.adc.step_stderr_), OUT]]
+    rows = [[name, with_error(v, se), unit] for name, v, se, unit in fitted_values(fit)]
     intro = (f"Noise measured at the output; placement identified as '{fit.placement.placement_}'"
              f"{'' if fit.placement.identified_ else ' (by default: no saturating activation to tell)'}; "
              f"GLS chi² per degree of freedom {nf.chi2_:.3g} (errors widened by it when above 1). "

@@ -57,7 +57,9 @@ class Validation:
         """The terminal table (one line per layer, then the accuracy and the verdict)."""
         head = f"{'#':>2} {'layer':<14} {'var chip':>10} {'var twin':>10} {'ratio':>7} {'SNR chip':>8} " \
                f"{'SNR twin':>8} {'cm chip':>7} {'cm twin':>7}  ok"
-        lines = [head]
+        units = f"{'':>2} {'':<14} {'[a.u.²]':>10} {'[a.u.²]':>10} {'[1]':>7} {'[dB]':>8} {'[dB]':>8} {'[1]':>7} " \
+                f"{'[1]':>7}"
+        lines = [head, units]
         for r in self.rows:
             lines.append(f"{r['index']:>2} {r['layer'][:14]:<14} {r['var_chip']:>10.4g} {r['var_twin']:>10.4g} "
                          f"{r['var_ratio']:>7.3f} {r['snr_chip']:>8.2f} {r['snr_twin']:>8.2f} "
@@ -67,6 +69,8 @@ class Validation:
                      f"({'ok' if self.accuracy_ok else 'NO'}; tolerance {100 * t.accuracy:g} points)")
         lines.append(f"tolerances: variance {100 * t.variance:g}%, SNR {t.snr_db:g} dB, common-mode share "
                      f"{t.cm_share:g}; verdict: {'PASS' if self.passed else 'FAIL'}")
+        lines.append("a.u.: the device's output units; var: noise variance, SNR = 10 log10(mean²/var) (median over "
+                     "samples and neurons), cm: common-mode share of the variance")
         return "\n".join(lines)
 
 
@@ -138,7 +142,7 @@ def validate_terms(profile: Profile, chip, *, budget: int = 50_000, seed: int = 
 
 def report_sections(v: Validation) -> list:
     """HTML report sections: twin against chip per layer, each check inside its tolerance band, and the table."""
-    from ..plotting import figure_html, layer_axis, legend, new_figure, tolerance_band
+    from ..plotting import OUT2, figure_html, layer_axis, legend, new_figure, tolerance_band
     from ..report import Section, table_html, text_html
 
     t = v.tolerances
@@ -163,7 +167,8 @@ def report_sections(v: Validation) -> list:
                 label="off scale (infinite or undefined)")
         ax.set_ylim(center - 1.6 * span, center + 1.6 * span)
         legend(ax)
-    header = ["#", "layer", "var chip", "var twin", "ratio", "SNR chip", "SNR twin", "cm chip", "cm twin", "pass"]
+    header = ["#", "layer", f"var chip [{OUT2}]", f"var twin [{OUT2}]", "ratio [1]", "SNR chip [dB]", "SNR twin [dB]",
+              "cm chip [1]", "cm twin [1]", "pass"]
     rows = [[r["index"], r["layer"], r["var_chip"], r["var_twin"], r["var_ratio"], r["snr_chip"], r["snr_twin"],
              r["cm_chip"], r["cm_twin"], "yes" if r["pass"] else "NO"] for r in v.rows]
     note = (f"Green bands: where a check passes (variance ratio 1 ± {t.variance:g}, SNR ± {t.snr_db:g} dB, "

@@ -14,6 +14,7 @@ import xml.etree.ElementTree as ET
 from typing import Sequence
 
 from ..files import atomic_path
+from ..numbers import mean_sem
 from .result import CheckResult
 
 _MARK = {"pass": "✅ pass", "fail": "❌ fail", "undecided": "❔ undecided"}
@@ -41,7 +42,8 @@ def _properties(r: CheckResult) -> list[tuple[str, object]]:
              ("decision", r.decision), ("repeats", r.repeats), ("seed", r.seed), ("method", r.method),
              ("confidence", r.confidence), ("scope", r.scope), ("clean_accuracy", f"{r.clean_accuracy:.6f}")]
     if r.accuracy.size:
-        props += [("accuracy_mean", f"{r.mean:.6f}"), ("accuracy_std", f"{r.std:.6f}")]
+        props += [("accuracy_mean", f"{r.mean:.6f}"), ("accuracy_std", f"{r.std:.6f}"),   # std: see ACCURACY_STD_NOTE
+                  ("accuracy_std_between_repeats", f"{r.std:.6f}"), ("accuracy_sem", f"{mean_sem(r.accuracy)[1]:.6f}")]
     for b in r.bars:
         if b.estimate is not None:
             props += [(b.name, f"{b.estimate.value:.6f}"), (f"{b.name}_bound", f"{b.bound:.6f}"),

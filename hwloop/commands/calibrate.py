@@ -145,21 +145,21 @@ def _dry_run(args: argparse.Namespace) -> int:
 
 
 def _summary(prof, fit, out: Path, report: Path | None) -> None:
-    """What was fitted, with one standard error, and where it went (and the HTML report, when asked)."""
-    nf, go, adc = fit.noise, fit.gain_offset, fit.adc
+    """What was fitted, each value rounded to its standard error with its units, and where it went."""
+    from ..calibration.report import fitted_values
+    from ..numbers import with_error
+    from ..plotting import OUT
+
+    adc = fit.adc
     print(f"profile: {out}  ({prof.provenance.get('instrument', '')})")
-    print(f"  {'term':<8} {'value':>12} {'stderr':>12}")
-    for k, v in nf.intensities_.items():
-        if k == "shot" and not nf.shot_fitted_:
-            continue
-        print(f"  {k:<8} {v:>12.5g} {nf.stderr_[k]:>12.3g}")
-    print(f"  gain spread {go.gain_spread_:.4g} +- {go.gain_spread_stderr_:.2g}, "
-          f"offset spread {go.offset_spread_:.4g} +- {go.offset_spread_stderr_:.2g}")
-    print(f"  ADC step {adc.step_:.6g} ({adc.bits_} bits over {list(adc.range_)}), "
-          f"clipped {100 * adc.clip_fraction_:.3g}%")
+    print(f"  {'term':<14} {'value ± standard error':<28} units")
+    for k, v, se, unit in fitted_values(fit):
+        print(f"  {k:<14} {with_error(v, se):<28} {unit}")
+    print("  (noise intensities D are variances; ± one standard error of the fit)")
+    print(f"  ADC: {adc.bits_} bits over {list(adc.range_)} {OUT}, clipped {100 * adc.clip_fraction_:.3g}%")
     for mode, r in fit.transfer.results_.items():
-        print(f"  {mode}: behaves as {r['function']} slope {r['slope']:.4g} +- {r['slope_stderr']:.2g}, "
-              f"scale {r['scale']:.4g} +- {r['scale_stderr']:.2g}  ({r['note']})")
+        print(f"  {mode}: behaves as {r['function']} slope {with_error(r['slope'], r['slope_stderr'])}, "
+              f"scale {with_error(r['scale'], r['scale_stderr'])}  ({r['note']})")
         others = sorted((c["delta_qaic"], fam) for fam, c in r["candidates"].items() if fam != r["function"])
         print("    competing families (quasi-AIC above the chosen): "
               + ", ".join(f"{fam} +{d:.3g}" + ("" if r["candidates"][fam]["status"] == "fits worse"
@@ -167,11 +167,24 @@ def _summary(prof, fit, out: Path, report: Path | None) -> None:
     print(f"  noise placement: {fit.placement.placement_}"
           + ("" if fit.placement.identified_ else " (default: no saturating activation to tell)"))
     if fit.drift.significant_:
-        print(f"  drift: offset {fit.drift.offset_per_s_:.3g}/s, gain {fit.drift.gain_per_s_:.3g}/s")
+        print("  " + drift_line(fit.drift))
     if report:
         from ..calibration.report import write_calibration_report
 
         print(f"report: {write_calibration_report(fit, report, provenance=prof.provenance)}")
+
+
+def drift_line(drift) -> str:
+    """The drift rates with their standard errors and units: offset in output units, gain relative to its mean."""
+    from ..numbers import with_error
+    from ..plotting import OUT
+
+    parts = [f"offset {with_error(drift.offset_per_s_, drift.offset_per_s_stderr_)} {OUT}/s",
+             f"gain {with_error(drift.gain_per_s_, drift.gain_per_s_stderr_)} /s (relative to the mean gain)"]
+    if drift.offset_per_K_ or drift.gain_per_K_:
+        parts += [f"offset {with_error(drift.offset_per_K_, drift.offset_per_K_stderr_)} {OUT}/K",
+                  f"gain {with_error(drift.gain_per_K_, drift.gain_per_K_stderr_)} /K (relative)"]
+    return "drift: " + ", ".join(parts)
 
 
 def _chip(args: argparse.Namespace):

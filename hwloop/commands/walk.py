@@ -137,12 +137,24 @@ def main(args: argparse.Namespace) -> int:
     with Progress(None, "hwloop walk", unit="point") as bar:
         run_sweep(settings, args.out, model, scheduler=args.scheduler, workers=workers or None,
                   progress=bar.callback(), bench=args.bench)
-    print("\n".join(midpoint_lines(open_sweep(args.out))))
+    ds = open_sweep(args.out)
+    _warn_at_chance(ds)
+    print("\n".join(midpoint_lines(ds)))
     print(f"sweep written to {args.out}")
     if args.report:
         write_sweep_report(args.out, args.report)
         print(f"report written to {args.report}")
     return 0
+
+
+def _warn_at_chance(ds) -> None:
+    """One line on stderr when the sweep's clean accuracy is at chance (its midpoints mean nothing)."""
+    import sys
+
+    from ..walking.plots import chance_warning
+
+    if (warning := chance_warning(ds)) is not None:
+        print(f"hwloop walk: warning: {warning}", file=sys.stderr)
 
 
 def _sites(text: str | None) -> tuple[int, ...] | None:
@@ -159,10 +171,12 @@ def _sites(text: str | None) -> tuple[int, ...] | None:
 def _report(target: list[str], args: argparse.Namespace) -> int:
     from ..errors import HwloopError
     from ..walking.plots import write_sweep_report
+    from ..walking.sweep import open_sweep
 
     if len(target) != 2:
         raise HwloopError("usage: hwloop walk report SWEEP.zarr [--report walk.html]")
     out = args.report or Path(target[1]).with_suffix(".html")
+    _warn_at_chance(open_sweep(target[1]))
     write_sweep_report(target[1], out)
     print(f"report written to {out}")
     return 0
@@ -175,7 +189,9 @@ def _plan(target: list[str], args: argparse.Namespace) -> int:
     if len(target) != 2 or args.budget is None or args.sigma is None:
         raise HwloopError("usage: hwloop walk plan SWEEP.zarr --budget B --sigma S [--repeats R]")
     from ..walking.planner import plan_lines
+    from ..walking.sweep import open_sweep
 
     results = plan_from_sweep(target[1], args.budget, args.sigma, repeats=args.repeats, seed=args.seed)
+    _warn_at_chance(open_sweep(target[1]))
     print("\n".join(plan_lines(results, args.budget, args.sigma, args.repeats)))
     return 0

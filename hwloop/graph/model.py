@@ -74,12 +74,13 @@ class Model:
 
     def summary(self) -> str:
         """One line: how many of the model's products run on devices, and which stay digital."""
-        n, k = len(self.layers) + len(self.digital_products), len(self.digital_products)
+        n, k, a = len(self.layers) + len(self.digital_products), len(self.digital_products), len(self.layers)
+        head = f"{a} analog layer{'' if a == 1 else 's'} on devices ({a} of the model's {n} matrix products)"
         if not k:
-            return f"{n} of {n} products on devices"
+            return head
         names = ", ".join(f"{p.name} ({p.node.op_type}: {p.reason})" for p in self.digital_products[:5])
         more = f", and {k - 5} more" if k > 5 else ""
-        return f"{len(self.layers)} of {n} products on devices; {k} stay digital: {names}{more}"
+        return f"{head}; {k} stay digital: {names}{more}"
 
     def table(self) -> list[dict]:
         """One row per step (analog layer or glue node) for ``hwloop inspect``."""

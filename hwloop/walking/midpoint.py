@@ -64,3 +64,12 @@ def midpoint(sigmas: np.ndarray, acc: np.ndarray, clean: float, n_classes: int,
     lo = np.quantile(boots, (1 - ci) / 2, method="lower")
     hi = np.quantile(boots, (1 + ci) / 2, method="higher")
     return Midpoint(value, float(lo), float(hi))
+
+
+def at_chance(clean: float, n_classes: int, n_samples: int | None, z: float = 3.0) -> bool:
+    """Whether ``clean`` accuracy is within ``z`` binomial standard errors of chance 1/``n_classes``
+    (on ``n_samples`` test samples; unknown: at or below chance).  There the midpoint, halfway from
+    clean to chance, is noise: the curve has nowhere to fall."""
+    chance = 1.0 / n_classes
+    margin = z * np.sqrt(chance * (1 - chance) / n_samples) if n_samples else 0.0
+    return bool(clean <= chance + margin)

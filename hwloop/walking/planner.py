@@ -106,6 +106,11 @@ def plan_from_sweep(sweep: str, budget: int, sigma: float, schemes: tuple[str, .
     s = attrs["settings"]
     if s["train_noise"] or s["mode"] != "walk" or "model" not in attrs:
         raise HwloopError(f"{sweep}: planning needs an evaluation-only walking sweep of an ONNX model")
+    walked, n_sites = [int(k) for k in ds.site.values], len(attrs["sites"])
+    if walked != list(range(n_sites)):
+        raise HwloopError(f"{sweep}: walked site(s) {','.join(map(str, walked))} of the model's {n_sites} (--sites); "
+                          "a plan shares the budget among every site, so it needs every site's midpoint: "
+                          "walk the model again without --sites")
     mu = np.array([m.value for m in sweep_midpoints(ds)])
     noise = Noise(s["noise"], sigma, s["ratio"], s["correlated"])
     return evaluate_plans(SiteModel(attrs["model"]), load_data(s["data"]), mu, budget, noise,

@@ -11,7 +11,7 @@ import xarray as xr
 from ..cf import decode_attrs
 from ..plotting import auto_log, errorband, legend
 from ..report import Section, figure_html, new_figure, table_html, text_html, write_report
-from .midpoint import Midpoint, midpoint
+from .midpoint import Midpoint, at_chance, midpoint
 
 
 def clean_accuracy(ds: xr.Dataset) -> float:
@@ -19,6 +19,17 @@ def clean_accuracy(ds: xr.Dataset) -> float:
     if "clean_accuracy" in ds:
         return float(np.nanmean(ds.clean_accuracy.values))
     return float(ds.attrs["clean_accuracy"])
+
+
+def chance_warning(ds: xr.Dataset) -> str | None:
+    """One line when the clean accuracy is already at chance (``midpoint.at_chance``): the midpoints mean nothing."""
+    n, clean = int(ds.attrs["n_classes"]), clean_accuracy(ds)
+    samples = ds.attrs.get("n_eval_samples")
+    if not at_chance(clean, n, samples):
+        return None
+    within = f"within 3 standard errors on {samples} samples" if samples else "at or below it"
+    return (f"clean accuracy {clean:.4f} is at chance (1/{n} = {1 / n:.4f}, {within}): the model has no accuracy "
+            "to lose, so its midpoints and most fragile site are meaningless")
 
 
 def sweep_midpoints(ds: xr.Dataset, var: str = "accuracy", seed: int = 0) -> list[Midpoint]:
@@ -100,6 +111,8 @@ def _midpoint_section(ds: xr.Dataset, mids: dict) -> Section:
     header = ["site", "name"] + [f"{label}: midpoint σ [{_sigma_units(ds)}] [95% interval]" for label in mids]
     note = ("Intervals: 95% bootstrap over the repeats. An upper end of inf means that in some resamples the "
             "accuracy never fell to the halfway level within the sweep; the plot then draws no upper bar.")
+    if chance_warning(ds):
+        note = f"Meaningless here: {chance_warning(ds)}. {note}"
     return Section("Midpoint noise level per site", figure_html(fig, "midpoints", "walk-midpoints")
                    + table_html(rows, header) + text_html(note, "note"))
 
@@ -150,6 +163,8 @@ def sweep_summary(ds: xr.Dataset) -> list[tuple[str, str]]:
     if reached:
         value, k = min(reached)
         frail = f"site {int(ds.site.values[k])} ({names[k]}), midpoint σ {value:.4g}"
+    if chance_warning(ds):
+        frail = f"meaningless ({chance_warning(ds)})"
     sig = ds.sigma.values
     return [("model", str(ds.attrs.get("model", st.get("model_def") or "-"))),
             ("data", str(st.get("data"))),

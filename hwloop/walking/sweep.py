@@ -144,7 +144,8 @@ def _prepare(settings: SweepSettings, model: str | os.PathLike | None, bench: st
 
         job = TrainJob(settings)
         net = job.net(0)
-        attrs = {"n_classes": job.data()[1].n_classes, "n_state": len(state_vector(net)),
+        attrs = {"n_classes": job.data()[1].n_classes, "n_eval_samples": len(job.data()[1].y),
+                 "n_state": len(state_vector(net)),
                  "model_def": settings.model_def}
         return job, net.sites, attrs, [n for n, _ in weight_layers(net.net)], None
     if model is None:
@@ -162,7 +163,7 @@ def _prepare(settings: SweepSettings, model: str | os.PathLike | None, bench: st
     if n_out > 1:               # a classifier's outputs: labels must name one
         labels_in_range(data.y, n_out, data.name, path)
 
-    attrs = {"n_classes": data.n_classes, "model": str(path), "model_sha256": sha,
+    attrs = {"n_classes": data.n_classes, "n_eval_samples": len(data.y), "model": str(path), "model_sha256": sha,
              "clean_accuracy": accuracy(cache[sm.output], data.y)}
     return job, sm.sites, attrs, None, sha
 
@@ -176,7 +177,8 @@ def _prepare_hardware(settings: SweepSettings, model, bench):
         raise HwloopError("a walk with --bench is evaluation-only on an existing ONNX model")
     job = HardwareJob.create(settings, model, bench)
     _, data, _, _ = job.open()
-    attrs = {"n_classes": data.n_classes, "model": str(model), "model_sha256": job.sha256, "bench": str(bench),
+    attrs = {"n_classes": data.n_classes, "n_eval_samples": len(data.y), "model": str(model),
+             "model_sha256": job.sha256, "bench": str(bench),
              "clean_accuracy": job.clean_accuracy()}
     return job, onnx_sites(load_onnx(model)), attrs, None, job.sha256
 
