@@ -50,7 +50,7 @@ class ProfileDiff:
         return [r for r in self.rows if r.significant]
 
     def table(self) -> str:
-        lines = [f"{'term':<24} {'old':>12} {'+-':>9} {'new':>12} {'+-':>9} {'z':>7}  changed  check"]
+        lines = [f"{'term':<24} {'old':>12} {'±':>9} {'new':>12} {'±':>9} {'z':>7}  changed  check"]
         for r in self.rows:
             lines.append(f"{r.name:<24} {r.old:>12.5g} {r.old_se:>9.2g} {r.new:>12.5g} {r.new_se:>9.2g} "
                          f"{r.z:>+7.2f}  {'YES' if r.significant else 'no ':<7}  {'FAIL' if r.significant else 'pass'}"

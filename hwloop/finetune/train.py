@@ -355,7 +355,7 @@ def format_report(report: dict) -> str:
     for k in ("chip", "twin", "ideal"):
         if k in report["accuracy_after"]:
             lines.append(f"  {k:6} {report['accuracy_before'].get(k, float('nan')):8.4f} "
-                         f"{report['accuracy_after'][k]:8.4f}  (+- {report['accuracy_stderr'][k]:.4f})")
+                         f"{report['accuracy_after'][k]:8.4f}  (± {report['accuracy_stderr'][k]:.4f})")
     for e in report["epochs"]:
         lines.append(f"  epoch {e['epoch']}: loss {e['loss']:.4f}, train accuracy {e['train_accuracy']:.4f}")
     lines.append(f"this session: {report['programmings_this_session']} programmings, "

@@ -14,7 +14,7 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Midpoint:
-    """``value`` (inf when not reached) with a bootstrap interval [lo, hi]."""
+    """``value`` (inf when not reached) with a bootstrap interval [lo, hi] (NaN: one repeat, no interval)."""
 
     value: float
     lo: float
@@ -27,6 +27,8 @@ class Midpoint:
     def __str__(self) -> str:
         if not self.reached:
             return "not reached"
+        if np.isnan(self.lo):
+            return f"{self.value:.4g} (one repeat: no interval)"
         return f"{self.value:.4g} [{self.lo:.4g}, {self.hi:.4g}]"
 
 
@@ -55,8 +57,8 @@ def midpoint(sigmas: np.ndarray, acc: np.ndarray, clean: float, n_classes: int,
     level = 0.5 * (clean + 1.0 / n_classes)
     value = crossing(sigmas, acc.mean(axis=1), level)
     r = acc.shape[1]
-    if r < 2:
-        return Midpoint(value, value, value)
+    if r < 2:                       # nothing to resample: no interval rather than a zero-width one
+        return Midpoint(value, float("nan"), float("nan"))
     rng = np.random.default_rng(seed)
     picks = rng.integers(0, r, size=(n_boot, r))
     boots = np.array([crossing(sigmas, acc[:, p].mean(axis=1), level) for p in picks])

@@ -102,7 +102,8 @@ def _midpoint_section(ds: xr.Dataset, mids: dict) -> Section:
         if (~ok).any():
             ax.plot(x[~ok] + offset[j], np.full((~ok).sum(), top), "^", color=line.get_color(), mfc="none",
                     label=f"{label}: not reached within the sweep")
-    auto_log(ax, reached + [top])
+    unreached = any(not m.reached for ms in mids.values() for m in ms)
+    auto_log(ax, reached + ([top] if unreached else []))    # the decades actually drawn decide the labels
     ax.set_xticks(x, [str(int(k)) for k in ds.site.values])
     ax.set(xlabel="noise site (index from 0, as --list-sites numbers them)",
            ylabel=_sigma_label(ds, "midpoint "), title="Noise level that halves the way to chance")
