@@ -106,6 +106,21 @@ class _Importer:
         raise HwloopError(f"{self.path}: no float (batch, classes) output among "
                           f"{', '.join(o.name for o in self.proto.graph.output)}")
 
+    def recorded_outputs(self, notes: list[str]) -> list[tuple[str, str]]:
+        """Every graph output a run records, as (graph output name, tensor computed for it): a numeric
+        tensor itself, a ZipMap'd output as the tensor the ZipMap reads; the others get a note."""
+        kept = []
+        for o in self.proto.graph.output:
+            t = o.name
+            node = self.g.producer.get(t)
+            if node is not None and node.op_type == "ZipMap":
+                t = node.input[0]
+            if self.g.types.get(t) not in RECORDABLE_TYPES or not (t in self.g.producer or t in self.g.shapes):
+                notes.append(f"graph output {o.name!r} is not a numeric tensor: not recorded")
+                continue
+            kept.append((o.name, t))
+        return kept
+
     # -- analog layers ---------------------------------------------------------
     def product(self, node) -> Product | str | None:
         """The node's Product, a reason it stays digital, or None (not a product: all operands constant)."""
