@@ -246,6 +246,8 @@ def prepare(model: Model | str | Path, data: Dataset | str, settings: RunSetting
     noisy = _Devices(model, per_layer, s.seed)   # programmed first: describe() then reports tiling etc.
     attrs = run_provenance(model, ds, x, per_layer, s, bs)
     attrs["pipelined"] = pipelined
+    if outs:
+        attrs["graph_outputs"] = [vars(o) for o in outs]
     writer = None
     if s.out is not None:
         if s.resume and Path(s.out).exists():
@@ -253,7 +255,7 @@ def prepare(model: Model | str | Path, data: Dataset | str, settings: RunSetting
         else:
             writer = RunWriter.create(s.out, layers=[_layer_info(L, p) for L, p in zip(model.layers, probe_layers)],
                                       n_samples=n, n_classes=probe.shape[2], batch_size=bs, repeats=s.repeats,
-                                      attrs=attrs, overwrite=s.overwrite, graph_outputs=outs)
+                                      attrs=attrs, overwrite=s.overwrite)
     return Setup(model, ds, x, per_layer, noisy, ideal, s.repeats, bs, attrs, writer)
 
 

@@ -121,13 +121,14 @@ class RunWriter(_RunStore):
 
     @classmethod
     def create(cls, path: str | Path, *, layers: list[LayerInfo], n_samples: int, n_classes: int,
-               batch_size: int, repeats: int, attrs: dict, overwrite: bool = False,
-               graph_outputs: list[OutputInfo] = ()) -> "RunWriter":
-        """Create an empty store at ``path`` atomically (built aside, then renamed into place)."""
+               batch_size: int, repeats: int, attrs: dict, overwrite: bool = False) -> "RunWriter":
+        """Create an empty store at ``path`` atomically (built aside, then renamed into place).
+
+        ``attrs["graph_outputs"]``, when given: the graph outputs to record (``OutputInfo`` fields as a dict)."""
         n_batches = -(-n_samples // batch_size)
+        graph_outputs = [OutputInfo(**dict(o, shape=tuple(o["shape"]))) for o in attrs.get("graph_outputs", [])]
         attrs = json_attrs(dict(attrs, format=FORMAT, n_samples=n_samples, batch_size=batch_size, repeats=repeats,
-                                n_batches=n_batches, n_classes=n_classes, layers=[vars(info) for info in layers],
-                                **({"graph_outputs": [vars(o) for o in graph_outputs]} if graph_outputs else {})),
+                                n_batches=n_batches, n_classes=n_classes, layers=[vars(info) for info in layers]),
                            path)
         with creating(path, overwrite=overwrite,
                       exists="output exists (use --resume to continue it or --overwrite to replace it)") as tmp:

@@ -106,10 +106,11 @@ class _Importer:
         raise HwloopError(f"{self.path}: no float (batch, classes) output among "
                           f"{', '.join(o.name for o in self.proto.graph.output)}")
 
-    def recorded_outputs(self, notes: list[str]) -> list[tuple[str, str]]:
+    def recorded_outputs(self) -> tuple[list[tuple[str, str]], list[str]]:
         """Every graph output a run records, as (graph output name, tensor computed for it): a numeric
-        tensor itself, a ZipMap'd output as the tensor the ZipMap reads; the others get a note."""
-        kept = []
+        tensor itself, a ZipMap'd output as the tensor the ZipMap reads; and a note for each other one.
+        The tensors count as graph outputs from here on (no fold absorbs them)."""
+        kept, notes = [], []
         for o in self.proto.graph.output:
             t = o.name
             node = self.g.producer.get(t)
@@ -119,7 +120,8 @@ class _Importer:
                 notes.append(f"graph output {o.name!r} is not a numeric tensor: not recorded")
                 continue
             kept.append((o.name, t))
-        return kept
+        self.g.graph_outputs |= {t for _, t in kept}
+        return kept, notes
 
     # -- analog layers ---------------------------------------------------------
     def product(self, node) -> Product | str | None:
@@ -188,9 +190,7 @@ class _Importer:
         output = self.pick_output()
         self.g.graph_outputs.add(output)
         self._absorbed_nodes: dict[int, list] = {}
-        notes: list[str] = []
-        recorded = self.recorded_outputs(notes)
-        self.g.graph_outputs |= {t for _, t in recorded}
+        recorded, notes = self.recorded_outputs()
         wanted = list(dict.fromkeys([output] + [t for _, t in recorded]))    # every output's glue is kept
         needed = self.ancestors(wanted, stop=set())
         layers: list[AnalogLayer] = []
