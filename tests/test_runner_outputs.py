@@ -115,9 +115,10 @@ def test_stored_outputs_have_named_dims_and_cf_attrs(heads_onnx, tmp_path):
         run.graph_output("nope")
 
 
-def test_a_noisy_run_records_each_output_per_repetition(heads_onnx, tmp_path):
+def test_a_noisy_run_records_each_output_per_repetition(heads_onnx, tmp_path, capsys):
     out = tmp_path / "noisy.zarr"
     assert main(["run", str(heads_onnx), *NOISY, "--out", str(out)]) == 0
+    assert "graph outputs recorded: logits, features, aux (accuracy from 'logits')" in capsys.readouterr().out
     run = open_run(out)
     ideal = reference(heads_onnx, load_data("digits").x.astype(np.float32))
     for name in ("logits", "features", "aux"):
