@@ -40,6 +40,7 @@ COORDS = {
     "probe": ("calibration probe (measured block) index", ONE),
     "param": ("index into the flattened parameter vector", ONE),
     "site": ("noise injection site index (0-based)", ONE),
+    "axis": ("index along this axis of a graph output (its axis 0 is the sample)", ONE),
 }
 
 #: run store: root and layer-group variables

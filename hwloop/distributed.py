@@ -112,7 +112,7 @@ def _load_model(job: ShardJob) -> Model:
 
 def compute_shard(job: ShardJob, batch: int, xb: np.ndarray, labels: np.ndarray):
     """On a worker: batch ``batch`` of the run (inputs ``xb``), written into the store (returns None)
-    when this worker sees it, else returned as (layers, clean, output, clean output)."""
+    when this worker sees it, else returned as (layers, clean, output, clean output, graph outputs)."""
     with _STATES_LOCK:
         state = _STATES.get(job.token)
         if state is None:
@@ -120,14 +120,15 @@ def compute_shard(job: ShardJob, batch: int, xb: np.ndarray, labels: np.ndarray)
                 _STATES.clear()
             state = _STATES[job.token] = _WorkerState(job)
     with state.lock:
-        layers, clean, output, clean_out = run_batch(state.model, state.noisy, state.ideal, job.all_ideal, xb,
-                                                     batch, job.repeats)
+        layers, clean, output, clean_out, outs = run_batch(state.model, state.noisy, state.ideal, job.all_ideal,
+                                                           xb, batch, job.repeats)
         if state.writer is not None:
             state.writer.write_batch(batch, layers=layers, clean=clean, output=output, clean_output=clean_out,
-                                     labels=labels)
+                                     labels=labels, graph_outputs=outs)
             return None
     return ([np.ascontiguousarray(a) for a in layers], [np.ascontiguousarray(a) for a in clean],
-            np.ascontiguousarray(output), np.ascontiguousarray(clean_out))
+            np.ascontiguousarray(output), np.ascontiguousarray(clean_out),
+            {k: np.ascontiguousarray(v) for k, v in outs.items()})
 
 
 def check_shardable(per_layer: list[Device]) -> None:
@@ -206,8 +207,8 @@ def _compute(client, job: ShardJob, setup, todo: list[int], bar, kept: dict) -> 
         if result is not None and setup.writer is None:
             kept[b] = result
         elif result is not None:  # the worker could not see the store
-            layers, clean, output, clean_out = result
+            layers, clean, output, clean_out, outs = result
             setup.writer.write_batch(b, layers=layers, clean=clean, output=output, clean_output=clean_out,
-                                     labels=setup.ds.y[setup.rows(b)])
+                                     labels=setup.ds.y[setup.rows(b)], graph_outputs=outs)
         bar.update(1)
         submit()

@@ -37,10 +37,16 @@ def stages(model: Model) -> list[list]:
 def forward(model: Model, xb: dict[str, np.ndarray], run_layer: Callable, repeats: int):
     """One batch through every step.  Tensors are kept as (rows, ...) arrays with rows = r x B
     (repetition-major) and their r; returns each layer's (R, B, neurons) and the output (R, B, C)."""
+    recorded, env = walk(model, xb, run_layer, repeats)
+    return recorded, output(model, env, repeats)
+
+
+def walk(model: Model, xb: dict[str, np.ndarray], run_layer: Callable, repeats: int):
+    """One batch through every step: each layer's (R, B, neurons) and every tensor (name -> (rows array, r))."""
     env: dict[str, tuple[np.ndarray, int]] = {k: (v, 1) for k, v in xb.items()}
     recorded: list[np.ndarray] = []
     run_steps(model, model.steps, env, recorded, run_layer, repeats)
-    return recorded, output(model, env, repeats)
+    return recorded, env
 
 
 def run_steps(model: Model, steps: list, env: dict, recorded: list, run_layer: Callable, repeats: int) -> None:
@@ -68,6 +74,23 @@ def output(model: Model, env: dict, repeats: int) -> np.ndarray:
     if r != repeats:
         out = np.broadcast_to(out, (repeats,) + out.shape[1:])
     return out
+
+
+def graph_outputs(model: Model, env: dict, repeats: int) -> dict[str, np.ndarray]:
+    """Every recorded graph output (``Model.recorded_outputs``) by name, as (R, B, its own dims):
+    floats as float32, integers as int64, booleans as uint8 (what the run store holds).  An output
+    without a batch dimension (not one value per sample) is left out."""
+    B = len(env[model.input_name][0])
+    outs = {}
+    for name, tensor in model.recorded_outputs:
+        arr, r = env[tensor]
+        arr = np.asarray(arr)
+        if arr.ndim == 0 or arr.shape[0] != r * B:
+            continue
+        kind = np.float32 if arr.dtype.kind == "f" else np.uint8 if arr.dtype.kind == "b" else np.int64
+        arr = arr.astype(kind, copy=False).reshape((r, B) + arr.shape[1:])
+        outs[name] = arr if r == repeats else np.broadcast_to(arr, (repeats,) + arr.shape[1:])
+    return outs
 
 
 def run_glue(model: Model, glue: Glue, env: dict, B: int) -> None:

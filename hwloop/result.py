@@ -33,6 +33,8 @@ class RunResult:
     attrs: dict = field(default_factory=dict)
     # the analog layers' names, in order (not ``layer_names``: readers take that as a stored Run's)
     analog_layer_names: list[str] | None = None
+    #: every recorded graph output by name, each (repeat, sample, its own dims)
+    graph_outputs: dict[str, np.ndarray] = field(default_factory=dict)
 
     def run(self):
         """The run's arrays with named dimensions: the store (``hwloop.store.Run``) when one was written,
@@ -84,6 +86,21 @@ class MemoryRun:
         return _named(self._r.clean_output, ("sample", "class"), "clean_output", cf.RUN)
 
     @property
+    def graph_output_names(self) -> list[str]:
+        """The graph outputs the run recorded."""
+        return list(self._r.graph_outputs)
+
+    def graph_output(self, name: str) -> xr.DataArray:
+        """Graph output ``name`` as the run computed it: (repeat, sample, its own dims), as a store reads it."""
+        if name not in self._r.graph_outputs:
+            raise HwloopError(f"no graph output {name!r} recorded (recorded: {', '.join(self._r.graph_outputs) or 'none'})")
+        values = self._r.graph_outputs[name]
+        dims = ("repeat", "sample") + tuple(f"axis_{i + 1}" for i in range(values.ndim - 2))
+        da = _named(values, dims, name, {})
+        return da.assign_attrs(long_name=f"graph output {name!r} per repetition",
+                               units=cf.OUT if values.dtype.kind == "f" else cf.ONE)
+
+    @property
     def labels(self) -> xr.DataArray:
         return _named(np.asarray(self._r.labels), ("sample",), "label", cf.RUN)
 
@@ -101,8 +118,8 @@ class Collected:
     def __init__(self):
         self.batches: list[tuple] = []
 
-    def put(self, layers, clean, output, clean_out) -> None:
-        self.batches.append((layers, clean, output, clean_out))
+    def put(self, layers, clean, output, clean_out, outputs: dict | None = None) -> None:
+        self.batches.append((layers, clean, output, clean_out, outputs or {}))
 
     def result(self, labels: np.ndarray, attrs: dict, layer_names: list[str]) -> RunResult:
         """The run's result: every array joined along the sample axis, accuracy per repetition."""
@@ -113,7 +130,8 @@ class Collected:
         layers = [join([b[0][k] for b in self.batches], 1) for k in range(n_layers)]
         clean = [join([b[1][k] for b in self.batches], 0) for k in range(n_layers)]
         output, clean_out = join([b[2] for b in self.batches], 1), join([b[3] for b in self.batches], 0)
+        outputs = {name: join([b[4][name] for b in self.batches], 1) for name in self.batches[0][4]}
         pred = output.argmax(axis=2)
         return RunResult(accuracy=(pred == labels[None, :]).mean(axis=1), layers=layers, clean_layers=clean,
                          output=output, clean_output=clean_out, labels=labels, attrs=attrs,
-                         analog_layer_names=layer_names)
+                         analog_layer_names=layer_names, graph_outputs=outputs)

@@ -32,7 +32,7 @@ from .devices import Device
 from .errors import HwloopError
 from .feeds import model_input, model_inputs
 from .files import store_lock
-from .forward import forward, output, rows, run_steps, stages
+from .forward import forward, graph_outputs, output, rows, run_steps, stages, walk
 from .graph import Model, load_model
 from .inputs import labels_in_range, require_disk, require_memory
 from .layer import AnalogLayer
@@ -41,7 +41,7 @@ from .pipeline import run_pipeline as _pipeline
 from .provenance import describe_devices, run_provenance
 from .run_devices import _Devices, _Ideal, derive_seed, resolve_devices
 from .result import Collected, MemoryRun, RunResult
-from .store import LayerInfo, RunWriter
+from .store import LayerInfo, OutputInfo, RunWriter
 
 __all__ = ["RunSettings", "RunResult", "MemoryRun", "Setup", "run_model", "prepare", "run_batch", "reference",
            "progress_bar", "resolve_devices", "default_batch_size", "derive_seed", "model_input", "model_inputs",
@@ -167,12 +167,13 @@ class _Stages:
             return
         del self.flights[item]
         layers, out = f.recorded, output(setup.model, f.env, setup.repeats)
+        outs = graph_outputs(setup.model, f.env, setup.repeats)
         clean, clean_out = setup.reference(rows(setup.x, f.rows), layers, out)
         if isinstance(self.sink, RunWriter):
             self.sink.write_batch(b, layers=layers, clean=clean, output=out, clean_output=clean_out,
-                                  labels=setup.ds.y[f.rows])
+                                  labels=setup.ds.y[f.rows], graph_outputs=outs)
         else:
-            self.sink.put(layers, clean, out, clean_out)
+            self.sink.put(layers, clean, out, clean_out, outs)
         self.bar.update(1)
 
 
@@ -235,13 +236,18 @@ def prepare(model: Model | str | Path, data: Dataset | str, settings: RunSetting
     bs = min(bs, n)
     ideal = _Ideal(model, s.device)
     # a bad shape fails here, before any store exists
-    probe_layers, probe = forward(model, rows(x, slice(0, 2)), ideal.run, repeats=1)
+    probe_layers, env = walk(model, rows(x, slice(0, 2)), ideal.run, repeats=1)
+    probe = output(model, env, 1)
+    outs = [OutputInfo.of(k, name, v) for k, (name, v) in enumerate(graph_outputs(model, env, 1).items())]
     if probe.shape[2] > 1:      # a classifier's outputs: labels must name one (one output: no classes to check)
         labels_in_range(ds.y, probe.shape[2], ds.name, model.path)
-    _require_room(model, s.repeats, n, bs, probe.shape[2], s.out, pipelined)
+    _require_room(model, s.repeats, n, bs, probe.shape[2] + sum(int(np.prod(o.shape)) for o in outs), s.out,
+                  pipelined)
     noisy = _Devices(model, per_layer, s.seed)   # programmed first: describe() then reports tiling etc.
     attrs = run_provenance(model, ds, x, per_layer, s, bs)
     attrs["pipelined"] = pipelined
+    if outs:
+        attrs["graph_outputs"] = [vars(o) for o in outs]
     writer = None
     if s.out is not None:
         if s.resume and Path(s.out).exists():
@@ -254,12 +260,13 @@ def prepare(model: Model | str | Path, data: Dataset | str, settings: RunSetting
 
 
 def run_batch(model: Model, noisy: "_Devices", ideal: "_Ideal", all_ideal: bool, xb: dict[str, np.ndarray], batch: int,
-              repeats: int) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray]:
-    """Batch number ``batch`` (inputs ``xb``) through every step: (layers, clean layers, output, clean output),
-    exactly what the sequential runner records for it."""
-    layers, out = forward(model, xb, lambda L, v, r, step=None: noisy.run(L, v, r, batch, step), repeats)
+              repeats: int) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray, dict]:
+    """Batch number ``batch`` (inputs ``xb``) through every step: (layers, clean layers, output, clean output,
+    every graph output by name), exactly what the sequential runner records for it."""
+    layers, env = walk(model, xb, lambda L, v, r, step=None: noisy.run(L, v, r, batch, step), repeats)
+    out = output(model, env, repeats)
     clean, clean_out = reference(model, ideal, all_ideal, xb, layers, out)
-    return layers, clean, out, clean_out
+    return layers, clean, out, clean_out, graph_outputs(model, env, repeats)
 
 
 def reference(model: Model, ideal: "_Ideal", all_ideal: bool, xb: dict[str, np.ndarray], layers: list[np.ndarray],
@@ -277,10 +284,11 @@ def progress_bar(total: int, todo: int, show: bool):
     return Progress(total, "hwloop run", unit="batch", initial=total - todo, enabled=show)
 
 
-def _require_room(model: Model, repeats: int, n: int, bs: int, n_classes: int, out: str | Path | None,
+def _require_room(model: Model, repeats: int, n: int, bs: int, n_outputs: int, out: str | Path | None,
                   pipelined: bool) -> None:
-    """Refuse, with the figure, a run whose arrays cannot fit in memory (or its store on disk)."""
-    neurons = sum(L.n_out * _positions(L) for L in model.layers) + n_classes
+    """Refuse, with the figure, a run whose arrays cannot fit in memory (or its store on disk);
+    ``n_outputs``: the values recorded per sample and repetition besides the layers' (class scores, graph outputs)."""
+    neurons = sum(L.n_out * _positions(L) for L in model.layers) + n_outputs
     # a batch in flight (one per stage when pipelined): every layer's input and output, noisy and noise-free
     in_flight = len(model.layers) + 1 if pipelined else 1
     per_batch = 4.0 * 2 * (repeats + 1) * bs * sum((L.n_in + L.n_out) * _positions(L) for L in model.layers)

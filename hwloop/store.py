@@ -13,6 +13,7 @@ Layout (a Zarr v3 group; ``xarray.open_zarr`` opens it with named dims)::
     accuracy      (repeat,)                 written when the run completes
     bookkeeping/batch_done (batch,)         1 once every array of that batch is written
     layers/<k>/output (repeat, sample, neuron), layers/<k>/clean (sample, neuron)  (+ coordinates)
+    outputs/<k>/output (repeat, sample, axis_1, ...)  graph output k (attrs: its name), one per graph output
 
 Why it survives SIGKILL: all metadata is written into a temporary folder that
 is renamed into place (``--overwrite`` renames the old store aside first and
@@ -70,6 +71,21 @@ class LayerInfo:
     neurons: int
 
 
+@dataclass(frozen=True)
+class OutputInfo:
+    """What the store records about one graph output (its group's attrs): name, per-sample shape, dtype."""
+
+    index: int
+    name: str
+    shape: tuple[int, ...]
+    dtype: str                  # f4, i8 or u1
+
+    @classmethod
+    def of(cls, index: int, name: str, probe: np.ndarray) -> "OutputInfo":
+        """The info of graph output ``name`` from a probe of it, (repeat, sample, ...)."""
+        return cls(index, name, tuple(int(d) for d in probe.shape[2:]), probe.dtype.str[1:])
+
+
 class _RunStore(ZarrStore):
     """A run store opened for reading or writing (checks and markers from ``ZarrStore``)."""
 
@@ -84,7 +100,7 @@ class _RunStore(ZarrStore):
         """Check the store against its manifest; returns the marked batches with a chunk missing.
 
         Raises HwloopError when an array is missing altogether (its own metadata gone)."""
-        manifest = _manifest(len(self.attrs["layers"]))
+        manifest = _manifest(len(self.attrs["layers"]), self.attrs.get("graph_outputs", []))
         self.require([*manifest, "accuracy", self.done_name], "run it again with --overwrite")
         return self.lost(lambda b: [f"{name}/c/{key.format(b=b)}" for name, key in manifest.items()])
 
@@ -96,17 +112,21 @@ class RunWriter(_RunStore):
         super().__init__(path, mode="r+")
         self.batch_size = int(self.attrs["batch_size"])
         self.n_layers = len(self.attrs["layers"])
+        self.outputs = {o["name"]: o["index"] for o in self.attrs.get("graph_outputs", [])}
         # open every array once (each lookup through the group reads metadata from disk); every chunk
         # is written, even one equal to the fill value, so readers can check a batch's chunks exist
-        names = list(_manifest(self.n_layers)) + ["accuracy"]
+        names = list(_manifest(self.n_layers, self.attrs.get("graph_outputs", []))) + ["accuracy"]
         self._a = {name: self.root[name].with_config({"write_empty_chunks": True}) for name in names}
         self._todo = set(np.flatnonzero(~self.marked()).tolist())
 
     @classmethod
     def create(cls, path: str | Path, *, layers: list[LayerInfo], n_samples: int, n_classes: int,
                batch_size: int, repeats: int, attrs: dict, overwrite: bool = False) -> "RunWriter":
-        """Create an empty store at ``path`` atomically (built aside, then renamed into place)."""
+        """Create an empty store at ``path`` atomically (built aside, then renamed into place).
+
+        ``attrs["graph_outputs"]``, when given: the graph outputs to record (``OutputInfo`` fields as a dict)."""
         n_batches = -(-n_samples // batch_size)
+        graph_outputs = [OutputInfo(**dict(o, shape=tuple(o["shape"]))) for o in attrs.get("graph_outputs", [])]
         attrs = json_attrs(dict(attrs, format=FORMAT, n_samples=n_samples, batch_size=batch_size, repeats=repeats,
                                 n_batches=n_batches, n_classes=n_classes, layers=[vars(info) for info in layers]),
                            path)
@@ -136,6 +156,8 @@ class RunWriter(_RunStore):
                 arr(g, "output", (R, N, n), (R, B, n), "f4", ("repeat", "sample", "neuron"), np.nan, cf.LAYER)
                 arr(g, "clean", (N, n), (B, n), "f4", ("sample", "neuron"), np.nan, cf.LAYER)
                 _coords(g, repeat=R, sample=N, neuron=n)
+            for o in graph_outputs:
+                _output_group(root, o, R, N, B)
             _consolidate(tmp)
         return cls(path)
 
@@ -159,8 +181,10 @@ class RunWriter(_RunStore):
         return self.marked()
 
     def write_batch(self, index: int, *, layers: list[np.ndarray], clean: list[np.ndarray],
-                    output: np.ndarray, clean_output: np.ndarray, labels: np.ndarray) -> None:
-        """Write batch ``index`` (arrays hold that batch's samples), then its marker."""
+                    output: np.ndarray, clean_output: np.ndarray, labels: np.ndarray,
+                    graph_outputs: dict[str, np.ndarray] | None = None) -> None:
+        """Write batch ``index`` (arrays hold that batch's samples; ``graph_outputs``: every graph output
+        the store records, by name, (repeat, sample, ...)), then its marker."""
         sl = slice(index * self.batch_size, index * self.batch_size + len(labels))
         pred = output.argmax(axis=2)
         writes = [("output", (slice(None), sl), output), ("clean_output", sl, clean_output), ("label", sl, labels),
@@ -168,6 +192,10 @@ class RunWriter(_RunStore):
                   ("correct", (slice(None), sl), (pred == labels[None, :]).astype(np.uint8))]
         for k in range(self.n_layers):
             writes += [(f"layers/{k}/output", (slice(None), sl), layers[k]), (f"layers/{k}/clean", sl, clean[k])]
+        for name, k in self.outputs.items():
+            if graph_outputs is None or name not in graph_outputs:
+                raise HwloopError(f"{self.path}: batch {index} lacks graph output {name!r}, which the store records")
+            writes.append((f"outputs/{k}/output", (slice(None), sl), graph_outputs[name]))
         for name, sel, value in writes:
             self._a[name][sel] = value
         if self._todo == {index}:   # the last batch: accuracy before its marker, so "all marked" means complete
@@ -201,10 +229,25 @@ def _coords(group, **sizes: int) -> None:
                            attributes=cf.var_attrs(cf.COORDS, dim))
 
 
-def _manifest(n_layers: int) -> dict[str, str]:
-    """Every per-batch array of a store with ``n_layers`` analog layers -> its chunk key pattern."""
+def _output_group(root, o: OutputInfo, R: int, N: int, B: int) -> None:
+    """The group ``outputs/<k>`` of graph output ``o``: its array (repeat, sample, axis_1, ...) chunked by batch."""
+    g = root.create_group(f"outputs/{o.index}")
+    g.attrs.update(vars(o))
+    dims = ("repeat", "sample") + tuple(f"axis_{i + 1}" for i in range(len(o.shape)))
+    number = o.dtype.startswith("f")
+    g.create_array("output", shape=(R, N) + o.shape, chunks=(R, B) + o.shape, dtype=o.dtype,
+                   fill_value=np.nan if number else 0, dimension_names=dims, compressors=None,
+                   attributes={"long_name": f"graph output {o.name!r} per repetition",
+                               "units": cf.OUT if number else cf.ONE})
+    _coords(g, repeat=R, sample=N, **{d: n for d, n in zip(dims[2:], o.shape)})
+
+
+def _manifest(n_layers: int, outputs: list[dict] = ()) -> dict[str, str]:
+    """Every per-batch array of a store with ``n_layers`` analog layers and graph ``outputs`` (their
+    infos) -> its chunk key pattern."""
     out = dict(_BATCH_CHUNKS)
     out.update({f"layers/{k}/{a}": key for k in range(n_layers) for a, key in _LAYER_CHUNKS.items()})
+    out.update({f"outputs/{o['index']}/output": "0/{b}" + "/0" * len(o["shape"]) for o in outputs})
     return out
 
 
@@ -243,7 +286,7 @@ class Run(_RunStore):
         self._samples = None if self.complete else np.flatnonzero(np.repeat(done, bs)[:n])
         self._layers = {i["index"]: LayerInfo(**i) for i in self.attrs["layers"]}
         self.layer_names: list[str] = [self._layers[k].name for k in sorted(self._layers)]
-        self._groups: dict[int, xr.Dataset] = {}
+        self._groups: dict[int | str, xr.Dataset] = {}
 
     def _select(self, da: xr.DataArray) -> xr.DataArray:
         return da if self._samples is None else da.isel(sample=self._samples)
@@ -271,6 +314,23 @@ class Run(_RunStore):
     @property
     def output(self) -> xr.DataArray:
         return self._select(self._root["output"])
+
+    @property
+    def graph_output_names(self) -> list[str]:
+        """The graph outputs the store records (none in a store written before they were)."""
+        return [o["name"] for o in self.attrs.get("graph_outputs", [])]
+
+    def graph_output(self, name: str) -> xr.DataArray:
+        """Graph output ``name`` as the run computed it: (repeat, sample, its own dims), with its attrs."""
+        found = [o for o in self.attrs.get("graph_outputs", []) if o["name"] == name]
+        if not found:
+            raise HwloopError(f"{self.path}: no graph output {name!r} recorded "
+                              f"(recorded: {', '.join(self.graph_output_names) or 'none'})")
+        key = f"outputs/{found[0]['index']}"
+        if key not in self._groups:
+            self._groups[key] = xr.open_zarr(str(self.path), group=key)
+        g = self._groups[key]
+        return self._select(g["output"]).rename(name).assign_attrs({**g["output"].attrs, "name": name})
 
     @property
     def clean_output(self) -> xr.DataArray:

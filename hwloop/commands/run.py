@@ -83,6 +83,9 @@ def main(args: argparse.Namespace) -> int:
     print(model.summary())
     for note in model.notes:
         print(f"note: {note}")
+    if len(model.recorded_outputs) > 1:
+        print(f"graph outputs recorded: {', '.join(n for n, _ in model.recorded_outputs)} "
+              f"(accuracy from {model.output_name!r})")
     ds = load_data(args.data)
     devices, provenance = _profile_devices(args.profile, model, args.device)
     bench = None

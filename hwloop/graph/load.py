@@ -29,6 +29,10 @@ from .products import PRODUCT_OPS, Product
 from .recurrent_ops import RecurrentProduct
 from .view import FLOAT_TYPES, GraphView, first_line
 
+#: graph outputs a run can record (numbers, one array per output)
+RECORDABLE_TYPES = set(FLOAT_TYPES) | {getattr(onnx.TensorProto, t) for t in (
+    "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64", "BOOL")}
+
 _STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
 
 
@@ -102,6 +106,23 @@ class _Importer:
         raise HwloopError(f"{self.path}: no float (batch, classes) output among "
                           f"{', '.join(o.name for o in self.proto.graph.output)}")
 
+    def recorded_outputs(self) -> tuple[list[tuple[str, str]], list[str]]:
+        """Every graph output a run records, as (graph output name, tensor computed for it): a numeric
+        tensor itself, a ZipMap'd output as the tensor the ZipMap reads; and a note for each other one.
+        The tensors count as graph outputs from here on (no fold absorbs them)."""
+        kept, notes = [], []
+        for o in self.proto.graph.output:
+            t = o.name
+            node = self.g.producer.get(t)
+            if node is not None and node.op_type == "ZipMap":
+                t = node.input[0]
+            if self.g.types.get(t) not in RECORDABLE_TYPES or not (t in self.g.producer or t in self.g.shapes):
+                notes.append(f"graph output {o.name!r} is not a numeric tensor: not recorded")
+                continue
+            kept.append((o.name, t))
+        self.g.graph_outputs |= {t for _, t in kept}
+        return kept, notes
+
     # -- analog layers ---------------------------------------------------------
     def product(self, node) -> Product | str | None:
         """The node's Product, a reason it stays digital, or None (not a product: all operands constant)."""
@@ -169,7 +190,9 @@ class _Importer:
         output = self.pick_output()
         self.g.graph_outputs.add(output)
         self._absorbed_nodes: dict[int, list] = {}
-        needed = self.ancestors([output], stop=set())
+        recorded, notes = self.recorded_outputs()
+        wanted = list(dict.fromkeys([output] + [t for _, t in recorded]))    # every output's glue is kept
+        needed = self.ancestors(wanted, stop=set())
         layers: list[AnalogLayer] = []
         digital: list[DigitalProduct] = []
         absorbed: set[int] = set()
@@ -199,16 +222,15 @@ class _Importer:
                 steps.append(seg)
                 done |= set(seg)
             steps.append(layer)
-        final = self.ancestors([output], stop=done, layer_outputs=produced_by_layer)
+        final = self.ancestors(wanted, stop=done, layer_outputs=produced_by_layer)
         if final:
             steps.append(final)
             done |= set(final)
-        glue_steps = self.make_glue(steps, output)
+        glue_steps = self.make_glue(steps, wanted)
         unused = [n for n in self.nodes if id(n) not in done and id(n) not in needed]
         shapes = [tuple((self.g.shapes.get(i.name) or [None])[1:]) for i in inputs]
         dtypes = [np.dtype(helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)) for i in inputs]
         batch = (self.g.shapes.get(gin.name) or [None])[0]
-        notes = []
         if batch is not None:
             notes.append(f"exported with a fixed batch size of {batch}: the host runs it {batch} rows per call")
         dt = self.g.np_dtype(output)
@@ -218,7 +240,8 @@ class _Importer:
                      input_name=gin.name, input_shape=shapes[0], input_dtype=dtypes[0],
                      output_name=output, n_classes=self.g.shapes[output][1], unused=unused, batch_dim=batch,
                      digital_products=digital, input_names=[i.name for i in inputs], input_shapes=shapes,
-                     input_dtypes=dtypes, output_names=[o.name for o in self.proto.graph.output], notes=notes)
+                     input_dtypes=dtypes, output_names=[o.name for o in self.proto.graph.output], notes=notes,
+                     recorded_outputs=recorded)
 
     def ancestors(self, tensors: list[str], stop: set[int],
                   layer_outputs: dict | None = None) -> dict[int, onnx.NodeProto]:
@@ -245,10 +268,11 @@ class _Importer:
             self._order_cache = {id(n): i for i, n in enumerate(self.nodes)}
         return self._order_cache
 
-    def make_glue(self, steps: list, output: str) -> list:
-        """Turn each node set in ``steps`` into a :class:`Glue` with its own session."""
+    def make_glue(self, steps: list, outputs: list[str]) -> list:
+        """Turn each node set in ``steps`` into a :class:`Glue` with its own session (``outputs``: the
+        tensors the run reads at the end)."""
         later_needs: list[set[str]] = []
-        need: set[str] = {output}
+        need: set[str] = set(outputs)
         for step in reversed(steps):  # tensors each step's successors read
             later_needs.append(set(need))
             if isinstance(step, AnalogLayer):

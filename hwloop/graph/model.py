@@ -66,6 +66,8 @@ class Model:
     input_dtypes: list[np.dtype] = field(default_factory=list)
     output_names: list[str] = field(default_factory=list)     # every graph output
     notes: list[str] = field(default_factory=list)            # what the user should know (fixed batch, dtype)
+    #: the graph outputs a run records: (graph output name, the tensor holding it; a ZipMap's input)
+    recorded_outputs: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self):
         self.input_names = self.input_names or [self.input_name]
