@@ -17,7 +17,7 @@ class _Stepwise(DescribedDevice):
     streams = property(lambda self: False)
 
 
-@pytest.mark.filterwarnings("ignore:layer 'fc': tanh runs on the host")
+@pytest.mark.filterwarnings("ignore:.*tanh runs on the host:UserWarning")
 def test_streamed_polled_measurements_equal_stepwise_ones():
     rng = np.random.default_rng(0)
     L = AnalogLayer(0, "fc", "Gemm", rng.uniform(-1, 1, (12, 40)).astype(np.float32),
