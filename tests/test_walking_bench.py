@@ -25,9 +25,9 @@ def test_walk_with_the_first_layer_on_a_chip(make_bench, demo_onnx, tmp_path, ca
     assert acc[0].min() > 0.8 and acc[2].max() < acc[0].min() - 0.3   # sigma 5 on tanh outputs wrecks the model
     assert sweep.attrs["bench"] == str(bf) and 0.8 < sweep.attrs["clean_accuracy"] <= 1
     assert bench.connections >= 1 and bench.clock.count > 0          # the chip really measured
-    # site 2 is the chip's own layer, and a walk without --sites is ambiguous: one clear line each
+    # site 2 is the chip's own layer, and global mode is not a walk: one clear line each
     for extra, message in ((["--sites", "2"], "site 2 runs on hardware; choose among [4, 5]"),
-                           ([], "give --sites")):
+                           (["--mode", "global"], "--mode global is not available")):
         assert main([*common[:-1], str(tmp_path / "x.zarr"), *extra, "--sigmas", "0.1"]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err

@@ -103,6 +103,8 @@ class DescribedController:
 
         class Handler(socketserver.StreamRequestHandler):
             def handle(self):
+                # replies leave at once, as from the ANB simulator (Nagle would hold a short one ~40 ms)
+                self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 ctl._serve(self.request, self.rfile)
 
         socketserver.ThreadingTCPServer.daemon_threads = True

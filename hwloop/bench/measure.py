@@ -6,7 +6,13 @@ measurement is one round trip: inputs, repetitions and trigger, then the
 wait, fetch-shape, fetch, clip-flag and error queries written together and
 their replies read in order; the next measurement of the same tile is
 written from the link's writer thread while this one's replies are read.
-Otherwise (a polled or timed wait, several instruments, pyvisa's own calls)
+A dialect that polls a status query streams the same way, its first poll
+written with the measurement: once a poll reads idle, the fetch and error
+queries are written, then the next measurement (which the controller, handling
+messages in order, reads only after it has answered them) while this one's
+result is read and parsed; the messages are the same, in the same order, as
+step by step.
+Otherwise (a timed wait, several instruments, pyvisa's own calls)
 each measurement goes step by step: the setup messages of one instrument in
 one write, the triggers in the description's order (each instrument settled
 before the next acts), the wait, then the result and the error query
@@ -66,18 +72,19 @@ class Measuring:
     @property
     def streams(self) -> bool:
         """One round trip per measurement, the next written while this one is read (see the module docstring)."""
-        return len(self.links) == 1 and "opc" in self._meas["wait"] and self.link.can_write_behind
+        wait = self._meas["wait"]
+        return len(self.links) == 1 and ("opc" in wait or "poll" in wait) and self.link.can_write_behind
 
     def _setup(self, job: Job) -> list[tuple[str, dict]]:
         m = self._meas
         return [(m["inputs"], {"values": job.xs})] + ([(m["repeats"], {"k": job.k})] if m.get("repeats") else [])
 
     def _end_queries(self) -> list[str]:
-        """The queries that end a streamed measurement, their replies read in this order."""
+        """The queries that end a streamed measurement, their replies read in this order (a polled
+        wait: written once a poll reads idle)."""
         m = self._meas
-        return [m["wait"]["opc"], *[q for q in (m["fetch"].get("shape"), m["fetch"]["query"],
-                                                (m.get("clip") or {}).get("query")) if q],
-                self.desc.data["errors"]["query"]]
+        return [*[q for q in (m["wait"].get("opc"), m["fetch"].get("shape"), m["fetch"]["query"],
+                              (m.get("clip") or {}).get("query")) if q], self.desc.data["errors"]["query"]]
 
     def _measurement_name(self) -> str:
         m = self._meas
@@ -112,6 +119,9 @@ class Measuring:
             nxt = jobs[i + 1] if i + 1 < len(jobs) and not interrupted() else None
             if nxt is not None and not (nxt.tile == job.tile and (self.plan.host or nxt.s_x == job.s_x)):
                 nxt = None                     # a different tile or bias: program first
+            if "poll" in self._meas["wait"]:
+                self._poll(self.link, job)     # the first poll went with the measurement
+                self.link.send_queries(self._end_queries())
             pending = None
             if nxt is not None:
                 pending = self.link.write_behind(lambda j=nxt: self._write_measurement(j, behind=True))
@@ -136,7 +146,8 @@ class Measuring:
     def _write_measurement(self, job: Job, behind: bool = False) -> None:
         for template, fields in self._setup(job) + [(t, {}) for t in self._triggers()]:
             self.link.send(template, deadline=not behind, **fields)
-        self.link.send_queries(self._end_queries(), deadline=not behind)
+        polled = self._meas["wait"].get("poll")
+        self.link.send_queries([polled] if polled else self._end_queries(), deadline=not behind)
 
     def _opc_timeout(self, job: Job) -> int:
         """The wait covers the whole measurement: 20 us per evaluation at the ANB manual's timing."""
@@ -148,7 +159,7 @@ class Measuring:
         ``more_in_flight``: the next measurement's replies follow on the stream, so the error queue
         is not drained here (the reconnect before the retry clears it)."""
         link, m, t0 = self.link, self._meas, time.perf_counter()
-        opc = link.reply(m["wait"]["opc"], str, self._opc_timeout(job))
+        opc = link.reply(m["wait"]["opc"], str, self._opc_timeout(job)) if "opc" in m["wait"] else "idle"
         shape = link.reply(m["fetch"]["shape"], self._ints) if m["fetch"].get("shape") else job.shape
         y = self._fetch_reply(link, job, ok=tuple(shape or ()) == job.shape)
         clip = link.reply(m["clip"]["query"], int) if m.get("clip") else 0
@@ -232,11 +243,21 @@ class Measuring:
         elif "opc" in wait:
             self._link_of(wait["opc"]).query(wait["opc"], str, self._opc_timeout(job))
         else:
-            link, deadline = self._link_of(wait["poll"]), time.monotonic() + self._opc_timeout(job) / 1000
-            while link.query(wait["poll"]) != wait.get("until", "0"):
-                if time.monotonic() > deadline:
-                    raise _Retry(f"{wait['poll']}: still busy after {self._opc_timeout(job)} ms")
-                time.sleep(wait.get("interval_s", 0.001))
+            link = self._link_of(wait["poll"])
+            link.send_queries([wait["poll"]])
+            self._poll(link, job)
+
+    def _poll(self, link: Link, job: Job) -> None:
+        """Read the status query's reply (sent already) and poll again until it reads idle."""
+        wait = self._meas["wait"]
+        deadline = time.monotonic() + self._opc_timeout(job) / 1000
+        while (state := link.reply(wait["poll"])) != wait.get("until", "0"):
+            if state is None:
+                raise ScpiError(wait["poll"], link.drain())
+            if time.monotonic() > deadline:
+                raise _Retry(f"{wait['poll']}: still busy after {self._opc_timeout(job)} ms")
+            time.sleep(wait.get("interval_s", 0.001))
+            link.send_queries([wait["poll"]])
 
     # -- results --------------------------------------------------------------------
     def _accept(self, job: Job, shape, y: np.ndarray | None, clip: int | None, t0: float) -> np.ndarray:

@@ -89,7 +89,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "per core for --train-noise sweeps, in this process for evaluation-only sweeps, "
                         "whose points are too short to pay for a cluster")
     p.add_argument("--bench", type=Path, help="bench file: its layers run on their devices (chips) while the walk "
-                                              "visits --sites (outputs of the other analog layers); evaluation-only")
+                                              "visits --sites (outputs of the other analog layers; default: all "
+                                              "of them); evaluation-only")
     p.add_argument("--report", type=Path, help="write the sweep's HTML report here")
     p.add_argument("--figures", type=Path, metavar="DIR",
                    help="with --report: also save every figure as SVG and PNG in DIR")

@@ -1,10 +1,11 @@
 """Walking Noise with chips in the loop: the bench file's layers run on their hardware, the walk elsewhere.
 
-An evaluation-only sweep (``hwloop walk MODEL --bench BENCH.yaml --sites ...``):
+An evaluation-only sweep (``hwloop walk MODEL --bench BENCH.yaml [--sites ...]``):
 every point runs the whole model through the runner, the analog layers the
 bench file maps to devices on those devices (a chip's own noise included), and
 the swept noise at the chosen sites, which must be outputs of analog layers
-that run off the hardware (their activations, as ``--list-sites`` numbers them).
+that run off the hardware (their activations, as ``--list-sites`` numbers them);
+without ``--sites`` the walk visits all of those.
 The noise there is the emulator's neuron noise after the activation, the same
 element-wise noise as the walk on ONNX (additive: ``D_A = sigma^2``,
 multiplicative: ``D_M = sigma^2``, combined: both with the amplitude split by
@@ -15,7 +16,7 @@ other in this process: hardware is not shipped to Dask workers.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -48,32 +49,47 @@ class HardwareJob:
 
     @classmethod
     def create(cls, settings, model_path, bench_path) -> "HardwareJob":
-        if settings.mode != "walk" or settings.sites is None:
-            raise HwloopError("a walk with --bench visits the sites you choose: give --sites (outputs of analog "
-                              "layers off the hardware, see --list-sites)")
+        """The job; without ``--sites`` it walks every site it can (``walkable``), recorded in its settings."""
+        if settings.mode != "walk":
+            raise HwloopError("a walk with --bench walks one site at a time: --mode global is not available")
         raw = Path(model_path).read_bytes()
-        return cls(settings, Path(model_path), Path(bench_path), hashlib.sha256(raw).hexdigest())
+        job = cls(settings, Path(model_path), Path(bench_path), hashlib.sha256(raw).hexdigest())
+        if settings.sites is None:
+            job.settings = replace(settings, sites=tuple(job.walkable()))
+        return job
+
+    def walkable(self) -> list[int]:
+        """The sites a walk can visit: outputs of analog layers that run off the hardware."""
+        from ..bench import load_bench
+        from ..graph import load_model
+        from .sites import load_onnx, onnx_sites
+
+        if "layer_of" not in self._state:
+            model = load_model(self.model_path)
+            names = {s.name: s.index for s in onnx_sites(load_onnx(self.model_path))}
+            on_hw = {k for k, d in load_bench(self.bench_path).assignment(model).items() if d}
+            layer_of = {names[L.output]: L.index for L in model.layers if L.output in names}
+            self._state.update(model=model, on_hw=on_hw, layer_of=layer_of)
+        on_hw, layer_of = self._state["on_hw"], self._state["layer_of"]
+        sites = sorted(k for k, v in layer_of.items() if v not in on_hw)
+        if not sites:
+            raise HwloopError(f"{self.bench_path}: every analog layer runs on hardware; no site is left to walk")
+        return sites
 
     def open(self):
         """Model, data, the hardware devices by layer, and site index -> analog layer (built once)."""
-        if not self._state:
+        if "hardware" not in self._state:
             from ..bench import load_bench
             from ..data import load_data
-            from ..graph import load_model
-            from .sites import load_onnx, onnx_sites
 
-            model = load_model(self.model_path)
-            bench = load_bench(self.bench_path)
-            names = {s.name: s.index for s in onnx_sites(load_onnx(self.model_path))}
-            on_hw = {k for k, d in bench.assignment(model).items() if d}
-            layer_of = {names[L.output]: L.index for L in model.layers if L.output in names}
+            choices = self.walkable()
+            model, on_hw, layer_of = self._state["model"], self._state["on_hw"], self._state["layer_of"]
             for site in self.settings.sites:
-                if layer_of.get(site) is None or layer_of[site] in on_hw:
+                if site not in choices:
                     where = "runs on hardware" if layer_of.get(site) in on_hw else "is not an analog layer's output"
-                    raise HwloopError(f"--sites {site}: site {site} {where}; choose among "
-                                      f"{sorted(k for k, v in layer_of.items() if v not in on_hw)}")
-            devices = bench.devices(model)
-            self._state.update(model=model, data=load_data(self.settings.data), layer_of=layer_of,
+                    raise HwloopError(f"--sites {site}: site {site} {where}; choose among {choices}")
+            devices = load_bench(self.bench_path).devices(model)
+            self._state.update(data=load_data(self.settings.data),
                                hardware={k: d for k, d in devices.items() if k in on_hw})
         s = self._state
         return s["model"], s["data"], s["hardware"], s["layer_of"]

@@ -203,6 +203,7 @@ def run_sweep(settings: SweepSettings, out: str | os.PathLike, model: str | os.P
 
 def _run_sweep(settings: SweepSettings, out: Path, model, scheduler, workers, progress, bench) -> Path:
     job, sites, attrs, layers, sha = _prepare(settings, model, bench)
+    settings = job.settings                 # a walk with --bench and no --sites: the sites it can walk
     n_walk = 1 if settings.mode == "global" else len(settings.walk_sites(len(sites)))
     points = n_walk * len(settings.sigmas) * settings.repeats
     width = 1 + (2 + len(layers or ()) + len(sites) if settings.train_noise else 0)
