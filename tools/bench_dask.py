@@ -8,7 +8,8 @@ is printed separately):
   local     run_model in this process, torch's default threads
   1 worker  run_model(scheduler=...) on a cluster of 1 single-threaded worker process
   2 workers the same on 2 worker processes
-The goal is 2 workers >= 1.6x of 1 worker.  Overhead per shard = (1 worker - local-1t)
+The goal is 2 workers >= 1.6x of 1 worker.  Also one ``check_model`` (the first quarter of the samples,
+looks of 4, 8, 16 repeats) in this process vs sharded on the 2-worker cluster, its results compared.  Overhead per shard = (1 worker - local-1t)
 / batches: shipping inputs and results, the client's bookkeeping, each worker's set-up.
 Every store is checked to hold the same bytes as the local run.
 
@@ -34,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from exporters.models import MLP, seeded  # noqa: E402
 from exporters.torch_onnx import export_torch  # noqa: E402
+from hwloop.check import check_model  # noqa: E402
 from hwloop.data import Dataset  # noqa: E402
 from hwloop.devices.emulator import emulators  # noqa: E402
 from hwloop.graph import load_model  # noqa: E402
@@ -79,6 +81,13 @@ def main() -> None:
     def trial(name: str, **kw) -> None:
         times[name] = min(run(name, **kw) for _ in range(args.trials))
 
+    def check(**kw) -> tuple[float, object]:
+        t = time.perf_counter()
+        r = check_model(model, profile=profile, data=ds.head(args.samples // 4), max_repeats=16, max_drop=0.0,
+                        seed=3, batch_size=args.batch_size, **kw)
+        return time.perf_counter() - t, r
+
+    checks = {"local": check()}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     trial("local-1t")
@@ -90,6 +99,8 @@ def main() -> None:
         with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
             start[n] = time.perf_counter() - t
             trial(f"{n} worker{'s' * (n > 1)}", scheduler=cluster.scheduler_address)
+            if n == 2:
+                checks["2 workers"] = check(scheduler=cluster.scheduler_address)
     same = all(chunk_bytes(tmp / f"{k}.zarr") == chunk_bytes(tmp / "local.zarr") for k in times)
     shutil.rmtree(tmp)
 
@@ -106,6 +117,10 @@ def main() -> None:
           "the worker: receiving and loading the model, programming the emulators)")
     print(f"cluster start-up: {start[1]:.1f} s (1 worker), {start[2]:.1f} s (2 workers)")
     print(f"every store holds the same bytes as the local run: {same}")
+    (t_local, local), (t_dask, dask) = checks["local"], checks["2 workers"]
+    print(f"check ({args.samples // 4} samples, {local.repeats} repeats, {local.decision}): here "
+          f"{t_local:.2f} s, 2 workers {t_dask:.2f} s: {t_local / t_dask:.2f}x; same result: "
+          f"{dask.to_dict() == local.to_dict()}")
 
 
 if __name__ == "__main__":
