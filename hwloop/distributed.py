@@ -95,7 +95,21 @@ _STATES: dict[str, _WorkerState] = {}
 _STATES_LOCK = threading.Lock()
 
 
+#: the models this worker loaded, by sha256: the next job of the same model (``hwloop check``'s next look)
+#: programs its devices without loading it again
+_MODELS: dict[str, Model] = {}
+
+
 def _load_model(job: ShardJob) -> Model:
+    """The job's model (kept for later jobs of the same model; called under ``_STATES_LOCK``)."""
+    if job.model_sha256 not in _MODELS:
+        if len(_MODELS) > 2:
+            _MODELS.clear()
+        _MODELS[job.model_sha256] = _read_model(job)
+    return _MODELS[job.model_sha256]
+
+
+def _read_model(job: ShardJob) -> Model:
     """The job's model: the client's file when this machine sees the same bytes, else a private copy."""
     path = Path(job.model_path)
     if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == job.model_sha256:
