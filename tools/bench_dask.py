@@ -50,6 +50,30 @@ def chunk_bytes(path: Path) -> dict[str, bytes]:
             if f.is_file() and f.name != "zarr.json"}
 
 
+def timed_check(model, data: Dataset, **kw) -> tuple[float, object]:
+    """Seconds for one check (looks of 4, 8, 16 repeats; max drop 0, which these repeats rarely decide)
+    and its result."""
+    t = time.perf_counter()
+    r = check_model(model, data=data, max_repeats=16, max_drop=0.0, seed=3, **kw)
+    return time.perf_counter() - t, r
+
+
+def print_table(times: dict[str, float], args: argparse.Namespace, n_batches: int) -> None:
+    rows = args.samples * args.repeats
+    print(f"MLP {'-'.join(map(str, SIZES))}, profile semenova, {args.samples} samples x {args.repeats} repeats "
+          f"in {n_batches} batches of {args.batch_size}; {os.cpu_count()} cores, load average "
+          f"{os.getloadavg()[0]:.2f} at the end; best of {args.trials}")
+    print(f"{'':10s}{'seconds':>9s}{'rows/s':>11s}{'vs 1 worker':>13s}")
+    for k, t in times.items():
+        print(f"{k:10s}{t:9.2f}{rows / t:11.0f}{times['1 worker'] / t:12.2f}x")
+
+
+def print_check(checks: dict, samples: int) -> None:
+    (t_local, local), (t_dask, dask) = checks["local"], checks["2 workers"]
+    print(f"check ({samples} samples, {local.repeats} repeats, {local.decision}): here {t_local:.2f} s, "
+          f"2 workers {t_dask:.2f} s: {t_local / t_dask:.2f}x; same result: {dask.to_dict() == local.to_dict()}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=4000)
@@ -81,13 +105,8 @@ def main() -> None:
     def trial(name: str, **kw) -> None:
         times[name] = min(run(name, **kw) for _ in range(args.trials))
 
-    def check(**kw) -> tuple[float, object]:
-        t = time.perf_counter()
-        r = check_model(model, profile=profile, data=ds.head(args.samples // 4), max_repeats=16, max_drop=0.0,
-                        seed=3, batch_size=args.batch_size, **kw)
-        return time.perf_counter() - t, r
-
-    checks = {"local": check()}
+    check = dict(model=model, profile=profile, data=ds.head(args.samples // 4), batch_size=args.batch_size)
+    checks = {"local": timed_check(**check)}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     trial("local-1t")
@@ -100,27 +119,18 @@ def main() -> None:
             start[n] = time.perf_counter() - t
             trial(f"{n} worker{'s' * (n > 1)}", scheduler=cluster.scheduler_address)
             if n == 2:
-                checks["2 workers"] = check(scheduler=cluster.scheduler_address)
+                checks["2 workers"] = timed_check(**check, scheduler=cluster.scheduler_address)
     same = all(chunk_bytes(tmp / f"{k}.zarr") == chunk_bytes(tmp / "local.zarr") for k in times)
     shutil.rmtree(tmp)
 
-    rows = args.samples * args.repeats
-    print(f"MLP {'-'.join(map(str, SIZES))}, profile semenova, {args.samples} samples x {args.repeats} repeats "
-          f"in {n_batches} batches of {args.batch_size}; {os.cpu_count()} cores, load average "
-          f"{os.getloadavg()[0]:.2f} at the end; best of {args.trials}")
-    print(f"{'':10s}{'seconds':>9s}{'rows/s':>11s}{'vs 1 worker':>13s}")
-    for k, t in times.items():
-        print(f"{k:10s}{t:9.2f}{rows / t:11.0f}{times['1 worker'] / t:12.2f}x")
+    print_table(times, args, n_batches)
     print(f"2 workers vs 1 worker: {times['1 worker'] / times['2 workers']:.2f}x (goal >= 1.6x)")
     print(f"overhead per shard: {(times['1 worker'] - times['local-1t']) / n_batches * 1e3:.1f} ms "
           f"(1 worker vs this process on 1 thread, over {n_batches} batches; includes each run's set-up on "
           "the worker: receiving and loading the model, programming the emulators)")
     print(f"cluster start-up: {start[1]:.1f} s (1 worker), {start[2]:.1f} s (2 workers)")
     print(f"every store holds the same bytes as the local run: {same}")
-    (t_local, local), (t_dask, dask) = checks["local"], checks["2 workers"]
-    print(f"check ({args.samples // 4} samples, {local.repeats} repeats, {local.decision}): here "
-          f"{t_local:.2f} s, 2 workers {t_dask:.2f} s: {t_local / t_dask:.2f}x; same result: "
-          f"{dask.to_dict() == local.to_dict()}")
+    print_check(checks, args.samples // 4)
 
 
 if __name__ == "__main__":
