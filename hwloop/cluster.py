@@ -13,6 +13,12 @@ from typing import Iterator
 from .errors import HwloopError
 
 
+def check_workers(workers: int | None) -> None:
+    """One line for a local cluster of no workers (``--workers 0``; None means no Dask)."""
+    if workers is not None and workers < 1:
+        raise HwloopError(f"--workers {workers}: give at least 1 Dask worker (or no --workers to run here)")
+
+
 @contextmanager
 def dask_client(scheduler: str | None, workers: int | None) -> Iterator["object"]:
     """``scheduler`` (tcp://HOST:PORT) if given, else a local cluster of ``workers`` single-threaded processes."""

@@ -95,7 +95,21 @@ _STATES: dict[str, _WorkerState] = {}
 _STATES_LOCK = threading.Lock()
 
 
+#: the models this worker loaded, by sha256: the next job of the same model (``hwloop check``'s next look)
+#: programs its devices without loading it again
+_MODELS: dict[str, Model] = {}
+
+
 def _load_model(job: ShardJob) -> Model:
+    """The job's model (kept for later jobs of the same model; called under ``_STATES_LOCK``)."""
+    if job.model_sha256 not in _MODELS:
+        if len(_MODELS) > 2:
+            _MODELS.clear()
+        _MODELS[job.model_sha256] = _read_model(job)
+    return _MODELS[job.model_sha256]
+
+
+def _read_model(job: ShardJob) -> Model:
     """The job's model: the client's file when this machine sees the same bytes, else a private copy."""
     path = Path(job.model_path)
     if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == job.model_sha256:
@@ -143,20 +157,24 @@ def check_shardable(per_layer: list[Device]) -> None:
 
 
 def run_sharded(model: Model | str | Path, data: Dataset | str, settings: RunSettings | None = None, *,
-                worker_writes: bool = True, **options) -> RunResult:
+                worker_writes: bool = True, client=None, **options) -> RunResult:
     """``run_model`` with its batches computed on Dask (``scheduler`` or a local cluster of ``workers``).
 
     Settings as ``run_model`` takes them (a ``RunSettings`` and/or keyword arguments).
     ``worker_writes=False``: every result travels back and the client writes it (what happens anyway
     for a worker that does not see the store).  Without ``out`` every result travels back and the run
-    is returned in memory, as ``run_model`` returns it.
+    is returned in memory, as ``run_model`` returns it.  ``client``: a Dask client to use (and leave
+    open) instead of connecting to ``scheduler``/starting ``workers`` for this run alone (``hwloop check``
+    keeps one across its looks).  The devices' counters (``stats``: runs, clipped values) come back
+    from the workers and are added to the given devices', as a local run leaves them.
     """
     s = RunSettings.of(settings, options, "run_sharded")
     model = model if isinstance(model, Model) else load_model(model)
     per_layer = resolve_devices(model, s.devices, s.device)
     check_shardable(per_layer)
     job_devices = tuple(copy.deepcopy(per_layer))     # unprogrammed: each worker programs its own
-    where = {"scheduler": s.scheduler} if s.scheduler else {"local_workers": int(s.workers)}
+    where = ({"scheduler": s.scheduler} if s.scheduler else {"local_workers": int(s.workers)} if s.workers
+             else {"scheduler": client.scheduler.address})
     setup = prepare(model, data, s, devices=dict(enumerate(per_layer)),
                     provenance={**(s.provenance or {}), "dask": where}, pipeline=False)
     job = ShardJob(model.path.read_bytes(), model.path.name, str(model.path.resolve()), model.sha256, job_devices,
@@ -167,9 +185,11 @@ def run_sharded(model: Model | str | Path, data: Dataset | str, settings: RunSet
     bar = progress_bar(setup.n_batches, len(todo), s.progress)
     kept: dict[int, tuple] = {}       # without a store: the batches' results, joined in order at the end
     try:
-        if todo:
-            with dask_client(s.scheduler, s.workers) as client:
-                _compute(client, job, setup, todo, bar, kept)
+        if todo and client is not None:
+            _compute(client, job, setup, todo, bar, kept)
+        elif todo:
+            with dask_client(s.scheduler, s.workers) as own:
+                _compute(own, job, setup, todo, bar, kept)
     finally:
         bar.close()
     if setup.writer is None:
@@ -212,3 +232,35 @@ def _compute(client, job: ShardJob, setup, todo: list[int], bar, kept: dict) -> 
                                      labels=setup.ds.y[setup.rows(b)], graph_outputs=outs)
         bar.update(1)
         submit()
+    _add_stats(setup.per_layer, client.run(worker_stats, job.token))
+
+
+def worker_stats(token: str) -> list[dict | None] | None:
+    """On a worker: the counters of job ``token``'s devices, one dict per layer (None for a layer
+    sharing an earlier layer's device, or without counters); None when this worker ran none of it."""
+    state = _STATES.get(token)
+    return None if state is None else _counters(state.noisy.per_layer)
+
+
+def _counters(per_layer: list[Device]) -> list[dict | None]:
+    seen: set[int] = set()
+    out: list[dict | None] = []
+    for dev in per_layer:
+        unit = getattr(dev, "hardware", dev)
+        stats = getattr(unit, "stats", None)
+        out.append(stats if isinstance(stats, dict) and id(unit) not in seen else None)
+        seen.add(id(unit))
+    return out
+
+
+def _add_stats(per_layer: list[Device], by_worker: dict) -> None:
+    """Add what every worker counted since programming to the client's programmed devices' counters."""
+    mine = _counters(per_layer)
+    base = [None if c is None else dict(c) for c in mine]
+    for theirs in by_worker.values():
+        for own, start, counted in zip(mine, base, theirs or ()):
+            if own is None or counted is None:
+                continue
+            for key, value in counted.items():
+                if isinstance(value, (int, float)):
+                    own[key] = own.get(key, 0) + value - start.get(key, 0)

@@ -46,15 +46,17 @@ def run_job(job: Job) -> dict:
     return result.to_dict()
 
 
-def run_pair(model, target: Target, s: Settings, cache: Path | None = None) -> CheckResult:
+def run_pair(model, target: Target, s: Settings, cache: Path | None = None, *, workers: int | None = None,
+             scheduler: str | None = None) -> CheckResult:
     """One model on one target with settings ``s``: sampling, or the analytic screen (whose per-sample
-    class probabilities are kept under ``cache``/analytic, so new bars on a screened pair cost no prediction)."""
+    class probabilities are kept under ``cache``/analytic, so new bars on a screened pair cost no prediction).
+    ``workers``/``scheduler``: the sampling's looks sharded over Dask (``check_model``)."""
     if s.analytic:
         from .analytic import analytic_check
 
         m = model if not isinstance(model, (str, os.PathLike)) else load_model(model)
         return analytic_check(m, target, load_data(s.data), s, cache=None if cache is None else cache / "analytic")
-    return check_model(model, profile=target, settings=s)
+    return check_model(model, profile=target, settings=s, workers=workers, scheduler=scheduler)
 
 
 def cache_key(model_sha: str, target: Target, data_sha: str, s: Settings) -> str:
@@ -91,10 +93,14 @@ def run_matrix(models: Sequence[str | os.PathLike | Model], targets: Sequence, s
     """Every model on every target (models outer), in that order; ``cache``: a folder, or None for none.
 
     Models, profiles and the data are loaded here first, so a wrong name or
-    file is reported before any work starts.
+    file is reported before any work starts.  With ``workers``/``scheduler`` the pairs run on Dask, one
+    pair per task; a single pair to run (sampled) has its looks' batches sharded over the workers instead.
     """
     if not models or not targets:
         raise HwloopError("give at least one model and one --profile")
+    from ..cluster import check_workers
+
+    check_workers(workers)
     loaded = [m if isinstance(m, Model) else load_model(m) for m in models]
     tgts = [resolve_target(t) for t in targets]
     data_sha = data_sha256(load_data(settings.data))
@@ -107,7 +113,11 @@ def run_matrix(models: Sequence[str | os.PathLike | Model], targets: Sequence, s
             results.append(_cached(cache, keys[-1]))
             jobs.append(Job(str(path), m.path.read_bytes(), t, settings))
     todo = [i for i, r in enumerate(results) if r is None]
-    if todo and (workers or scheduler):
+    if len(todo) == 1 and (workers or scheduler) and not settings.analytic:
+        i = todo[0]
+        fresh = [run_pair(loaded[i // len(tgts)], jobs[i].target, settings, workers=workers,
+                          scheduler=scheduler).to_dict()]
+    elif todo and (workers or scheduler):
         fresh = _run_dask([jobs[i] for i in todo], workers, scheduler)
     else:
         fresh = [run_pair(loaded[i // len(tgts)], jobs[i].target, settings, cache).to_dict() for i in todo]

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import math
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Sequence
+from typing import ContextManager, Sequence
 
 import numpy as np
 
@@ -149,7 +150,8 @@ def regression_targets(data, ds: Dataset) -> np.ndarray:
 
 
 def check_model(model: Model | str | os.PathLike, *, profile, settings: Settings | None = None,
-                data: Dataset | str | None = None, **options) -> CheckResult:
+                data: Dataset | str | None = None, workers: int | None = None, scheduler: str | None = None,
+                **options) -> CheckResult:
     """Check ``model`` under ``profile`` (or another target) against the bars, sequentially.
 
     ``settings``: a ``Settings``; or the same as flat keywords in ``options``
@@ -157,7 +159,9 @@ def check_model(model: Model | str | os.PathLike, *, profile, settings: Settings
     ``data``: a ``Dataset`` or a spec (default: ``settings.data``).  With
     ``settings.repeats`` one look at exactly that many repeats, otherwise looks at
     4, 8, 16, ... up to ``max_repeats``, stopping at the first decision.  The
-    result's ``decision`` is pass, fail or undecided.
+    result's ``decision`` is pass, fail or undecided.  ``workers`` (a local Dask cluster of N
+    processes) or ``scheduler`` (tcp://HOST:PORT): each look's batches are computed on Dask
+    (``hwloop.distributed``), one client for all looks; the same numbers as in this process.
     """
     if settings is not None and options:
         raise HwloopError(f"check_model: give settings=Settings(...) or keywords, not both ({', '.join(options)})")
@@ -168,27 +172,46 @@ def check_model(model: Model | str | os.PathLike, *, profile, settings: Settings
     m = model if isinstance(model, Model) else load_model(model)
     target = resolve_target(profile)
     ds = data if isinstance(data, Dataset) else load_data(data)
-    from ..runner import run_model
-
     snr, seen = _SNR(), {"acc": []}
-
-    def draw(look: int, r: int) -> np.ndarray:
-        devices = target.devices(m)
-        res = run_model(m, ds, devices={k: _Look(d, look) for k, d in devices.items()}, repeats=r, seed=s.seed,
-                        batch_size=s.batch_size)
-        snr.add(res.layers, res.clean_layers, devices)
-        seen.setdefault("clean", res.clean_output)
-        seen["acc"].append(np.asarray(res.accuracy, np.float64))
-        return res.output
-
     obs = _observations(m, ds, data, s.bars.metric, s.seed, s.batch_size)
-    outcome = run_gate(draw, obs, s.bars, scope=s.scope, confidence=s.confidence, schedule=schedule)
+    with _client(workers, scheduler) as client:
+
+        def draw(look: int, r: int) -> np.ndarray:
+            devices = target.devices(m)
+            res = _run_look(m, ds, {k: _Look(d, look) for k, d in devices.items()}, r, s, client)
+            snr.add(res.layers, res.clean_layers, devices)
+            seen.setdefault("clean", res.clean_output)
+            seen["acc"].append(np.asarray(res.accuracy, np.float64))
+            return res.output
+
+        outcome = run_gate(draw, obs, s.bars, scope=s.scope, confidence=s.confidence, schedule=schedule)
     return CheckResult(model=str(m.path), profile=target.name, profile_sha256=target.sha256,
                        data=data if isinstance(data, str) else ds.name, repeats=outcome.repeats, seed=s.seed,
                        decision=outcome.decision, bars=outcome.bars, scope=s.scope, confidence=s.confidence,
                        max_repeats=schedule[-1], accuracy=np.concatenate(seen["acc"]),
                        clean_accuracy=float((seen["clean"].argmax(axis=1) == ds.y).mean()),
                        layers=snr.layers(m))
+
+
+def _client(workers: int | None, scheduler: str | None) -> ContextManager:
+    """One Dask client for every look of a check (``hwloop.cluster.dask_client``); none without Dask."""
+    from ..cluster import check_workers, dask_client
+
+    check_workers(workers)
+    if not (workers or scheduler):
+        return nullcontext()
+    return dask_client(scheduler, workers)
+
+
+def _run_look(m: Model, ds: Dataset, devices: dict, repeats: int, s: Settings, client):
+    """One look's run: in this process, or its batches sharded over ``client``'s Dask workers."""
+    if client is None:
+        from ..runner import run_model
+
+        return run_model(m, ds, devices=devices, repeats=repeats, seed=s.seed, batch_size=s.batch_size)
+    from ..distributed import run_sharded
+
+    return run_sharded(m, ds, devices=devices, repeats=repeats, seed=s.seed, batch_size=s.batch_size, client=client)
 
 
 def _observations(m: Model, ds: Dataset, data, metric: str, seed: int, batch_size: int | None) -> Observations:

@@ -21,6 +21,7 @@ Examples:
   hwloop check a.onnx b.onnx --profile semenova,crossbar,optical --max-drop 0.02 \\
       --workers 2 --junit out.xml --markdown summary.md
   hwloop check demo.onnx --profile semenova --min-accuracy 0.85 --analytic
+  hwloop check demo.onnx --profile semenova --max-drop 0.01 --workers 2   # one pair's batches on Dask
 
 --analytic decides without sampling: the chip programmed from --seed (its
 static weight, gain/offset, DAC and transfer errors, exactly as sampling
@@ -68,8 +69,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                          "noise from the predicted covariance of the logits")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--workers", type=int, default=None, help="run the pairs on a local Dask cluster of N processes")
-    p.add_argument("--scheduler", default=None, help="run the pairs on a Dask scheduler (tcp://HOST:PORT)")
+    p.add_argument("--workers", type=int, default=None, help="run the pairs on a local Dask cluster of N processes "
+                                                              "(a single pair: its looks' batches)")
+    p.add_argument("--scheduler", default=None, help="run the pairs on a Dask scheduler (tcp://HOST:PORT; a single "
+                                                     "pair: its looks' batches)")
     p.add_argument("--junit", metavar="OUT.xml", help="write a JUnit XML report (one test case per pair)")
     p.add_argument("--markdown", metavar="OUT.md", help="write a Markdown summary table")
     p.add_argument("--cache", metavar="DIR", default=None, help="result cache folder")
