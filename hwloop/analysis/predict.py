@@ -12,7 +12,7 @@ one device (``noise``), the exact factored covariance algebra
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -29,7 +29,8 @@ from .measured import build_dataset, layer_summary, snr_db
 from .noise import LayerNoise, not_modelled
 from .propagate import first_input, model_feeds, propagate, propagate_chain
 
-__all__ = ["LayerNoise", "not_modelled", "predict", "predict_for_run", "propagate"]
+__all__ = ["LayerNoise", "RawPrediction", "not_modelled", "predict", "predict_for_run", "predict_raw",
+           "propagate"]
 
 
 def predict(model: Any, profile: Profile | str | Path | Sequence[Profile | str | Path], data: Dataset | str | np.ndarray,
@@ -47,6 +48,39 @@ def predict(model: Any, profile: Profile | str | Path | Sequence[Profile | str |
     ``placements`` (one per layer, from a chip's provenance): where the chip really added its
     noise when its layer was scaled into range (``hwloop.analysis.placed.as_placed``).
     """
+    raw = predict_raw(model, profile, data, average=average, quantisation=quantisation, dtype=dtype,
+                      placements=placements)
+    res, per_layer = raw.layers, raw.profiles
+    skipped, method = raw.not_modelled, raw.method
+    stats = []
+    for r in res:
+        st = {"mean": r["mean"], "var": r["var"], "cm_sample": r["cm"]}
+        st.update(layer_summary(r["mean"], r["var"], r["cm"]))
+        st["snr_db"] = snr_db(r["mean"], r["var"])
+        stats.append(st)
+    attrs = {"profile": getattr(per_layer[0], "name", str(per_layer[0])),
+             "profile_sha256": getattr(per_layer[0], "sha256", ""), "samples": int(len(res[0]["mean"])),
+             "quantisation": int(bool(quantisation)), "not_modelled": ", ".join(skipped) or "none", "method": method}
+    return build_dataset([l.name for l in model.layers], stats, "predicted", attrs)
+
+
+@dataclass(frozen=True)
+class RawPrediction:
+    """``predict``'s numbers without the Dataset: per analog layer ``mean``, ``pre``, ``var`` (B, N) and
+    ``cm`` (B,) (``propagate``'s dicts); the per-layer profiles, what is not modelled, and the method."""
+
+    layers: list[dict[str, np.ndarray]]
+    profiles: list[Profile]
+    not_modelled: list[str]
+    method: str
+
+
+def predict_raw(model: Any, profile: Profile | str | Path | Sequence[Profile | str | Path],
+                data: Dataset | str | np.ndarray, *, average: Mapping[int, int] | None = None,
+                quantisation: bool = True, dtype: str = "float64",
+                placements: Sequence[dict | None] | None = None) -> RawPrediction:
+    """``predict``'s per-layer arrays, without building its Dataset (the arguments of ``predict``): for callers
+    that need a few arrays fast (``hwloop check --analytic``), where the Dataset costs as much as the algebra."""
     if isinstance(data, str):
         data = load_data(data)
     layers = list(model.layers)
@@ -59,16 +93,7 @@ def predict(model: Any, profile: Profile | str | Path | Sequence[Profile | str |
     res, method = _propagate_model(model, layers, noises, data, average, dtype)
     if method != "exact" and any(nz.clip is not None for nz in noises):
         skipped.append("ADC range (clipping)")
-    stats = []
-    for r in res:
-        st = {"mean": r["mean"], "var": r["var"], "cm_sample": r["cm"]}
-        st.update(layer_summary(r["mean"], r["var"], r["cm"]))
-        st["snr_db"] = snr_db(r["mean"], r["var"])
-        stats.append(st)
-    attrs = {"profile": getattr(per_layer[0], "name", str(per_layer[0])),
-             "profile_sha256": getattr(per_layer[0], "sha256", ""), "samples": int(len(res[0]["mean"])),
-             "quantisation": int(bool(quantisation)), "not_modelled": ", ".join(skipped) or "none", "method": method}
-    return build_dataset([l.name for l in layers], stats, "predicted", attrs)
+    return RawPrediction(res, per_layer, skipped, method)
 
 
 def _propagate_model(model: Any, layers: list[AnalogLayer], noises: list[LayerNoise], data: Any,

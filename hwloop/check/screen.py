@@ -39,7 +39,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import cf
 from ..data import Dataset
 from ..layer import AnalogLayer
 from ..profiles import Converter, Profile, ideal_profile
@@ -132,7 +131,7 @@ def _compute(model, profile: Profile, ds: Dataset, seed: int) -> Screen:
 def _moments(model, profile: Profile, ds: Dataset, x: np.ndarray, seed: int):
     """(mean logits (n, k), their covariance (n, k, k), the noise-free model's class (n,)), before the last
     layer's ADC (which ``win_probabilities`` applies to each draw)."""
-    from ..analysis.predict import predict
+    from ..analysis.predict import predict_raw
 
     last = model.layers[-1]
     k = last.n_out
@@ -147,14 +146,14 @@ def _moments(model, profile: Profile, ds: Dataset, x: np.ndarray, seed: int):
                                   steps=[*model.steps[:at], contrasts, *model.steps[at:]])
     no_adc = derived(profile, {}, last={"adc": _NO_ADC}, layer=last)
     n_layers = len(model.layers)
-    pred = predict(wrapped, [profile] * (n_layers - 1) + [no_adc, ideal_profile()], x, dtype="float32")
-    mean = np.asarray(cf.layer_array(pred, "mean", n_layers - 1), np.float64)
+    pred = predict_raw(wrapped, [profile] * (n_layers - 1) + [no_adc, ideal_profile()], x, dtype="float32").layers
+    mean = np.asarray(pred[n_layers - 1]["mean"], np.float64)
     clean = mean.argmax(axis=1)
     static = _static_pass(model, profile, ds, seed)
     if static is not None:
         mean, clean = static
-    v = np.asarray(cf.layer_array(pred, "var", n_layers), np.float64)       # Var(z_i - z_j), (n, pairs)
-    diag = np.asarray(cf.layer_array(pred, "var", n_layers - 1), np.float64)
+    v = np.asarray(pred[n_layers]["var"], np.float64)       # Var(z_i - z_j), (n, pairs)
+    diag = np.asarray(pred[n_layers - 1]["var"], np.float64)
     cov = np.zeros((len(mean), k, k))
     for row, (i, j) in enumerate(pairs):
         cov[:, i, j] = cov[:, j, i] = 0.5 * (diag[:, i] + diag[:, j] - v[:, row])
