@@ -243,17 +243,34 @@ def _close(margin, sd, mean, sd_each, top, adc: Converter | None) -> np.ndarray:
 
 def _orthant(mean: np.ndarray, cov: np.ndarray, adc: Converter | None, seed: int) -> np.ndarray:
     """P(class wins) from quasi-random draws of the logits ~ N(mean, cov), through the ADC."""
-    from ..physics import convert
-
-    k = mean.shape[1]
+    n, k = mean.shape
     w, vec = np.linalg.eigh(cov)
     root = vec * np.sqrt(np.clip(w, 0, None))[:, None, :]
     draws = np.matmul(_normal_points(k, seed), root.transpose(0, 2, 1).astype(np.float32))
     draws += mean.astype(np.float32)[:, None, :]
-    if adc is not None:
+    _levels(draws, adc)
+    best = draws.argmax(axis=2) + k * np.arange(n)[:, None]
+    return np.bincount(best.ravel(), minlength=n * k).reshape(n, k) / draws.shape[1]
+
+
+def _levels(draws: np.ndarray, adc: Converter | None) -> None:
+    """``draws`` (float32) in place through the ADC, as far as argmax sees it: clipped to its range and, with
+    steps, replaced by the level's number (levels rise with their number, so the winner and the ties are
+    those of the converted values; float32 arithmetic, a draw within float32 rounding of a step's edge
+    may land on the other level)."""
+    if adc is None or not adc.active:
+        return
+    if adc.range is None:
+        from ..physics import convert
+
         convert(draws, adc)
-    best = draws.argmax(axis=2)
-    return (best[:, :, None] == np.arange(k)).mean(axis=1)
+        return
+    lo, hi = adc.range
+    np.clip(draws, lo, hi, out=draws)
+    if adc.bits is not None:
+        draws -= np.float32(lo)
+        draws /= np.float32((hi - lo) / (2 ** adc.bits - 1))
+        np.rint(draws, out=draws)
 
 
 @lru_cache(maxsize=8)
