@@ -18,8 +18,9 @@ analog layer is run exactly, by the runner's own walk over the model's steps.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -32,8 +33,9 @@ from .chain import _dims, dense_chain
 from .covariance import FactoredCovariance
 from .noise import LayerNoise, add_noise, in_range
 
-#: fewest samples worth a thread of their own in ``propagate``
-_MIN_SHARE = 64
+#: least work (samples x widest layer's outputs squared) worth a thread of its own in ``propagate``: below it,
+#: waking torch's threads costs more than they save (several times more on a busy machine)
+_MIN_SHARE = 64 * 256 * 256
 
 
 def propagate(layers: Sequence[AnalogLayer], noises: Sequence[LayerNoise], x: np.ndarray,
@@ -55,7 +57,7 @@ def propagate(layers: Sequence[AnalogLayer], noises: Sequence[LayerNoise], x: np
     # more in synchronisation than it saves (2x slower on the bench, far more on a shared CPU).
     x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
     threads = torch.get_num_threads()
-    shares = max(1, min(threads, len(x) // _MIN_SHARE))
+    shares = worth_threads(len(x), max(layer.n_out for layer in layers))
     bounds = np.linspace(0, len(x), shares + 1).astype(int)
     tdt = getattr(torch, dtype)
 
@@ -74,6 +76,23 @@ def propagate(layers: Sequence[AnalogLayer], noises: Sequence[LayerNoise], x: np
     if shares == 1:
         return res[0]
     return [{key: np.concatenate([r[k][key] for r in res]) for key in res[0][k]} for k in range(len(layers))]
+
+
+def worth_threads(samples: int, width: int) -> int:
+    """How many of torch's threads ``samples`` samples of a covariance ``width`` wide are worth (1: stay on
+    the calling thread)."""
+    return max(1, min(torch.get_num_threads(), samples * width * width // _MIN_SHARE))
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block on ``n`` of torch's intra-op threads (restored after)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _propagate(layers: Sequence[AnalogLayer], noises: Sequence[LayerNoise], x: np.ndarray,

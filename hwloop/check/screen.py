@@ -30,6 +30,7 @@ version): changing a bar or the confidence then costs only the decision.
 from __future__ import annotations
 
 import copy
+from contextlib import nullcontext
 import dataclasses
 import hashlib
 import json
@@ -119,10 +120,13 @@ def _save(cache: Path | None, key: str, s: Screen) -> None:
 
 
 def _compute(model, profile: Profile, ds: Dataset, seed: int) -> Screen:
+    from ..analysis.propagate import torch_threads, worth_threads
     from ..runner import model_input
 
     last = model.layers[-1]
-    mean, cov, clean = _moments(model, profile, ds, model_input(model, ds), seed)
+    small = worth_threads(len(ds), max(l.n_out * (l.positions or 1024) for l in model.layers)) == 1
+    with torch_threads(1) if small else nullcontext():     # small products: waking torch's threads costs more
+        mean, cov, clean = _moments(model, profile, ds, model_input(model, ds), seed)
     adc = profile.for_layer(last.index, last.name).adc
     drift = any(profile.for_layer(l.index, l.name).drift.active for l in model.layers)
     return Screen(win_probabilities(mean, cov, adc if adc.active else None, seed), clean, "drift" if drift else "")
