@@ -150,7 +150,7 @@ def _moments(model, profile: Profile, ds: Dataset, x: np.ndarray, seed: int):
                                   steps=[*model.steps[:at], contrasts, *model.steps[at:]])
     no_adc = derived(profile, {}, last={"adc": _NO_ADC}, layer=last)
     n_layers = len(model.layers)
-    pred = predict_raw(wrapped, [profile] * (n_layers - 1) + [no_adc, ideal_profile()], x, dtype="float32").layers
+    pred = predict_raw(wrapped, [profile] * (n_layers - 1) + [no_adc, _ideal()], x, dtype="float32").layers
     mean = np.asarray(pred[n_layers - 1]["mean"], np.float64)
     clean = mean.argmax(axis=1)
     static = _static_pass(model, profile, ds, seed)
@@ -275,6 +275,12 @@ def _levels(draws: np.ndarray, adc: Converter | None) -> None:
         draws -= np.float32(lo)
         draws /= np.float32((hi - lo) / (2 ** adc.bits - 1))
         np.rint(draws, out=draws)
+
+
+@lru_cache(maxsize=1)
+def _ideal() -> Profile:
+    """The ideal profile of the contrasts layer, parsed once."""
+    return ideal_profile()
 
 
 @lru_cache(maxsize=8)
