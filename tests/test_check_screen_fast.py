@@ -31,9 +31,12 @@ def test_predict_raw_has_predicts_numbers(mlp):
     ds, raw = predict(mlp, prof, x), predict_raw(mlp, prof, x)
     assert raw.method == ds.attrs["method"]
     assert (", ".join(raw.not_modelled) or "none") == ds.attrs["not_modelled"]
-    for k, layer in enumerate(raw.layers):
+    bare = predict_raw(mlp, prof, x, common=False)       # without the common mode: the same variances
+    for k, (layer, other) in enumerate(zip(raw.layers, bare.layers)):
         for key in ("mean", "var"):
             np.testing.assert_array_equal(layer[key], cf.layer_array(ds, key, k))
+            np.testing.assert_array_equal(other[key], layer[key])
+        assert np.isfinite(layer["cm"]).all() and np.isnan(other["cm"]).all()
 
 
 def test_propagation_is_the_same_on_one_thread_and_on_several(mlp, monkeypatch):

@@ -78,9 +78,10 @@ class RawPrediction:
 def predict_raw(model: Any, profile: Profile | str | Path | Sequence[Profile | str | Path],
                 data: Dataset | str | np.ndarray, *, average: Mapping[int, int] | None = None,
                 quantisation: bool = True, dtype: str = "float64",
-                placements: Sequence[dict | None] | None = None) -> RawPrediction:
+                placements: Sequence[dict | None] | None = None, common: bool = True) -> RawPrediction:
     """``predict``'s per-layer arrays, without building its Dataset (the arguments of ``predict``): for callers
-    that need a few arrays fast (``hwloop check --analytic``), where the Dataset costs as much as the algebra."""
+    that need a few arrays fast (``hwloop check --analytic``), where the Dataset costs as much as the algebra.
+    ``common=False`` skips the common mode ``cm`` (NaN) of dense chains, which costs a product per layer."""
     if isinstance(data, str):
         data = load_data(data)
     layers = list(model.layers)
@@ -90,21 +91,22 @@ def predict_raw(model: Any, profile: Profile | str | Path | Sequence[Profile | s
     settings = [p.for_layer(l.index, l.name) for p, l in zip(per_layer, layers)]
     noises = _layer_noises(layers, settings, quantisation, placements)
     skipped = sorted({n for st in settings for n in not_modelled(st)})
-    res, method = _propagate_model(model, layers, noises, data, average, dtype)
+    res, method = _propagate_model(model, layers, noises, data, average, dtype, common)
     if method != "exact" and any(nz.clip is not None for nz in noises):
         skipped.append("ADC range (clipping)")
     return RawPrediction(res, per_layer, skipped, method)
 
 
 def _propagate_model(model: Any, layers: list[AnalogLayer], noises: list[LayerNoise], data: Any,
-                     average: Mapping[int, int] | None, dtype: str) -> tuple[list[dict], str]:
+                     average: Mapping[int, int] | None, dtype: str, common: bool) -> tuple[list[dict], str]:
     """Per-layer results and how they were obtained: exactly through a chain of dense layers, or to
     first order through any model the runner executes (``linearised``), saying why."""
     if not hasattr(model, "steps"):
-        return propagate(layers, noises, np.asarray(getattr(data, "x", data), dtype=np.float64), average, dtype), "exact"
+        x = np.asarray(getattr(data, "x", data), dtype=np.float64)
+        return propagate(layers, noises, x, average, dtype, common=common), "exact"
     feeds = model_feeds(model, data)
     try:
-        return propagate_chain(model, layers, noises, first_input(model, feeds), average, dtype), "exact"
+        return propagate_chain(model, layers, noises, first_input(model, feeds), average, dtype, common), "exact"
     except NotAChain as why:
         return propagate_linearised(model, noises, feeds, average), f"{APPROXIMATION}, because {why}"
 

@@ -150,7 +150,8 @@ def _moments(model, profile: Profile, ds: Dataset, x: np.ndarray, seed: int):
                                   steps=[*model.steps[:at], contrasts, *model.steps[at:]])
     no_adc = derived(profile, {}, last={"adc": _NO_ADC}, layer=last)
     n_layers = len(model.layers)
-    pred = predict_raw(wrapped, [profile] * (n_layers - 1) + [no_adc, _ideal()], x, dtype="float32").layers
+    pred = predict_raw(wrapped, [profile] * (n_layers - 1) + [no_adc, _ideal()], x, dtype="float32",
+                       common=False).layers
     mean = np.asarray(pred[n_layers - 1]["mean"], np.float64)
     clean = mean.argmax(axis=1)
     static = _static_pass(model, profile, ds, seed)
