@@ -12,7 +12,7 @@ one device (``noise``), the exact factored covariance algebra
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -29,7 +29,8 @@ from .measured import build_dataset, layer_summary, snr_db
 from .noise import LayerNoise, not_modelled
 from .propagate import first_input, model_feeds, propagate, propagate_chain
 
-__all__ = ["LayerNoise", "not_modelled", "predict", "predict_for_run", "propagate"]
+__all__ = ["LayerNoise", "RawPrediction", "not_modelled", "predict", "predict_for_run", "predict_raw",
+           "propagate"]
 
 
 def predict(model: Any, profile: Profile | str | Path | Sequence[Profile | str | Path], data: Dataset | str | np.ndarray,
@@ -47,18 +48,10 @@ def predict(model: Any, profile: Profile | str | Path | Sequence[Profile | str |
     ``placements`` (one per layer, from a chip's provenance): where the chip really added its
     noise when its layer was scaled into range (``hwloop.analysis.placed.as_placed``).
     """
-    if isinstance(data, str):
-        data = load_data(data)
-    layers = list(model.layers)
-    if not layers:
-        raise HwloopError("the model has no analog layers")
-    per_layer = _per_layer_profiles(profile, layers)
-    settings = [p.for_layer(l.index, l.name) for p, l in zip(per_layer, layers)]
-    noises = _layer_noises(layers, settings, quantisation, placements)
-    skipped = sorted({n for st in settings for n in not_modelled(st)})
-    res, method = _propagate_model(model, layers, noises, data, average, dtype)
-    if method != "exact" and any(nz.clip is not None for nz in noises):
-        skipped.append("ADC range (clipping)")
+    raw = predict_raw(model, profile, data, average=average, quantisation=quantisation, dtype=dtype,
+                      placements=placements)
+    res, per_layer = raw.layers, raw.profiles
+    skipped, method = raw.not_modelled, raw.method
     stats = []
     for r in res:
         st = {"mean": r["mean"], "var": r["var"], "cm_sample": r["cm"]}
@@ -68,18 +61,52 @@ def predict(model: Any, profile: Profile | str | Path | Sequence[Profile | str |
     attrs = {"profile": getattr(per_layer[0], "name", str(per_layer[0])),
              "profile_sha256": getattr(per_layer[0], "sha256", ""), "samples": int(len(res[0]["mean"])),
              "quantisation": int(bool(quantisation)), "not_modelled": ", ".join(skipped) or "none", "method": method}
-    return build_dataset([l.name for l in layers], stats, "predicted", attrs)
+    return build_dataset([l.name for l in model.layers], stats, "predicted", attrs)
+
+
+@dataclass(frozen=True)
+class RawPrediction:
+    """``predict``'s numbers without the Dataset: per analog layer ``mean``, ``pre``, ``var`` (B, N) and
+    ``cm`` (B,) (``propagate``'s dicts); the per-layer profiles, what is not modelled, and the method."""
+
+    layers: list[dict[str, np.ndarray]]
+    profiles: list[Profile]
+    not_modelled: list[str]
+    method: str
+
+
+def predict_raw(model: Any, profile: Profile | str | Path | Sequence[Profile | str | Path],
+                data: Dataset | str | np.ndarray, *, average: Mapping[int, int] | None = None,
+                quantisation: bool = True, dtype: str = "float64",
+                placements: Sequence[dict | None] | None = None, common: bool = True) -> RawPrediction:
+    """``predict``'s per-layer arrays, without building its Dataset (the arguments of ``predict``): for callers
+    that need a few arrays fast (``hwloop check --analytic``), where the Dataset costs as much as the algebra.
+    ``common=False`` skips the common mode ``cm`` (NaN) of dense chains, which costs a product per layer."""
+    if isinstance(data, str):
+        data = load_data(data)
+    layers = list(model.layers)
+    if not layers:
+        raise HwloopError("the model has no analog layers")
+    per_layer = _per_layer_profiles(profile, layers)
+    settings = [p.for_layer(l.index, l.name) for p, l in zip(per_layer, layers)]
+    noises = _layer_noises(layers, settings, quantisation, placements)
+    skipped = sorted({n for st in settings for n in not_modelled(st)})
+    res, method = _propagate_model(model, layers, noises, data, average, dtype, common)
+    if method != "exact" and any(nz.clip is not None for nz in noises):
+        skipped.append("ADC range (clipping)")
+    return RawPrediction(res, per_layer, skipped, method)
 
 
 def _propagate_model(model: Any, layers: list[AnalogLayer], noises: list[LayerNoise], data: Any,
-                     average: Mapping[int, int] | None, dtype: str) -> tuple[list[dict], str]:
+                     average: Mapping[int, int] | None, dtype: str, common: bool) -> tuple[list[dict], str]:
     """Per-layer results and how they were obtained: exactly through a chain of dense layers, or to
     first order through any model the runner executes (``linearised``), saying why."""
     if not hasattr(model, "steps"):
-        return propagate(layers, noises, np.asarray(getattr(data, "x", data), dtype=np.float64), average, dtype), "exact"
+        x = np.asarray(getattr(data, "x", data), dtype=np.float64)
+        return propagate(layers, noises, x, average, dtype, common=common), "exact"
     feeds = model_feeds(model, data)
     try:
-        return propagate_chain(model, layers, noises, first_input(model, feeds), average, dtype), "exact"
+        return propagate_chain(model, layers, noises, first_input(model, feeds), average, dtype, common), "exact"
     except NotAChain as why:
         return propagate_linearised(model, noises, feeds, average), f"{APPROXIMATION}, because {why}"
 

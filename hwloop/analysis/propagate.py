@@ -18,8 +18,9 @@ analog layer is run exactly, by the runner's own walk over the model's steps.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -32,19 +33,22 @@ from .chain import _dims, dense_chain
 from .covariance import FactoredCovariance
 from .noise import LayerNoise, add_noise, in_range
 
-#: fewest samples worth a thread of their own in ``propagate``
-_MIN_SHARE = 64
+#: least work (samples x widest layer's outputs squared) worth a thread of its own in ``propagate``: below it,
+#: waking torch's threads costs more than they save (several times more on a busy machine)
+_MIN_SHARE = 64 * 256 * 256
 
 
 def propagate(layers: Sequence[AnalogLayer], noises: Sequence[LayerNoise], x: np.ndarray,
-              average: Mapping[int, int] | None = None, dtype: str = "float64") -> list[dict[str, np.ndarray]]:
+              average: Mapping[int, int] | None = None, dtype: str = "float64", *,
+              common: bool = True) -> list[dict[str, np.ndarray]]:
     """Clean forward pass (float64) and covariance propagation (``dtype``) for inputs x (B, n_in).
 
     ``average`` maps a layer index to k: that layer is executed k times on the
     same input and averaged, dividing its own fresh noise variances by k.
     Returns, per layer, ``mean`` (B, N) (the clean output), ``pre`` (its
     pre-activation), ``var`` (B, N) and ``cm`` (B,) (the mean off-diagonal
-    covariance).
+    covariance; NaN unless ``common``: it costs a product per layer that callers wanting the variances
+    alone skip).
     """
     if len(layers) != len(noises):
         raise ValueError("one LayerNoise per layer")
@@ -55,13 +59,13 @@ def propagate(layers: Sequence[AnalogLayer], noises: Sequence[LayerNoise], x: np
     # more in synchronisation than it saves (2x slower on the bench, far more on a shared CPU).
     x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
     threads = torch.get_num_threads()
-    shares = max(1, min(threads, len(x) // _MIN_SHARE))
+    shares = worth_threads(len(x), max(layer.n_out for layer in layers))
     bounds = np.linspace(0, len(x), shares + 1).astype(int)
     tdt = getattr(torch, dtype)
 
     def run(k: int) -> list[dict[str, np.ndarray]]:
         torch.set_num_threads(1)
-        return _propagate(layers, noises, x[bounds[k]:bounds[k + 1]], average, tdt)
+        return _propagate(layers, noises, x[bounds[k]:bounds[k + 1]], average, tdt, common)
 
     try:
         if shares == 1:
@@ -76,8 +80,25 @@ def propagate(layers: Sequence[AnalogLayer], noises: Sequence[LayerNoise], x: np
     return [{key: np.concatenate([r[k][key] for r in res]) for key in res[0][k]} for k in range(len(layers))]
 
 
+def worth_threads(samples: int, width: int) -> int:
+    """How many of torch's threads ``samples`` samples of a covariance ``width`` wide are worth (1: stay on
+    the calling thread)."""
+    return max(1, min(torch.get_num_threads(), samples * width * width // _MIN_SHARE))
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block on ``n`` of torch's intra-op threads (restored after)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _propagate(layers: Sequence[AnalogLayer], noises: Sequence[LayerNoise], x: np.ndarray,
-               average: Mapping[int, int] | None, tdt: torch.dtype) -> list[dict[str, np.ndarray]]:
+               average: Mapping[int, int] | None, tdt: torch.dtype, common: bool) -> list[dict[str, np.ndarray]]:
     """``propagate`` for one share of the samples (arguments checked by it)."""
     cov: FactoredCovariance | None = None
     out = []
@@ -89,15 +110,17 @@ def _propagate(layers: Sequence[AnalogLayer], noises: Sequence[LayerNoise], x: n
         k = (average or {}).get(n, 1)
         if k != 1:
             nz = nz.scaled(1.0 / k)
-        y, cov, stats = _through_layer(layer, nz, x, cov, tdt, last=n == len(layers) - 1)
+        y, cov, stats = _through_layer(layer, nz, x, cov, tdt, n == len(layers) - 1, common)
         out.append(stats)
         x = y
     return out
 
 
 def _through_layer(layer: AnalogLayer, nz: LayerNoise, x: np.ndarray, cov: FactoredCovariance | None,
-                   tdt: torch.dtype, last: bool) -> tuple[np.ndarray, FactoredCovariance, dict[str, np.ndarray]]:
-    """One layer: its clean output, the covariance after it, and the per-layer statistics."""
+                   tdt: torch.dtype, last: bool, common: bool
+                   ) -> tuple[np.ndarray, FactoredCovariance, dict[str, np.ndarray]]:
+    """One layer: its clean output, the covariance after it, and the per-layer statistics (the common mode
+    only when ``common``)."""
     w = np.asarray(layer.dense_weight(), dtype=np.float64)
     a = affine(x, w.T, np.asarray(layer.bias, dtype=np.float64))
     y = layer.activate(a.copy())
@@ -121,8 +144,8 @@ def _through_layer(layer: AnalogLayer, nz: LayerNoise, x: np.ndarray, cov: Facto
         cov.scale_rows_(in_range(yt, cov.diagonal(), *nz.clip))
         y = np.clip(y, *nz.clip)
     var = cov.diagonal().numpy().astype(np.float64)
-    total = cov.total().numpy().astype(np.float64)
-    return y, cov, {"mean": y, "var": var, "cm": common_mode(var, total), "pre": a}
+    cm = common_mode(var, cov.total().numpy().astype(np.float64)) if common else np.full(len(var), np.nan)
+    return y, cov, {"mean": y, "var": var, "cm": cm, "pre": a}
 
 
 def common_mode(var: np.ndarray, total: np.ndarray) -> np.ndarray:
@@ -158,15 +181,15 @@ def first_input(model: Any, feeds: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def propagate_chain(model: Any, layers: Sequence[AnalogLayer], noises: Sequence[LayerNoise], x0: np.ndarray,
-                    average: Mapping[int, int] | None, dtype: str) -> list[dict[str, np.ndarray]]:
+                    average: Mapping[int, int] | None, dtype: str, common: bool = True) -> list[dict[str, np.ndarray]]:
     """``propagate`` through the model's dense chain (convolutions written out, linear glue between
     layers as noise-free links); results for the model's layers only."""
     if not hasattr(model, "steps"):
-        return propagate(layers, noises, x0, average, dtype)
+        return propagate(layers, noises, x0, average, dtype, common=common)
     chain = dense_chain(model, _dims(model, layers[0].input))
     by_index = {layer.index: nz for layer, nz in zip(layers, noises)}
     c_noises = [LayerNoise() if lk.source is None else replace(by_index[lk.source], groups=lk.groups)
                 for lk in chain]
     c_avg = {k: (average or {})[lk.source] for k, lk in enumerate(chain) if lk.source in (average or {})}
-    res = propagate([lk.layer for lk in chain], c_noises, x0, c_avg, dtype)
+    res = propagate([lk.layer for lk in chain], c_noises, x0, c_avg, dtype, common=common)
     return [r for r, lk in zip(res, chain) if lk.source is not None]

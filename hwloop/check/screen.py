@@ -30,6 +30,7 @@ version): changing a bar or the confidence then costs only the decision.
 from __future__ import annotations
 
 import copy
+from contextlib import nullcontext
 import dataclasses
 import hashlib
 import json
@@ -39,7 +40,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import cf
 from ..data import Dataset
 from ..layer import AnalogLayer
 from ..profiles import Converter, Profile, ideal_profile
@@ -120,10 +120,13 @@ def _save(cache: Path | None, key: str, s: Screen) -> None:
 
 
 def _compute(model, profile: Profile, ds: Dataset, seed: int) -> Screen:
+    from ..analysis.propagate import torch_threads, worth_threads
     from ..runner import model_input
 
     last = model.layers[-1]
-    mean, cov, clean = _moments(model, profile, ds, model_input(model, ds), seed)
+    small = worth_threads(len(ds), max(l.n_out * (l.positions or 1024) for l in model.layers)) == 1
+    with torch_threads(1) if small else nullcontext():     # small products: waking torch's threads costs more
+        mean, cov, clean = _moments(model, profile, ds, model_input(model, ds), seed)
     adc = profile.for_layer(last.index, last.name).adc
     drift = any(profile.for_layer(l.index, l.name).drift.active for l in model.layers)
     return Screen(win_probabilities(mean, cov, adc if adc.active else None, seed), clean, "drift" if drift else "")
@@ -132,7 +135,7 @@ def _compute(model, profile: Profile, ds: Dataset, seed: int) -> Screen:
 def _moments(model, profile: Profile, ds: Dataset, x: np.ndarray, seed: int):
     """(mean logits (n, k), their covariance (n, k, k), the noise-free model's class (n,)), before the last
     layer's ADC (which ``win_probabilities`` applies to each draw)."""
-    from ..analysis.predict import predict
+    from ..analysis.predict import predict_raw
 
     last = model.layers[-1]
     k = last.n_out
@@ -147,14 +150,15 @@ def _moments(model, profile: Profile, ds: Dataset, x: np.ndarray, seed: int):
                                   steps=[*model.steps[:at], contrasts, *model.steps[at:]])
     no_adc = derived(profile, {}, last={"adc": _NO_ADC}, layer=last)
     n_layers = len(model.layers)
-    pred = predict(wrapped, [profile] * (n_layers - 1) + [no_adc, ideal_profile()], x, dtype="float32")
-    mean = np.asarray(cf.layer_array(pred, "mean", n_layers - 1), np.float64)
+    pred = predict_raw(wrapped, [profile] * (n_layers - 1) + [no_adc, _ideal()], x, dtype="float32",
+                       common=False).layers
+    mean = np.asarray(pred[n_layers - 1]["mean"], np.float64)
     clean = mean.argmax(axis=1)
     static = _static_pass(model, profile, ds, seed)
     if static is not None:
         mean, clean = static
-    v = np.asarray(cf.layer_array(pred, "var", n_layers), np.float64)       # Var(z_i - z_j), (n, pairs)
-    diag = np.asarray(cf.layer_array(pred, "var", n_layers - 1), np.float64)
+    v = np.asarray(pred[n_layers]["var"], np.float64)       # Var(z_i - z_j), (n, pairs)
+    diag = np.asarray(pred[n_layers - 1]["var"], np.float64)
     cov = np.zeros((len(mean), k, k))
     for row, (i, j) in enumerate(pairs):
         cov[:, i, j] = cov[:, j, i] = 0.5 * (diag[:, i] + diag[:, j] - v[:, row])
@@ -244,17 +248,40 @@ def _close(margin, sd, mean, sd_each, top, adc: Converter | None) -> np.ndarray:
 
 def _orthant(mean: np.ndarray, cov: np.ndarray, adc: Converter | None, seed: int) -> np.ndarray:
     """P(class wins) from quasi-random draws of the logits ~ N(mean, cov), through the ADC."""
-    from ..physics import convert
-
-    k = mean.shape[1]
+    n, k = mean.shape
     w, vec = np.linalg.eigh(cov)
     root = vec * np.sqrt(np.clip(w, 0, None))[:, None, :]
     draws = np.matmul(_normal_points(k, seed), root.transpose(0, 2, 1).astype(np.float32))
     draws += mean.astype(np.float32)[:, None, :]
-    if adc is not None:
+    _levels(draws, adc)
+    best = draws.argmax(axis=2) + k * np.arange(n)[:, None]
+    return np.bincount(best.ravel(), minlength=n * k).reshape(n, k) / draws.shape[1]
+
+
+def _levels(draws: np.ndarray, adc: Converter | None) -> None:
+    """``draws`` (float32) in place through the ADC, as far as argmax sees it: clipped to its range and, with
+    steps, replaced by the level's number (levels rise with their number, so the winner and the ties are
+    those of the converted values; float32 arithmetic, a draw within float32 rounding of a step's edge
+    may land on the other level)."""
+    if adc is None or not adc.active:
+        return
+    if adc.range is None:
+        from ..physics import convert
+
         convert(draws, adc)
-    best = draws.argmax(axis=2)
-    return (best[:, :, None] == np.arange(k)).mean(axis=1)
+        return
+    lo, hi = adc.range
+    np.clip(draws, lo, hi, out=draws)
+    if adc.bits is not None:
+        draws -= np.float32(lo)
+        draws /= np.float32((hi - lo) / (2 ** adc.bits - 1))
+        np.rint(draws, out=draws)
+
+
+@lru_cache(maxsize=1)
+def _ideal() -> Profile:
+    """The ideal profile of the contrasts layer, parsed once."""
+    return ideal_profile()
 
 
 @lru_cache(maxsize=8)
