@@ -240,3 +240,19 @@ def _environment_restored():
     if os.environ != env:
         os.environ.clear()
         os.environ.update(env)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A real local Dask cluster, two single-threaded worker processes, one per test module.  Starting
+    them sets OMP_NUM_THREADS=1 etc. in this process's environment (distributed's pre-spawn settings);
+    restored, so that later tests' subprocesses keep torch's default threads."""
+    from dask.distributed import LocalCluster
+
+    env = dict(os.environ)
+    try:
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c:
+            yield c
+    finally:
+        os.environ.clear()
+        os.environ.update(env)

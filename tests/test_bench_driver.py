@@ -247,3 +247,24 @@ def test_chip_reports_the_profiles_adc_and_array(make_bench):
     with VisaDevice(bench.resource) as dev:
         assert dev.limits["output_bits"] == 8 and dev.limits["output_range"] == (-8.0, 8.0)
         assert (dev.limits["max_inputs"], dev.limits["max_outputs"]) == (256, 64)
+
+
+def test_opening_waits_for_a_controller_busy_with_its_previous_client(sim_bench):
+    """The controller serves one client and closes any other at once.  Opening a device while the last
+    user is still connected (a validation run right after another, on a loaded machine) waits up to
+    ``connect_wait_s`` for it instead of failing once the measurement retries (~1.6 s here) are spent."""
+    import threading
+    import time
+
+    first = VisaDevice(sim_bench.resource, timeout_ms=2000)
+    threading.Timer(2.5, first.close).start()             # the previous client leaves after 2.5 s
+    t0 = time.monotonic()
+    with VisaDevice(sim_bench.resource, timeout_ms=2000) as second:
+        assert second.describe()["idn"]
+    assert time.monotonic() - t0 >= 2.0 and sim_bench.refused >= 1
+    busy = VisaDevice(sim_bench.resource, timeout_ms=2000)
+    try:
+        with pytest.raises(DeviceError, match="cannot reach bench controller"):
+            VisaDevice(sim_bench.resource, timeout_ms=2000, connect_wait_s=0.5)   # gives up after its wait
+    finally:
+        busy.close()

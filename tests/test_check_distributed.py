@@ -4,9 +4,6 @@ the same decision and the same numbers (per-repeat accuracies, flip rate, SNR, c
 
 from __future__ import annotations
 
-import os
-
-import numpy as np
 import pytest
 
 from hwloop.check import check_model
@@ -18,20 +15,6 @@ PROFILE = ("version: 1\nprovenance: {source: hand-written}\n"
            "layers:\n  2: {adc: {range: [-6, 6]}}\n")
 #: 200 samples in batches of 40 (5 per look); a flip-rate bar these 16 repeats cannot decide: three looks
 CHECK = dict(data="digits@200", batch_size=40, max_repeats=16, seed=3, max_flip_rate=0.03)
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    """Two single-threaded worker processes (their start sets OMP_NUM_THREADS=1 here: restored)."""
-    from dask.distributed import LocalCluster
-
-    env = dict(os.environ)
-    try:
-        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c:
-            yield c
-    finally:
-        os.environ.clear()
-        os.environ.update(env)
 
 
 @pytest.fixture(scope="module")

@@ -29,22 +29,6 @@ N_BATCHES = 77
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """Two single-threaded worker processes.  Starting them sets OMP_NUM_THREADS=1 etc. in this
-    process's environment (distributed's pre-spawn settings); restored, so that later tests'
-    subprocesses keep torch's default threads."""
-    from dask.distributed import LocalCluster
-
-    env = dict(os.environ)
-    try:
-        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c:
-            yield c
-    finally:
-        os.environ.clear()
-        os.environ.update(env)
-
-
-@pytest.fixture(scope="module")
 def reference(cnn_onnx, tmp_path_factory) -> Path:
     """The same run in this one process."""
     out = tmp_path_factory.mktemp("ref") / "one.zarr"

@@ -4,7 +4,6 @@ array per graph output, reopened the same; a Dask-sharded run (2 worker processe
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -99,7 +98,7 @@ def test_every_head_runs_on_devices(heads_onnx):
     """The importer keeps every output's products and glue, not only the scored output's."""
     model = load_model(heads_onnx)
     assert [(L.n_in, L.n_out) for L in model.layers] == [(64, 32), (32, 10), (32, 3)]
-    assert model.summary() == "3 of 3 products on devices" and not model.unused
+    assert model.summary().startswith("3 analog layers on devices (3 of the model's 3 matrix products)") and not model.unused
     assert [n for n, _ in model.recorded_outputs] == ["logits", "features", "aux"]
 
 
@@ -125,20 +124,6 @@ def test_a_noisy_run_records_each_output_per_repetition(heads_onnx, tmp_path, ca
         got = run.graph_output(name).values
         assert not np.array_equal(got[0], got[1]), f"{name}: the repetitions share their noise"
         assert np.abs(got - ideal[name]).max() > 1e-3, f"{name}: no noise reached this output"
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    """Two single-threaded worker processes (as tests/test_distributed.py starts them)."""
-    from dask.distributed import LocalCluster
-
-    env = dict(os.environ)
-    try:
-        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c:
-            yield c
-    finally:
-        os.environ.clear()
-        os.environ.update(env)
 
 
 def test_a_sharded_run_records_the_same_outputs(heads_onnx, skl_tensor_onnx, cluster, tmp_path):

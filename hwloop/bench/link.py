@@ -99,7 +99,12 @@ class Link:
 
     def _connect(self, retries: int, first: bool = False) -> None:
         delay, last = self.settings.backoff_s, None
-        for attempt in range(retries + 1):
+        # opening a device waits up to connect_wait_s for a controller that takes the connection and closes
+        # it (still serving its previous client); one that refuses it outright gets only the retries
+        wait_until = time.monotonic() + (self.settings.connect_wait_s if first else 0.0)
+        attempt = -1
+        while True:
+            attempt += 1
             try:
                 with _no_interrupt():
                     self.close_session()
@@ -107,16 +112,17 @@ class Link:
                     self._handshake(first)
                 return
             except (_Retry, ScpiError, OSError, Timeout) as e:
-                last = e
+                last, answered = e, True           # it took the connection, then failed or closed it: busy?
             except DeviceError:
                 raise
             except Exception as e:  # pyvisa-py raises a plain Exception when it cannot connect
-                last = e
+                last, answered = e, False
                 if first and "could not connect" not in str(e):
                     break                          # a malformed resource name: retrying will not help
-            if attempt < retries:
-                time.sleep(delay)
-                delay = min(2 * delay, self.settings.max_backoff_s)
+            if attempt >= retries and (not answered or time.monotonic() + delay > wait_until):
+                break
+            time.sleep(delay)
+            delay = min(2 * delay, self.settings.max_backoff_s)
         raise DeviceError(f"cannot reach bench controller {self.resource}: {last}")
 
     def _handshake(self, first: bool) -> None:

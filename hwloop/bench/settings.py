@@ -22,6 +22,8 @@ class DriverSettings:
     only.  ``visa_library``: ``"@py"``, ``"@ivi"``, ``"@sim"``, ``"FILE.yaml@sim"`` or a path.
     ``byte_order``: of binary blocks, where the dialect lets the host choose (``SWAP`` little-endian).
     ``strict_ranges`` refuses what does not fit instead of scaling it (it turns both scalings off).
+    ``connect_wait_s``: how long opening a device keeps retrying a controller that refuses it (one
+    still finishing its previous client's work refuses a new one), beyond the ``retries``.
     """
 
     timeout_ms: int = 5000
@@ -32,6 +34,7 @@ class DriverSettings:
     retries: int = 5
     backoff_s: float = 0.05
     max_backoff_s: float = 2.0
+    connect_wait_s: float = 10.0
     on_clip: str = "error"
     byte_order: str = "SWAP"
     max_block_bytes: int = 32 << 20

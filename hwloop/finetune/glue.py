@@ -189,13 +189,15 @@ SUPPORTED_OPS = tuple(sorted(_OPS))
 class TorchGlue:
     """One ``Glue`` segment as a differentiable torch function of its input tensors."""
 
-    def __init__(self, model: Model, glue: Glue, opset: int):
+    def __init__(self, model: Model, glue: Glue, opset: int, need: set[str] | None = None):
         self.glue, self.model = glue, model
+        #: the segment's nodes the scored output depends on (a label output beside it is not trained)
+        self.nodes = [n for n in glue.nodes if need is None or any(o in need for o in n.output)]
         inits = {i.name: i for i in model.proto.graph.initializer}
         self.consts = {t: torch.from_numpy(np.array(numpy_helper.to_array(inits[t])))
-                       for n in glue.nodes for t in n.input if t in inits}
+                       for n in self.nodes for t in n.input if t in inits}
         self.opset = opset
-        for node in glue.nodes:
+        for node in self.nodes:
             if node.op_type not in _OPS or node.domain not in ("", "ai.onnx"):
                 raise HwloopError(f"{model.path}: node {node_label(node)!r} ({node.op_type}): digital glue that "
                                   f"finetune cannot differentiate (supported: {', '.join(SUPPORTED_OPS)})")
@@ -203,7 +205,7 @@ class TorchGlue:
     def __call__(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         env = dict(self.consts)
         env.update(feeds)
-        for node in self.glue.nodes:
+        for node in self.nodes:
             a = _attrs(node)
             a["_opset"] = self.opset
             try:
@@ -212,20 +214,41 @@ class TorchGlue:
                 raise HwloopError(f"{self.model.path}: node {node_label(node)!r} ({node.op_type}): finetune cannot "
                                   f"differentiate {e}") from None
             env.update(zip(node.output, outs))
-        return {t: env[t] for t in self.glue.outputs}
+        return {t: env[t] for t in self.glue.outputs if t in env}
+
+
+def scored_tensors(model: Model) -> set[str]:
+    """Every tensor the scored output (``model.output_name``) depends on: finetune trains and checks that
+    path only (another graph output, e.g. skl2onnx's label, may use ops with no gradient)."""
+    need = {model.output_name}
+    for step in reversed(model.steps):
+        if isinstance(step, Glue):
+            for node in reversed(step.nodes):
+                if any(o in need for o in node.output):
+                    need.update(t for t in node.input if t)
+        elif step.output in need:
+            need.add(step.input)
+    return need
 
 
 def convert(model: Model) -> dict[int, TorchGlue]:
-    """A ``TorchGlue`` for every glue step of ``model`` (by position in ``model.steps``); refuses unknown ops."""
+    """A ``TorchGlue`` for every glue step of ``model`` on the scored output's path (by position in
+    ``model.steps``); refuses unknown ops there."""
     opset = next((o.version for o in model.proto.opset_import if o.domain in ("", "ai.onnx")), 13)
-    return {i: TorchGlue(model, s, opset) for i, s in enumerate(model.steps) if isinstance(s, Glue)}
+    need = scored_tensors(model)
+    return {i: TorchGlue(model, s, opset, need) for i, s in enumerate(model.steps)
+            if isinstance(s, Glue) and any(o in need for n in s.nodes for o in n.output)}
 
 
 def check_against_onnxruntime(model: Model, tg: TorchGlue, feeds: dict[str, np.ndarray]) -> None:
     """Run the segment both ways on ``feeds``; a difference beyond float32 rounding is an error naming it."""
+    if any(t not in feeds for t in tg.glue.inputs):
+        return                           # fed in part by a head off the scored path: the whole-model check covers it
     want = tg.glue.run(feeds)
     got = tg({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()})
     for name, ref in want.items():
+        if name not in got:              # off the scored output's path: not trained, not converted
+            continue
         out = got[name].detach().numpy()
         ref = np.asarray(ref)
         if out.shape != ref.shape or not np.allclose(out, ref, rtol=1e-4, atol=1e-5 * (1 + np.abs(ref).max())):

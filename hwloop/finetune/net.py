@@ -25,11 +25,11 @@ import torch
 import torch.nn.functional as F
 
 from ..devices import Device
-from ..graph import Model
+from ..graph import Glue, Model
 from ..layer import AnalogLayer
 from ..physics import generator
 from ..runner import derive_seed
-from .glue import TorchGlue
+from .glue import TorchGlue, scored_tensors
 from .twin import TwinLayer
 
 
@@ -39,6 +39,7 @@ class Network:
     def __init__(self, model: Model, twins: list[TwinLayer], glue: dict[int, TorchGlue],
                  trainable: Sequence[int], seed: int = 0):
         self.model, self.twins, self.glue, self.seed = model, twins, glue, seed
+        self.need = scored_tensors(model)
         self.weights = [torch.tensor(L.weight, dtype=torch.float32) for L in model.layers]
         self.biases = [torch.tensor(L.bias, dtype=torch.float32) for L in model.layers]
         self.trainable = sorted(set(trainable))
@@ -75,9 +76,9 @@ class Network:
         for i, step in enumerate(model.steps):
             if i in self.glue:
                 g = self.glue[i]
-                env.update(g({t: env[t] for t in g.glue.inputs}))
-                continue
-            env[step.output] = self.run_layer(step, env[step.input], mode, key, gen)
+                env.update(g({t: env[t] for t in g.glue.inputs if t in env}))
+            elif not isinstance(step, Glue) and step.output in self.need:     # a head off the scored path: skipped
+                env[step.output] = self.run_layer(step, env[step.input], mode, key, gen)
         return env[model.output_name].reshape(len(xb), -1)
 
     def run_layer(self, L: AnalogLayer, x: torch.Tensor, mode: str, key: tuple,

@@ -27,7 +27,7 @@ from ..data import Dataset, load_data
 from ..devices import Device
 from ..errors import DeviceError, HwloopError
 from ..files import atomic_path
-from ..graph import Model, load_model
+from ..graph import Glue, Model, load_model
 from ..runner import model_input
 from . import checkpoint, onnx_out
 from .glue import check_against_onnxruntime, convert
@@ -301,10 +301,10 @@ def _check_forward(model: Model, net: Network, xb: np.ndarray) -> None:
         for i, step in enumerate(model.steps):
             if i in net.glue:
                 g = net.glue[i]
-                feeds = {t: env[t] for t in g.glue.inputs}
+                feeds = {t: env[t] for t in g.glue.inputs if t in env}
                 check_against_onnxruntime(model, g, feeds)
                 env.update({k: v.numpy() for k, v in g({k: torch.from_numpy(v) for k, v in feeds.items()}).items()})
-            else:
+            elif not isinstance(step, Glue) and step.output in net.need:
                 env[step.output] = net.run_layer(step, torch.from_numpy(env[step.input]), "ideal", (0,), None).numpy()
     if model.output_name in {o.name for o in model.proto.graph.output}:
         sess = ort.InferenceSession(model.proto.SerializeToString(), providers=["CPUExecutionProvider"])
