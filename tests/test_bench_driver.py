@@ -268,3 +268,14 @@ def test_opening_waits_for_a_controller_busy_with_its_previous_client(sim_bench)
             VisaDevice(sim_bench.resource, timeout_ms=2000, connect_wait_s=0.5)   # gives up after its wait
     finally:
         busy.close()
+
+
+def test_closing_the_opener_frees_the_controller_even_with_siblings_left_open(sim_bench):
+    """Devices made with ``sibling()`` share the opener's connection; closing the opener ends the session, so
+    a sibling nobody closed (still referenced, e.g. by a result) does not keep the one-client controller busy."""
+    first = VisaDevice(sim_bench.resource, timeout_ms=2000)
+    kept = [first.sibling(), first.sibling()]             # never closed
+    first.close()
+    with VisaDevice(sim_bench.resource, timeout_ms=2000, connect_wait_s=0.0) as again:   # no waiting allowed
+        assert again.describe()["idn"]
+    assert len(kept) == 2

@@ -79,6 +79,7 @@ class DescribedDevice(Measuring, Device):
             self.links = {role: Link(self.desc, r, self.settings, role) for role, r in self.resources.items()}
         for lk in self.links.values():
             lk.users += 1
+        self._owns = links is None and link is None     # it opened the connections: closing it releases them
         self.layer = self.plan = None
         self._tiles: list[tuple] = []
         self.input_scales: dict[float, int] = {}   # input scale (power of two, 1: none) -> measurements
@@ -381,8 +382,8 @@ class DescribedDevice(Measuring, Device):
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            for lk in self.links.values():
-                lk.close()
+            for lk in self.links.values():     # the opener's close ends the session even if siblings remain
+                lk.close(force=self._owns)
 
 
 class VisaDevice(DescribedDevice):

@@ -381,9 +381,11 @@ class Link:
         if errors:
             raise ScpiError(what, errors)
 
-    def close(self) -> None:
+    def close(self, force: bool = False) -> None:
+        """One user fewer; the session ends with the last user, or at once with ``force`` (the opener's close:
+        a controller serves one client, and siblings nobody closed must not keep it busy)."""
         self.users -= 1
-        if self.users <= 0:
+        if self.users <= 0 or force:
             self.close_session()
             if self._writer is not None:
                 self._writer.shutdown()
