@@ -135,7 +135,7 @@ def test_chunked_parallel_normals_do_not_depend_on_the_worker_count(monkeypatch)
 
     from hwloop import randomness
 
-    shape = (3, physics._CHUNK // 2 + 5, 2)  # several chunks, the last one partial
+    shape = (3, randomness._CHUNK // 2 + 5, 2)  # several chunks, the last one partial
     many = physics.normal(shape, physics.generator((9,))).numpy()
     monkeypatch.setattr(randomness, "_pool", (os.getpid(), ThreadPoolExecutor(max_workers=1)))
     one = physics.normal(shape, physics.generator((9,))).numpy()
@@ -143,7 +143,7 @@ def test_chunked_parallel_normals_do_not_depend_on_the_worker_count(monkeypatch)
     flat = many.ravel().astype(np.float64)
     assert abs(flat.mean()) < Z / np.sqrt(flat.size) and abs(flat.var() - 1) < _var_tol(1.0, n=flat.size)
     # neighbouring chunks are independent streams: no correlation across a chunk boundary
-    c = physics._CHUNK
+    c = randomness._CHUNK
     assert abs(np.corrcoef(flat[:c], flat[c:2 * c])[0, 1]) < Z / np.sqrt(c)
 
 
