@@ -317,16 +317,14 @@ class DescribedDevice(Measuring, Device):
 
     def _retrying(self, attempt, what: str, progress=None):
         """Run ``attempt`` until it succeeds; on failure back off (exponentially), reconnect, try again
-        (tenacity).  ``progress()``, when given, counts the work done so far: each step forward between
-        two failures earns a fresh set of retries and a fresh back-off (the budget is per measurement,
-        not per run)."""
-        import tenacity
-
+        (``DriverSettings.retrying``).  ``progress()``, when given, counts the work done so far: each step
+        forward between two failures earns a fresh set of retries and a fresh back-off (the budget is per
+        measurement, not per run)."""
         s = self.settings
         name = self.resource if self.desc.name == "anb" else f"{self.desc.name} at {self.resource}"
         since = {"seen": progress() if progress else None, "attempt": 1}
 
-        def fresh(state: tenacity.RetryCallState) -> int:      # failures since the last step forward, minus one
+        def fresh(state) -> int:      # failures since the last step forward, minus one
             if progress is not None and progress() != since["seen"]:
                 since["seen"], since["attempt"] = progress(), state.attempt_number
             return state.attempt_number - since["attempt"]
@@ -344,22 +342,16 @@ class DescribedDevice(Measuring, Device):
         def failed(last: BaseException) -> DeviceError:
             return DeviceError(f"{name}: {what} failed after {s.retries} retries: {last}")
 
-        def reconnect(state: tenacity.RetryCallState) -> None:
+        def reconnect(state) -> None:
             self.stats["retries"] += 1
             try:
                 for lk in self.links.values():
-                    lk.reconnect(s.retries)
+                    lk.reconnect()
             except DeviceError as e:
                 raise failed(e) from None
 
-        def give_up(state: tenacity.RetryCallState):
-            raise failed(state.outcome.exception())
-
-        return tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type((_Retry, ScpiError)),
-            stop=lambda state: fresh(state) >= s.retries,
-            wait=lambda state: min(s.backoff_s * 2 ** fresh(state), s.max_backoff_s),
-            before_sleep=reconnect, retry_error_callback=give_up)(tried)
+        return s.retrying(lambda e: isinstance(e, (_Retry, ScpiError)), failed, count=fresh,
+                          before_sleep=reconnect)(tried)
 
     def _ask_temperature(self) -> float:
         t = self.desc.data["temperature"]

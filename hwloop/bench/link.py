@@ -43,6 +43,16 @@ class _Retry(Exception):
     """A transport or data failure worth another try (timeout, lost connection, garbled data)."""
 
 
+def _answered(e: BaseException) -> bool:
+    """The controller took the connection, then failed or closed it (busy with its previous client?)."""
+    return isinstance(e, (_Retry, ScpiError, OSError, Timeout))
+
+
+def _refused(e: BaseException) -> bool:
+    """No connection (pyvisa-py raises a plain Exception), or a malformed resource name; not our own errors."""
+    return isinstance(e, Exception) and not isinstance(e, DeviceError) and not _answered(e)
+
+
 #: values per piece of a block read (1 MB): each is checked while the next arrives
 _PIECE = 1 << 18
 #: error-queue entries read at most when draining (the ANB manual's queue holds 32)
@@ -86,7 +96,7 @@ class Link:
         self._writer: ThreadPoolExecutor | None = None
         self.users, self.reconnects, self.idn = 0, 0, ""
         self.limits: dict = {}
-        self._connect(settings.retries, first=True)
+        self._connect(first=True)
 
     # -- connection -------------------------------------------------------------
     def _open(self) -> None:
@@ -97,33 +107,30 @@ class Link:
         if not self.settings.raw_socket:                    # pyvisa's own reads and writes, as for any resource
             self._raw = None
 
-    def _connect(self, retries: int, first: bool = False) -> None:
-        delay, last = self.settings.backoff_s, None
-        # opening a device waits up to connect_wait_s for a controller that takes the connection and closes
-        # it (still serving its previous client); one that refuses it outright gets only the retries
+    def _connect(self, first: bool = False) -> None:
+        """Open the session (again) with the bench's retry policy: a controller that took the connection, then
+        failed or closed it, is retried, on opening for up to ``connect_wait_s``; one that refuses it (nothing
+        listening) gets the plain retries; a malformed resource name on opening gives up at once."""
         wait_until = time.monotonic() + (self.settings.connect_wait_s if first else 0.0)
-        attempt = -1
-        while True:
-            attempt += 1
+
+        def attempt() -> None:
             try:
                 with _no_interrupt():
                     self.close_session()
                     self._open()
                     self._handshake(first)
-                return
-            except (_Retry, ScpiError, OSError, Timeout) as e:
-                last, answered = e, True           # it took the connection, then failed or closed it: busy?
-            except DeviceError:
+            except Exception as e:
+                if first and _refused(e) and "could not connect" not in str(e):
+                    raise self._unreachable(e) from None      # a malformed resource name: retrying will not help
                 raise
-            except Exception as e:  # pyvisa-py raises a plain Exception when it cannot connect
-                last, answered = e, False
-                if first and "could not connect" not in str(e):
-                    break                          # a malformed resource name: retrying will not help
-            if attempt >= retries and (not answered or time.monotonic() + delay > wait_until):
-                break
-            time.sleep(delay)
-            delay = min(2 * delay, self.settings.max_backoff_s)
-        raise DeviceError(f"cannot reach bench controller {self.resource}: {last}")
+
+        def longer(state, wait_s: float) -> bool:
+            return _answered(state.outcome.exception()) and time.monotonic() + wait_s <= wait_until
+
+        self.settings.retrying(lambda e: _answered(e) or _refused(e), self._unreachable, longer=longer)(attempt)
+
+    def _unreachable(self, last: BaseException) -> DeviceError:
+        return DeviceError(f"cannot reach bench controller {self.resource}: {last}")
 
     def _handshake(self, first: bool) -> None:
         """Identify (a fresh socket: no stale bytes), reset or clear errors, set the byte order."""
@@ -147,10 +154,10 @@ class Link:
                 raise _Retry("byte order not accepted")
         self.check(f"connect ({d['identify']}, {d['clear']}{', ' + self.desc.header(order['command']) if order else ''})")
 
-    def reconnect(self, retries: int) -> None:
+    def reconnect(self) -> None:
         self.reconnects += 1
         self.verified = False
-        self._connect(retries)
+        self._connect()
 
     @property
     def can_write_behind(self) -> bool:

@@ -2,11 +2,18 @@
 
 A bench file's device may set any of these keys; ``DriverSettings.build``
 refuses an unknown key or a wrong type with one line naming it.
+``DriverSettings.retrying`` is the bench's one retry policy (tenacity), built
+from these options: the driver's measurements and the link's connections
+back off and give up the same way.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    import tenacity
 
 from ..errors import HwloopError
 
@@ -62,6 +69,31 @@ class DriverSettings:
             return replace(cls(), **options)
         except HwloopError as e:
             raise HwloopError(f"{where}: {e}") from None
+
+    def retrying(self, retry: Callable[[BaseException], bool], failed: Callable[[BaseException], BaseException], *,
+                 count: Callable[["tenacity.RetryCallState"], int] | None = None,
+                 longer: Callable[["tenacity.RetryCallState", float], bool] | None = None,
+                 before_sleep: Callable[["tenacity.RetryCallState"], None] | None = None) -> "tenacity.Retrying":
+        """The retry policy (tenacity): retry what ``retry(exception)`` accepts (anything else propagates
+        as raised); before the next try wait ``backoff_s * 2**n``, at most ``max_backoff_s``, where ``n``
+        is ``count(state)`` (default: the failures so far, minus one); stop once ``n`` reaches ``retries``
+        unless ``longer(state, wait_s)`` says go on; then raise ``failed(last exception)``."""
+        import tenacity
+
+        def fresh(state: tenacity.RetryCallState) -> int:
+            return count(state) if count is not None else state.attempt_number - 1
+
+        def wait(state: tenacity.RetryCallState) -> float:
+            return min(self.backoff_s * 2 ** fresh(state), self.max_backoff_s)
+
+        def stop(state: tenacity.RetryCallState) -> bool:
+            return fresh(state) >= self.retries and not (longer is not None and longer(state, wait(state)))
+
+        def give_up(state: tenacity.RetryCallState):
+            raise failed(state.outcome.exception())
+
+        return tenacity.Retrying(retry=tenacity.retry_if_exception(retry), stop=stop, wait=wait,
+                                 before_sleep=before_sleep, retry_error_callback=give_up)
 
     def options(self) -> dict:
         """As keyword options (provenance, and a sibling device on the same connection)."""
