@@ -13,6 +13,11 @@ from typing import Iterator
 from .errors import HwloopError
 
 
+#: LocalCluster options for no dashboard: the scheduler's HTTP server starts even so (``dashboard_address=None``
+#: only means port 8787, and "Port 8787 is already in use" once two clusters run), so on a free loopback port
+NO_DASHBOARD = {"dashboard_address": "127.0.0.1:0", "scheduler_kwargs": {"dashboard": False}}
+
+
 def check_workers(workers: int | None) -> None:
     """One line for a local cluster of no workers (``--workers 0``; None means no Dask)."""
     if workers is not None and workers < 1:
@@ -30,8 +35,7 @@ def dask_client(scheduler: str | None, workers: int | None) -> Iterator["object"
         if scheduler:
             client = Client(scheduler, timeout="10s")
         else:
-            cluster = LocalCluster(n_workers=workers or 1, threads_per_worker=1, processes=True,
-                                   dashboard_address=None)
+            cluster = LocalCluster(n_workers=workers or 1, threads_per_worker=1, processes=True, **NO_DASHBOARD)
             client = Client(cluster)
     except Exception as e:
         if cluster is not None:

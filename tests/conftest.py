@@ -249,9 +249,11 @@ def cluster():
     restored, so that later tests' subprocesses keep torch's default threads."""
     from dask.distributed import LocalCluster
 
+    from hwloop.cluster import NO_DASHBOARD
+
     env = dict(os.environ)
     try:
-        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c:
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, **NO_DASHBOARD) as c:
             yield c
     finally:
         os.environ.clear()

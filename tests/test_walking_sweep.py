@@ -123,9 +123,11 @@ def test_killed_sweep_resumed_equals_uninterrupted(tmp_path):
 def test_dask_two_workers_equal_local_and_report(tfc_digits, tmp_path, capsys):
     from dask.distributed import LocalCluster
 
+    from hwloop.cluster import NO_DASHBOARD
+
     train_settings = SweepSettings(sigmas=(0.3, 3.0), repeats=2, **TRAIN)
     eval_settings = SweepSettings(sigmas=SIGMAS, data="digits", repeats=2)
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, **NO_DASHBOARD) as cluster:
         dask_train = run_sweep(train_settings, tmp_path / "dt.zarr", scheduler=cluster.scheduler_address)
         dask_eval = run_sweep(eval_settings, tmp_path / "de.zarr", tfc_digits, scheduler=cluster.scheduler_address)
     same(open_sweep(dask_train), open_sweep(run_sweep(train_settings, tmp_path / "lt.zarr")))

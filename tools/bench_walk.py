@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from exporters.torch_onnx import export_torch
+from hwloop.cluster import NO_DASHBOARD
 from hwloop.data import load_data, shared_mnist
 from hwloop.walking.evaluate import SiteModel, accuracy
 from hwloop.walking.sites import Noise, add_noise
@@ -97,7 +98,7 @@ def bench_dask(folder: Path, mnist: Path | None) -> None:
     times, stores = {}, {}
     for n in (1, 2):
         t0 = time.perf_counter()
-        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, **NO_DASHBOARD) as cluster, \
                 Client(cluster) as client:
             start = time.perf_counter() - t0
             t0 = time.perf_counter()
