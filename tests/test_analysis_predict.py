@@ -18,8 +18,9 @@ import pytest
 import torch
 
 from exporters.handbuilt import write_onnx
-from hwloop.analysis import LayerNoise, analyze_run, average_repeats, predict, propagate
+from hwloop.analysis import LayerNoise, analyze_run, average_repeats, predict
 from hwloop.analysis.networks import dense_onnx, random_weights, symmetric_weights
+from hwloop.analysis.propagate import propagate
 from hwloop.data import Dataset, load_data
 from hwloop.devices import Emulator
 from hwloop.errors import HwloopError
