@@ -51,11 +51,16 @@ def describe_devices(layers: Iterable, per_layer: Iterable) -> list[dict]:
             for L, dev in zip(layers, per_layer)]
 
 
-def data_sha256(arrays: Iterable[np.ndarray]) -> str:
-    """SHA-256 over the arrays' bytes in order (no copy of contiguous data)."""
+def data_sha256(arrays: Iterable[np.ndarray], layout: bool = False) -> str:
+    """SHA-256 over the arrays' bytes in order (no copy of contiguous data): a run's resume key, so the
+    same values fed in another shape resume.  ``layout``: each array's dtype and shape are hashed before
+    its bytes (the check caches' key: the same bytes read as another shape or type are other data)."""
     h = hashlib.sha256()
     for arr in arrays:
-        h.update(memoryview(np.ascontiguousarray(arr)).cast("B"))
+        arr = np.ascontiguousarray(arr)
+        if layout:
+            h.update(str((arr.dtype.str, arr.shape)).encode())
+        h.update(arr.reshape(-1).view(np.uint8))
     return h.hexdigest()
 
 

@@ -10,13 +10,11 @@ and entries (``data_sha256``, ``write_entry``).
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
+from .. import provenance
 from ..data import Dataset
 from ..errors import HwloopError
 from ..files import atomic_path
@@ -73,12 +71,9 @@ class Settings:
 
 
 def data_sha256(ds: Dataset) -> str:
-    """The hash of a data set's arrays (dtype, shape and bytes of x and y)."""
-    h = hashlib.sha256()
-    for a in (ds.x, ds.y):
-        h.update(str((a.dtype.str, a.shape)).encode())
-        h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()
+    """The cache keys' hash of a data set: ``hwloop.provenance.data_sha256`` of its inputs (x, or every named
+    input of a model with several) and y, with their dtypes and shapes."""
+    return provenance.data_sha256((*(ds.inputs or {"x": ds.x}).values(), ds.y), layout=True)
 
 
 def write_entry(cache: Path | None, name: str, write: Callable[[Path], None]) -> None:
