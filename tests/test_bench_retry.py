@@ -18,7 +18,7 @@ def run_failing(settings: DriverSettings, error: Exception, **policy) -> tuple[l
         raise error
 
     retrying = settings.retrying(lambda e: isinstance(e, ValueError), lambda e: DeviceError(f"gave up: {e}"),
-                                 before_sleep=lambda state: waits.append(state.upcoming_sleep), **policy)
+                                 before_sleep=lambda state: waits.append(state.next_action.sleep), **policy)
     with pytest.raises(Exception) as out:
         retrying(attempt)
     return waits, len(calls), out.value
