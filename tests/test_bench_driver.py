@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -223,8 +225,11 @@ def test_unreachable_resource_is_named():
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()                                            # nothing listens there now
+    t0 = time.monotonic()
     with pytest.raises(DeviceError, match=rf"cannot reach bench controller TCPIP::127.0.0.1::{port}::SOCKET"):
-        VisaDevice(f"TCPIP::127.0.0.1::{port}::SOCKET", retries=1, backoff_s=0.01, timeout_ms=300)
+        VisaDevice(f"TCPIP::127.0.0.1::{port}::SOCKET", retries=1, backoff_s=0.01, timeout_ms=300,
+                   connect_wait_s=60.0)
+    assert time.monotonic() - t0 < 30.0      # refused: nothing listens, so no waiting for a busy controller
 
 
 def test_batches_and_repeats_split_at_the_chips_limits(make_bench):

@@ -29,8 +29,9 @@ class DriverSettings:
     only.  ``visa_library``: ``"@py"``, ``"@ivi"``, ``"@sim"``, ``"FILE.yaml@sim"`` or a path.
     ``byte_order``: of binary blocks, where the dialect lets the host choose (``SWAP`` little-endian).
     ``strict_ranges`` refuses what does not fit instead of scaling it (it turns both scalings off).
-    ``connect_wait_s``: how long opening a device keeps retrying a controller that refuses it (one
-    still finishing its previous client's work refuses a new one), beyond the ``retries``.
+    ``connect_wait_s``: how long opening a device keeps retrying a controller that takes the connection
+    and closes it (one still finishing its previous client's work), beyond the ``retries``; a refused
+    connection (nothing listening) gets the ``retries`` only.
     """
 
     timeout_ms: int = 5000
