@@ -74,11 +74,9 @@ def _moments(model: Any, glue: dict, noises: Sequence[LayerNoise], feeds: dict[s
     k = z.shape[1]
     eye = torch.eye(k, dtype=z.dtype)[:, None, :].expand(k, *z.shape).contiguous()
     grads = torch.autograd.grad(z, taps, grad_outputs=eye, is_grads_batched=True, allow_unused=True)
-    cov = torch.zeros(z.shape[0], k, k)
-    for (call, nz), g in zip(calls, grads):
-        if g is not None:
-            for u in call_factors(call, nz, g):
-                cov.baddbmm_(u, u.transpose(1, 2))
+    u = torch.cat([f for (call, nz), g in zip(calls, grads) if g is not None
+                   for f in call_factors(call, nz, g)], dim=2)              # (B, k, every call's terms)
+    cov = torch.bmm(u, u.transpose(1, 2))
     return z.detach().numpy().astype(np.float64), cov.numpy().astype(np.float64), any(clipped)
 
 

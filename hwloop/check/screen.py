@@ -263,9 +263,12 @@ def win_probabilities(mean: np.ndarray, cov: np.ndarray, adc: Converter | None, 
         p = ndtr(-margin[one, rival] / sd[one, rival])
         probs[one, top[one]] = 1.0 - p
         probs[one, rival] = p
-    several = np.flatnonzero(count > (1 if adc is None else 0))
-    if several.size:
-        probs[several] = _orthant(mean[several], cov[several], adc, seed)
+    close[rows, top] = True
+    for m in np.unique(count[count > (1 if adc is None else 0)]):    # the top class and m rivals: m + 1 dims
+        at = np.flatnonzero(count == m)
+        cls = np.nonzero(close[at])[1].reshape(len(at), m + 1)        # in class order (argmax's tie rule)
+        probs[at[:, None], cls] = _orthant(mean[at[:, None], cls], cov[at[:, None, None], cls[:, :, None],
+                                                                        cls[:, None, :]], adc, seed)
     return probs
 
 
@@ -323,7 +326,7 @@ def _ideal() -> Profile:
     return ideal_profile()
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=64)
 def _normal_points(dim: int, seed: int) -> np.ndarray:
     """``_DRAWS`` standard normal points in ``dim`` dimensions: scrambled Sobol (lower error than random)."""
     from scipy.stats import norm, qmc
