@@ -56,5 +56,6 @@ def _shaped(model: Model, data: str, name: str, x: np.ndarray, want: tuple, dtyp
 
 def _all_finite(x: np.ndarray) -> bool:
     """NaN/inf check in one multithreaded pass (a sum is non-finite when any element is); exact check only then."""
-    total = torch.from_numpy(x).sum() if x.dtype == np.float32 and x.flags.c_contiguous else x.sum()
+    big = x.size >= 1 << 20           # below, waking torch's threads costs more than one numpy pass
+    total = torch.from_numpy(x).sum() if big and x.dtype == np.float32 and x.flags.c_contiguous else x.sum()
     return bool(np.isfinite(float(total))) or bool(np.isfinite(x).all())

@@ -112,6 +112,26 @@ def test_analytic_screen_agrees_with_sampling_on_a_cnn(tmp_path):
     _agrees(path, "semenova")
 
 
+@pytest.mark.parametrize("profile", ["semenova", "crossbar"])
+def test_analytic_screen_agrees_with_sampling_on_a_trained_max_pooling_cnn(trained_max_cnn, profile):
+    """Max pooling, static programming errors and ADCs (crossbar): the screen's logits' Jacobians pass
+    each pool's arg-max element's noise."""
+    _agrees(trained_max_cnn, profile)
+
+
+@pytest.fixture(scope="module")
+def trained_max_cnn(tmp_path_factory):
+    from exporters.training import train_torch
+    from hwloop.data import load_data
+
+    with seeded(2):
+        net = CNN((1, 8, 8), channels=(8, 16), pool="max")
+    net = train_torch(net, load_data("digits+train"), epochs=10, lr=1e-2, seed=0, batch_size=64,
+                      input_shape=(1, 8, 8))
+    return export_torch(net, tmp_path_factory.mktemp("maxcnn") / "cnn_max.onnx", torch.zeros(2, 1, 8, 8),
+                        dynamo=False, optimize=False)
+
+
 #: the screen's approximation budget (first-order covariance, Gaussian logits), in accuracy / flip-rate points
 TOLERANCE = 0.005
 

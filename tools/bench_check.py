@@ -9,6 +9,8 @@ several calls, contenders taking turns, tools/timing.py):
 - ``analytic cold``: ``analytic_check`` with nothing cached: the prediction of
   the logits' covariance, the static pass of the programmed chip (profiles
   with static errors) and the class probabilities, then the decision;
+- ``one repeat``: ``check_model`` with 1 repeat: programming the chip and one pass over the data, what
+  any screen of the programmed chip costs at least (its ratio is the floor of the analytic screen's);
 - ``analytic warm``: ``analytic_check`` with the per-sample class
   probabilities of this (model, profile, data, seed) already computed in this
   process (as after a first screen, or from the on-disk cache of ``hwloop
@@ -68,8 +70,12 @@ def contenders(model, target, data, settings: Settings, sequential: bool = True)
     def warm():
         return analytic_check(model, target, data, settings)
 
+    def one_pass():
+        return check_model(model, profile=target, data=data, settings=Settings(
+            settings.bars, scope=settings.scope, repeats=1))
+
     return {"fixed": fixed, **({"sequential": seq} if sequential else {}), "analytic cold": cold,
-            "analytic warm": warm}
+            "analytic warm": warm, "one repeat": one_pass}
 
 
 def report(title: str, fns: dict, reps: int) -> None:
@@ -77,7 +83,8 @@ def report(title: str, fns: dict, reps: int) -> None:
     t = best(fns, reps=reps, block=max(1, min(5, reps)))
     print(f"\n{title}")
     for name, r in results.items():
-        extra = (f"({r.repeats} repeats)" if r.method == "sampling" else
+        extra = ("(the floor: programming the chip and one noisy pass)" if name == "one repeat" else
+                 f"({r.repeats} repeats)" if r.method == "sampling" else
                  f"(value {r.bars[0].estimate.value:.4f}; not modelled: {r.not_modelled or 'none'})")
         ratio = "(reference)" if name == "fixed" else f"{t[name] / t['fixed']:.4f}x"
         print(f"  {name:14s}: {r.decision:9s} {1e3 * t[name]:9.2f} ms  {ratio:12s} {extra}")

@@ -36,6 +36,7 @@ class Link:
     layer: AnalogLayer
     source: int | None
     groups: np.ndarray | None = None   # per neuron: which correlated-noise group (a conv's position)
+    support: np.ndarray | None = None  # (N, n_in) 0/1: the inputs each neuron's product reads (None: all)
 
 
 def dense_chain(model, first_input_dims: tuple) -> list[Link]:
@@ -58,7 +59,8 @@ def dense_chain(model, first_input_dims: tuple) -> list[Link]:
                               f"{'recurrent' if layer.recurrent is not None else 'per-token'} products")
         if layer.conv is not None and layer.positions is None:
             raise NotAChain(f"layer {layer.name!r}: its height and width are known only from the data")
-        links.append(_conv_link(layer, dims) if layer.conv is not None else Link(_dense(layer), layer.index))
+        links.append(_conv_link(layer, dims) if layer.conv is not None else
+                     Link(_dense(layer), layer.index, support=_group_support(layer)))
         dims = _dims(model, layer.output)
     return links
 
@@ -73,21 +75,30 @@ def _dense(layer: AnalogLayer) -> AnalogLayer:
     return layer if layer.groups == 1 else replace(layer, weight=layer.dense_weight())
 
 
+def _group_support(layer: AnalogLayer) -> np.ndarray | None:
+    """A grouped dense product's support: each neuron reads its group's inputs (None: ungrouped, all)."""
+    return None if layer.groups == 1 else (_dense(replace(layer, weight=np.ones_like(layer.weight))).weight != 0)
+
+
 def _conv_link(layer: AnalogLayer, in_dims: tuple) -> Link:
-    """The Toeplitz matrix of a convolution, read off the runner's own unfolding (basis vectors in)."""
+    """The Toeplitz matrix of a convolution, read off the runner's own unfolding (basis vectors in), and its
+    support (the patch each output reads, zero weights included: a device reads every cell of its row)."""
     from ..physics import affine
     from ..lowering import im2col
 
     n_in = int(np.prod(in_dims))
-    basis = np.eye(n_in, dtype=np.float32).reshape((n_in,) + tuple(in_dims))
-    wt = np.ascontiguousarray(np.swapaxes(layer.weight, -1, -2), dtype=np.float32)
-    y = affine(im2col(basis, layer), wt)                              # (n_in * P, C_out)
+    basis = im2col(np.eye(n_in, dtype=np.float32).reshape((n_in,) + tuple(in_dims)), layer)
     p = int(np.prod(layer.meta["out_spatial"]))
-    w = y.reshape(n_in, p, layer.n_out).transpose(2, 1, 0).reshape(layer.n_out * p, n_in)   # (C_out * P, n_in)
+
+    def toeplitz(weight: np.ndarray) -> np.ndarray:                   # (C_out * P, n_in)
+        y = affine(basis, np.ascontiguousarray(np.swapaxes(weight, -1, -2), dtype=np.float32))
+        return y.reshape(n_in, p, layer.n_out).transpose(2, 1, 0).reshape(layer.n_out * p, n_in)
+
+    w = toeplitz(layer.weight)
     params = {k: (np.repeat(np.asarray(v), p) if np.ndim(v) else v) for k, v in layer.act_params.items()}
     dense = AnalogLayer(layer.index, layer.name, layer.op, w.astype(np.float32), np.repeat(layer.bias, p),
                         layer.activation, layer.input, layer.output, layer.nodes, act_params=params, meta=layer.meta)
-    return Link(dense, layer.index, np.tile(np.arange(p), layer.n_out))
+    return Link(dense, layer.index, np.tile(np.arange(p), layer.n_out), toeplitz(np.ones_like(layer.weight)) != 0)
 
 
 def _glue_link(prev: AnalogLayer, layer: AnalogLayer, glue: list, dims: tuple) -> Link | None:

@@ -48,7 +48,7 @@ APPROXIMATION = ("linearised (first order around the noise-free point: glue line
 
 
 @dataclass
-class _Call:
+class Call:
     """One device call seen on the clean pass: its rows' pre-activation, output and input norms (B, P, n)."""
 
     layer: AnalogLayer
@@ -85,7 +85,7 @@ class _Perturbed:
             emu = Emulator()
             emu.program(lin)
             self.linear[layer.index] = (lin, emu)
-        self.calls: dict[tuple, _Call] = {}
+        self.calls: dict[tuple, Call] = {}
         self.target: tuple | None = None
         self.columns = np.zeros(0, np.int64)    # per repetition: the perturbed (row, neuron), flattened
         self.step = 0.0
@@ -96,7 +96,7 @@ class _Perturbed:
         y = layer.activate(np.array(a))
         key = (layer.index, step)
         if self.target is None:
-            self.calls[key] = _Call(layer, a[0].astype(np.float64), y[0].astype(np.float64), self._norm2(layer, x))
+            self.calls[key] = Call(layer, a[0].astype(np.float64), y[0].astype(np.float64), self._norm2(layer, x))
         if key == self.target:
             y = np.repeat(y, repeats, axis=0) if y.shape[0] != repeats else y.copy()
             p, n = y.shape[2], y.shape[3]
@@ -172,7 +172,7 @@ def _jacobians(model: Any, feeds: dict[str, np.ndarray], probe: _Perturbed, cols
             for m in range(first, len(outs[0]))}
 
 
-def call_noise(call: _Call, nz: LayerNoise) -> dict[str, Any]:
+def call_noise(call: Call, nz: LayerNoise) -> dict[str, Any]:
     """The noise one call adds, at its output, as ``diag`` (B, P, n) variances and correlated ``shared``
     terms [(variance, weights (B, P, n))]: each adds variance * (sum over a row's tile of weights * noise)."""
     a, y = call.pre, call.out

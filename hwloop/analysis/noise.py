@@ -9,7 +9,7 @@ Conventions: docs/analysis.md.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -42,6 +42,8 @@ class LayerNoise:
     clip: tuple[float, float] | None = None   # output ADC range: values outside are clipped
     #: per neuron, the device row it shares correlated terms with (a conv's position); None: all neurons
     groups: Any = field(default=None, compare=False)
+    #: (N, n_in) 0/1: the inputs each neuron's product reads (a conv's patch, a group); None: all of them
+    support: Any = field(default=None, compare=False)
 
     @classmethod
     def from_settings(cls, settings: Any, layer: AnalogLayer | None = None,
@@ -60,8 +62,8 @@ class LayerNoise:
     def scaled(self, factor: float) -> "LayerNoise":
         """The same noise with every fresh variance multiplied by ``factor`` (1/k for k averaged executions)."""
         f = factor
-        return LayerNoise(self.D_A * f, self.D_M * f, self.D_AC * f, self.D_MC * f, self.placement,
-                          self.extra * f, self.shot * f, self.read * f, self.cols, self.clip, self.groups)
+        return replace(self, D_A=self.D_A * f, D_M=self.D_M * f, D_AC=self.D_AC * f, D_MC=self.D_MC * f,
+                       extra=self.extra * f, shot=self.shot * f, read=self.read * f)
 
     @property
     def pre(self) -> "LayerNoise | None":
@@ -98,10 +100,16 @@ def in_range(m: torch.Tensor, var: torch.Tensor, lo: float, hi: float) -> torch.
 
 def tile_indicator(n: int, cols: int | None, dtype: torch.dtype, groups=None) -> torch.Tensor:
     """(N, T) indicator of column tiles: correlated draws are shared within a tile only (and within a
-    group: a convolution's neurons at one position)."""
-    t = torch.arange(n) // (cols if cols else n)
+    group: a convolution's neurons at one position, one device row, whose columns are its channels)."""
+    column = np.arange(n)
+    if groups is not None:             # a neuron's column: its rank among the neurons of its row, in order
+        g = np.asarray(groups)
+        order = np.argsort(g, kind="stable")
+        column = np.empty(n, np.int64)
+        column[order] = np.arange(n) - np.searchsorted(g[order], g[order])
+    t = torch.as_tensor(column // (cols if cols else n))
     if groups is not None:
-        t = torch.as_tensor(np.asarray(groups)) * (int(t.max()) + 1) + t
+        t = torch.as_tensor(g) * (int(t.max()) + 1) + t
         t = torch.unique(t, return_inverse=True)[1]
     return torch.nn.functional.one_hot(t).to(dtype)
 

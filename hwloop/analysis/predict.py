@@ -29,8 +29,8 @@ from .measured import build_dataset, layer_summary, snr_db
 from .noise import LayerNoise, not_modelled
 from .propagate import first_input, model_feeds, propagate, propagate_chain
 
-__all__ = ["LayerNoise", "RawPrediction", "not_modelled", "predict", "predict_for_run", "predict_raw",
-           "propagate"]
+__all__ = ["LayerNoise", "RawPrediction", "layer_noises", "not_modelled", "predict", "predict_for_run",
+           "predict_raw", "propagate"]
 
 
 def predict(model: Any, profile: Profile | str | Path | Sequence[Profile | str | Path], data: Dataset | str | np.ndarray,
@@ -88,9 +88,7 @@ def predict_raw(model: Any, profile: Profile | str | Path | Sequence[Profile | s
     if not layers:
         raise HwloopError("the model has no analog layers")
     per_layer = _per_layer_profiles(profile, layers)
-    settings = [p.for_layer(l.index, l.name) for p, l in zip(per_layer, layers)]
-    noises = _layer_noises(layers, settings, quantisation, placements)
-    skipped = sorted({n for st in settings for n in not_modelled(st)})
+    noises, skipped = layer_noises(layers, per_layer, quantisation, placements)
     res, method = _propagate_model(model, layers, noises, data, average, dtype, common)
     if method != "exact" and any(nz.clip is not None for nz in noises):
         skipped.append("ADC range (clipping)")
@@ -122,9 +120,11 @@ def _per_layer_profiles(profile: Any, layers: list[AnalogLayer]) -> list[Profile
     return per_layer
 
 
-def _layer_noises(layers: list[AnalogLayer], settings: list, quantisation: bool,
-                  placements: Sequence[dict | None] | None) -> list[LayerNoise]:
-    """Each layer's noise as its device adds it (refusing row tiling, which is not modelled)."""
+def layer_noises(layers: Sequence[AnalogLayer], profiles: Sequence[Profile], quantisation: bool = True,
+                 placements: Sequence[dict | None] | None = None) -> tuple[list[LayerNoise], list[str]]:
+    """Each layer's noise as its device (one loaded profile per layer) adds it, and what the prediction
+    leaves out (refusing row tiling, which is not modelled)."""
+    settings = [p.for_layer(l.index, l.name) for p, l in zip(profiles, layers)]
     for l, st in zip(layers, settings):
         if st.array.rows is not None and l.n_in > st.array.rows:
             raise HwloopError(f"layer {l.name!r}: split into row tiles of {st.array.rows} inputs by the profile; "
@@ -137,7 +137,7 @@ def _layer_noises(layers: list[AnalogLayer], settings: list, quantisation: bool,
         from .placed import as_placed
 
         noises = [as_placed(nz, pl) for nz, pl in zip(noises, placements)]
-    return noises
+    return noises, sorted({n for st in settings for n in not_modelled(st)})
 
 
 def predict_for_run(run: Any, model: str | Path | None = None, profile: str | Path | None = None,

@@ -129,11 +129,13 @@ def _through_layer(layer: AnalogLayer, nz: LayerNoise, x: np.ndarray, cov: Facto
     incoming = None
     if cov is not None:  # J C J^T, with J = diag(f') W unless noise is added between W and f'
         incoming = cov.sandwich(wt, None if pre else slope, fold=not last)
-    if nz.read:  # weight read noise: variance read * E||x||^2 on every product, independent
-        ex2 = torch.from_numpy((x ** 2).sum(axis=1)).to(tdt)
+    if nz.read:  # weight read noise: variance read * E||x||^2 of the inputs every product reads, independent
+        sq = torch.from_numpy(x ** 2).to(tdt)
         if cov is not None:
-            ex2 = ex2 + cov.diagonal().sum(-1)
-        read = (nz.read * ex2)[:, None].expand_as(at)
+            sq = sq + cov.diagonal()
+        ex2 = (sq.sum(-1, keepdim=True).expand_as(at) if nz.support is None
+               else sq @ torch.from_numpy(np.asarray(nz.support, np.float64)).to(tdt).T)
+        read = nz.read * ex2
         incoming = incoming or FactoredCovariance.zero(at)
         incoming.add_(read if pre else read * slope * slope)
     if pre is not None:
@@ -188,7 +190,7 @@ def propagate_chain(model: Any, layers: Sequence[AnalogLayer], noises: Sequence[
         return propagate(layers, noises, x0, average, dtype, common=common)
     chain = dense_chain(model, _dims(model, layers[0].input))
     by_index = {layer.index: nz for layer, nz in zip(layers, noises)}
-    c_noises = [LayerNoise() if lk.source is None else replace(by_index[lk.source], groups=lk.groups)
+    c_noises = [LayerNoise() if lk.source is None else replace(by_index[lk.source], groups=lk.groups, support=lk.support)
                 for lk in chain]
     c_avg = {k: (average or {})[lk.source] for k, lk in enumerate(chain) if lk.source in (average or {})}
     res = propagate([lk.layer for lk in chain], c_noises, x0, c_avg, dtype, common=common)

@@ -47,7 +47,7 @@ from .settings import data_sha256, write_entry
 
 _DRAWS = 1024
 _SURE = 4.5
-_FORMAT = 3          # bump when the probabilities change for the same inputs (cache key)
+_FORMAT = 4          # bump when the probabilities change for the same inputs (cache key)
 _MEMORY = 16         # screens kept in this process
 
 #: profile entries drawn anew at every inference; the static pass runs with them off (ADC: range kept, no steps)
@@ -66,6 +66,7 @@ class Screen:
 
 
 _memory: dict[str, Screen] = {}
+_derived: dict[str, Profile] = {}     # derived profiles, by (profile, change, layer)
 
 
 def screen(model, profile: Profile, ds: Dataset, seed: int, cache: Path | None = None) -> Screen:
@@ -121,20 +122,42 @@ def _save(cache: Path | None, key: str, s: Screen) -> None:
 
 def _compute(model, profile: Profile, ds: Dataset, seed: int) -> Screen:
     from ..analysis.propagate import torch_threads, worth_threads
-    from ..runner import model_input
+    from ..feeds import model_inputs
 
-    last = model.layers[-1]
     small = worth_threads(len(ds), max(l.n_out * (l.positions or 1024) for l in model.layers)) == 1
+    feeds = model_inputs(model, ds)
     with torch_threads(1) if small else nullcontext():     # small products: waking torch's threads costs more
-        mean, cov, clean = _moments(model, profile, ds, model_input(model, ds), seed)
+        mean, cov, clean = _moments(model, profile, feeds, seed)
+    last = model.layers[-1]
     adc = profile.for_layer(last.index, last.name).adc
     drift = any(profile.for_layer(l.index, l.name).drift.active for l in model.layers)
     return Screen(win_probabilities(mean, cov, adc if adc.active else None, seed), clean, "drift" if drift else "")
 
 
-def _moments(model, profile: Profile, ds: Dataset, x: np.ndarray, seed: int):
+def _moments(model, profile: Profile, feeds: dict[str, np.ndarray], seed: int):
     """(mean logits (n, k), their covariance (n, k, k), the noise-free model's class (n,)), before the last
-    layer's ADC (which ``win_probabilities`` applies to each draw)."""
+    layer's ADC (which ``win_probabilities`` applies to each draw): the covariance from the logits'
+    Jacobians (``analysis.logits``), or for models outside it from the general prediction."""
+    from ..analysis.logits import Outside, logit_moments
+    from ..analysis.predict import layer_noises
+
+    last = model.layers[-1]
+    profiles = [profile] * (len(model.layers) - 1) + [derived(profile, {}, last={"adc": _NO_ADC}, layer=last)]
+    noises, _ = layer_noises(model.layers, profiles)
+    try:
+        mean, cov, clipped = logit_moments(model, noises, feeds)
+    except Outside:
+        mean, cov, clipped = _contrast_moments(model, profiles, feeds)
+    static = _static_pass(model, profile, feeds, seed, ideal_class=clipped)
+    if static is not None:
+        return static[0], cov, (mean.argmax(axis=1) if static[1] is None else static[1])
+    return mean, cov, mean.argmax(axis=1)
+
+
+def _contrast_moments(model, profiles: list[Profile], feeds: dict[str, np.ndarray]):
+    """``_moments``'s mean and covariance from ``predict_raw`` (any model it predicts), with a noise-free layer
+    of all pairwise differences z_j - z_k appended after the last analog layer: it gives Var(z_j - z_k)
+    besides Var(z_j), so the full covariance of the logits.  The mean may be clipped by hidden ADCs."""
     from ..analysis.predict import predict_raw
 
     last = model.layers[-1]
@@ -144,31 +167,38 @@ def _moments(model, profile: Profile, ds: Dataset, x: np.ndarray, seed: int):
     for row, (i, j) in enumerate(pairs):
         d[row, i], d[row, j] = 1.0, -1.0
     contrasts = AnalogLayer(index=len(model.layers), name="hwloop-contrasts", op="Gemm", weight=d,
-                            bias=np.zeros(len(pairs), np.float32), input=last.output, output="hwloop-contrasts")
+                            bias=np.zeros(len(pairs), np.float32), input=last.output, output="hwloop-contrasts",
+                            meta={"dtype": last.meta.get("dtype", "float32")})
     at = model.steps.index(last) + 1
     wrapped = dataclasses.replace(model, layers=[*model.layers, contrasts],
                                   steps=[*model.steps[:at], contrasts, *model.steps[at:]])
-    no_adc = derived(profile, {}, last={"adc": _NO_ADC}, layer=last)
     n_layers = len(model.layers)
-    pred = predict_raw(wrapped, [profile] * (n_layers - 1) + [no_adc, _ideal()], x, dtype="float32",
-                       common=False).layers
+    x = next(iter(feeds.values()))
+    pred = predict_raw(wrapped, [*profiles, _ideal()], x, dtype="float32", common=False).layers
     mean = np.asarray(pred[n_layers - 1]["mean"], np.float64)
-    clean = mean.argmax(axis=1)
-    static = _static_pass(model, profile, ds, seed)
-    if static is not None:
-        mean, clean = static
     v = np.asarray(pred[n_layers]["var"], np.float64)       # Var(z_i - z_j), (n, pairs)
     diag = np.asarray(pred[n_layers - 1]["var"], np.float64)
     cov = np.zeros((len(mean), k, k))
     for row, (i, j) in enumerate(pairs):
         cov[:, i, j] = cov[:, j, i] = 0.5 * (diag[:, i] + diag[:, j] - v[:, row])
     cov[:, np.arange(k), np.arange(k)] = diag
-    return mean, cov, clean
+    return mean, cov, any(nz is not None for nz in (p.for_layer(l.index, l.name).adc.range
+                                                   for p, l in zip(profiles[:-1], model.layers[:-1])))
 
 
 def derived(profile: Profile, every: dict, last: dict | None = None, layer: AnalogLayer | None = None) -> Profile:
     """``profile`` with the entries ``every`` ({section: {key: value}}) set in its defaults and every layer
-    override, and ``last`` in every override that applies to ``layer`` (by index or name)."""
+    override, and ``last`` in every override that applies to ``layer`` (by index or name); kept by content."""
+    key = json.dumps([profile.sha256, every, last, None if layer is None else [layer.index, layer.name]],
+                     sort_keys=True, default=str)
+    if key not in _derived:
+        while len(_derived) >= 4 * _MEMORY:
+            _derived.pop(next(iter(_derived)))
+        _derived[key] = _derive(profile, every, last, layer)
+    return _derived[key]
+
+
+def _derive(profile: Profile, every: dict, last: dict | None, layer: AnalogLayer | None) -> Profile:
     data = copy.deepcopy(dict(profile.data))
     layers = dict(data.get("layers") or {})
     for scope in [data, *layers.values()]:
@@ -187,20 +217,29 @@ def derived(profile: Profile, every: dict, last: dict | None = None, layer: Anal
     return Profile(data=data, text=text, path=None)
 
 
-def _static_pass(model, profile: Profile, ds: Dataset, seed: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """(the programmed chip's noise-free logits before its last ADC (n, k), the ideal model's class (n,)), or
-    None when the profile has no static errors.  The chip is programmed as ``check_model`` programs it (same
-    seed, same draws); hidden layers' ADCs clip (their steps enter the prediction as variance)."""
+def _static_pass(model, profile: Profile, feeds: dict[str, np.ndarray], seed: int, ideal_class: bool
+                 ) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """(the programmed chip's noise-free logits before its last ADC (n, k), the ideal model's class (n,) when
+    ``ideal_class`` else None), or None when the profile has no static errors and no hidden ADC range.  The
+    chip is programmed as ``check_model`` programs it (same seed, same draws: ``run_devices``); hidden
+    layers' ADCs clip (their steps enter the covariance as variance)."""
     last = model.layers[-1]
     static = derived(profile, _FRESH, last={"adc": _NO_ADC}, layer=last)
+    settings = [static.for_layer(l.index, l.name) for l in model.layers]
     if not any(st.weights.active or st.gain_offset.active or st.dac.active or st.transfer.active
-               for st in (static.for_layer(l.index, l.name) for l in model.layers)):
+               or st.adc.range is not None for st in settings):
         return None
     from ..devices.emulator import emulators
-    from ..runner import run_model
+    from ..forward import walk
+    from ..run_devices import _Devices, _Ideal, resolve_devices
 
-    res = run_model(model, ds, devices=emulators(static, model.layers), repeats=1, seed=seed)
-    return np.asarray(res.layers[-1][0], np.float64), np.asarray(res.clean_output).argmax(axis=1)
+    chip = _Devices(model, resolve_devices(model, emulators(static, model.layers)), seed)
+    layers, _ = walk(model, feeds, lambda L, v, r, step=None: chip.run(L, v, r, 0, step), 1)
+    clean = None
+    if ideal_class:
+        ideal = _Ideal(model)
+        clean = np.asarray(walk(model, feeds, ideal.run, 1)[0][-1][0]).argmax(axis=1)
+    return np.asarray(layers[-1][0], np.float64), clean
 
 
 def win_probabilities(mean: np.ndarray, cov: np.ndarray, adc: Converter | None, seed: int) -> np.ndarray:
@@ -224,9 +263,12 @@ def win_probabilities(mean: np.ndarray, cov: np.ndarray, adc: Converter | None, 
         p = ndtr(-margin[one, rival] / sd[one, rival])
         probs[one, top[one]] = 1.0 - p
         probs[one, rival] = p
-    several = np.flatnonzero(count > (1 if adc is None else 0))
-    if several.size:
-        probs[several] = _orthant(mean[several], cov[several], adc, seed)
+    close[rows, top] = True
+    for m in np.unique(count[count > (1 if adc is None else 0)]):    # the top class and m rivals: m + 1 dims
+        at = np.flatnonzero(count == m)
+        cls = np.nonzero(close[at])[1].reshape(len(at), m + 1)        # in class order (argmax's tie rule)
+        probs[at[:, None], cls] = _orthant(mean[at[:, None], cls], cov[at[:, None, None], cls[:, :, None],
+                                                                        cls[:, None, :]], adc, seed)
     return probs
 
 
@@ -284,7 +326,7 @@ def _ideal() -> Profile:
     return ideal_profile()
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=64)
 def _normal_points(dim: int, seed: int) -> np.ndarray:
     """``_DRAWS`` standard normal points in ``dim`` dimensions: scrambled Sobol (lower error than random)."""
     from scipy.stats import norm, qmc

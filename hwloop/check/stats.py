@@ -35,7 +35,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import norm
+from scipy.special import ndtri
 
 from ..errors import HwloopError
 
@@ -103,7 +103,7 @@ def looks(max_repeats: int, first: int = 4, sequential: bool = True) -> tuple[in
 
 def quantile(alpha: float) -> float:
     """z with P(N(0,1) > z) = alpha."""
-    return float(norm.isf(alpha))
+    return float(-ndtri(alpha))
 
 
 @dataclass

@@ -14,6 +14,10 @@ chip's operating point (physics-aware training, Wright et al., Nature 601,
 - ``onnx_out``: the tuned weights written back into the same ONNX graph
 """
 
-from .train import MODES, FinetuneConfig, FinetuneResult, finetune, format_report
+from ..lazy import lazy_attributes
+
+# the training loop (and torch.optim) loads on first use: ``glue``, which the analytic screen uses, stays light
+__getattr__, __dir__ = lazy_attributes(__name__, globals(), {n: "train" for n in (
+    "MODES", "FinetuneConfig", "FinetuneResult", "finetune", "format_report")})
 
 __all__ = ["MODES", "FinetuneConfig", "FinetuneResult", "finetune", "format_report"]
