@@ -92,3 +92,15 @@ def publish(results: Sequence[CheckResult], environ=os.environ) -> None:
     if summary:
         with open(summary, "a", encoding="utf-8") as f:
             f.write("## hwloop check\n\n" + markdown(results) + "\n")
+
+
+def comparison(screen: CheckResult, sampled: CheckResult) -> str:
+    """How the analytic screen of a pair compares with sampling it on the same data: per bar, both values,
+    the gap, and the gap in standard errors of the sampled value (over repeats, on these samples)."""
+    lines = [f"screen vs sampling: {screen.name}, {sampled.repeats} sampled repeats on the same data"]
+    for a, b in zip(screen.bars, sampled.bars):
+        gap, se = a.estimate.value - b.estimate.value, b.estimate.se
+        in_se = f" ({gap / se:+.1f} s.e.)" if se > 0 else ""
+        lines.append(f"  {a.name}: screen {a.estimate.value:.4f}, sampled {b.estimate.value:.4f} ± {se:.4f} "
+                     f"(s.e.): gap {gap:+.4f}{in_se}")
+    return "\n".join(lines)

@@ -67,6 +67,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     st.add_argument("--analytic", action="store_true",
                     help="screen without sampling: the programmed chip's static errors exactly, the fresh "
                          "noise from the predicted covariance of the logits")
+    st.add_argument("--compare", action="store_true",
+                    help="with --analytic: also sample every pair on the same data (--repeats, else --max-repeats "
+                         "repeats) and print how the screen compares, bar by bar")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--workers", type=int, default=None, help="run the pairs on a local Dask cluster of N processes "
@@ -85,6 +88,11 @@ def main(args: argparse.Namespace) -> int:
     from ..check.outputs import markdown, publish, write_junit
     from ..files import atomic_path
 
+    if args.compare and (not args.analytic or args.bench):
+        from ..errors import HwloopError
+
+        raise HwloopError("check: --compare compares the --analytic screen with sampling; give it with --analytic "
+                          "and profiles")
     bars = Bars(args.min_accuracy, args.max_drop, args.max_flip_rate, parse_class_min(args.class_min),
                 args.metric, args.max_increase)
     settings = Settings(bars, data=args.data, repeats=args.repeats, max_repeats=args.max_repeats,
@@ -98,6 +106,8 @@ def main(args: argparse.Namespace) -> int:
         results = run_matrix(args.models, profiles, settings, workers=args.workers, scheduler=args.scheduler,
                              cache=cache)
     print("\n\n".join(r.summary() for r in results))
+    if args.compare:
+        _compare(args, results, settings, profiles, cache)
     if len(results) > 1:
         print("\n" + markdown(results), end="")
     if args.junit:
@@ -108,6 +118,20 @@ def main(args: argparse.Namespace) -> int:
     publish(results)
     codes = {r.exit_code for r in results}
     return 1 if 1 in codes else (3 if 3 in codes else 0)
+
+
+def _compare(args: argparse.Namespace, screens: list, settings, profiles: list[str], cache) -> None:
+    """Sample every screened pair (dataset scope: the same samples, so the gap is the screen's own) and print
+    the comparison; the exit status stays the screen's."""
+    from dataclasses import replace
+
+    from ..check.matrix import run_matrix
+    from ..check.outputs import comparison
+
+    sampled = run_matrix(args.models, profiles, replace(settings, analytic=False, scope="dataset",
+                                                        repeats=settings.repeats or settings.max_repeats),
+                         workers=args.workers, scheduler=args.scheduler, cache=cache)
+    print("\n" + "\n\n".join(comparison(a, b) for a, b in zip(screens, sampled)))
 
 
 def _on_bench(args: argparse.Namespace, settings, profiles: list[str]) -> list:
