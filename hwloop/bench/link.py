@@ -46,11 +46,8 @@ class _Retry(Exception):
 def _answered(e: BaseException) -> bool:
     """The controller took the connection, then failed or closed it (busy with its previous client?); a
     refusal at the first exchange (pyvisa-py opens a socket lazily) means nothing listens: not answered."""
-    return isinstance(e, (_Retry, ScpiError, OSError, Timeout)) and not _refusal(e)
-
-
-def _refusal(e: BaseException) -> bool:
-    return isinstance(e, ConnectionRefusedError) or "Connection refused" in str(e)
+    refused = isinstance(e, ConnectionRefusedError) or "Connection refused" in str(e)
+    return isinstance(e, (_Retry, ScpiError, OSError, Timeout)) and not refused
 
 
 def _refused(e: BaseException) -> bool:
