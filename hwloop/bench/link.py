@@ -44,8 +44,7 @@ class _Retry(Exception):
 
 
 def _answered(e: BaseException) -> bool:
-    """The controller took the connection, then failed or closed it (busy with its previous client?); a
-    refusal at the first exchange (pyvisa-py opens a socket lazily) means nothing listens: not answered."""
+    """It took the connection, then failed or closed it (busy?); refused at the first exchange: nothing listens."""
     refused = isinstance(e, ConnectionRefusedError) or "Connection refused" in str(e)
     return isinstance(e, (_Retry, ScpiError, OSError, Timeout)) and not refused
 
