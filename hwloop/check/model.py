@@ -83,6 +83,12 @@ class _Look(Device):
     def run(self, x: np.ndarray, *, repeats: int, key: Sequence[int] = ()) -> np.ndarray:
         return self.inner.run(x, repeats=repeats, key=(_LOOK_TAG, self.look, *key))
 
+    def run_conv(self, x: np.ndarray, *, repeats: int, key: Sequence[int] = ()) -> np.ndarray | None:
+        """The inner device's whole-Conv path (``hwloop.lowering.on_device``), with the same look keys as
+        ``run``; None (the caller unfolds the rows for ``run``) when the inner device has none or declines."""
+        direct = getattr(self.inner, "run_conv", None)
+        return None if direct is None else direct(x, repeats=repeats, key=(_LOOK_TAG, self.look, *key))
+
     def describe(self) -> dict:
         return self.inner.describe()
 
