@@ -20,6 +20,9 @@ on another; killing the client leaves the finished batches marked, and
 
 A run without a store (``run_model(..., workers=N)`` with no ``out``) gets every
 batch's result back and returns the run in memory, as the local runner does.
+``summarise_sharded`` records nothing: each worker reduces its batch with a given
+function and only that travels back (``hwloop check``'s looks: outputs and
+per-sample noise sums, not every layer's values).
 
 Emulators only: a chip stays on the machine that holds its connection.
 """
@@ -34,6 +37,8 @@ import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
+
 import numpy as np
 
 from .cluster import dask_client
@@ -66,6 +71,7 @@ class ShardJob:
     store: str                  # the run store, as the client sees it
     store_started: str          # its start time: a worker writes only into this very store
     device: str | None = None   # where the reference pass computes (the emulators carry their own)
+    summary: Callable | None = None   # on the worker: what of each batch travels back (``summarise_sharded``)
 
 
 class _WorkerState:
@@ -126,7 +132,8 @@ def _read_model(job: ShardJob) -> Model:
 
 def compute_shard(job: ShardJob, batch: int, xb: np.ndarray, labels: np.ndarray):
     """On a worker: batch ``batch`` of the run (inputs ``xb``), written into the store (returns None)
-    when this worker sees it, else returned as (layers, clean, output, clean output, graph outputs)."""
+    when this worker sees it, else returned as (layers, clean, output, clean output, graph outputs);
+    with ``job.summary``, only ``job.summary(layers, clean, output, clean output)`` returns."""
     with _STATES_LOCK:
         state = _STATES.get(job.token)
         if state is None:
@@ -136,6 +143,8 @@ def compute_shard(job: ShardJob, batch: int, xb: np.ndarray, labels: np.ndarray)
     with state.lock:
         layers, clean, output, clean_out, outs = run_batch(state.model, state.noisy, state.ideal, job.all_ideal,
                                                            xb, batch, job.repeats)
+        if job.summary is not None:
+            return job.summary(layers, clean, output, clean_out)
         if state.writer is not None:
             state.writer.write_batch(batch, layers=layers, clean=clean, output=output, clean_output=clean_out,
                                      labels=labels, graph_outputs=outs)
@@ -169,6 +178,32 @@ def run_sharded(model: Model | str | Path, data: Dataset | str, settings: RunSet
     from the workers and are added to the given devices', as a local run leaves them.
     """
     s = RunSettings.of(settings, options, "run_sharded")
+    setup, kept = _sharded(model, data, s, client, worker_writes=worker_writes)
+    if setup.writer is None:
+        collected = Collected()
+        for b in sorted(kept):
+            collected.put(*kept[b])
+        return collected.result(setup.ds.y, setup.attrs, [L.name for L in setup.model.layers])
+    return RunResult(accuracy=setup.writer.finish(), path=setup.writer.path, labels=setup.ds.y, attrs=setup.attrs)
+
+
+def summarise_sharded(model: Model | str | Path, data: Dataset | str, summary: Callable,
+                      settings: RunSettings | None = None, *, client=None, **options) -> list:
+    """A run's batches computed on Dask, each reduced on its worker to ``summary(layers, clean, output,
+    clean output)``: the summaries in batch order.  Nothing is recorded (no ``out``); only the summaries
+    travel back.  ``summary`` travels by name: a module-level function.  Settings, ``client`` and the
+    devices' counters as in ``run_sharded``.
+    """
+    s = RunSettings.of(settings, options, "summarise_sharded")
+    if s.out is not None:
+        raise HwloopError(f"summarise_sharded records nothing: give no out ({s.out})")
+    _, kept = _sharded(model, data, s, client, summary=summary)
+    return [kept[b] for b in sorted(kept)]
+
+
+def _sharded(model: Model | str | Path, data: Dataset | str, s: RunSettings, client, *, worker_writes: bool = False,
+             summary: Callable | None = None) -> tuple:
+    """Set the run up here and compute its missing batches on Dask: (setup, {batch: what came back})."""
     model = model if isinstance(model, Model) else load_model(model)
     per_layer = resolve_devices(model, s.devices, s.device)
     check_shardable(per_layer)
@@ -180,10 +215,10 @@ def run_sharded(model: Model | str | Path, data: Dataset | str, settings: RunSet
     job = ShardJob(model.path.read_bytes(), model.path.name, str(model.path.resolve()), model.sha256, job_devices,
                    int(s.seed), int(s.repeats), setup.all_ideal, uuid.uuid4().hex,
                    str(Path(s.out).resolve()) if worker_writes and s.out is not None else "",
-                   str(setup.attrs["start_time"]), s.device)
+                   str(setup.attrs["start_time"]), s.device, summary)
     todo = setup.todo()
     bar = progress_bar(setup.n_batches, len(todo), s.progress)
-    kept: dict[int, tuple] = {}       # without a store: the batches' results, joined in order at the end
+    kept: dict[int, object] = {}       # without a store: the batches' results, joined in order by the caller
     try:
         if todo and client is not None:
             _compute(client, job, setup, todo, bar, kept)
@@ -192,12 +227,7 @@ def run_sharded(model: Model | str | Path, data: Dataset | str, settings: RunSet
                 _compute(own, job, setup, todo, bar, kept)
     finally:
         bar.close()
-    if setup.writer is None:
-        collected = Collected()
-        for b in sorted(kept):
-            collected.put(*kept[b])
-        return collected.result(setup.ds.y, setup.attrs, [L.name for L in setup.model.layers])
-    return RunResult(accuracy=setup.writer.finish(), path=setup.writer.path, labels=setup.ds.y, attrs=setup.attrs)
+    return setup, kept
 
 
 def _compute(client, job: ShardJob, setup, todo: list[int], bar, kept: dict) -> None:
