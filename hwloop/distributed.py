@@ -130,10 +130,11 @@ def _read_model(job: ShardJob) -> Model:
     return load_model(local)
 
 
-def compute_shard(job: ShardJob, batch: int, xb: np.ndarray, labels: np.ndarray):
-    """On a worker: batch ``batch`` of the run (inputs ``xb``), written into the store (returns None)
-    when this worker sees it, else returned as (layers, clean, output, clean output, graph outputs);
-    with ``job.summary``, only ``job.summary(layers, clean, output, clean output)`` returns."""
+def compute_shard(job: ShardJob, batch: int, xb: np.ndarray, labels: np.ndarray) -> tuple:
+    """On a worker: batch ``batch`` of the run (inputs ``xb``), written into the store (result None)
+    when this worker sees it, else the result is (layers, clean, output, clean output, graph outputs);
+    with ``job.summary``, only ``job.summary(layers, clean, output, clean output)``.  Returns (result,
+    what the devices counted for this batch: one dict per layer, see ``_counters``)."""
     with _STATES_LOCK:
         state = _STATES.get(job.token)
         if state is None:
@@ -141,17 +142,20 @@ def compute_shard(job: ShardJob, batch: int, xb: np.ndarray, labels: np.ndarray)
                 _STATES.clear()
             state = _STATES[job.token] = _WorkerState(job)
     with state.lock:
+        before = _counters(state.noisy.per_layer)
         layers, clean, output, clean_out, outs = run_batch(state.model, state.noisy, state.ideal, job.all_ideal,
                                                            xb, batch, job.repeats)
+        counted = [None if b is None else {k: v - b.get(k, 0) for k, v in a.items()}
+                   for a, b in zip(_counters(state.noisy.per_layer), before)]
         if job.summary is not None:
-            return job.summary(layers, clean, output, clean_out)
+            return job.summary(layers, clean, output, clean_out), counted
         if state.writer is not None:
             state.writer.write_batch(batch, layers=layers, clean=clean, output=output, clean_output=clean_out,
                                      labels=labels, graph_outputs=outs)
-            return None
+            return None, counted
     return ([np.ascontiguousarray(a) for a in layers], [np.ascontiguousarray(a) for a in clean],
             np.ascontiguousarray(output), np.ascontiguousarray(clean_out),
-            {k: np.ascontiguousarray(v) for k, v in outs.items()})
+            {k: np.ascontiguousarray(v) for k, v in outs.items()}), counted
 
 
 def check_shardable(per_layer: list[Device]) -> None:
@@ -247,13 +251,13 @@ def _compute(client, job: ShardJob, setup, todo: list[int], bar, kept: dict) -> 
             flight[f] = b
             queue.add(f)
 
-    queue = as_completed()
+    queue = as_completed(with_results=True)     # results gathered as they come, no round trip each
     for _ in range(IN_FLIGHT_PER_WORKER * n_workers):
         submit()
-    for f in queue:
+    for f, (result, counted) in queue:          # a task that failed raises here; done batches stay
         b = flight.pop(f)
-        result = f.result()     # a task that failed raises here; done batches stay
         f.release()
+        _add_counts(setup.per_layer, counted)
         if result is not None and setup.writer is None:
             kept[b] = result
         elif result is not None:  # the worker could not see the store
@@ -262,35 +266,27 @@ def _compute(client, job: ShardJob, setup, todo: list[int], bar, kept: dict) -> 
                                      labels=setup.ds.y[setup.rows(b)], graph_outputs=outs)
         bar.update(1)
         submit()
-    _add_stats(setup.per_layer, client.run(worker_stats, job.token))
 
 
-def worker_stats(token: str) -> list[dict | None] | None:
-    """On a worker: the counters of job ``token``'s devices, one dict per layer (None for a layer
-    sharing an earlier layer's device, or without counters); None when this worker ran none of it."""
-    state = _STATES.get(token)
-    return None if state is None else _counters(state.noisy.per_layer)
-
-
-def _counters(per_layer: list[Device]) -> list[dict | None]:
+def _counters(per_layer: list[Device], live: bool = False) -> list[dict | None]:
+    """The devices' numeric counters (``stats``), one dict per layer (None for a layer sharing an earlier
+    layer's device, or without counters): copies, or with ``live`` the devices' own dicts."""
     seen: set[int] = set()
     out: list[dict | None] = []
     for dev in per_layer:
         unit = getattr(dev, "hardware", dev)
         stats = getattr(unit, "stats", None)
-        out.append(stats if isinstance(stats, dict) and id(unit) not in seen else None)
+        mine = isinstance(stats, dict) and id(unit) not in seen
+        out.append(None if not mine else stats if live else
+                   {k: v for k, v in stats.items() if isinstance(v, (int, float))})
         seen.add(id(unit))
     return out
 
 
-def _add_stats(per_layer: list[Device], by_worker: dict) -> None:
-    """Add what every worker counted since programming to the client's programmed devices' counters."""
-    mine = _counters(per_layer)
-    base = [None if c is None else dict(c) for c in mine]
-    for theirs in by_worker.values():
-        for own, start, counted in zip(mine, base, theirs or ()):
-            if own is None or counted is None:
-                continue
-            for key, value in counted.items():
-                if isinstance(value, (int, float)):
-                    own[key] = own.get(key, 0) + value - start.get(key, 0)
+def _add_counts(per_layer: list[Device], counted: list[dict | None]) -> None:
+    """Add what a worker's devices counted for one batch to the client's programmed devices' counters,
+    so that they end as a local run leaves them."""
+    for own, theirs in zip(_counters(per_layer, live=True), counted):
+        if own is not None and theirs is not None:
+            for key, value in theirs.items():
+                own[key] = own.get(key, 0) + value

@@ -35,8 +35,12 @@ def test_workers_send_back_the_look_parts_the_local_batches_give(mlp_onnx, digit
     # threads, and the workers run on one: a local run on more would differ in the last bits there)
     model, ds = load_model(mlp_onnx), digits.head(150)
     kw = dict(repeats=6, seed=5, batch_size=40)
-    parts = summarise_sharded(model, ds, look_part, devices=looked(model, 2), client=client, **kw)
-    local = run_model(model, ds, devices=looked(model, 2), **kw)
+    theirs, mine = looked(model, 2), looked(model, 2)
+    parts = summarise_sharded(model, ds, look_part, devices=theirs, client=client, **kw)
+    local = run_model(model, ds, devices=mine, **kw)
+    # what the workers' devices counted comes back with each batch: the counters end as a local run's
+    assert [d.inner.stats for d in theirs.values()] == [d.inner.stats for d in mine.values()]
+    assert [d.inner.stats["runs"] for d in mine.values()] == [4] * 4
     assert [type(p) for p in parts] == [LookPart] * 4 and [p.output.shape[1] for p in parts] == [40, 40, 40, 30]
     for part, i in zip(parts, range(0, 150, 40)):
         sl = slice(i, i + 40)

@@ -78,7 +78,8 @@ class Emulator(Device):
         rng = physics.static_rng(self._seed, layer.index, _STATIC_TAG)
         w, self.stats["weights_clipped"] = physics.program_weights(layer.weight, s.weights, rng)
         self._wt = _transposed(w)
-        self._read_std = s.weights.read_noise * physics.weight_full_scale(layer.weight, s.weights)
+        self._read_std = (s.weights.read_noise * physics.weight_full_scale(layer.weight, s.weights)
+                          if s.weights.read_noise else 0.0)
         self._rows = _tiles(layer.n_in, s.array.rows)
         if layer.groups > 1:   # each group is its own small array; its inputs must fit the rows
             if len(_tiles(layer.weight.shape[-1], s.array.rows)) > 1:
