@@ -251,7 +251,7 @@ def _compute(client, job: ShardJob, setup, todo: list[int], bar, kept: dict) -> 
             flight[f] = b
             queue.add(f)
 
-    queue = as_completed(with_results=True)     # results gathered as they come, no round trip each
+    queue = as_completed(loop=client.loop, with_results=True)   # results gathered as they come on this client's loop
     for _ in range(IN_FLIGHT_PER_WORKER * n_workers):
         submit()
     for f, (result, counted) in queue:          # a task that failed raises here; done batches stay

@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from exporters.demo import train_demo  # noqa: E402
 from exporters.models import MLP, seeded  # noqa: E402
 from exporters.torch_onnx import export_torch  # noqa: E402
+from hwloop import randomness  # noqa: E402
 from hwloop.check import check_model  # noqa: E402
 from hwloop.data import Dataset, load_data  # noqa: E402
 from hwloop.devices.emulator import emulators  # noqa: E402
@@ -106,10 +107,12 @@ def check_part(args: argparse.Namespace, tmp: Path) -> None:
                 def call() -> None:
                     before = torch.get_num_threads()
                     torch.set_num_threads(threads or before)
+                    randomness._pool = None        # the normals' thread pool follows torch's threads, as on a worker
                     try:
                         results[name] = check_model(**kw, scheduler=client.scheduler.address if client else None)
                     finally:
                         torch.set_num_threads(before)
+                        randomness._pool = None
                 return call
 
             t = best({"here": contender("here"), "here-1t": contender("here-1t", threads=1),

@@ -93,6 +93,11 @@ class _Look(Device):
         direct = getattr(self.inner, "run_conv", None)
         return None if direct is None else direct(x, repeats=repeats, key=(_LOOK_TAG, self.look, *key))
 
+    def takes_conv_whole(self, layer) -> bool:
+        from ..lowering import takes_whole
+
+        return takes_whole(self.inner, layer)
+
     def describe(self) -> dict:
         return self.inner.describe()
 
