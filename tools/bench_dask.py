@@ -139,6 +139,58 @@ def looks_of(repeats: int) -> tuple[int, ...]:
     return looks(repeats)
 
 
+def run_part(args: argparse.Namespace, tmp: Path) -> None:
+    """The run: here (1 thread, torch's threads), on 1 worker and on 2 workers, stores compared."""
+    from dask.distributed import Client, LocalCluster, get_task_stream
+
+    model, ds = mlp(SIZES, tmp), random_data(args.samples, SIZES[0])
+    profile = load_profile("semenova")
+    n_batches = -(-args.samples // args.batch_size)
+    times: dict[str, float] = {}
+    dask_share: list[float] = []       # 1 worker: wall time minus the worker's time computing its tasks
+
+    def run(name: str, threads: int, **kw) -> float:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        randomness._pool = None            # the normals' thread pool follows torch's threads
+        t = time.perf_counter()
+        run_model(model, ds, devices=emulators(profile, model.layers), repeats=args.repeats, seed=3,
+                  batch_size=args.batch_size, out=tmp / f"{name}.zarr", overwrite=True, **kw)
+        torch.set_num_threads(before)
+        randomness._pool = None
+        return time.perf_counter() - t
+
+    def trial(name: str, threads: int = torch.get_num_threads(), client=None, **kw) -> None:
+        ts = []
+        for _ in range(args.trials):
+            with get_task_stream(client) if client else contextlib.nullcontext() as stream:
+                ts.append(run(name, threads, **kw))
+            if client is not None and name == "1 worker":
+                dask_share.append(ts[-1] - sum(ss["stop"] - ss["start"] for task in stream.data
+                                               for ss in task["startstops"] if ss["action"] == "compute"))
+        times[name] = min(ts)
+
+    trial("local-1t", 1)
+    trial("local")
+    start = {}
+    for n in (1, 2):
+        t = time.perf_counter()
+        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+            start[n] = time.perf_counter() - t
+            with Client(cluster) as client:
+                trial(f"{n} worker{'s' * (n > 1)}", client=client, scheduler=cluster.scheduler_address)
+    same = all(chunk_bytes(tmp / f"{k}.zarr") == chunk_bytes(tmp / "local.zarr") for k in times)
+    print_table(times, args, n_batches)
+    print(f"2 workers vs 1 worker: {times['1 worker'] / times['2 workers']:.2f}x (goal >= 1.6x)")
+    print(f"overhead per shard: {(times['1 worker'] - times['local-1t']) / n_batches * 1e3:.1f} ms "
+          f"(1 worker vs this process on 1 thread, over {n_batches} batches; includes each run's set-up on "
+          "the worker: receiving and loading the model, programming the emulators); Dask's own share: "
+          f"{min(dask_share) / n_batches * 1e3:.1f} ms (1 worker's wall time minus its tasks' computing, "
+          "writing included, per batch: the client's set-up, shipping, round trips)")
+    print(f"cluster start-up: {start[1]:.1f} s (1 worker), {start[2]:.1f} s (2 workers)")
+    print(f"every store holds the same bytes as the local run: {same}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=4000)
@@ -147,50 +199,11 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=2)
     ap.add_argument("--check", action="store_true", help="time one check here and on 1 and 2 workers instead")
     args = ap.parse_args()
-    from dask.distributed import LocalCluster
-
     tmp = Path(tempfile.mkdtemp())
-    if args.check:
-        check_part(args, tmp)
+    try:
+        (check_part if args.check else run_part)(args, tmp)
+    finally:
         shutil.rmtree(tmp)
-        return
-    model, ds = mlp(SIZES, tmp), random_data(args.samples, SIZES[0])
-    profile = load_profile("semenova")
-    n_batches = -(-args.samples // args.batch_size)
-
-    def run(name: str, **kw) -> float:
-        out = tmp / f"{name}.zarr"
-        t = time.perf_counter()
-        run_model(model, ds, devices=emulators(profile, model.layers), repeats=args.repeats, seed=3,
-                  batch_size=args.batch_size, out=out, overwrite=True, **kw)
-        return time.perf_counter() - t
-
-    times: dict[str, float] = {}
-
-    def trial(name: str, **kw) -> None:
-        times[name] = min(run(name, **kw) for _ in range(args.trials))
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    trial("local-1t")
-    torch.set_num_threads(threads)
-    trial("local")
-    start = {}
-    for n in (1, 2):
-        t = time.perf_counter()
-        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-            start[n] = time.perf_counter() - t
-            trial(f"{n} worker{'s' * (n > 1)}", scheduler=cluster.scheduler_address)
-    same = all(chunk_bytes(tmp / f"{k}.zarr") == chunk_bytes(tmp / "local.zarr") for k in times)
-    shutil.rmtree(tmp)
-
-    print_table(times, args, n_batches)
-    print(f"2 workers vs 1 worker: {times['1 worker'] / times['2 workers']:.2f}x (goal >= 1.6x)")
-    print(f"overhead per shard: {(times['1 worker'] - times['local-1t']) / n_batches * 1e3:.1f} ms "
-          f"(1 worker vs this process on 1 thread, over {n_batches} batches; includes each run's set-up on "
-          "the worker: receiving and loading the model, programming the emulators)")
-    print(f"cluster start-up: {start[1]:.1f} s (1 worker), {start[2]:.1f} s (2 workers)")
-    print(f"every store holds the same bytes as the local run: {same}")
 
 
 if __name__ == "__main__":
