@@ -20,6 +20,9 @@ on another; killing the client leaves the finished batches marked, and
 
 A run without a store (``run_model(..., workers=N)`` with no ``out``) gets every
 batch's result back and returns the run in memory, as the local runner does.
+``summarise_sharded`` records nothing: each worker reduces its batch with a given
+function and only that travels back (``hwloop check``'s looks: outputs and
+per-sample noise sums, not every layer's values).
 
 Emulators only: a chip stays on the machine that holds its connection.
 """
@@ -34,6 +37,8 @@ import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
+
 import numpy as np
 
 from .cluster import dask_client
@@ -66,6 +71,7 @@ class ShardJob:
     store: str                  # the run store, as the client sees it
     store_started: str          # its start time: a worker writes only into this very store
     device: str | None = None   # where the reference pass computes (the emulators carry their own)
+    summary: Callable | None = None   # on the worker: what of each batch travels back (``summarise_sharded``)
 
 
 class _WorkerState:
@@ -124,9 +130,11 @@ def _read_model(job: ShardJob) -> Model:
     return load_model(local)
 
 
-def compute_shard(job: ShardJob, batch: int, xb: np.ndarray, labels: np.ndarray):
-    """On a worker: batch ``batch`` of the run (inputs ``xb``), written into the store (returns None)
-    when this worker sees it, else returned as (layers, clean, output, clean output, graph outputs)."""
+def compute_shard(job: ShardJob, batch: int, xb: np.ndarray, labels: np.ndarray) -> tuple:
+    """On a worker: batch ``batch`` of the run (inputs ``xb``), written into the store (result None)
+    when this worker sees it, else the result is (layers, clean, output, clean output, graph outputs);
+    with ``job.summary``, only ``job.summary(layers, clean, output, clean output)``.  Returns (result,
+    what the devices counted for this batch: one dict per layer, see ``_counters``)."""
     with _STATES_LOCK:
         state = _STATES.get(job.token)
         if state is None:
@@ -134,15 +142,20 @@ def compute_shard(job: ShardJob, batch: int, xb: np.ndarray, labels: np.ndarray)
                 _STATES.clear()
             state = _STATES[job.token] = _WorkerState(job)
     with state.lock:
+        before = _counters(state.noisy.per_layer)
         layers, clean, output, clean_out, outs = run_batch(state.model, state.noisy, state.ideal, job.all_ideal,
                                                            xb, batch, job.repeats)
+        counted = [None if b is None else {k: v - b.get(k, 0) for k, v in a.items()}
+                   for a, b in zip(_counters(state.noisy.per_layer), before)]
+        if job.summary is not None:
+            return job.summary(layers, clean, output, clean_out), counted
         if state.writer is not None:
             state.writer.write_batch(batch, layers=layers, clean=clean, output=output, clean_output=clean_out,
                                      labels=labels, graph_outputs=outs)
-            return None
+            return None, counted
     return ([np.ascontiguousarray(a) for a in layers], [np.ascontiguousarray(a) for a in clean],
             np.ascontiguousarray(output), np.ascontiguousarray(clean_out),
-            {k: np.ascontiguousarray(v) for k, v in outs.items()})
+            {k: np.ascontiguousarray(v) for k, v in outs.items()}), counted
 
 
 def check_shardable(per_layer: list[Device]) -> None:
@@ -169,6 +182,32 @@ def run_sharded(model: Model | str | Path, data: Dataset | str, settings: RunSet
     from the workers and are added to the given devices', as a local run leaves them.
     """
     s = RunSettings.of(settings, options, "run_sharded")
+    setup, kept = _sharded(model, data, s, client, worker_writes=worker_writes)
+    if setup.writer is None:
+        collected = Collected()
+        for b in sorted(kept):
+            collected.put(*kept[b])
+        return collected.result(setup.ds.y, setup.attrs, [L.name for L in setup.model.layers])
+    return RunResult(accuracy=setup.writer.finish(), path=setup.writer.path, labels=setup.ds.y, attrs=setup.attrs)
+
+
+def summarise_sharded(model: Model | str | Path, data: Dataset | str, summary: Callable,
+                      settings: RunSettings | None = None, *, client=None, **options) -> list:
+    """A run's batches computed on Dask, each reduced on its worker to ``summary(layers, clean, output,
+    clean output)``: the summaries in batch order.  Nothing is recorded (no ``out``); only the summaries
+    travel back.  ``summary`` travels by name: a module-level function.  Settings, ``client`` and the
+    devices' counters as in ``run_sharded``.
+    """
+    s = RunSettings.of(settings, options, "summarise_sharded")
+    if s.out is not None:
+        raise HwloopError(f"summarise_sharded records nothing: give no out ({s.out})")
+    _, kept = _sharded(model, data, s, client, summary=summary)
+    return [kept[b] for b in sorted(kept)]
+
+
+def _sharded(model: Model | str | Path, data: Dataset | str, s: RunSettings, client, *, worker_writes: bool = False,
+             summary: Callable | None = None) -> tuple:
+    """Set the run up here and compute its missing batches on Dask: (setup, {batch: what came back})."""
     model = model if isinstance(model, Model) else load_model(model)
     per_layer = resolve_devices(model, s.devices, s.device)
     check_shardable(per_layer)
@@ -180,10 +219,10 @@ def run_sharded(model: Model | str | Path, data: Dataset | str, settings: RunSet
     job = ShardJob(model.path.read_bytes(), model.path.name, str(model.path.resolve()), model.sha256, job_devices,
                    int(s.seed), int(s.repeats), setup.all_ideal, uuid.uuid4().hex,
                    str(Path(s.out).resolve()) if worker_writes and s.out is not None else "",
-                   str(setup.attrs["start_time"]), s.device)
+                   str(setup.attrs["start_time"]), s.device, summary)
     todo = setup.todo()
     bar = progress_bar(setup.n_batches, len(todo), s.progress)
-    kept: dict[int, tuple] = {}       # without a store: the batches' results, joined in order at the end
+    kept: dict[int, object] = {}       # without a store: the batches' results, joined in order by the caller
     try:
         if todo and client is not None:
             _compute(client, job, setup, todo, bar, kept)
@@ -192,12 +231,7 @@ def run_sharded(model: Model | str | Path, data: Dataset | str, settings: RunSet
                 _compute(own, job, setup, todo, bar, kept)
     finally:
         bar.close()
-    if setup.writer is None:
-        collected = Collected()
-        for b in sorted(kept):
-            collected.put(*kept[b])
-        return collected.result(setup.ds.y, setup.attrs, [L.name for L in setup.model.layers])
-    return RunResult(accuracy=setup.writer.finish(), path=setup.writer.path, labels=setup.ds.y, attrs=setup.attrs)
+    return setup, kept
 
 
 def _compute(client, job: ShardJob, setup, todo: list[int], bar, kept: dict) -> None:
@@ -217,13 +251,13 @@ def _compute(client, job: ShardJob, setup, todo: list[int], bar, kept: dict) -> 
             flight[f] = b
             queue.add(f)
 
-    queue = as_completed()
+    queue = as_completed(loop=client.loop, with_results=True)   # results gathered as they come on this client's loop
     for _ in range(IN_FLIGHT_PER_WORKER * n_workers):
         submit()
-    for f in queue:
+    for f, (result, counted) in queue:          # a task that failed raises here; done batches stay
         b = flight.pop(f)
-        result = f.result()     # a task that failed raises here; done batches stay
         f.release()
+        _add_counts(setup.per_layer, counted)
         if result is not None and setup.writer is None:
             kept[b] = result
         elif result is not None:  # the worker could not see the store
@@ -232,35 +266,27 @@ def _compute(client, job: ShardJob, setup, todo: list[int], bar, kept: dict) -> 
                                      labels=setup.ds.y[setup.rows(b)], graph_outputs=outs)
         bar.update(1)
         submit()
-    _add_stats(setup.per_layer, client.run(worker_stats, job.token))
 
 
-def worker_stats(token: str) -> list[dict | None] | None:
-    """On a worker: the counters of job ``token``'s devices, one dict per layer (None for a layer
-    sharing an earlier layer's device, or without counters); None when this worker ran none of it."""
-    state = _STATES.get(token)
-    return None if state is None else _counters(state.noisy.per_layer)
-
-
-def _counters(per_layer: list[Device]) -> list[dict | None]:
+def _counters(per_layer: list[Device], live: bool = False) -> list[dict | None]:
+    """The devices' numeric counters (``stats``), one dict per layer (None for a layer sharing an earlier
+    layer's device, or without counters): copies, or with ``live`` the devices' own dicts."""
     seen: set[int] = set()
     out: list[dict | None] = []
     for dev in per_layer:
         unit = getattr(dev, "hardware", dev)
         stats = getattr(unit, "stats", None)
-        out.append(stats if isinstance(stats, dict) and id(unit) not in seen else None)
+        mine = isinstance(stats, dict) and id(unit) not in seen
+        out.append(None if not mine else stats if live else
+                   {k: v for k, v in stats.items() if isinstance(v, (int, float))})
         seen.add(id(unit))
     return out
 
 
-def _add_stats(per_layer: list[Device], by_worker: dict) -> None:
-    """Add what every worker counted since programming to the client's programmed devices' counters."""
-    mine = _counters(per_layer)
-    base = [None if c is None else dict(c) for c in mine]
-    for theirs in by_worker.values():
-        for own, start, counted in zip(mine, base, theirs or ()):
-            if own is None or counted is None:
-                continue
-            for key, value in counted.items():
-                if isinstance(value, (int, float)):
-                    own[key] = own.get(key, 0) + value - start.get(key, 0)
+def _add_counts(per_layer: list[Device], counted: list[dict | None]) -> None:
+    """Add what a worker's devices counted for one batch to the client's programmed devices' counters,
+    so that they end as a local run leaves them."""
+    for own, theirs in zip(_counters(per_layer, live=True), counted):
+        if own is not None and theirs is not None:
+            for key, value in theirs.items():
+                own[key] = own.get(key, 0) + value

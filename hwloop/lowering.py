@@ -83,6 +83,14 @@ def on_device(dev, layer: AnalogLayer, x: np.ndarray, repeats: int, key: tuple =
     return np.ascontiguousarray(y).reshape(repeats, B, -1)
 
 
+def takes_whole(dev, layer: AnalogLayer) -> bool:
+    """Whether ``on_device`` hands Conv ``layer`` to ``dev`` whole (``run_conv``): no unfolded rows are
+    made.  False for a device that cannot say so before it is programmed (``takes_conv_whole``)."""
+    says = getattr(dev, "takes_conv_whole", None)
+    return (layer.conv is not None and getattr(dev, "run_conv", None) is not None and says is not None
+            and bool(says(layer)))
+
+
 def conv_out_spatial(layer: AnalogLayer, in_spatial: tuple) -> tuple[int, ...]:
     """A convolution's output size for an input of spatial size ``in_spatial`` (a dynamic height/width)."""
     spec = layer.conv

@@ -36,7 +36,7 @@ from .forward import forward, graph_outputs, output, rows, run_steps, stages, wa
 from .graph import Model, load_model
 from .inputs import labels_in_range, require_disk, require_memory
 from .layer import AnalogLayer
-from .lowering import im2col, on_device, per_sample
+from .lowering import im2col, on_device, per_sample, takes_whole
 from .pipeline import run_pipeline as _pipeline
 from .provenance import describe_devices, run_provenance
 from .run_devices import _Devices, _Ideal, derive_seed, resolve_devices
@@ -236,13 +236,19 @@ def prepare(model: Model | str | Path, data: Dataset | str, settings: RunSetting
     bs = min(bs, n)
     ideal = _Ideal(model, s.device)
     # a bad shape fails here, before any store exists
-    probe_layers, env = walk(model, rows(x, slice(0, 2)), ideal.run, repeats=1)
+    inputs: dict[int, int] = {}         # each layer's input tensor, values per sample (a Conv's before unfolding)
+
+    def probe_run(L: AnalogLayer, v: np.ndarray, r: int, step: int | None = None) -> np.ndarray:
+        inputs[L.index] = int(np.prod(np.shape(v)[2:]))
+        return ideal.run(L, v, r, step)
+
+    probe_layers, env = walk(model, rows(x, slice(0, 2)), probe_run, repeats=1)
     probe = output(model, env, 1)
     outs = [OutputInfo.of(k, name, v) for k, (name, v) in enumerate(graph_outputs(model, env, 1).items())]
     if probe.shape[2] > 1:      # a classifier's outputs: labels must name one (one output: no classes to check)
         labels_in_range(ds.y, probe.shape[2], ds.name, model.path)
     _require_room(model, s.repeats, n, bs, probe.shape[2] + sum(int(np.prod(o.shape)) for o in outs), s.out,
-                  pipelined)
+                  pipelined, batch_values(model, per_layer, ideal.emulators, inputs))
     noisy = _Devices(model, per_layer, s.seed)   # programmed first: describe() then reports tiling etc.
     attrs = run_provenance(model, ds, x, per_layer, s, bs)
     attrs["pipelined"] = pipelined
@@ -284,14 +290,28 @@ def progress_bar(total: int, todo: int, show: bool):
     return Progress(total, "hwloop run", unit="batch", initial=total - todo, enabled=show)
 
 
+def batch_values(model: Model, per_layer: list[Device], ideal: list[Device], inputs: dict[int, int]) -> int:
+    """Values per sample and repetition that a batch in flight holds: every layer's input and output, noisy
+    (on ``per_layer``) and noise-free (on ``ideal``).  A Conv's input is its unfolded rows (n_in values per
+    output position), unless its device takes it whole (``hwloop.lowering.takes_whole``): then the input
+    tensor itself (``inputs``: values per sample by layer index, as the probe saw them)."""
+    total = 0
+    for L, dev, ref in zip(model.layers, per_layer, ideal):
+        rows, out = L.n_in * _positions(L), L.n_out * _positions(L)
+        whole = inputs.get(L.index, rows)
+        total += 2 * out + (whole if takes_whole(dev, L) else rows) + (whole if takes_whole(ref, L) else rows)
+    return total
+
+
 def _require_room(model: Model, repeats: int, n: int, bs: int, n_outputs: int, out: str | Path | None,
-                  pipelined: bool) -> None:
+                  pipelined: bool, values: int) -> None:
     """Refuse, with the figure, a run whose arrays cannot fit in memory (or its store on disk);
-    ``n_outputs``: the values recorded per sample and repetition besides the layers' (class scores, graph outputs)."""
+    ``n_outputs``: the values recorded per sample and repetition besides the layers' (class scores, graph outputs);
+    ``values``: what a batch in flight holds per sample and repetition (``batch_values``)."""
     neurons = sum(L.n_out * _positions(L) for L in model.layers) + n_outputs
     # a batch in flight (one per stage when pipelined): every layer's input and output, noisy and noise-free
     in_flight = len(model.layers) + 1 if pipelined else 1
-    per_batch = 4.0 * 2 * (repeats + 1) * bs * sum((L.n_in + L.n_out) * _positions(L) for L in model.layers)
+    per_batch = 4.0 * (repeats + 1) * bs * values
     held = 0.0 if out is not None else 4.0 * (repeats + 1) * n * neurons   # without a store: all in memory
     hint = "lower --repeats or --batch-size" + ("" if out is not None else ", or record into a store")
     require_memory(per_batch * in_flight + held, f"a run of {repeats} repeats x {n} samples", hint)

@@ -8,12 +8,20 @@ is printed separately):
   local     run_model in this process, torch's default threads
   1 worker  run_model(scheduler=...) on a cluster of 1 single-threaded worker process
   2 workers the same on 2 worker processes
-The goal is 2 workers >= 1.6x of 1 worker.  Also one ``check_model`` (the first quarter of the samples,
-looks of 4, 8, 16 repeats) in this process vs sharded on the 2-worker cluster, its results compared.  Overhead per shard = (1 worker - local-1t)
+The goal is 2 workers >= 1.6x of 1 worker.  Overhead per shard = (1 worker - local-1t)
 / batches: shipping inputs and results, the client's bookkeeping, each worker's set-up.
 Every store is checked to hold the same bytes as the local run.
 
     .venv/bin/python tools/bench_dask.py [--samples 4000] [--batch-size 100] [--repeats 10] [--trials 2]
+
+``--check``: instead, one ``hwloop check`` (``check_model``, looks of 4, 8, ... 100 repeats: a bar
+they cannot decide) of an MLP 784-1024-1024-10 under ``semenova`` on 1000 random samples (batches of
+100), and of the demo model under ``crossbar`` on the digits (539 samples, batches of 100): here
+(torch's threads, and one thread), on 1 worker and on 2 workers, contenders taking turns
+(tools/timing.py), every result compared with the local check's.  Overhead per shard =
+(1 worker - here on 1 thread) / (looks x batches).
+
+    .venv/bin/python tools/bench_dask.py --check [--trials 2]
 
 Other jobs on the machine slow the contenders unevenly; the load average is printed.
 """
@@ -21,6 +29,7 @@ Other jobs on the machine slow the contenders unevenly; the load average is prin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
@@ -32,15 +41,19 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from exporters.demo import train_demo  # noqa: E402
 from exporters.models import MLP, seeded  # noqa: E402
 from exporters.torch_onnx import export_torch  # noqa: E402
+from hwloop import randomness  # noqa: E402
 from hwloop.check import check_model  # noqa: E402
-from hwloop.data import Dataset  # noqa: E402
+from hwloop.data import Dataset, load_data  # noqa: E402
 from hwloop.devices.emulator import emulators  # noqa: E402
 from hwloop.graph import load_model  # noqa: E402
 from hwloop.profiles import load_profile  # noqa: E402
 from hwloop.runner import run_model  # noqa: E402
+from timing import best  # noqa: E402  (tools/timing.py)
 
 SIZES = (784, 4096, 4096, 10)
 
@@ -48,14 +61,6 @@ SIZES = (784, 4096, 4096, 10)
 def chunk_bytes(path: Path) -> dict[str, bytes]:
     return {str(f.relative_to(path)): f.read_bytes() for f in sorted(path.rglob("*"))
             if f.is_file() and f.name != "zarr.json"}
-
-
-def timed_check(model, data: Dataset, **kw) -> tuple[float, object]:
-    """Seconds for one check (looks of 4, 8, 16 repeats; max drop 0, which these repeats rarely decide)
-    and its result."""
-    t = time.perf_counter()
-    r = check_model(model, data=data, max_repeats=16, max_drop=0.0, seed=3, **kw)
-    return time.perf_counter() - t, r
 
 
 def print_table(times: dict[str, float], args: argparse.Namespace, n_batches: int) -> None:
@@ -68,10 +73,122 @@ def print_table(times: dict[str, float], args: argparse.Namespace, n_batches: in
         print(f"{k:10s}{t:9.2f}{rows / t:11.0f}{times['1 worker'] / t:12.2f}x")
 
 
-def print_check(checks: dict, samples: int) -> None:
-    (t_local, local), (t_dask, dask) = checks["local"], checks["2 workers"]
-    print(f"check ({samples} samples, {local.repeats} repeats, {local.decision}): here {t_local:.2f} s, "
-          f"2 workers {t_dask:.2f} s: {t_local / t_dask:.2f}x; same result: {dask.to_dict() == local.to_dict()}")
+def mlp(sizes: tuple[int, ...], folder: Path):
+    with seeded(0):
+        net = MLP(sizes, ("sigmoid",) * (len(sizes) - 2) + ("linear",)).eval()
+    return load_model(export_torch(net, folder / f"mlp-{len(sizes)}-{sizes[1]}.onnx", torch.zeros(2, sizes[0])))
+
+
+def random_data(n: int, features: int) -> Dataset:
+    rng = np.random.default_rng(0)
+    return Dataset("random", rng.random((n, features), dtype=np.float32), rng.integers(0, 10, n), 10)
+
+
+def check_part(args: argparse.Namespace, tmp: Path) -> None:
+    """One check here (torch's threads; one thread), on 1 worker and on 2 workers, same result compared."""
+    from dask.distributed import Client, LocalCluster
+
+    cases = {"MLP 784-1024-1024-10, semenova, 1000 random samples": (
+                 mlp((784, 1024, 1024, 10), tmp), random_data(1000, 784), "semenova"),
+             "demo 64-32-16-10, crossbar, digits (539 samples)": (
+                 load_model(train_demo(tmp / "demo.onnx", seed=0, verbose=False)[0]), load_data("digits"), "crossbar")}
+    with contextlib.ExitStack() as stack:
+        clients = {}
+        for n in (1, 2):
+            cluster = stack.enter_context(LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                                       dashboard_address=None))
+            clients[n] = stack.enter_context(Client(cluster))
+        for title, (model, data, profile) in cases.items():
+            kw = dict(model=model, profile=load_profile(profile), data=data, max_repeats=100, max_drop=0.0, seed=3,
+                      batch_size=100)
+            results: dict[str, object] = {}
+
+            def contender(name: str, client=None, threads: int | None = None):
+                def call() -> None:
+                    before = torch.get_num_threads()
+                    torch.set_num_threads(threads or before)
+                    randomness._pool = None        # the normals' thread pool follows torch's threads, as on a worker
+                    try:
+                        results[name] = check_model(**kw, scheduler=client.scheduler.address if client else None)
+                    finally:
+                        torch.set_num_threads(before)
+                        randomness._pool = None
+                return call
+
+            t = best({"here": contender("here"), "here-1t": contender("here-1t", threads=1),
+                      "1 worker": contender("1 worker", clients[1]), "2 workers": contender("2 workers", clients[2])},
+                     reps=args.trials, block=1)
+            print_check(title, t, results, data)
+
+
+def print_check(title: str, t: dict[str, float], results: dict, data: Dataset) -> None:
+    here = results["here"]
+    shards = len(here.accuracy) and -(-len(data) // 100) * len(looks_of(here.repeats))
+    print(f"\ncheck: {title}: {here.repeats} repeats in {len(looks_of(here.repeats))} looks, {here.decision}; "
+          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}")
+    print(f"{'':10s}{'seconds':>9s}{'vs here':>10s}{'vs 1 worker':>13s}  same result as here")
+    for k, v in t.items():
+        print(f"{k:10s}{v:9.2f}{t['here'] / v:9.2f}x{t['1 worker'] / v:12.2f}x  {results[k].to_dict() == here.to_dict()}")
+    print(f"2 workers vs here: {t['here'] / t['2 workers']:.2f}x (goal > 1); overhead per shard: "
+          f"{(t['1 worker'] - t['here-1t']) / shards * 1e3:.1f} ms (1 worker vs here on 1 thread, {shards} shards)")
+
+
+def looks_of(repeats: int) -> tuple[int, ...]:
+    from hwloop.check.stats import looks
+
+    return looks(repeats)
+
+
+def run_part(args: argparse.Namespace, tmp: Path) -> None:
+    """The run: here (1 thread, torch's threads), on 1 worker and on 2 workers, stores compared."""
+    from dask.distributed import Client, LocalCluster, get_task_stream
+
+    model, ds = mlp(SIZES, tmp), random_data(args.samples, SIZES[0])
+    profile = load_profile("semenova")
+    n_batches = -(-args.samples // args.batch_size)
+    times: dict[str, float] = {}
+    dask_share: list[float] = []       # 1 worker: wall time minus the worker's time computing its tasks
+
+    def run(name: str, threads: int, **kw) -> float:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        randomness._pool = None            # the normals' thread pool follows torch's threads
+        t = time.perf_counter()
+        run_model(model, ds, devices=emulators(profile, model.layers), repeats=args.repeats, seed=3,
+                  batch_size=args.batch_size, out=tmp / f"{name}.zarr", overwrite=True, **kw)
+        torch.set_num_threads(before)
+        randomness._pool = None
+        return time.perf_counter() - t
+
+    def trial(name: str, threads: int = torch.get_num_threads(), client=None, **kw) -> None:
+        ts = []
+        for _ in range(args.trials):
+            with get_task_stream(client) if client else contextlib.nullcontext() as stream:
+                ts.append(run(name, threads, **kw))
+            if client is not None and name == "1 worker":
+                dask_share.append(ts[-1] - sum(ss["stop"] - ss["start"] for task in stream.data
+                                               for ss in task["startstops"] if ss["action"] == "compute"))
+        times[name] = min(ts)
+
+    trial("local-1t", 1)
+    trial("local")
+    start = {}
+    for n in (1, 2):
+        t = time.perf_counter()
+        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+            start[n] = time.perf_counter() - t
+            with Client(cluster) as client:
+                trial(f"{n} worker{'s' * (n > 1)}", client=client, scheduler=cluster.scheduler_address)
+    same = all(chunk_bytes(tmp / f"{k}.zarr") == chunk_bytes(tmp / "local.zarr") for k in times)
+    print_table(times, args, n_batches)
+    print(f"2 workers vs 1 worker: {times['1 worker'] / times['2 workers']:.2f}x (goal >= 1.6x)")
+    print(f"overhead per shard: {(times['1 worker'] - times['local-1t']) / n_batches * 1e3:.1f} ms "
+          f"(1 worker vs this process on 1 thread, over {n_batches} batches; includes each run's set-up on "
+          "the worker: receiving and loading the model, programming the emulators); Dask's own share: "
+          f"{min(dask_share) / n_batches * 1e3:.1f} ms (1 worker's wall time minus its tasks' computing, "
+          "writing included, per batch: the client's set-up, shipping, round trips)")
+    print(f"cluster start-up: {start[1]:.1f} s (1 worker), {start[2]:.1f} s (2 workers)")
+    print(f"every store holds the same bytes as the local run: {same}")
 
 
 def main() -> None:
@@ -80,57 +197,13 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--trials", type=int, default=2)
+    ap.add_argument("--check", action="store_true", help="time one check here and on 1 and 2 workers instead")
     args = ap.parse_args()
-    from dask.distributed import LocalCluster
-
     tmp = Path(tempfile.mkdtemp())
-    with seeded(0):
-        net = MLP(SIZES, ("sigmoid",) * 2 + ("linear",)).eval()
-    model = load_model(export_torch(net, tmp / "mlp.onnx", torch.zeros(2, SIZES[0])))
-    rng = np.random.default_rng(0)
-    ds = Dataset("random", rng.random((args.samples, SIZES[0]), dtype=np.float32),
-                 rng.integers(0, 10, args.samples), 10)
-    profile = load_profile("semenova")
-    n_batches = -(-args.samples // args.batch_size)
-
-    def run(name: str, **kw) -> float:
-        out = tmp / f"{name}.zarr"
-        t = time.perf_counter()
-        run_model(model, ds, devices=emulators(profile, model.layers), repeats=args.repeats, seed=3,
-                  batch_size=args.batch_size, out=out, overwrite=True, **kw)
-        return time.perf_counter() - t
-
-    times: dict[str, float] = {}
-
-    def trial(name: str, **kw) -> None:
-        times[name] = min(run(name, **kw) for _ in range(args.trials))
-
-    check = dict(model=model, profile=profile, data=ds.head(args.samples // 4), batch_size=args.batch_size)
-    checks = {"local": timed_check(**check)}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    trial("local-1t")
-    torch.set_num_threads(threads)
-    trial("local")
-    start = {}
-    for n in (1, 2):
-        t = time.perf_counter()
-        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-            start[n] = time.perf_counter() - t
-            trial(f"{n} worker{'s' * (n > 1)}", scheduler=cluster.scheduler_address)
-            if n == 2:
-                checks["2 workers"] = timed_check(**check, scheduler=cluster.scheduler_address)
-    same = all(chunk_bytes(tmp / f"{k}.zarr") == chunk_bytes(tmp / "local.zarr") for k in times)
-    shutil.rmtree(tmp)
-
-    print_table(times, args, n_batches)
-    print(f"2 workers vs 1 worker: {times['1 worker'] / times['2 workers']:.2f}x (goal >= 1.6x)")
-    print(f"overhead per shard: {(times['1 worker'] - times['local-1t']) / n_batches * 1e3:.1f} ms "
-          f"(1 worker vs this process on 1 thread, over {n_batches} batches; includes each run's set-up on "
-          "the worker: receiving and loading the model, programming the emulators)")
-    print(f"cluster start-up: {start[1]:.1f} s (1 worker), {start[2]:.1f} s (2 workers)")
-    print(f"every store holds the same bytes as the local run: {same}")
-    print_check(checks, args.samples // 4)
+    try:
+        (check_part if args.check else run_part)(args, tmp)
+    finally:
+        shutil.rmtree(tmp)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,10 @@ fresh repeats on that chip (run keys carry the look, so no two looks share a
 draw).  It also names the noisiest layer: per sample, the power ratio of the
 clean layer output to its deviation over the repetitions (both averaged over
 the layer's neurons), median over samples, in dB.
+
+A look keeps only what the check needs of each batch (``LookPart``: the outputs and
+per-sample noise and signal sums), computed where the batch ran: on Dask, only that
+travels back from the workers, never every layer's values.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import math
 import os
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ContextManager, Sequence
 
 import numpy as np
@@ -83,29 +87,78 @@ class _Look(Device):
     def run(self, x: np.ndarray, *, repeats: int, key: Sequence[int] = ()) -> np.ndarray:
         return self.inner.run(x, repeats=repeats, key=(_LOOK_TAG, self.look, *key))
 
+    def run_conv(self, x: np.ndarray, *, repeats: int, key: Sequence[int] = ()) -> np.ndarray | None:
+        """The inner device's whole-Conv path (``hwloop.lowering.on_device``), with the same look keys as
+        ``run``; None (the caller unfolds the rows for ``run``) when the inner device has none or declines."""
+        direct = getattr(self.inner, "run_conv", None)
+        return None if direct is None else direct(x, repeats=repeats, key=(_LOOK_TAG, self.look, *key))
+
+    def takes_conv_whole(self, layer) -> bool:
+        from ..lowering import takes_whole
+
+        return takes_whole(self.inner, layer)
+
     def describe(self) -> dict:
         return self.inner.describe()
 
 
+@dataclass
+class LookPart:
+    """What a check keeps of one batch of a look, or of a whole look (``join``); made by ``look_part``."""
+
+    output: np.ndarray                   # (repeats, B, C)
+    clean_output: np.ndarray             # (B, C)
+    noise: list[np.ndarray]              # per layer (B,): sum over repeats of the mean over neurons of (y - clean)^2
+    signal: list[np.ndarray]             # per layer (B,): mean over neurons of clean^2
+
+    @classmethod
+    def join(cls, parts: Sequence["LookPart"]) -> "LookPart":
+        """The batches' parts (in order) as one part of all the samples."""
+        def cat(arrays: list[np.ndarray], axis: int) -> np.ndarray:
+            return arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=axis)
+
+        return cls(cat([p.output for p in parts], 1), cat([p.clean_output for p in parts], 0),
+                   [cat(list(a), 0) for a in zip(*(p.noise for p in parts))],
+                   [cat(list(a), 0) for a in zip(*(p.signal for p in parts))])
+
+    def accuracy(self, labels: np.ndarray) -> np.ndarray:
+        """Accuracy per repeat, as a run computes it (``hwloop.result.Collected``)."""
+        return (self.output.argmax(axis=2) == labels[None, :]).mean(axis=1)
+
+
+def look_part(layers: list[np.ndarray], clean: list[np.ndarray], output: np.ndarray,
+              clean_output: np.ndarray) -> LookPart:
+    """One batch's ``LookPart`` from its run (``hwloop.runner.run_batch``): on a Dask worker, or here."""
+    noise = [_noise_sum(y, c) for y, c in zip(layers, clean)]
+    signal = [(np.asarray(c, np.float64) ** 2).mean(axis=1) for c in clean]
+    return LookPart(np.ascontiguousarray(output), np.ascontiguousarray(clean_output), noise, signal)
+
+
+def _noise_sum(y: np.ndarray, clean: np.ndarray) -> np.ndarray:
+    """Per sample: the sum over repeats of the mean over neurons of (y - clean)^2, in float64 (in place)."""
+    d = np.array(y, np.float64)
+    d -= clean[None]
+    np.square(d, out=d)
+    return d.mean(axis=2).sum(axis=0)
+
+
+@dataclass
 class _SNR:
     """Per-layer noise power per sample, accumulated over looks (see ``layer_snr_db``)."""
 
-    def __init__(self):
-        self.noise: list[np.ndarray] = []
-        self.signal: list[np.ndarray] = []
-        self.repeats = 0
-        self.clipped: dict[int, list[int]] = {}
+    noise: list[np.ndarray] = field(default_factory=list)
+    signal: list[np.ndarray] = field(default_factory=list)
+    repeats: int = 0
+    clipped: dict[int, list[int]] = field(default_factory=dict)
 
-    def add(self, layers, clean_layers, devices: dict) -> None:
-        r = layers[0].shape[0]
-        for k, (y, c) in enumerate(zip(layers, clean_layers)):
-            err = ((np.asarray(y, np.float64) - c[None]) ** 2).mean(axis=2).sum(axis=0)
+    def add(self, part: LookPart, devices: dict) -> None:
+        for k, (noise, signal) in enumerate(zip(part.noise, part.signal)):
             if len(self.noise) <= k:
-                self.noise.append(err)
-                self.signal.append((np.asarray(c, np.float64) ** 2).mean(axis=1))
+                self.noise.append(noise.copy())
+                self.signal.append(signal)
             else:
-                self.noise[k] += err
-        self.repeats += r
+                self.noise[k] += noise
+        self.repeats += part.output.shape[0]
         for k, dev in devices.items():
             st = getattr(dev, "stats", {})
             acc = self.clipped.setdefault(k, [0, 0])
@@ -178,11 +231,11 @@ def check_model(model: Model | str | os.PathLike, *, profile, settings: Settings
 
         def draw(look: int, r: int) -> np.ndarray:
             devices = target.devices(m)
-            res = _run_look(m, ds, {k: _Look(d, look) for k, d in devices.items()}, r, s, client)
-            snr.add(res.layers, res.clean_layers, devices)
-            seen.setdefault("clean", res.clean_output)
-            seen["acc"].append(np.asarray(res.accuracy, np.float64))
-            return res.output
+            part = _run_look(m, ds, {k: _Look(d, look) for k, d in devices.items()}, r, s, client)
+            snr.add(part, devices)
+            seen.setdefault("clean", part.clean_output)
+            seen["acc"].append(np.asarray(part.accuracy(ds.y), np.float64))
+            return part.output
 
         outcome = run_gate(draw, obs, s.bars, scope=s.scope, confidence=s.confidence, schedule=schedule)
     return CheckResult(model=str(m.path), profile=target.name, profile_sha256=target.sha256,
@@ -203,15 +256,21 @@ def _client(workers: int | None, scheduler: str | None) -> ContextManager:
     return dask_client(scheduler, workers)
 
 
-def _run_look(m: Model, ds: Dataset, devices: dict, repeats: int, s: Settings, client):
-    """One look's run: in this process, or its batches sharded over ``client``'s Dask workers."""
-    if client is None:
-        from ..runner import run_model
+def _run_look(m: Model, ds: Dataset, devices: dict, repeats: int, s: Settings, client) -> LookPart:
+    """One look's run, kept as its ``LookPart``: in this process, or its batches sharded over ``client``'s
+    Dask workers, each worker reducing its batches (``look_part``) so that only that travels back."""
+    if client is not None:
+        from ..distributed import summarise_sharded
 
-        return run_model(m, ds, devices=devices, repeats=repeats, seed=s.seed, batch_size=s.batch_size)
-    from ..distributed import run_sharded
+        return LookPart.join(summarise_sharded(m, ds, look_part, devices=devices, repeats=repeats, seed=s.seed,
+                                               batch_size=s.batch_size, client=client))
+    from ..runner import run_model
 
-    return run_sharded(m, ds, devices=devices, repeats=repeats, seed=s.seed, batch_size=s.batch_size, client=client)
+    res = run_model(m, ds, devices=devices, repeats=repeats, seed=s.seed, batch_size=s.batch_size)
+    bs = int(res.attrs["batch_size"])        # the same batches as on the workers: the same sums, bit for bit
+    return LookPart.join([look_part([y[:, i:i + bs] for y in res.layers], [c[i:i + bs] for c in res.clean_layers],
+                                    res.output[:, i:i + bs], res.clean_output[i:i + bs])
+                          for i in range(0, len(ds), bs)])
 
 
 def _observations(m: Model, ds: Dataset, data, metric: str, seed: int, batch_size: int | None) -> Observations:

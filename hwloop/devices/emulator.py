@@ -78,7 +78,8 @@ class Emulator(Device):
         rng = physics.static_rng(self._seed, layer.index, _STATIC_TAG)
         w, self.stats["weights_clipped"] = physics.program_weights(layer.weight, s.weights, rng)
         self._wt = _transposed(w)
-        self._read_std = s.weights.read_noise * physics.weight_full_scale(layer.weight, s.weights)
+        self._read_std = (s.weights.read_noise * physics.weight_full_scale(layer.weight, s.weights)
+                          if s.weights.read_noise else 0.0)
         self._rows = _tiles(layer.n_in, s.array.rows)
         if layer.groups > 1:   # each group is its own small array; its inputs must fit the rows
             if len(_tiles(layer.weight.shape[-1], s.array.rows)) > 1:
@@ -97,8 +98,7 @@ class Emulator(Device):
             rng = physics.static_rng(self.mismatch_seed, layer.index, _STATIC_TAG, 1)
         self._gain, self._offset = physics.gain_offset_draw(layer.n_out, s.gain_offset.gain, s.gain_offset.offset,
                                                             rng, shape=(len(self._rows),))
-        # inputs that reach the array as whole rows (DAC, read noise, row tiles) need the unfolded rows
-        self._conv_w = _conv_kernel(layer, self._wt, s.dac.active or bool(self._read_std) or len(self._rows) > 1)
+        self._conv_w = _conv_kernel(layer, self._wt, _needs_rows(s, layer))
 
     def run(self, x: np.ndarray, *, repeats: int, key: Sequence[int] = ()) -> np.ndarray:
         x = check_input(self, x, repeats)
@@ -147,6 +147,12 @@ class Emulator(Device):
         if s.transfer.on_host(self.layer.activation):
             out = self._activate_channels(np.array(out))
         return out.reshape(repeats, b, -1)
+
+    def takes_conv_whole(self, layer: AnalogLayer) -> bool:
+        """Whether ``run_conv`` takes ``layer`` whole once this device is programmed with it (no unfolded
+        rows are made: what a run's memory estimate counts); known before programming."""
+        s = self.profile.for_layer(layer.index, layer.name) if self.profile is not None else None
+        return _plain_conv(layer) and (s is None or s.ideal or not _needs_rows(s, layer))
 
     def _activate_channels(self, y: np.ndarray) -> np.ndarray:
         """The layer's activation (with its parameters, per-neuron ones included) on channel-major
@@ -262,9 +268,23 @@ def _transposed(w: np.ndarray) -> np.ndarray:
 def _conv_kernel(layer: AnalogLayer, wt: np.ndarray, row_exact: bool) -> np.ndarray | None:
     """The conv kernel for ``run_conv``, or None: not a plain Conv (grouped (g, o, i) weights and transposed
     convolutions go as rows), or the device must see the unfolded rows."""
-    if layer.conv is None or row_exact or layer.groups > 1 or layer.conv.transposed:
+    if row_exact or not _plain_conv(layer):
         return None
     return physics.conv_weight(wt, layer.conv)
+
+
+def _plain_conv(layer: AnalogLayer) -> bool:
+    """A Conv that ``physics.conv`` computes whole: ungrouped, not transposed, 1-D or 2-D."""
+    c = layer.conv
+    return (c is not None and layer.groups == 1 and not c.transposed and len(c.kernel_shape) in (1, 2)
+            and c.in_channels * int(np.prod(c.kernel_shape)) == layer.n_in)
+
+
+def _needs_rows(s, layer: AnalogLayer) -> bool:
+    """Whether a (non-ideal) device's inputs reach the array as whole rows: an input DAC, weight read
+    noise, or row tiles."""
+    read = bool(s.weights.read_noise) and physics.weight_full_scale(layer.weight, s.weights) != 0
+    return s.dac.active or read or len(_tiles(layer.n_in, s.array.rows)) > 1
 
 
 def _tiles(n: int, size: int | None) -> list[slice]:
