@@ -40,7 +40,16 @@ def affine(x: np.ndarray, wt: np.ndarray, bias: np.ndarray | None = None,
         g, i, o = tw.shape
         y = torch.bmm(tx.view(-1, g, i).transpose(0, 1), tw).transpose(0, 1).reshape(-1, g * o)
         return _host(y if bias is None else y.add_(_tensor(bias, device)))
-    return _host(tx @ tw if bias is None else torch.addmm(_tensor(bias, device), tx, tw))
+    rows = tx.shape[0]
+    if rows in _UNEVEN_ROWS:     # the same bits on any number of threads (a Dask worker runs on one)
+        tx = torch.cat([tx, tx.new_zeros(_UNEVEN_ROWS.stop - rows, tx.shape[1])])
+    return _host((tx @ tw if bias is None else torch.addmm(_tensor(bias, device), tx, tw))[:rows])
+
+
+#: row counts whose product MKL splits differently on one thread and on several, so a row's last bits
+#: depended on the thread count (measured with torch 2.13's CPU build, 1-8 threads; tests/test_physics_threads.py):
+#: such a product is computed on zero rows padded up to the range's end, which every thread count sums alike
+_UNEVEN_ROWS = range(5, 12)
 
 
 def conv_weight(wt: np.ndarray, spec) -> np.ndarray | None:
@@ -74,7 +83,10 @@ def conv(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, spec,
     if begin != end:   # asymmetric (SAME_UPPER/LOWER): pad explicitly, F.pad takes (w_begin, w_end, h_begin, h_end)
         t = F.pad(t, (begin[1], end[1], begin[0], end[0]))
         begin = (0, 0)
-    y = F.conv2d(t, _tensor(weight, device), None if bias is None else _tensor(bias, device), strides, begin, dil)
+    n = t.shape[0]
+    if n == 1:                   # oneDNN sums one image differently on one thread and on several: pad to two
+        t = torch.cat([t, t.new_zeros(t.shape)])
+    y = F.conv2d(t, _tensor(weight, device), None if bias is None else _tensor(bias, device), strides, begin, dil)[:n]
     return _host(y.squeeze(2) if one_d else y)
 
 
