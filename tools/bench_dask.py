@@ -48,6 +48,7 @@ from exporters.models import MLP, seeded  # noqa: E402
 from exporters.torch_onnx import export_torch  # noqa: E402
 from hwloop import randomness  # noqa: E402
 from hwloop.check import check_model  # noqa: E402
+from hwloop.cluster import NO_DASHBOARD  # noqa: E402
 from hwloop.data import Dataset, load_data  # noqa: E402
 from hwloop.devices.emulator import emulators  # noqa: E402
 from hwloop.graph import load_model  # noqa: E402
@@ -96,7 +97,7 @@ def check_part(args: argparse.Namespace, tmp: Path) -> None:
         clients = {}
         for n in (1, 2):
             cluster = stack.enter_context(LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                                       dashboard_address=None))
+                                                       **NO_DASHBOARD))
             clients[n] = stack.enter_context(Client(cluster))
         for title, (model, data, profile) in cases.items():
             kw = dict(model=model, profile=load_profile(profile), data=data, max_repeats=100, max_drop=0.0, seed=3,
@@ -175,7 +176,7 @@ def run_part(args: argparse.Namespace, tmp: Path) -> None:
     start = {}
     for n in (1, 2):
         t = time.perf_counter()
-        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, **NO_DASHBOARD) as cluster:
             start[n] = time.perf_counter() - t
             with Client(cluster) as client:
                 trial(f"{n} worker{'s' * (n > 1)}", client=client, scheduler=cluster.scheduler_address)
