@@ -1,8 +1,10 @@
 """One batch through a model's steps: analog layers on devices, digital glue in onnxruntime.
 
 Tensors travel as (rows, ...) arrays with rows = r x B (repetition-major) and
-their r: before the first analog layer r = 1, after it r = R, and glue that
-meets tensors of different r broadcasts the fewer repetitions.  The runner,
+their r: before the first analog layer r = 1, after it r = R (still 1 while
+every device so far gave the same values on every repetition: an ideal or a
+static-only device computes each layer once), and glue that meets tensors of
+different r broadcasts the fewer repetitions.  The runner,
 the Dask workers and the reference pass all walk a model through here, so a
 batch gives the same numbers wherever it runs.
 """
@@ -57,13 +59,14 @@ def run_steps(model: Model, steps: list, env: dict, recorded: list, run_layer: C
             run_glue(model, step, env, B)
             continue
         arr, r = env[step.input]
+        r_out = repeats
         if step.recurrent is not None:
             y, rec, extra = run_recurrent_layer(step, arr, r, B, repeats, run_layer)
             env.update({t: (v, repeats) for t, v in extra.items()})
         else:
-            y, rec = run_product_layer(step, arr, r, B, repeats, run_layer)
+            y, rec, r_out = run_product_layer(step, arr, r, B, repeats, run_layer)
         recorded.append(rec)
-        env[step.output] = (y, repeats)
+        env[step.output] = (y, r_out)
 
 
 def output(model: Model, env: dict, repeats: int) -> np.ndarray:

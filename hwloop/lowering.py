@@ -36,13 +36,17 @@ def run_recurrent_layer(layer: AnalogLayer, arr: np.ndarray, r: int, B: int, rep
 
 
 def run_product_layer(layer: AnalogLayer, arr: np.ndarray, r: int, B: int, repeats: int, run_layer: Callable):
-    """Run one analog layer on its device; returns the tensor for the graph and the recorded (R, B, n)."""
+    """Run one analog layer on its device; returns the tensor for the graph, the recorded (R, B, n) and the
+    tensor's repetitions: 1 when the device gave one value R times (a deterministic device on one
+    repetition: the next layers and glue then compute it once, not R times), else R."""
     dtype = np.dtype(layer.meta["dtype"])
     if layer.conv is not None:                                            # whole: ``on_device`` unfolds it
         a = np.asarray(arr, np.float32)
         spatial = tuple(layer.meta["out_spatial"] or conv_out_spatial(layer, a.shape[2:]))
         rec = run_layer(layer, a.reshape((r, B) + a.shape[1:]), repeats)  # (R, B, C_out * P)
-        return np.asarray(rec).reshape((repeats * B, layer.n_out) + spatial).astype(dtype, copy=False), rec
+        r_out = _repetitions(rec, repeats)
+        y = np.asarray(rec)[:r_out].reshape((r_out * B, layer.n_out) + spatial)
+        return y.astype(dtype, copy=False), rec, r_out
     if layer.tmap is not None:                                            # one row per token / position
         m = layer.tmap
         a = np.asarray(arr, np.float32)
@@ -57,12 +61,19 @@ def run_product_layer(layer: AnalogLayer, arr: np.ndarray, r: int, B: int, repea
         out = np.moveaxis(out, 0, m.batch_axis)
         if m.rows is not None:
             out = out.reshape(-1, layer.n_out)
-        return out.astype(dtype, copy=False), rec
+        return out.astype(dtype, copy=False), rec, repeats
     if arr.shape[0] != r * B:
         raise HwloopError(f"layer {layer.index} ({layer.name!r}): its input has {arr.shape[0]} rows for {r * B} "
                           "samples, and the graph does not say how they map to samples")
     y = run_layer(layer, arr.reshape(r, B, -1), repeats)          # (R, B, n_out)
-    return np.asarray(y, dtype=dtype).reshape(repeats * B, -1), y
+    r_out = _repetitions(y, repeats)
+    return np.asarray(y)[:r_out].astype(dtype, copy=False).reshape(r_out * B, -1), y, r_out
+
+
+def _repetitions(rec, repeats: int) -> int:
+    """1 when a device's (R, ...) result repeats one value along R without copies (``np.broadcast_to``),
+    else R."""
+    return 1 if repeats > 1 and isinstance(rec, np.ndarray) and rec.ndim and rec.strides[0] == 0 else repeats
 
 
 def on_device(dev, layer: AnalogLayer, x: np.ndarray, repeats: int, key: tuple = ()) -> np.ndarray:
