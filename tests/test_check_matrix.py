@@ -112,6 +112,16 @@ def test_analytic_screen_agrees_with_sampling_on_a_cnn(tmp_path):
     _agrees(path, "semenova")
 
 
+def test_analytic_screen_agrees_with_sampling_with_row_tiles(demo_onnx, tmp_path):
+    """crossbar with 20-row arrays: the demo model's 64 and 32 inputs are summed in 4 and 2 row tiles, each
+    partial sum with its own noise, read noise and ADC, added on the host (the prediction refuses them)."""
+    from hwloop.profiles import load_profile
+
+    path = tmp_path / "crossbar-20-rows.yaml"
+    path.write_text(load_profile("crossbar").text.replace("rows: 256", "rows: 20"))
+    _agrees(demo_onnx, str(path))
+
+
 @pytest.mark.parametrize("profile", ["semenova", "crossbar"])
 def test_analytic_screen_agrees_with_sampling_on_a_trained_max_pooling_cnn(trained_max_cnn, profile):
     """Max pooling, static programming errors and ADCs (crossbar): the screen's logits' Jacobians pass

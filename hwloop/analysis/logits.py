@@ -24,6 +24,7 @@ uses the general prediction instead.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -55,6 +56,9 @@ def logit_moments(model: Any, noises: Sequence[LayerNoise], feeds: dict[str, np.
         glue = convert(model)
     except HwloopError as e:
         raise Outside(str(e)) from None
+    last = model.layers[-1]
+    if noises[-1].rows is not None and last.n_in > noises[-1].rows:
+        raise Outside(f"the last layer {last.name!r} is split into row tiles (its ADC digitises partial sums)")
     n = len(next(iter(feeds.values())))
     width = model.layers[-1].n_out * sum(l.n_out * (l.positions or 1) for l in model.layers)
     chunk = max(1, _BUDGET // max(1, width))
@@ -107,6 +111,8 @@ def _layer(layer: AnalogLayer, x: torch.Tensor, nz: LayerNoise, taps: list, call
     x = x.to(torch.float32)
     w = torch.from_numpy(np.ascontiguousarray(layer.weight, np.float32)).reshape(layer.n_out, -1)
     b = torch.from_numpy(np.ascontiguousarray(layer.bias, np.float32))
+    if nz.rows is not None and layer.n_in > nz.rows and layer.groups == 1:
+        return _tiled(layer, x.reshape(len(x), -1), w, b, nz, (taps, calls, clipped))
     if layer.conv is None:
         rows = x.reshape(len(x), -1)
         a = (rows @ w.T + b)[:, None, :]                                  # (B, 1, n)
@@ -128,6 +134,32 @@ def _layer(layer: AnalogLayer, x: torch.Tensor, nz: LayerNoise, taps: list, call
         return out[:, 0, :]
     spatial = tuple(layer.meta["out_spatial"])
     return out.transpose(1, 2).reshape((len(x), layer.n_out) + spatial)
+
+
+def _tiled(layer: AnalogLayer, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, nz: LayerNoise, seen: tuple
+           ) -> torch.Tensor:
+    """A dense layer longer than the array's rows, as the emulator runs it: each row tile's partial sums get
+    the tile's noise (and its ADC), are added on the host with the bias, and the activation follows there."""
+    if layer.conv is not None:
+        raise Outside(f"layer {layer.name!r}: a convolution split into row tiles is not differentiated here")
+    taps, calls, clipped = seen
+    linear = AnalogLayer(layer.index, layer.name, layer.op, layer.weight, layer.bias, "linear", layer.input,
+                         layer.output, layer.nodes, meta=layer.meta)
+    tile = replace(nz, placement="post")
+    a = b
+    for lo in range(0, layer.n_in, nz.rows):
+        part = x[:, lo:lo + nz.rows]
+        p = (part @ w[:, lo:lo + nz.rows].T)[:, None, :]                  # (B, 1, n): the tile's partial sums
+        norm2 = (part.detach().double() ** 2).sum(-1)[:, None, None].expand_as(p).numpy()
+        p64 = p.detach().numpy().astype(np.float64)
+        calls.append((Call(linear, p64, p64, norm2), tile))
+        taps.append(torch.zeros_like(p, requires_grad=True))
+        q = p + taps[-1]
+        if nz.clip is not None:
+            clipped.append(bool(((p < nz.clip[0]) | (p > nz.clip[1])).any()))
+            q = q.clamp(*nz.clip)
+        a = a + q[:, 0, :]
+    return layer_activation(layer, a)
 
 
 def layer_activation(layer: AnalogLayer, a: torch.Tensor) -> torch.Tensor:

@@ -44,6 +44,7 @@ class LayerNoise:
     groups: Any = field(default=None, compare=False)
     #: (N, n_in) 0/1: the inputs each neuron's product reads (a conv's patch, a group); None: all of them
     support: Any = field(default=None, compare=False)
+    rows: int | None = None            # array rows: a longer input is summed in row tiles, each with its noise
 
     @classmethod
     def from_settings(cls, settings: Any, layer: AnalogLayer | None = None,
@@ -57,7 +58,7 @@ class LayerNoise:
         if layer is not None and settings.weights.read_noise:
             read = (settings.weights.read_noise * weight_full_scale(layer.weight, settings.weights)) ** 2
         return cls(nz.D_A, nz.D_M, nz.D_AC, nz.D_MC, nz.placement, extra, nz.shot, read, settings.array.cols,
-                   settings.adc.range)
+                   settings.adc.range, rows=settings.array.rows)
 
     def scaled(self, factor: float) -> "LayerNoise":
         """The same noise with every fresh variance multiplied by ``factor`` (1/k for k averaged executions)."""

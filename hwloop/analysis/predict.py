@@ -89,6 +89,10 @@ def predict_raw(model: Any, profile: Profile | str | Path | Sequence[Profile | s
         raise HwloopError("the model has no analog layers")
     per_layer = _per_layer_profiles(profile, layers)
     noises, skipped = layer_noises(layers, per_layer, quantisation, placements)
+    for l, nz in zip(layers, noises):
+        if nz.rows is not None and l.n_in > nz.rows:
+            raise HwloopError(f"layer {l.name!r}: split into row tiles of {nz.rows} inputs by the profile; "
+                              "the prediction does not model row tiling")
     res, method = _propagate_model(model, layers, noises, data, average, dtype, common)
     if method != "exact" and any(nz.clip is not None for nz in noises):
         skipped.append("ADC range (clipping)")
@@ -122,13 +126,9 @@ def _per_layer_profiles(profile: Any, layers: list[AnalogLayer]) -> list[Profile
 
 def layer_noises(layers: Sequence[AnalogLayer], profiles: Sequence[Profile], quantisation: bool = True,
                  placements: Sequence[dict | None] | None = None) -> tuple[list[LayerNoise], list[str]]:
-    """Each layer's noise as its device (one loaded profile per layer) adds it, and what the prediction
-    leaves out (refusing row tiling, which is not modelled)."""
+    """Each layer's noise as its device (one loaded profile per layer) adds it (``rows``: its row tiles), and
+    what the prediction leaves out."""
     settings = [p.for_layer(l.index, l.name) for p, l in zip(profiles, layers)]
-    for l, st in zip(layers, settings):
-        if st.array.rows is not None and l.n_in > st.array.rows:
-            raise HwloopError(f"layer {l.name!r}: split into row tiles of {st.array.rows} inputs by the profile; "
-                              "the prediction does not model row tiling")
     noises = [LayerNoise.from_settings(st, l, quantisation) for l, st in zip(layers, settings)]
     # an activation the neurons lack runs on the host, after the device's noise: the noise is on its input
     noises = [replace(nz, placement="pre") if st.transfer.on_host(l.activation) and nz.placement == "post" else nz
