@@ -37,3 +37,19 @@ def hwloop(*args: object, cwd: Path | str = ROOT, timeout: float = 300,
             full[key] = value
     return subprocess.run([sys.executable, "-m", "hwloop", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, timeout=timeout, env=full)
+
+
+def trained_digits_cnn(folder: Path, pool: str, epochs: int) -> Path:
+    """``exporters.models.CNN`` (conv 8, conv 16, ``pool`` pooling) trained on the digits, as ONNX in ``folder``."""
+    import torch
+
+    from exporters.models import CNN, seeded
+    from exporters.torch_onnx import export_torch
+    from exporters.training import train_torch
+    from hwloop.data import load_data
+
+    with seeded(2):
+        net = CNN((1, 8, 8), channels=(8, 16), pool=pool)
+    net = train_torch(net, load_data("digits+train"), epochs=epochs, lr=1e-2, seed=0, batch_size=64,
+                      input_shape=(1, 8, 8))
+    return export_torch(net, folder / f"cnn_{pool}.onnx", torch.zeros(2, 1, 8, 8), dynamo=False, optimize=False)

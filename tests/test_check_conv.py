@@ -11,16 +11,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-import torch
 
 import hwloop.lowering as lowering
-from exporters.models import CNN, seeded
-from exporters.torch_onnx import export_torch
-from exporters.training import train_torch
+from helpers import trained_digits_cnn
 from hwloop.check import check_model
 from hwloop.check.model import _LOOK_TAG, _Look
 from hwloop.devices import Emulator
-from hwloop.data import load_data
 from hwloop.graph import load_model
 from hwloop.profiles import parse_profile
 
@@ -56,11 +52,7 @@ class EmulatorTarget:
 @pytest.fixture(scope="module")
 def trained_cnn(tmp_path_factory):
     """conv 8, conv 16, average pooling, trained briefly on the digits (its accuracy can move with the chip)."""
-    with seeded(2):
-        net = CNN((1, 8, 8), channels=(8, 16), pool="avg")
-    net = train_torch(net, load_data("digits+train"), epochs=3, lr=1e-2, seed=0, batch_size=64,
-                      input_shape=(1, 8, 8))
-    return export_torch(net, tmp_path_factory.mktemp("cnn") / "cnn.onnx", torch.zeros(2, 1, 8, 8), optimize=False)
+    return trained_digits_cnn(tmp_path_factory.mktemp("cnn"), "avg", epochs=3)
 
 
 @pytest.fixture

@@ -131,15 +131,9 @@ def test_analytic_screen_agrees_with_sampling_on_a_trained_max_pooling_cnn(train
 
 @pytest.fixture(scope="module")
 def trained_max_cnn(tmp_path_factory):
-    from exporters.training import train_torch
-    from hwloop.data import load_data
+    from helpers import trained_digits_cnn
 
-    with seeded(2):
-        net = CNN((1, 8, 8), channels=(8, 16), pool="max")
-    net = train_torch(net, load_data("digits+train"), epochs=10, lr=1e-2, seed=0, batch_size=64,
-                      input_shape=(1, 8, 8))
-    return export_torch(net, tmp_path_factory.mktemp("maxcnn") / "cnn_max.onnx", torch.zeros(2, 1, 8, 8),
-                        dynamo=False, optimize=False)
+    return trained_digits_cnn(tmp_path_factory.mktemp("maxcnn"), "max", epochs=10)
 
 
 #: the screen's approximation budget (first-order covariance, Gaussian logits), in accuracy / flip-rate points
