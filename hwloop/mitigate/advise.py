@@ -57,8 +57,9 @@ def as_profile(profile):
 
 def layer_noises(model, profile) -> list[LayerNoise]:
     """The noise of every analog layer under ``profile`` (as ``predict`` reads it)."""
-    prof = as_profile(profile)
-    return [LayerNoise.from_settings(prof.for_layer(l.index, l.name), l) for l in model.layers]
+    from ..analysis.predict import layer_noises as of_layers
+
+    return of_layers(model.layers, [as_profile(profile)] * len(model.layers))[0]
 
 
 def context(model, profile, data) -> Context:
