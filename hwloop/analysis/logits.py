@@ -115,6 +115,8 @@ def _layer(layer: AnalogLayer, x: torch.Tensor, nz: LayerNoise, taps: list, call
         return _tiled(layer, x.reshape(len(x), -1), w, b, nz, (taps, calls, clipped))
     if layer.conv is None:
         rows = x.reshape(len(x), -1)
+        if layer.groups > 1:                                              # (g, o, i): the block-diagonal matrix
+            w = torch.from_numpy(np.ascontiguousarray(layer.dense_weight(), np.float32))
         a = (rows @ w.T + b)[:, None, :]                                  # (B, 1, n)
         norm2 = (lambda: _dense_norm2(rows, layer)) if nz.read else None
     else:
