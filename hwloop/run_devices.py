@@ -37,14 +37,14 @@ def resolve_devices(model: Model, devices: Device | Mapping[int, Device] | None,
                               f"0..{len(model.layers) - 1}")
         per_layer = [devices.get(k) or Emulator(device=device) for k in range(len(model.layers))]
     if device is not None:
-        per_layer = _on_device(per_layer, device)
+        per_layer = on_compute_device(per_layer, device)
     for profile in {id(p): p for p in (getattr(d, "profile", None) for d in per_layer)
                     if hasattr(p, "check_layers")}.values():
         profile.check_layers(model.layers)
     return per_layer
 
 
-def _on_device(per_layer: list[Device], device: str) -> list[Device]:
+def on_compute_device(per_layer: list[Device], device: str) -> list[Device]:
     """Emulators naming no device replaced by copies computing on ``device`` (shared ones stay shared)."""
     moved: dict[int, Device] = {}
     for dev in per_layer:

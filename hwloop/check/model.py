@@ -225,12 +225,18 @@ def check_model(model: Model | str | os.PathLike, *, profile, settings: Settings
     m = model if isinstance(model, Model) else load_model(model)
     target = resolve_target(profile)
     ds = data if isinstance(data, Dataset) else load_data(data)
+    from ..randomness import compute_device
+    from ..run_devices import on_compute_device
+
+    compute_device(s.device)                      # a device torch cannot use: one line before any work
     snr, seen = _SNR(), {"acc": []}
     obs = _observations(m, ds, data, s.bars.metric, s.seed, s.batch_size)
     with _client(workers, scheduler) as client:
 
         def draw(look: int, r: int) -> np.ndarray:
             devices = target.devices(m)
+            if s.device is not None:              # emulators computing on it (a chip stays where it is)
+                devices = dict(zip(devices, on_compute_device(list(devices.values()), s.device)))
             part = _run_look(m, ds, {k: _Look(d, look) for k, d in devices.items()}, r, s, client)
             snr.add(part, devices)
             seen.setdefault("clean", part.clean_output)

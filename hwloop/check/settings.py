@@ -31,7 +31,9 @@ class Settings:
 
     ``repeats``: a fixed design (one look at exactly that many repeats);
     otherwise looks at 4, 8, 16, ... up to ``max_repeats``.  ``analytic``:
-    the screen from the predicted covariance instead of sampling.
+    the screen from the predicted covariance instead of sampling.  ``device``:
+    where the sampled checks' emulators compute (None or ``cpu``: the default
+    numbers; ``cuda[:N]``: torch on a GPU, as ``hwloop run --device``).
     """
 
     bars: Bars
@@ -43,6 +45,7 @@ class Settings:
     seed: int = 0
     batch_size: int | None = None
     analytic: bool = False
+    device: str | None = None
 
     def __post_init__(self) -> None:
         if self.scope not in SCOPES:

@@ -48,7 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="profile file or bare name (e.g. semenova); repeat it or give a comma list for a matrix")
     p.add_argument("--bench", type=Path, help="bench file: every layer on one of its devices (--device; a chip "
                                               "or a plug-in), in this process, results not cached")
-    p.add_argument("--device", help="the device name in --bench (default: its only device)")
+    p.add_argument("--device", help="with --bench: the device name in the bench file (default: its only device); "
+                                    "without: where the sampled checks' emulators compute, cpu (the default "
+                                    "numbers) or cuda[:N] (torch on a GPU)")
     p.add_argument("--data", default="digits", help="data spec (default: digits)")
     bars = p.add_argument_group("bars (several at once)")
     bars.add_argument("--min-accuracy", type=float, help="required noisy accuracy in [0, 1]")
@@ -97,7 +99,7 @@ def main(args: argparse.Namespace) -> int:
                 args.metric, args.max_increase)
     settings = Settings(bars, data=args.data, repeats=args.repeats, max_repeats=args.max_repeats,
                         confidence=args.confidence, scope=args.scope, seed=args.seed, batch_size=args.batch_size,
-                        analytic=args.analytic)
+                        analytic=args.analytic, device=None if args.bench else args.device)
     profiles = [p.strip() for item in args.profile or [] for p in item.split(",") if p.strip()]
     cache = None if args.no_cache else (args.cache or default_cache_dir())
     if args.bench:
