@@ -46,7 +46,7 @@ from .data import Dataset
 from .devices import Device, Emulator
 from .errors import HwloopError
 from .graph import Model, load_model
-from .run_devices import _Devices, _Ideal, resolve_devices
+from .run_devices import ProgrammedDevices, IdealDevices, resolve_devices
 from .result import Collected
 from .runner import RunResult, RunSettings, prepare, progress_bar, run_batch
 from .store import RunWriter, read_attrs
@@ -79,8 +79,8 @@ class _WorkerState:
 
     def __init__(self, job: ShardJob):
         self.model = _load_model(job)
-        self.noisy = _Devices(self.model, list(job.devices), job.seed)
-        self.ideal = _Ideal(self.model, job.device)
+        self.noisy = ProgrammedDevices(self.model, list(job.devices), job.seed)
+        self.ideal = IdealDevices(self.model, job.device)
         self.lock = threading.Lock()          # a multi-threaded worker runs one batch at a time per job
         self.writer = _own_writer(job)
 

@@ -12,7 +12,7 @@ is ever programmed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -119,6 +119,10 @@ class AnalogLayer:
     def slope(self, a: np.ndarray) -> np.ndarray:
         """The activation's slope at ``a`` (for the analytic prediction)."""
         return _slope(self.activation, a, self.act_params)
+
+    def linear(self) -> "AnalogLayer":
+        """The same product and bias without the activation (the analysis applies it, or none follows)."""
+        return replace(self, activation="linear", act_params={})
 
     def dense_weight(self) -> np.ndarray:
         """(n_out, n_in): a grouped weight as the block-diagonal matrix it equals (for analysis, never programmed)."""

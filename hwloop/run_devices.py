@@ -60,7 +60,7 @@ def derive_seed(seed: int, index: int) -> int:
 
 
 
-class _Devices:
+class ProgrammedDevices:
     """Programs each device with its layer (reprogramming a device shared between layers)."""
 
     def __init__(self, model: Model, per_layer: list[Device], seed: int):
@@ -95,7 +95,7 @@ class _Devices:
             raise HwloopError(f"layer {layer.index} ({layer.name!r}): {e}") from None
 
 
-class _Ideal:
+class IdealDevices:
     """Noise-free arithmetic for the reference pass: one ideal Emulator per layer."""
 
     def __init__(self, model: Model, device: str | None = None):

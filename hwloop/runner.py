@@ -39,7 +39,7 @@ from .layer import AnalogLayer
 from .lowering import im2col, on_device, per_sample, takes_whole
 from .pipeline import run_pipeline as _pipeline
 from .provenance import describe_devices, run_provenance
-from .run_devices import _Devices, _Ideal, derive_seed, resolve_devices
+from .run_devices import ProgrammedDevices, IdealDevices, derive_seed, resolve_devices
 from .result import Collected, MemoryRun, RunResult
 from .store import LayerInfo, OutputInfo, RunWriter
 
@@ -185,8 +185,8 @@ class Setup:
     ds: Dataset
     x: dict[str, np.ndarray]        # the model's graph inputs (name -> all samples)
     per_layer: list[Device]
-    noisy: "_Devices"
-    ideal: "_Ideal"
+    noisy: "ProgrammedDevices"
+    ideal: "IdealDevices"
     repeats: int
     batch_size: int
     attrs: dict
@@ -234,7 +234,7 @@ def prepare(model: Model | str | Path, data: Dataset | str, settings: RunSetting
     if bs < 1:
         raise HwloopError(f"batch size must be at least 1, got {s.batch_size}")
     bs = min(bs, n)
-    ideal = _Ideal(model, s.device)
+    ideal = IdealDevices(model, s.device)
     # a bad shape fails here, before any store exists
     inputs: dict[int, int] = {}         # each layer's input tensor, values per sample (a Conv's before unfolding)
 
@@ -249,7 +249,7 @@ def prepare(model: Model | str | Path, data: Dataset | str, settings: RunSetting
         labels_in_range(ds.y, probe.shape[2], ds.name, model.path)
     _require_room(model, s.repeats, n, bs, probe.shape[2] + sum(int(np.prod(o.shape)) for o in outs), s.out,
                   pipelined, batch_values(model, per_layer, ideal.emulators, inputs))
-    noisy = _Devices(model, per_layer, s.seed)   # programmed first: describe() then reports tiling etc.
+    noisy = ProgrammedDevices(model, per_layer, s.seed)   # programmed first: describe() then reports tiling etc.
     attrs = run_provenance(model, ds, x, per_layer, s, bs)
     attrs["pipelined"] = pipelined
     if outs:
@@ -265,8 +265,8 @@ def prepare(model: Model | str | Path, data: Dataset | str, settings: RunSetting
     return Setup(model, ds, x, per_layer, noisy, ideal, s.repeats, bs, attrs, writer)
 
 
-def run_batch(model: Model, noisy: "_Devices", ideal: "_Ideal", all_ideal: bool, xb: dict[str, np.ndarray], batch: int,
-              repeats: int) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray, dict]:
+def run_batch(model: Model, noisy: "ProgrammedDevices", ideal: "IdealDevices", all_ideal: bool,
+              xb: dict[str, np.ndarray], batch: int, repeats: int) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray, dict]:
     """Batch number ``batch`` (inputs ``xb``) through every step: (layers, clean layers, output, clean output,
     every graph output by name), exactly what the sequential runner records for it."""
     layers, env = walk(model, xb, lambda L, v, r, step=None: noisy.run(L, v, r, batch, step), repeats)
@@ -275,7 +275,7 @@ def run_batch(model: Model, noisy: "_Devices", ideal: "_Ideal", all_ideal: bool,
     return layers, clean, out, clean_out, graph_outputs(model, env, repeats)
 
 
-def reference(model: Model, ideal: "_Ideal", all_ideal: bool, xb: dict[str, np.ndarray], layers: list[np.ndarray],
+def reference(model: Model, ideal: "IdealDevices", all_ideal: bool, xb: dict[str, np.ndarray], layers: list[np.ndarray],
               output: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
     """The noise-free (layers, output) of a batch; with ideal devices, repetition 0 of the run itself."""
     if not all_ideal:

@@ -80,8 +80,7 @@ class _Perturbed:
         self.samples = samples
         self.linear: dict[int, tuple[AnalogLayer, Emulator]] = {}
         for layer in model.layers:          # the products and bias; the activation is applied here
-            lin = AnalogLayer(layer.index, layer.name, layer.op, layer.weight, layer.bias, "linear", layer.input,
-                              layer.output, layer.nodes, layer.conv, layer.meta, {}, layer.tmap, layer.recurrent)
+            lin = layer.linear()
             emu = Emulator()
             emu.program(lin)
             self.linear[layer.index] = (lin, emu)

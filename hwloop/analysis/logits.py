@@ -60,7 +60,7 @@ def logit_moments(model: Any, noises: Sequence[LayerNoise], feeds: dict[str, np.
     if noises[-1].rows is not None and last.n_in > noises[-1].rows:
         raise Outside(f"the last layer {last.name!r} is split into row tiles (its ADC digitises partial sums)")
     n = len(next(iter(feeds.values())))
-    width = model.layers[-1].n_out * sum(l.n_out * (l.positions or 1) for l in model.layers)
+    width = last.n_out * sum(l.n_out * (l.positions or 1) for l in model.layers)
     chunk = max(1, _BUDGET // max(1, width))
     parts = [_moments(model, glue, noises, {k: v[lo:lo + chunk] for k, v in feeds.items()})
              for lo in range(0, n, chunk)]
@@ -118,7 +118,7 @@ def _layer(layer: AnalogLayer, x: torch.Tensor, nz: LayerNoise, taps: list, call
         if layer.groups > 1:                                              # (g, o, i): the block-diagonal matrix
             w = torch.from_numpy(np.ascontiguousarray(layer.dense_weight(), np.float32))
         a = (rows @ w.T + b)[:, None, :]                                  # (B, 1, n)
-        norm2 = (lambda: _dense_norm2(rows, layer)) if nz.read else None
+        norm2 = _dense_norm2(rows, layer) if nz.read else None
     else:
         a, norm2 = _conv(layer, x, w, b, nz.read != 0)                    # (B, P, n)
     y = layer_activation(layer, a)
@@ -126,7 +126,7 @@ def _layer(layer: AnalogLayer, x: torch.Tensor, nz: LayerNoise, taps: list, call
     out = y + tap
     pre = a.detach().numpy().astype(np.float64)
     calls.append((Call(layer, pre, y.detach().numpy().astype(np.float64),
-                       norm2() if callable(norm2) else (norm2 if norm2 is not None else np.zeros_like(pre))), nz))
+                       np.zeros_like(pre) if norm2 is None else norm2), nz))
     taps.append(tap)
     if nz.clip is not None:
         lo, hi = nz.clip
@@ -145,9 +145,7 @@ def _tiled(layer: AnalogLayer, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor
     if layer.conv is not None:
         raise Outside(f"layer {layer.name!r}: a convolution split into row tiles is not differentiated here")
     taps, calls, clipped = seen
-    linear = AnalogLayer(layer.index, layer.name, layer.op, layer.weight, layer.bias, "linear", layer.input,
-                         layer.output, layer.nodes, meta=layer.meta)
-    tile = replace(nz, placement="post")
+    linear, tile = layer.linear(), replace(nz, placement="post")
     a = b
     for lo in range(0, layer.n_in, nz.rows):
         part = x[:, lo:lo + nz.rows]

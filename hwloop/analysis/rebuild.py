@@ -65,9 +65,9 @@ def _check_reproduces(model: Any, ds: Dataset, clean0: np.ndarray, spec: str) ->
     """The data through the runner's noise-free forward pass must give the run's layer-0 reference."""
     from ..feeds import model_inputs
     from ..forward import forward
-    from ..run_devices import _Ideal
+    from ..run_devices import IdealDevices
 
-    recorded, _ = forward(model, model_inputs(model, ds), _Ideal(model).run, 1)
+    recorded, _ = forward(model, model_inputs(model, ds), IdealDevices(model).run, 1)
     ref = np.asarray(recorded[0], np.float64)[0]
     err = np.max(np.abs(ref - clean0)) if clean0.size and ref.shape == clean0.shape else np.inf
     if err > 1e-3 * max(1.0, float(np.max(np.abs(clean0)))):

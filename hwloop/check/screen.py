@@ -231,13 +231,13 @@ def _static_pass(model, profile: Profile, feeds: dict[str, np.ndarray], seed: in
         return None
     from ..devices.emulator import emulators
     from ..forward import walk
-    from ..run_devices import _Devices, _Ideal, resolve_devices
+    from ..run_devices import ProgrammedDevices, IdealDevices, resolve_devices
 
-    chip = _Devices(model, resolve_devices(model, emulators(static, model.layers)), seed)
+    chip = ProgrammedDevices(model, resolve_devices(model, emulators(static, model.layers)), seed)
     layers, _ = walk(model, feeds, lambda L, v, r, step=None: chip.run(L, v, r, 0, step), 1)
     clean = None
     if ideal_class:
-        ideal = _Ideal(model)
+        ideal = IdealDevices(model)
         clean = np.asarray(walk(model, feeds, ideal.run, 1)[0][-1][0]).argmax(axis=1)
     return np.asarray(layers[-1][0], np.float64), clean
 
