@@ -266,7 +266,8 @@ def prepare(model: Model | str | Path, data: Dataset | str, settings: RunSetting
 
 
 def run_batch(model: Model, noisy: "ProgrammedDevices", ideal: "IdealDevices", all_ideal: bool,
-              xb: dict[str, np.ndarray], batch: int, repeats: int) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray, dict]:
+              xb: dict[str, np.ndarray], batch: int, repeats: int
+              ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray, dict]:
     """Batch number ``batch`` (inputs ``xb``) through every step: (layers, clean layers, output, clean output,
     every graph output by name), exactly what the sequential runner records for it."""
     layers, env = walk(model, xb, lambda L, v, r, step=None: noisy.run(L, v, r, batch, step), repeats)

@@ -190,8 +190,8 @@ def propagate_chain(model: Any, layers: Sequence[AnalogLayer], noises: Sequence[
         return propagate(layers, noises, x0, average, dtype, common=common)
     chain = dense_chain(model, _dims(model, layers[0].input))
     by_index = {layer.index: nz for layer, nz in zip(layers, noises)}
-    c_noises = [LayerNoise() if lk.source is None else replace(by_index[lk.source], groups=lk.groups, support=lk.support)
-                for lk in chain]
+    c_noises = [LayerNoise() if lk.source is None
+                else replace(by_index[lk.source], groups=lk.groups, support=lk.support) for lk in chain]
     c_avg = {k: (average or {})[lk.source] for k, lk in enumerate(chain) if lk.source in (average or {})}
     res = propagate([lk.layer for lk in chain], c_noises, x0, c_avg, dtype, common=common)
     return [r for r, lk in zip(res, chain) if lk.source is not None]
